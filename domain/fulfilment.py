@@ -1,0 +1,68 @@
+"""How the saga's steps touch the order: idempotency keys for the providers and the order events
+that record each step's outcome."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+from domain import order as o
+from domain.events import DomainEvent
+from domain.saga import CANCEL_ORDER, Phase
+
+
+def step_key(saga_id: uuid.UUID, step: str) -> str:
+    """A provider idempotency key: replaying a step never charges or ships twice."""
+    return f"{saga_id}:{step}"
+
+
+def reservation_id(saga_id: uuid.UUID, product_id: uuid.UUID) -> uuid.UUID:
+    """The reservation an order's saga holds on one SKU; the same on every replay."""
+    return uuid.uuid5(saga_id, str(product_id))
+
+
+def planned_reservations(order: o.Order) -> tuple[o.ReservedLine, ...]:
+    return tuple(
+        o.ReservedLine(line.product_id, reservation_id(order.saga_id, line.product_id), line.quantity)
+        for line in order.lines
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepData:
+    """Identifiers a provider returned for a step (payment id, shipment id)."""
+
+    payment_id: str | None = None
+    shipment_id: str | None = None
+
+
+def order_events_for(order: o.Order, step: str, action: Phase, effective: bool, data: StepData, reason: str) -> list[DomainEvent]:
+    """The order events that record a successful step or compensation."""
+    if action is Phase.EXECUTE:
+        if step == "reserve_inventory":
+            return [o.InventoryReserved(planned_reservations(order))]
+        if step == "process_payment":
+            return [o.PaymentProcessed(data.payment_id or "", order.total_amount)]
+        if step == "create_shipment":
+            return [o.ShipmentCreated(data.shipment_id or "")]
+        if step == "confirm_order":
+            return [o.OrderConfirmed()]
+        return []
+    if step == CANCEL_ORDER:
+        return [] if order.status is o.OrderStatus.CANCELLED else [o.OrderCancelled(reason)]
+    if not effective:
+        return []
+    if step == "cancel_shipment":
+        return [o.ShipmentCancelled(data.shipment_id or order.shipment_id or "")]
+    if step == "refund_payment":
+        return [o.PaymentRefunded(data.payment_id or order.payment_id or "", order.total_amount)]
+    if step == "release_inventory":
+        return [o.InventoryReleased(planned_reservations(order))]
+    return []
+
+
+def order_events_for_compensation(order: o.Order, reason: str) -> list[DomainEvent]:
+    """Compensation has started: the order shows COMPENSATING (unless it already does)."""
+    if order.status in (o.OrderStatus.COMPENSATING, o.OrderStatus.CANCELLED):
+        return []
+    return [o.OrderCompensationStarted(reason)]

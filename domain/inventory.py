@@ -1,0 +1,274 @@
+"""The inventory SKU aggregate: stock on hand, price, and the reservations held against it.
+
+``available = on_hand - reserved`` is never negative: every command that could break it is refused
+with :class:`InsufficientStock`, and ``evolve`` only applies what ``decide_*`` allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import uuid
+from collections.abc import Mapping
+from decimal import Decimal
+
+from domain.errors import DomainError, NotFound
+from domain.events import DomainEvent, Recorded, event
+
+AGGREGATE_TYPE = "InventorySku"
+
+
+class InventoryError(DomainError):
+    """Base of the inventory context's errors."""
+
+
+class UnknownProduct(NotFound, InventoryError):
+    """No stock was ever set for this product."""
+
+
+class UnknownReservation(NotFound, InventoryError):
+    """The reservation id was never reserved against this SKU."""
+
+
+class InsufficientStock(InventoryError):
+    def __init__(self, product_id: uuid.UUID, requested: int, available: int) -> None:
+        super().__init__(f"product {product_id}: {requested} requested, {available} available")
+        self.product_id = product_id
+        self.available = available
+
+
+class VersionMismatch(InventoryError):
+    def __init__(self, product_id: uuid.UUID, expected: int, current: int) -> None:
+        super().__init__(f"product {product_id} is at version {current}, not {expected}")
+        self.current_version = current
+
+
+class ReservationNotActive(InventoryError):
+    def __init__(self, reservation_id: uuid.UUID, outcome: str) -> None:
+        super().__init__(f"reservation {reservation_id} is {outcome}")
+        self.outcome = outcome
+
+
+class InvalidStock(InventoryError):
+    """Stock, quantity or price out of range."""
+
+
+class StockBelowReserved(InventoryError):
+    """on_hand cannot be set below the units currently reserved."""
+
+
+class Outcome(enum.StrEnum):
+    ACTIVE = "active"
+    RELEASED = "released"
+    EXPIRED = "expired"
+    COMMITTED = "committed"
+    RETURNED = "returned"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reservation:
+    reservation_id: uuid.UUID
+    quantity: int
+    expires_at: dt.datetime
+    owner: str
+    version: int
+    outcome: Outcome = Outcome.ACTIVE
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+@event
+@dataclasses.dataclass(frozen=True, slots=True)
+class StockSet(DomainEvent):
+    product_id: uuid.UUID
+    on_hand: int
+    price: Decimal
+    name: str
+
+
+@event
+@dataclasses.dataclass(frozen=True, slots=True)
+class StockReserved(DomainEvent):
+    reservation_id: uuid.UUID
+    quantity: int
+    expires_at: dt.datetime
+    owner: str
+
+
+@event
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReservationReleased(DomainEvent):
+    reservation_id: uuid.UUID
+    quantity: int
+
+
+@event
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReservationExpired(DomainEvent):
+    reservation_id: uuid.UUID
+    quantity: int
+
+
+@event
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReservationCommitted(DomainEvent):
+    """A reservation became a sale: the units leave on_hand."""
+
+    reservation_id: uuid.UUID
+    quantity: int
+
+
+@event
+@dataclasses.dataclass(frozen=True, slots=True)
+class SaleReturned(DomainEvent):
+    """A committed sale was undone (its order was cancelled): the units come back on hand."""
+
+    reservation_id: uuid.UUID
+    quantity: int
+
+
+# --- state ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sku:
+    """A product's stock. ``reservations`` keeps closed ones too, so retries stay idempotent."""
+
+    product_id: uuid.UUID
+    name: str
+    price: Decimal
+    on_hand: int
+    version: int
+    reservations: Mapping[uuid.UUID, Reservation] = dataclasses.field(default_factory=dict)
+    reserved: int = 0
+
+    @property
+    def available(self) -> int:
+        return max(self.on_hand - self.reserved, 0)
+
+    def active(self) -> list[Reservation]:
+        return [r for r in self.reservations.values() if r.outcome is Outcome.ACTIVE]
+
+
+MAX_QUANTITY = 10_000
+MAX_ON_HAND = 1_000_000_000
+
+
+def decide_set_stock(state: Sku | None, product_id: uuid.UUID, on_hand: int, price: Decimal, name: str | None) -> list[DomainEvent]:
+    if not 0 <= on_hand <= MAX_ON_HAND:
+        raise InvalidStock(f"on_hand must be between 0 and {MAX_ON_HAND}")
+    if price < 0 or price != price.quantize(Decimal("0.01")):
+        raise InvalidStock("price must be a non-negative amount with two decimal places")
+    reserved = state.reserved if state else 0
+    if on_hand < reserved:
+        raise StockBelowReserved(f"product {product_id} has {reserved} units reserved; on_hand cannot go below")
+    name = name if name is not None else (state.name if state else "")
+    if state and (state.on_hand, state.price, state.name) == (on_hand, price, name):
+        return []
+    return [StockSet(product_id, on_hand, price, name)]
+
+
+def require(state: Sku | None, product_id: uuid.UUID) -> Sku:
+    if state is None:
+        raise UnknownProduct(f"unknown product {product_id}")
+    return state
+
+
+def decide_reserve(
+    state: Sku | None,
+    product_id: uuid.UUID,
+    reservation_id: uuid.UUID,
+    quantity: int,
+    expires_at: dt.datetime,
+    owner: str,
+    expected_version: int | None = None,
+) -> list[DomainEvent]:
+    """Reserve units; a reservation id already known returns no event (the same reservation)."""
+    sku = require(state, product_id)
+    if reservation_id in sku.reservations:
+        return []
+    if expected_version is not None and expected_version != sku.version:
+        raise VersionMismatch(product_id, expected_version, sku.version)
+    if not 1 <= quantity <= MAX_QUANTITY:
+        raise InvalidStock(f"quantity must be between 1 and {MAX_QUANTITY}")
+    if quantity > sku.available:
+        raise InsufficientStock(product_id, quantity, sku.available)
+    return [StockReserved(reservation_id, quantity, expires_at, owner)]
+
+
+def decide_release(state: Sku | None, product_id: uuid.UUID, reservation_id: uuid.UUID, *, unknown_ok: bool = False) -> list[DomainEvent]:
+    """Give reserved units back; a committed reservation's units return on hand. Idempotent."""
+    sku = require(state, product_id)
+    r = sku.reservations.get(reservation_id)
+    if r is None:
+        if unknown_ok:
+            return []
+        raise UnknownReservation(f"unknown reservation {reservation_id}")
+    if r.outcome is Outcome.ACTIVE:
+        return [ReservationReleased(reservation_id, r.quantity)]
+    if r.outcome is Outcome.COMMITTED:
+        return [SaleReturned(reservation_id, r.quantity)]
+    return []
+
+
+def decide_commit(state: Sku | None, product_id: uuid.UUID, reservation_id: uuid.UUID) -> list[DomainEvent]:
+    """Turn a reservation into a sale. Committing twice is a no-op; a lapsed one is refused."""
+    sku = require(state, product_id)
+    r = sku.reservations.get(reservation_id)
+    if r is None:
+        raise UnknownReservation(f"unknown reservation {reservation_id}")
+    if r.outcome is Outcome.COMMITTED:
+        return []
+    if r.outcome is not Outcome.ACTIVE:
+        raise ReservationNotActive(reservation_id, r.outcome)
+    return [ReservationCommitted(reservation_id, r.quantity)]
+
+
+def decide_expire(state: Sku | None, now: dt.datetime) -> list[DomainEvent]:
+    """Expire every active reservation whose time has come."""
+    if state is None:
+        return []
+    return [ReservationExpired(r.reservation_id, r.quantity) for r in state.active() if r.expires_at <= now]
+
+
+def next_expiry(state: Sku | None) -> dt.datetime | None:
+    if state is None:
+        return None
+    return min((r.expires_at for r in state.active()), default=None)
+
+
+def _close(state: Sku, reservation_id: uuid.UUID, outcome: Outcome, version: int, on_hand_delta: int, reserved_delta: int) -> Sku:
+    r = state.reservations.get(reservation_id)
+    if r is None:
+        return dataclasses.replace(state, version=version)
+    reservations = dict(state.reservations)
+    reservations[reservation_id] = dataclasses.replace(r, outcome=outcome)
+    return dataclasses.replace(
+        state, reservations=reservations, version=version,
+        on_hand=state.on_hand + on_hand_delta, reserved=state.reserved + reserved_delta,
+    )
+
+
+def evolve(state: Sku | None, recorded: Recorded) -> Sku | None:
+    e, v = recorded.event, recorded.version
+    if isinstance(e, StockSet):
+        if state is None:
+            return Sku(e.product_id, e.name, e.price, e.on_hand, v)
+        return dataclasses.replace(state, name=e.name, price=e.price, on_hand=e.on_hand, version=v)
+    if state is None:
+        return None
+    if isinstance(e, StockReserved):
+        reservations = dict(state.reservations)
+        reservations[e.reservation_id] = Reservation(e.reservation_id, e.quantity, e.expires_at, e.owner, v)
+        return dataclasses.replace(state, reservations=reservations, reserved=state.reserved + e.quantity, version=v)
+    if isinstance(e, ReservationReleased):
+        return _close(state, e.reservation_id, Outcome.RELEASED, v, 0, -e.quantity)
+    if isinstance(e, ReservationExpired):
+        return _close(state, e.reservation_id, Outcome.EXPIRED, v, 0, -e.quantity)
+    if isinstance(e, ReservationCommitted):
+        return _close(state, e.reservation_id, Outcome.COMMITTED, v, -e.quantity, -e.quantity)
+    if isinstance(e, SaleReturned):
+        return _close(state, e.reservation_id, Outcome.RETURNED, v, e.quantity, 0)
+    return dataclasses.replace(state, version=v)

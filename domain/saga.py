@@ -1,0 +1,325 @@
+"""The order fulfilment saga as a pure state machine.
+
+From the saga's state and the clock, :func:`next_action` says what to do next (run a step, wait for a
+retry, time out, or nothing); :func:`decide_outcome` turns the outcome of a step into events. Steps run
+in order; a step that fails for good (a business failure, or a transient one after its retries) starts
+compensation, which undoes every *attempted* step newest first, then cancels the order. A compensation
+that still fails after its retries parks the saga as FAILED until an operator retries or compensates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import uuid
+
+from domain.errors import TransitionForbidden
+from domain.events import DomainEvent, Recorded, event
+
+AGGREGATE_TYPE = "OrderFulfillmentSaga"
+SAGA_TYPE = "order_fulfillment"
+
+STEPS = ("reserve_inventory", "process_payment", "create_shipment", "confirm_order")
+COMPENSATION = {
+    "reserve_inventory": "release_inventory",
+    "process_payment": "refund_payment",
+    "create_shipment": "cancel_shipment",
+}
+CANCEL_ORDER = "cancel_order"
+
+
+class SagaStatus(enum.StrEnum):
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    COMPENSATING = "COMPENSATING"
+    COMPENSATED = "COMPENSATED"
+    FAILED = "FAILED"
+
+
+TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED})
+
+
+class Phase(enum.StrEnum):
+    EXECUTE = "execute"
+    COMPENSATE = "compensate"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SagaPolicy:
+    """Retries, backoff and timeouts; the service's settings supply them."""
+
+    retry_attempts: int = 3
+    retry_delay: float = 5.0
+    timeout: float = 300.0
+    compensation_timeout: float = 60.0
+
+    def backoff(self, attempt: int) -> dt.timedelta:
+        return dt.timedelta(seconds=self.retry_delay * 2 ** (attempt - 1))
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+@event
+@dataclasses.dataclass(frozen=True, slots=True)
+class SagaStarted(DomainEvent):
+    order_id: uuid.UUID
+    deadline: dt.datetime
+
+
+@event
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepAttempted(DomainEvent):
+    """Written before the external call (write-ahead), so a crash leaves a trace of it."""
+
+    step: str
+    action: Phase
+    attempt: int
+    run: int
+
+
+@event
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepSucceeded(DomainEvent):
+    step: str
+    action: Phase
+    attempt: int
+
+
+@event
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepFailed(DomainEvent):
+    step: str
+    action: Phase
+    attempt: int
+    error: str
+    retry_at: dt.datetime | None
+
+
+@event
+@dataclasses.dataclass(frozen=True, slots=True)
+class CompensationStarted(DomainEvent):
+    reason: str
+
+
+@event
+@dataclasses.dataclass(frozen=True, slots=True)
+class SagaCompleted(DomainEvent):
+    pass
+
+
+@event
+@dataclasses.dataclass(frozen=True, slots=True)
+class SagaCompensated(DomainEvent):
+    pass
+
+
+@event
+@dataclasses.dataclass(frozen=True, slots=True)
+class SagaParked(DomainEvent):
+    """A step could not finish after its retries; an operator must retry or compensate."""
+
+    step: str
+    action: Phase
+    error: str
+
+
+@event
+@dataclasses.dataclass(frozen=True, slots=True)
+class SagaResumed(DomainEvent):
+    """An operator resumed a FAILED saga from its failed step."""
+
+    run: int
+
+
+# --- state ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Saga:
+    """A fulfilment saga as its events describe it.
+
+    ``attempted`` lists the execute steps that may have had an effect (an attempt was written ahead);
+    compensation undoes all of them, since a crash may have hidden a success.
+    """
+
+    saga_id: uuid.UUID
+    order_id: uuid.UUID
+    status: SagaStatus
+    phase: Phase
+    deadline: dt.datetime
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    version: int
+    run: int = 1
+    attempt: int = 0
+    attempts_total: int = 0
+    in_flight: bool = False
+    retry_at: dt.datetime | None = None
+    attempted: tuple[str, ...] = ()
+    succeeded: tuple[str, ...] = ()
+    compensated: tuple[str, ...] = ()
+    reason: str | None = None
+    last_error: str | None = None
+
+    @property
+    def current_step(self) -> str | None:
+        if self.phase is Phase.EXECUTE:
+            return next((s for s in STEPS if s not in self.succeeded), None)
+        return next((s for s in compensation_plan(self) if s not in self.compensated), None)
+
+
+def compensation_plan(saga: Saga) -> list[str]:
+    """Compensations of every attempted step, newest first, then the order's cancellation."""
+    undo = [COMPENSATION[s] for s in reversed(STEPS) if s in saga.attempted and s in COMPENSATION]
+    return undo + [CANCEL_ORDER]
+
+
+# --- actions ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunStep:
+    step: str
+    action: Phase
+    attempt: int
+    run: int
+    timeout: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Wait:
+    until: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TimedOut:
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Idle:
+    """Nothing to do: the saga is finished, or parked for an operator."""
+
+
+Action = RunStep | Wait | TimedOut | Idle
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepResult:
+    """What a step's call came back with. ``effective`` is False when a compensation found nothing to undo."""
+
+    ok: bool
+    retryable: bool = False
+    error: str | None = None
+    effective: bool = True
+
+
+def next_action(saga: Saga, now: dt.datetime, policy: SagaPolicy) -> Action:
+    if saga.status in TERMINAL or saga.status is SagaStatus.FAILED:
+        return Idle()
+    executing = saga.phase is Phase.EXECUTE
+    if executing and now >= saga.deadline:
+        return TimedOut()
+    if saga.retry_at is not None and now < saga.retry_at:
+        return Wait(min(saga.retry_at, saga.deadline) if executing else saga.retry_at)
+    step = saga.current_step
+    if step is None:  # every step recorded but the closing event is missing
+        return Idle()
+    if executing:
+        timeout = (saga.deadline - now).total_seconds()
+    else:
+        timeout = policy.compensation_timeout
+    return RunStep(step, saga.phase, saga.attempt + 1, saga.run, timeout)
+
+
+def decide_start(saga_id: uuid.UUID, order_id: uuid.UUID, now: dt.datetime, policy: SagaPolicy) -> list[DomainEvent]:
+    return [SagaStarted(order_id, now + dt.timedelta(seconds=policy.timeout))]
+
+
+def decide_attempt(saga: Saga, action: RunStep) -> list[DomainEvent]:
+    return [StepAttempted(action.step, action.action, action.attempt, action.run)]
+
+
+def decide_timeout(saga: Saga) -> list[DomainEvent]:
+    return [CompensationStarted("saga timed out")]
+
+
+def decide_outcome(saga: Saga, action: RunStep, result: StepResult, now: dt.datetime, policy: SagaPolicy) -> list[DomainEvent]:
+    """Events for the outcome of ``action``: success, a scheduled retry, compensation, or parking."""
+    if result.ok:
+        events: list[DomainEvent] = [StepSucceeded(action.step, action.action, action.attempt)]
+        if action.action is Phase.EXECUTE and action.step == STEPS[-1]:
+            events.append(SagaCompleted())
+        elif action.action is Phase.COMPENSATE and action.step == CANCEL_ORDER:
+            events.append(SagaCompensated())
+        return events
+    error = result.error or "step failed"
+    if result.retryable and action.attempt < policy.retry_attempts:
+        retry_at = now + policy.backoff(action.attempt)
+        return [StepFailed(action.step, action.action, action.attempt, error, retry_at)]
+    failed = StepFailed(action.step, action.action, action.attempt, error, None)
+    if action.action is Phase.EXECUTE:
+        return [failed, CompensationStarted(f"{action.step} failed: {error}")]
+    return [failed, SagaParked(action.step, action.action, error)]
+
+
+def decide_compensate(saga: Saga, reason: str) -> list[DomainEvent]:
+    """Operator or customer asks to undo the saga: allowed while RUNNING, FAILED or COMPLETED."""
+    if saga.status is SagaStatus.COMPENSATED:
+        raise TransitionForbidden(f"saga {saga.saga_id} is already compensated", saga.status)
+    if saga.status is SagaStatus.COMPENSATING:
+        return []
+    if saga.status is SagaStatus.FAILED and saga.phase is Phase.COMPENSATE:
+        return [SagaResumed(saga.run + 1)]
+    return [CompensationStarted(reason)]
+
+
+def decide_retry(saga: Saga) -> list[DomainEvent]:
+    """Operator resumes a FAILED saga from its failed step."""
+    if saga.status is not SagaStatus.FAILED:
+        raise TransitionForbidden(f"saga {saga.saga_id} is {saga.status}, not FAILED", saga.status)
+    return [SagaResumed(saga.run + 1)]
+
+
+# --- evolve -----------------------------------------------------------------------------------
+
+
+def evolve(saga: Saga | None, recorded: Recorded) -> Saga | None:
+    e, at, v = recorded.event, recorded.at, recorded.version
+    if isinstance(e, SagaStarted):
+        return Saga(recorded.aggregate_id, e.order_id, SagaStatus.RUNNING, Phase.EXECUTE, e.deadline, at, at, v)
+    if saga is None:
+        return None
+    saga = dataclasses.replace(saga, updated_at=at, version=v)
+    if isinstance(e, StepAttempted):
+        attempted = saga.attempted
+        if e.action is Phase.EXECUTE and e.step not in attempted:
+            attempted = attempted + (e.step,)
+        return dataclasses.replace(
+            saga, attempt=e.attempt, in_flight=True, retry_at=None, attempted=attempted,
+            attempts_total=saga.attempts_total + 1,
+        )
+    if isinstance(e, StepSucceeded):
+        done = dataclasses.replace(saga, attempt=0, in_flight=False, retry_at=None, last_error=None)
+        if e.action is Phase.EXECUTE:
+            return dataclasses.replace(done, succeeded=saga.succeeded + (e.step,))
+        return dataclasses.replace(done, compensated=saga.compensated + (e.step,))
+    if isinstance(e, StepFailed):
+        return dataclasses.replace(saga, in_flight=False, retry_at=e.retry_at, last_error=e.error)
+    if isinstance(e, CompensationStarted):
+        return dataclasses.replace(
+            saga, status=SagaStatus.COMPENSATING, phase=Phase.COMPENSATE, attempt=0,
+            in_flight=False, retry_at=None, reason=e.reason,
+        )
+    if isinstance(e, SagaParked):
+        return dataclasses.replace(saga, status=SagaStatus.FAILED, retry_at=None, last_error=e.error)
+    if isinstance(e, SagaResumed):
+        status = SagaStatus.RUNNING if saga.phase is Phase.EXECUTE else SagaStatus.COMPENSATING
+        return dataclasses.replace(saga, status=status, run=e.run, attempt=0, retry_at=None)
+    if isinstance(e, SagaCompleted):
+        return dataclasses.replace(saga, status=SagaStatus.COMPLETED)
+    if isinstance(e, SagaCompensated):
+        return dataclasses.replace(saga, status=SagaStatus.COMPENSATED)
+    return saga

@@ -1,0 +1,190 @@
+"""Carts in Redis: one hash per cart, changed only by Lua scripts so every change is atomic.
+
+``cart:{id}`` holds the cart's metadata and one ``line:{product_id}`` field per line ("qty|price").
+Every change refreshes the key's TTL and the cart's score in ``carts:activity`` (last activity, for
+abandonment). Checkout moves an OPEN cart to CHECKING_OUT exactly once and pins its order id, so a
+second checkout answers with the same order; CHECKED_OUT follows once the order exists.
+Cart operation counters live in Redis too, so every replica's operations add up in one place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from domain.cart import Cart, CartLine, CartStatus, EmptyCart
+from domain.errors import NotFound, TransitionForbidden
+from store.errors import StoreUnavailable
+
+ACTIVITY = "carts:activity"
+OPERATIONS = "metrics:cart_operations"
+COUNTERS = "metrics:carts"
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'customer_id', ARGV[1], 'created_at', ARGV[2], 'updated_at', ARGV[2], 'status', 'OPEN')
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+redis.call('HINCRBY', KEYS[3], 'create', 1)
+redis.call('HINCRBY', KEYS[4], 'created', 1)
+return 1
+"""
+
+_SET_LINE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'OPEN' then return {'FORBIDDEN', status} end
+if tonumber(ARGV[2]) == 0 then
+  redis.call('HDEL', KEYS[1], 'line:' .. ARGV[1])
+else
+  redis.call('HSET', KEYS[1], 'line:' .. ARGV[1], ARGV[2] .. '|' .. ARGV[3])
+end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[7])
+redis.call('HINCRBY', KEYS[3], ARGV[8], 1)
+return {'OK', redis.call('HGETALL', KEYS[1])}
+"""
+
+_CHECKOUT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'OPEN' then
+  local has_line = false
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(field, 1, 5) == 'line:' then has_line = true break end
+  end
+  if not has_line then return {'EMPTY'} end
+  redis.call('HSET', KEYS[1], 'status', 'CHECKING_OUT', 'order_id', ARGV[1], 'updated_at', ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('HINCRBY', KEYS[3], 'checkout', 1)
+  redis.call('HINCRBY', KEYS[4], 'checked_out', 1)
+end
+return {'OK', redis.call('HGETALL', KEYS[1])}
+"""
+
+_FINISH = """
+if redis.call('HGET', KEYS[1], 'status') == 'CHECKING_OUT' then
+  redis.call('HSET', KEYS[1], 'status', 'CHECKED_OUT')
+end
+return 1
+"""
+
+T = TypeVar("T")
+
+
+def _key(cart_id: uuid.UUID) -> str:
+    return f"cart:{cart_id}"
+
+
+class RedisCartStore:
+    def __init__(self, client: aioredis.Redis, ttl: int) -> None:
+        self.redis = client
+        self.ttl = ttl
+        self._create = client.register_script(_CREATE)
+        self._set_line = client.register_script(_SET_LINE)
+        self._checkout = client.register_script(_CHECKOUT)
+        self._finish = client.register_script(_FINISH)
+
+    @classmethod
+    def from_url(cls, url: str, ttl: int, max_connections: int = 20) -> RedisCartStore:
+        client = aioredis.Redis.from_url(url, max_connections=max_connections, socket_timeout=5,
+                                         socket_connect_timeout=5, decode_responses=True)
+        return cls(client, ttl)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            raise StoreUnavailable(f"Redis unavailable: {e}") from e
+
+    async def ping(self) -> bool:
+        return bool(await self._call(lambda: self.redis.ping()))
+
+    async def create(self, cart_id: uuid.UUID, customer_id: uuid.UUID, now: dt.datetime) -> Cart:
+        keys = [_key(cart_id), ACTIVITY, OPERATIONS, COUNTERS]
+        await self._call(lambda: self._create(keys, [str(customer_id), now.isoformat(), self.ttl,
+                                                     now.timestamp(), str(cart_id)]))
+        return await self.get(cart_id)
+
+    async def get(self, cart_id: uuid.UUID) -> Cart:
+        fields, ttl = await self._call(lambda: self._get(cart_id))
+        if not fields:
+            raise NotFound(f"unknown cart {cart_id}")
+        return self._decode(cart_id, fields, ttl)
+
+    async def _get(self, cart_id: uuid.UUID) -> tuple[dict[str, str], int]:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(_key(cart_id))
+            pipe.ttl(_key(cart_id))
+            fields, ttl = await pipe.execute()
+        return fields, ttl
+
+    async def set_line(self, cart_id: uuid.UUID, product_id: uuid.UUID, quantity: int, unit_price: Decimal,
+                       now: dt.datetime, operation: str = "set_item") -> Cart:
+        keys = [_key(cart_id), ACTIVITY, OPERATIONS]
+        args = [str(product_id), quantity, str(unit_price), now.isoformat(), self.ttl, now.timestamp(),
+                str(cart_id), operation]
+        result = await self._call(lambda: self._set_line(keys, args))
+        return self._result(cart_id, result, self.ttl)
+
+    async def begin_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID, now: dt.datetime) -> Cart:
+        """Pin the cart to ``order_id`` once; a cart already checked out keeps its first order id."""
+        keys = [_key(cart_id), ACTIVITY, OPERATIONS, COUNTERS]
+        result = await self._call(lambda: self._checkout(keys, [str(order_id), now.isoformat(), str(cart_id)]))
+        if result[0] == "EMPTY":
+            raise EmptyCart(f"cart {cart_id} is empty")
+        return self._result(cart_id, result, None)
+
+    async def finish_checkout(self, cart_id: uuid.UUID) -> None:
+        await self._call(lambda: self._finish([_key(cart_id)], []))
+
+    def _result(self, cart_id: uuid.UUID, result: list[Any], ttl: int | None) -> Cart:
+        if result[0] == "NOT_FOUND":
+            raise NotFound(f"unknown cart {cart_id}")
+        if result[0] == "FORBIDDEN":
+            raise TransitionForbidden(f"cart {cart_id} is {result[1]}", result[1])
+        flat = result[1]
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        return self._decode(cart_id, fields, ttl)
+
+    def _decode(self, cart_id: uuid.UUID, fields: dict[str, str], ttl: int | None) -> Cart:
+        lines = []
+        for name, value in fields.items():
+            if name.startswith("line:"):
+                qty, price = value.split("|")
+                lines.append(CartLine(uuid.UUID(name[5:]), int(qty), Decimal(price)))
+        lines.sort(key=lambda line: str(line.product_id))
+        updated = dt.datetime.fromisoformat(fields["updated_at"])
+        status = CartStatus(fields["status"])
+        expires = updated + dt.timedelta(seconds=self.ttl)
+        order_id = uuid.UUID(fields["order_id"]) if fields.get("order_id") else None
+        return Cart(cart_id, uuid.UUID(fields["customer_id"]), tuple(lines), status,
+                    dt.datetime.fromisoformat(fields["created_at"]), updated, expires, order_id)
+
+    async def stats(self, now: dt.datetime, abandoned_after: float) -> dict[str, Any]:
+        """Cart operation counts and the carts idle longer than ``abandoned_after`` seconds."""
+
+        async def read() -> dict[str, Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(OPERATIONS)
+                pipe.hgetall(COUNTERS)
+                pipe.zcount(ACTIVITY, "-inf", now.timestamp() - abandoned_after)
+                pipe.zcard(ACTIVITY)
+                ops, counters, abandoned, open_carts = await pipe.execute()
+            return {"operations": {k: int(v) for k, v in ops.items()},
+                    "created": int(counters.get("created", 0)), "checked_out": int(counters.get("checked_out", 0)),
+                    "abandoned": int(abandoned), "open": int(open_carts)}
+
+        return await self._call(read)
+

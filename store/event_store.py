@@ -1,0 +1,238 @@
+"""The event store port, its PostgreSQL adapter, and the types both share.
+
+Appends are atomic across streams and checked against each stream's expected version. Event ids
+derive from the command id, so a command delivered twice collides on them and applies once.
+Global order for readers is ``(transaction_id, position)``; :meth:`read_all` only reads below the
+oldest transaction still in flight, so a tailing reader never skips an event that commits late.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
+
+import asyncpg
+
+from domain import events as ev
+from store.errors import ConcurrencyConflict, DuplicateCommand, postgres_errors
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommandContext:
+    """The command that causes an append: its id, the business flow it belongs to, and its cause."""
+
+    command_id: uuid.UUID
+    correlation_id: uuid.UUID
+    causation_id: uuid.UUID | None
+    occurred_at: dt.datetime
+
+    @classmethod
+    def new(cls, correlation_id: uuid.UUID, now: dt.datetime, causation_id: uuid.UUID | None = None,
+            command_id: uuid.UUID | None = None) -> CommandContext:
+        return cls(command_id or uuid.uuid4(), correlation_id, causation_id, now)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamAppend:
+    aggregate_id: uuid.UUID
+    aggregate_type: str
+    expected_version: int
+    events: Sequence[ev.DomainEvent]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    aggregate_id: uuid.UUID
+    aggregate_type: str
+    version: int
+    state: dict[str, Any]
+
+
+def event_id(command_id: uuid.UUID, aggregate_id: uuid.UUID, index: int) -> uuid.UUID:
+    return uuid.uuid5(command_id, f"{aggregate_id}/{index}")
+
+
+def build_records(appends: Sequence[StreamAppend], ctx: CommandContext) -> list[ev.Recorded]:
+    records = []
+    for a in appends:
+        for i, e in enumerate(a.events):
+            meta = ev.Metadata(event_id(ctx.command_id, a.aggregate_id, i), ctx.command_id,
+                               ctx.correlation_id, ctx.causation_id, ctx.occurred_at)
+            records.append(ev.Recorded(a.aggregate_id, a.aggregate_type, a.expected_version + i + 1, e, meta))
+    return records
+
+
+class EventStore(Protocol):
+    """The event store port; :class:`PostgresEventStore` and ``InMemoryEventStore`` implement it."""
+
+    async def append(self, appends: Sequence[StreamAppend], ctx: CommandContext) -> list[ev.Recorded]:
+        """Append to one or more streams atomically.
+
+        Raises ConcurrencyConflict on a stale expected version, DuplicateCommand when the command
+        was already applied.
+        """
+
+    async def load_stream(self, aggregate_id: uuid.UUID, after_version: int = 0) -> list[ev.Recorded]: ...
+
+    async def read_all(self, after_position: int = 0, limit: int = 500) -> list[ev.Recorded]:
+        """Committed events after ``after_position`` in global order, never skipping a late commit."""
+
+    async def query(self, *, aggregate_id: uuid.UUID | None = None, aggregate_type: str | None = None,
+                    event_type: str | None = None, after_position: int = 0, limit: int = 100) -> list[ev.Recorded]: ...
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None: ...
+
+    async def load_snapshot(self, aggregate_id: uuid.UUID) -> Snapshot | None: ...
+
+
+def metadata_json(meta: ev.Metadata) -> dict[str, Any]:
+    return {
+        "event_id": str(meta.event_id), "command_id": str(meta.command_id),
+        "correlation_id": str(meta.correlation_id),
+        "causation_id": str(meta.causation_id) if meta.causation_id else None,
+    }
+
+
+def record_from_row(row: asyncpg.Record) -> ev.Recorded:
+    """Decode one ``events`` row, upcasting old schema versions."""
+    meta = row["metadata"]
+    event = ev.decode(row["event_type"], row["schema_version"], row["event_data"])
+    causation = meta.get("causation_id")
+    metadata = ev.Metadata(
+        row["id"], uuid.UUID(meta["command_id"]), uuid.UUID(meta["correlation_id"]),
+        uuid.UUID(causation) if causation else None, row["created_at"],
+    )
+    return ev.Recorded(row["aggregate_id"], row["aggregate_type"], row["version"], event, metadata, row["position"])
+
+
+_COLUMNS = "id, position, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata, version, created_at"
+
+_INSERT = f"""
+INSERT INTO events (id, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata, version, created_at)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::varchar[], $5::int[], $6::jsonb[], $7::jsonb[], $8::int[], $9::timestamptz[])
+RETURNING {_COLUMNS}
+"""
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
+    with postgres_errors():
+        pool: asyncpg.Pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, init=init_connection,
+                                                       command_timeout=60)
+    return pool
+
+
+class PostgresEventStore:
+    """The event store on PostgreSQL through an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, conn: asyncpg.Connection | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction whose id is taken first, before any position is drawn from the sequence."""
+        if conn is not None:
+            yield conn
+            return
+        with postgres_errors():
+            async with self.pool.acquire() as c, c.transaction():
+                await c.execute("SELECT pg_current_xact_id()")
+                yield c
+
+    async def append(self, appends: Sequence[StreamAppend], ctx: CommandContext,
+                     conn: asyncpg.Connection | None = None) -> list[ev.Recorded]:
+        records = build_records(appends, ctx)
+        if not records:
+            return []
+        async with self.transaction(conn) as c:
+            return await self._append(c, appends, records)
+
+    async def _append(self, c: asyncpg.Connection, appends: Sequence[StreamAppend],
+                      records: list[ev.Recorded]) -> list[ev.Recorded]:
+        for a in appends:
+            if a.events and a.expected_version > 0:
+                current = await c.fetchval(
+                    "SELECT COALESCE(MAX(version), 0) FROM events WHERE aggregate_id = $1", a.aggregate_id)
+                if current != a.expected_version:
+                    raise ConcurrencyConflict(a.aggregate_id, a.expected_version)
+        columns: list[list[Any]] = [[] for _ in range(9)]
+        for r in records:
+            values = (r.metadata.event_id, r.aggregate_id, r.aggregate_type, r.event_type,
+                      type(r.event).schema_version, ev.encode(r.event), metadata_json(r.metadata),
+                      r.version, r.metadata.occurred_at)
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        try:
+            async with c.transaction():  # a savepoint, so the caller's transaction stays usable
+                rows = await c.fetch(_INSERT, *columns)
+        except asyncpg.UniqueViolationError as e:
+            if e.constraint_name == "events_pkey":
+                raise DuplicateCommand(str(records[0].metadata.command_id)) from e
+            raise ConcurrencyConflict(records[0].aggregate_id, appends[0].expected_version) from e
+        return [record_from_row(row) for row in rows]
+
+    async def load_stream(self, aggregate_id: uuid.UUID, after_version: int = 0) -> list[ev.Recorded]:
+        with postgres_errors():
+            rows = await self.pool.fetch(
+                f"SELECT {_COLUMNS} FROM events WHERE aggregate_id = $1 AND version > $2 ORDER BY version",
+                aggregate_id, after_version)
+        return [record_from_row(r) for r in rows]
+
+    async def read_all(self, after_position: int = 0, limit: int = 500) -> list[ev.Recorded]:
+        rows = await self.read_all_rows(after_position, limit)
+        return [record_from_row(r) for r in rows]
+
+    async def read_all_rows(self, after_position: int, limit: int, conn: asyncpg.Connection | None = None) -> list[asyncpg.Record]:
+        sql = f"""
+            SELECT {_COLUMNS}, transaction_id::text AS transaction_id FROM events
+            WHERE (transaction_id, position) > (
+                    COALESCE((SELECT transaction_id FROM events WHERE position = $1), '0'::xid8), $1)
+              AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+            ORDER BY transaction_id, position
+            LIMIT $2"""
+        with postgres_errors():
+            if conn is not None:
+                return list(await conn.fetch(sql, after_position, limit))
+            return list(await self.pool.fetch(sql, after_position, limit))
+
+    async def query(self, *, aggregate_id: uuid.UUID | None = None, aggregate_type: str | None = None,
+                    event_type: str | None = None, after_position: int = 0, limit: int = 100) -> list[ev.Recorded]:
+        sql = f"""
+            SELECT {_COLUMNS} FROM events
+            WHERE (transaction_id, position) > (
+                    COALESCE((SELECT transaction_id FROM events WHERE position = $1), '0'::xid8), $1)
+              AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+              AND ($2::uuid IS NULL OR aggregate_id = $2)
+              AND ($3::varchar IS NULL OR aggregate_type = $3)
+              AND ($4::varchar IS NULL OR event_type = $4)
+            ORDER BY transaction_id, position
+            LIMIT $5"""
+        with postgres_errors():
+            rows = await self.pool.fetch(sql, after_position, aggregate_id, aggregate_type, event_type, limit)
+        return [record_from_row(r) for r in rows]
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        with postgres_errors():
+            await self.pool.execute(
+                """INSERT INTO snapshots (aggregate_id, aggregate_type, version, state) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (aggregate_id) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state,
+                   created_at = NOW() WHERE snapshots.version < EXCLUDED.version""",
+                snapshot.aggregate_id, snapshot.aggregate_type, snapshot.version, snapshot.state)
+
+    async def load_snapshot(self, aggregate_id: uuid.UUID) -> Snapshot | None:
+        with postgres_errors():
+            row = await self.pool.fetchrow(
+                "SELECT aggregate_id, aggregate_type, version, state FROM snapshots WHERE aggregate_id = $1",
+                aggregate_id)
+        if row is None:
+            return None
+        return Snapshot(row["aggregate_id"], row["aggregate_type"], row["version"], row["state"])

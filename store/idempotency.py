@@ -1,0 +1,89 @@
+"""Idempotency keys of HTTP POSTs: the first response is stored and replayed for the same key and body.
+
+A key is claimed before the work starts. A second request with the key while the first is still in
+flight is told to retry; a claim left behind by a crash is taken over after ``stale_after`` seconds
+(the work itself is idempotent, its ids derive from the key). Server errors are not stored, so a
+retry after a 503 does the work again. Keys are kept for ``keep_hours`` (at least 24).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from store.errors import postgres_errors
+from store.event_store import PostgresEventStore
+
+
+class KeyReused(Exception):
+    """The key was used before with a different request body."""
+
+
+class KeyInFlight(Exception):
+    """A request with this key is being processed right now."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredResponse:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    try:
+        canonical = json.dumps(json.loads(body or b"null"), sort_keys=True, separators=(",", ":")).encode()
+    except ValueError:
+        canonical = body
+    return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + canonical).hexdigest()
+
+
+class IdempotencyStore:
+    def __init__(self, events: PostgresEventStore, stale_after: float = 60.0, keep_hours: float = 48.0) -> None:
+        self.pool = events.pool
+        self.stale_after = stale_after
+        self.keep_hours = max(keep_hours, 24.0)
+
+    async def claim(self, scope: str, key: str, fp: str) -> StoredResponse | None:
+        """Claim ``key``; returns the stored response when the request was already answered."""
+        with postgres_errors():
+            async with self.pool.acquire() as conn:
+                claimed = await conn.fetchval(
+                    """INSERT INTO idempotency_keys (scope, key, fingerprint) VALUES ($1, $2, $3)
+                       ON CONFLICT (scope, key) DO UPDATE SET created_at = NOW()
+                       WHERE idempotency_keys.status IS NULL AND idempotency_keys.fingerprint = $3
+                         AND idempotency_keys.created_at < NOW() - make_interval(secs => $4)
+                       RETURNING 1""", scope, key, fp, self.stale_after)
+                if claimed:
+                    return None
+                row = await conn.fetchrow(
+                    "SELECT fingerprint, status, body, headers FROM idempotency_keys WHERE scope = $1 AND key = $2",
+                    scope, key)
+        if row is None:  # released between the two statements
+            return await self.claim(scope, key, fp)
+        if row["fingerprint"] != fp:
+            raise KeyReused(key)
+        if row["status"] is None:
+            raise KeyInFlight(key)
+        return StoredResponse(row["status"], row["body"], row["headers"] or {})
+
+    async def complete(self, scope: str, key: str, response: StoredResponse) -> None:
+        with postgres_errors():
+            await self.pool.execute(
+                "UPDATE idempotency_keys SET status = $3, body = $4, headers = $5 WHERE scope = $1 AND key = $2",
+                scope, key, response.status, response.body, response.headers)
+
+    async def release(self, scope: str, key: str) -> None:
+        """Forget an unanswered claim (the request failed with a server error)."""
+        with postgres_errors():
+            await self.pool.execute(
+                "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND status IS NULL", scope, key)
+
+    async def purge(self) -> int:
+        with postgres_errors():
+            status = await self.pool.execute(
+                "DELETE FROM idempotency_keys WHERE created_at < NOW() - make_interval(hours => $1::int)",
+                int(self.keep_hours))
+        return int(status.split()[-1])

@@ -1,0 +1,62 @@
+"""An in-memory event store with the same contract as the PostgreSQL one, for unit tests."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import Sequence
+
+from domain import events as ev
+from store.errors import ConcurrencyConflict, DuplicateCommand
+from store.event_store import CommandContext, Snapshot, StreamAppend, build_records
+
+
+class InMemoryEventStore:
+    def __init__(self) -> None:
+        self._log: list[ev.Recorded] = []
+        self._streams: dict[uuid.UUID, list[ev.Recorded]] = {}
+        self._event_ids: set[uuid.UUID] = set()
+        self._snapshots: dict[uuid.UUID, Snapshot] = {}
+        self._lock = asyncio.Lock()
+
+    async def append(self, appends: Sequence[StreamAppend], ctx: CommandContext) -> list[ev.Recorded]:
+        records = build_records(appends, ctx)
+        async with self._lock:
+            for a in appends:
+                if a.events and len(self._streams.get(a.aggregate_id, [])) != a.expected_version:
+                    raise ConcurrencyConflict(a.aggregate_id, a.expected_version)
+            if any(r.metadata.event_id in self._event_ids for r in records):
+                raise DuplicateCommand(str(ctx.command_id))
+            stored = []
+            for r in records:
+                r = dataclasses.replace(r, position=len(self._log) + 1)
+                self._log.append(r)
+                self._streams.setdefault(r.aggregate_id, []).append(r)
+                self._event_ids.add(r.metadata.event_id)
+                stored.append(r)
+            return stored
+
+    async def load_stream(self, aggregate_id: uuid.UUID, after_version: int = 0) -> list[ev.Recorded]:
+        return [r for r in self._streams.get(aggregate_id, []) if r.version > after_version]
+
+    async def read_all(self, after_position: int = 0, limit: int = 500) -> list[ev.Recorded]:
+        return self._log[after_position:after_position + limit]
+
+    async def query(self, *, aggregate_id: uuid.UUID | None = None, aggregate_type: str | None = None,
+                    event_type: str | None = None, after_position: int = 0, limit: int = 100) -> list[ev.Recorded]:
+        found = [
+            r for r in self._log[after_position:]
+            if (aggregate_id is None or r.aggregate_id == aggregate_id)
+            and (aggregate_type is None or r.aggregate_type == aggregate_type)
+            and (event_type is None or r.event_type == event_type)
+        ]
+        return found[:limit]
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        current = self._snapshots.get(snapshot.aggregate_id)
+        if current is None or current.version < snapshot.version:
+            self._snapshots[snapshot.aggregate_id] = snapshot
+
+    async def load_snapshot(self, aggregate_id: uuid.UUID) -> Snapshot | None:
+        return self._snapshots.get(aggregate_id)

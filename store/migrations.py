@@ -1,0 +1,186 @@
+"""Versioned, idempotent schema migrations; ``commerce migrate`` and every start apply them.
+
+A transaction-level advisory lock serializes concurrent migrators (several shards starting at once);
+pending versions apply in one transaction and are recorded in ``schema_migrations``.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "event store",
+        """
+        CREATE TABLE events (
+            id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+            position BIGSERIAL NOT NULL UNIQUE,
+            transaction_id XID8 NOT NULL DEFAULT pg_current_xact_id(),
+            aggregate_id UUID NOT NULL,
+            aggregate_type VARCHAR(100) NOT NULL,
+            event_type VARCHAR(100) NOT NULL,
+            schema_version INTEGER NOT NULL DEFAULT 1,
+            event_data JSONB NOT NULL,
+            metadata JSONB NOT NULL DEFAULT '{}',
+            version INTEGER NOT NULL CHECK (version > 0),
+            created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+            UNIQUE (aggregate_id, version)
+        );
+        CREATE INDEX events_transaction_position ON events (transaction_id, position);
+        CREATE INDEX events_type_position ON events (event_type, position);
+        CREATE INDEX events_aggregate_type_position ON events (aggregate_type, position);
+        CREATE TABLE snapshots (
+            aggregate_id UUID PRIMARY KEY,
+            aggregate_type VARCHAR(100) NOT NULL,
+            version INTEGER NOT NULL,
+            state JSONB NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+        );
+        """,
+    ),
+    (
+        2,
+        "read models",
+        """
+        CREATE TABLE projection_checkpoints (
+            name VARCHAR(100) PRIMARY KEY,
+            position BIGINT NOT NULL,
+            transaction_id XID8 NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+        );
+        CREATE TABLE order_views (
+            order_id UUID PRIMARY KEY,
+            customer_id UUID NOT NULL,
+            status VARCHAR(50) NOT NULL,
+            total_amount DECIMAL(12, 2) NOT NULL,
+            created_at TIMESTAMPTZ,
+            updated_at TIMESTAMPTZ,
+            version INTEGER NOT NULL,
+            saga_id UUID NOT NULL,
+            items JSONB NOT NULL,
+            reason TEXT
+        );
+        CREATE INDEX order_views_created ON order_views (created_at DESC, order_id DESC);
+        CREATE INDEX order_views_customer ON order_views (customer_id, created_at DESC, order_id DESC);
+        CREATE INDEX order_views_status ON order_views (status, created_at DESC, order_id DESC);
+        CREATE TABLE inventory_views (
+            product_id UUID PRIMARY KEY,
+            name TEXT NOT NULL,
+            price DECIMAL(12, 2) NOT NULL,
+            on_hand INTEGER NOT NULL,
+            reserved INTEGER NOT NULL,
+            units_sold BIGINT NOT NULL DEFAULT 0,
+            version INTEGER NOT NULL,
+            updated_at TIMESTAMPTZ
+        );
+        CREATE TABLE inventory_reservations (
+            reservation_id UUID PRIMARY KEY,
+            product_id UUID NOT NULL,
+            quantity INTEGER NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE INDEX inventory_reservations_expiry ON inventory_reservations (expires_at);
+        """,
+    ),
+    (
+        3,
+        "sagas",
+        """
+        CREATE TABLE sagas (
+            saga_id UUID PRIMARY KEY,
+            saga_type VARCHAR(100) NOT NULL,
+            current_step VARCHAR(100) NOT NULL,
+            saga_data JSONB NOT NULL,
+            status VARCHAR(50) NOT NULL,
+            order_id UUID NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            version INTEGER NOT NULL,
+            created_at TIMESTAMPTZ DEFAULT NOW(),
+            updated_at TIMESTAMPTZ DEFAULT NOW()
+        );
+        CREATE INDEX sagas_status ON sagas (status, created_at DESC, saga_id DESC);
+        CREATE INDEX sagas_order ON sagas (order_id);
+        CREATE INDEX sagas_created ON sagas (created_at DESC, saga_id DESC);
+        CREATE TABLE saga_steps (
+            saga_id UUID NOT NULL REFERENCES sagas (saga_id),
+            seq INTEGER NOT NULL,
+            step VARCHAR(100) NOT NULL,
+            action VARCHAR(20) NOT NULL,
+            outcome VARCHAR(20) NOT NULL,
+            attempt INTEGER NOT NULL,
+            error TEXT,
+            at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (saga_id, seq)
+        );
+        """,
+    ),
+    (
+        4,
+        "idempotency keys and provider ledgers",
+        """
+        CREATE TABLE idempotency_keys (
+            scope VARCHAR(200) NOT NULL,
+            key VARCHAR(255) NOT NULL,
+            fingerprint VARCHAR(64) NOT NULL,
+            status INTEGER,
+            body JSONB,
+            headers JSONB,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+            PRIMARY KEY (scope, key)
+        );
+        CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+        CREATE TABLE provider_ledger (
+            provider VARCHAR(50) NOT NULL,
+            operation VARCHAR(50) NOT NULL,
+            key VARCHAR(200) NOT NULL,
+            reference VARCHAR(100) NOT NULL,
+            status VARCHAR(50) NOT NULL,
+            amount DECIMAL(12, 2),
+            detail JSONB NOT NULL DEFAULT '{}',
+            created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+            PRIMARY KEY (provider, operation, key)
+        );
+        CREATE TABLE provider_attempts (
+            id BIGSERIAL PRIMARY KEY,
+            provider VARCHAR(50) NOT NULL,
+            operation VARCHAR(50) NOT NULL,
+            key VARCHAR(200) NOT NULL,
+            outcome VARCHAR(50) NOT NULL,
+            at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+        );
+        CREATE INDEX provider_attempts_key ON provider_attempts (key);
+        """,
+    ),
+]
+
+LATEST = MIGRATIONS[-1][0]
+_LOCK_KEY = 7_340_212_001
+
+
+async def migrate(conn: asyncpg.Connection) -> list[int]:
+    """Apply every migration not yet applied; returns the versions applied now."""
+    applied_now: list[int] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at TIMESTAMPTZ NOT NULL DEFAULT NOW())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, sql in MIGRATIONS:
+            if version in done:
+                continue
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            applied_now.append(version)
+    return applied_now
+
+
+async def current_version(conn: asyncpg.Connection) -> int:
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return 0
+    return int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))

@@ -1,0 +1,106 @@
+"""The saga store: the ``sagas`` table (current state) and ``saga_steps`` (history), written in the
+same transaction as the saga's events and the order events that record a step's outcome."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from domain import events as ev
+from domain import saga as sg
+from domain.codec import to_primitive
+from store.errors import postgres_errors
+from store.event_store import CommandContext, PostgresEventStore, StreamAppend
+
+_STEP_OUTCOMES = {sg.StepAttempted: "started", sg.StepSucceeded: "succeeded", sg.StepFailed: "failed"}
+
+
+def fold(saga: sg.Saga | None, records: Sequence[ev.Recorded]) -> sg.Saga | None:
+    for r in records:
+        if r.aggregate_type == sg.AGGREGATE_TYPE:
+            saga = sg.evolve(saga, r)
+    return saga
+
+
+class SagaStore:
+    def __init__(self, events: PostgresEventStore) -> None:
+        self.events = events
+
+    async def record(self, ctx: CommandContext, saga: sg.Saga | None, saga_id: uuid.UUID,
+                     saga_events: Sequence[ev.DomainEvent], others: Sequence[StreamAppend] = ()) -> tuple[sg.Saga, list[ev.Recorded]]:
+        """Append the saga's events (and other streams' events) and update ``sagas`` atomically."""
+        appends = [StreamAppend(saga_id, sg.AGGREGATE_TYPE, saga.version if saga else 0, saga_events), *others]
+        async with self.events.transaction() as conn:
+            records = await self.events.append(appends, ctx, conn=conn)
+            after = fold(saga, records)
+            if after is None:
+                raise ValueError(f"saga {saga_id} has no SagaStarted event")
+            await self._write(conn, after, [r for r in records if r.aggregate_id == saga_id])
+        return after, records
+
+    async def _write(self, conn: asyncpg.Connection, saga: sg.Saga, records: Sequence[ev.Recorded]) -> None:
+        await conn.execute(
+            """INSERT INTO sagas (saga_id, saga_type, current_step, saga_data, status, order_id, attempts, version,
+                                  created_at, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+               ON CONFLICT (saga_id) DO UPDATE SET current_step = $3, saga_data = $4, status = $5, attempts = $7,
+                   version = $8, updated_at = $10""",
+            saga.saga_id, sg.SAGA_TYPE, saga.current_step or "done", to_primitive(saga), saga.status.value,
+            saga.order_id, saga.attempts_total, saga.version, saga.created_at, saga.updated_at)
+        steps = [
+            (saga.saga_id, r.version, r.event.step, r.event.action.value, outcome, r.event.attempt,  # type: ignore[attr-defined]
+             getattr(r.event, "error", None), r.at)
+            for r in records if (outcome := _STEP_OUTCOMES.get(type(r.event)))
+        ]
+        if steps:
+            await conn.executemany(
+                """INSERT INTO saga_steps (saga_id, seq, step, action, outcome, attempt, error, at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING""", steps)
+
+    async def rebuild(self, conn: asyncpg.Connection, saga: sg.Saga, records: Sequence[ev.Recorded]) -> None:
+        """Write a saga's row and full history from its events (used by ``projections rebuild``)."""
+        await self._write(conn, saga, records)
+
+    async def unfinished(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """Every saga not in a terminal state, as (saga_id, order_id)."""
+        with postgres_errors():
+            rows = await self.events.pool.fetch(
+                "SELECT saga_id, order_id FROM sagas WHERE status NOT IN ('COMPLETED', 'COMPENSATED')")
+        return [(r["saga_id"], r["order_id"]) for r in rows]
+
+    async def get(self, saga_id: uuid.UUID) -> dict[str, Any] | None:
+        with postgres_errors():
+            row = await self.events.pool.fetchrow("SELECT * FROM sagas WHERE saga_id = $1", saga_id)
+            if row is None:
+                return None
+            steps = await self.events.pool.fetch(
+                "SELECT step, action, outcome, attempt, at, error FROM saga_steps WHERE saga_id = $1 ORDER BY seq",
+                saga_id)
+        return {**dict(row), "steps": [dict(s) for s in steps]}
+
+    async def list(self, *, status: str | None, order_id: uuid.UUID | None, limit: int,
+                   cursor: tuple[Any, uuid.UUID] | None) -> list[dict[str, Any]]:
+        with postgres_errors():
+            rows = await self.events.pool.fetch(
+                """SELECT saga_id, saga_type, order_id, status, current_step, attempts, created_at, updated_at
+                   FROM sagas
+                   WHERE ($1::varchar IS NULL OR status = $1) AND ($2::uuid IS NULL OR order_id = $2)
+                     AND ($3::timestamptz IS NULL OR (created_at, saga_id) < ($3, $4))
+                   ORDER BY created_at DESC, saga_id DESC LIMIT $5""",
+                status, order_id, cursor[0] if cursor else None, cursor[1] if cursor else None, limit)
+        return [dict(r) for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        with postgres_errors():
+            rows = await self.events.pool.fetch("SELECT status, COUNT(*) AS n FROM sagas GROUP BY status")
+        return {r["status"]: r["n"] for r in rows}
+
+    async def oldest_unfinished_age(self) -> float:
+        with postgres_errors():
+            age = await self.events.pool.fetchval(
+                """SELECT COALESCE(EXTRACT(EPOCH FROM NOW() - MIN(created_at)), 0) FROM sagas
+                   WHERE status NOT IN ('COMPLETED', 'COMPENSATED')""")
+        return float(age)

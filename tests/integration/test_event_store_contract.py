@@ -1,0 +1,116 @@
+"""One contract, run against the in-memory and the PostgreSQL event store."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from domain import inventory as inv
+from store.errors import ConcurrencyConflict, DuplicateCommand
+from store.event_store import CommandContext, PostgresEventStore, Snapshot, StreamAppend
+from store.memory import InMemoryEventStore
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def store(request: pytest.FixtureRequest) -> object:
+    if request.param == "memory":
+        return InMemoryEventStore()
+    return request.getfixturevalue("event_store")
+
+
+def stock(pid: uuid.UUID, on_hand: int = 5) -> inv.StockSet:
+    return inv.StockSet(pid, on_hand, Decimal("1.00"), "thing")
+
+
+def ctx() -> CommandContext:
+    return CommandContext.new(uuid.uuid4(), NOW)
+
+
+async def test_appended_events_load_in_version_order(store: PostgresEventStore) -> None:
+    pid = uuid.uuid4()
+    await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 0, [stock(pid, 1), stock(pid, 2)])], ctx())
+    await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 2, [stock(pid, 3)])], ctx())
+    loaded = await store.load_stream(pid)
+    assert [r.version for r in loaded] == [1, 2, 3]
+    assert [r.event.on_hand for r in loaded] == [1, 2, 3]  # type: ignore[attr-defined]
+    assert [r.version for r in await store.load_stream(pid, after_version=2)] == [3]
+
+
+async def test_stale_expected_version_is_a_conflict(store: PostgresEventStore) -> None:
+    pid = uuid.uuid4()
+    await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 0, [stock(pid)])], ctx())
+    with pytest.raises(ConcurrencyConflict):
+        await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 0, [stock(pid)])], ctx())
+    with pytest.raises(ConcurrencyConflict):
+        await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 3, [stock(pid)])], ctx())
+    assert [r.version for r in await store.load_stream(pid)] == [1]
+
+
+async def test_a_command_applied_twice_is_a_duplicate(store: PostgresEventStore) -> None:
+    pid = uuid.uuid4()
+    c = ctx()
+    await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 0, [stock(pid)])], c)
+    with pytest.raises(DuplicateCommand):
+        await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 1, [stock(pid)])], c)
+    assert len(await store.load_stream(pid)) == 1
+
+
+async def test_multi_stream_append_is_all_or_nothing(store: PostgresEventStore) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    await store.append([StreamAppend(b, inv.AGGREGATE_TYPE, 0, [stock(b)])], ctx())
+    with pytest.raises(ConcurrencyConflict):
+        await store.append([StreamAppend(a, inv.AGGREGATE_TYPE, 0, [stock(a)]),
+                            StreamAppend(b, inv.AGGREGATE_TYPE, 0, [stock(b)])], ctx())
+    assert await store.load_stream(a) == []
+
+
+async def test_two_concurrent_appends_at_one_version_exactly_one_wins(store: PostgresEventStore) -> None:
+    pid = uuid.uuid4()
+    await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 0, [stock(pid)])], ctx())
+    results = await asyncio.gather(
+        *[store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 1, [stock(pid, n)])], ctx()) for n in (7, 8)],
+        return_exceptions=True)
+    assert sorted(type(r).__name__ for r in results) == ["ConcurrencyConflict", "list"]
+    assert [r.version for r in await store.load_stream(pid)] == [1, 2]
+
+
+async def test_read_all_returns_each_event_once_in_order(store: PostgresEventStore) -> None:
+    pid = uuid.uuid4()
+    start = await _last_position(store)
+    for n in range(3):
+        await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, n, [stock(pid, n)])], ctx())
+    seen = []
+    after = start
+    while batch := await store.read_all(after, limit=2):
+        seen.extend(r for r in batch if r.aggregate_id == pid)
+        after = batch[-1].position or 0
+    assert [r.version for r in seen] == [1, 2, 3]
+
+
+async def test_query_filters_by_stream_and_type(store: PostgresEventStore) -> None:
+    pid = uuid.uuid4()
+    await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 0, [
+        stock(pid), inv.StockReserved(uuid.uuid4(), 1, NOW, "test")])], ctx())
+    found = await store.query(aggregate_id=pid, event_type="StockReserved")
+    assert [r.event_type for r in found] == ["StockReserved"]
+
+
+async def test_snapshots_keep_the_newest_version(store: PostgresEventStore) -> None:
+    pid = uuid.uuid4()
+    await store.save_snapshot(Snapshot(pid, inv.AGGREGATE_TYPE, 5, {"n": 5}))
+    await store.save_snapshot(Snapshot(pid, inv.AGGREGATE_TYPE, 3, {"n": 3}))
+    snap = await store.load_snapshot(pid)
+    assert snap is not None and snap.version == 5 and snap.state == {"n": 5}
+
+
+async def _last_position(store: PostgresEventStore) -> int:
+    after = 0
+    while batch := await store.read_all(after, limit=1000):
+        after = batch[-1].position or after
+    return after

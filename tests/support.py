@@ -1,0 +1,59 @@
+"""Helpers shared by the test suites: servers to test against and fresh databases."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from store.embedded import EmbeddedPostgres, EmbeddedRedis
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+async def create_database(base_dsn: str, prefix: str) -> str:
+    """A new, empty database next to ``base_dsn``'s; returns its DSN."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(base_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(base_dsn, name)
+
+
+async def drop_database(base_dsn: str, dsn: str) -> None:
+    name = urlsplit(dsn).path.lstrip("/")
+    conn = await asyncpg.connect(base_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+class Servers:
+    """The PostgreSQL and Redis the suite talks to: the configured ones, or embedded ones it starts."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.pg: EmbeddedPostgres | None = None
+        self.redis: EmbeddedRedis | None = None
+        self.database_url = os.environ.get("COMMERCE_DATABASE_URL") or ""
+        self.redis_url = os.environ.get("COMMERCE_REDIS_URL") or ""
+        if not self.database_url:
+            self.pg = EmbeddedPostgres(tmp)
+            self.database_url = self.pg.start()
+        if not self.redis_url:
+            self.redis = EmbeddedRedis(tmp)
+            self.redis_url = self.redis.start()
+
+    def stop(self) -> None:
+        if self.redis:
+            self.redis.stop()
+        if self.pg:
+            self.pg.stop()
