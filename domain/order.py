@@ -80,6 +80,7 @@ class OrderCreated(DomainEvent):
     total_amount: Decimal
     saga_id: uuid.UUID
     shipping_address: ShippingAddress
+    payment_token: str
 
 
 @event
@@ -153,6 +154,7 @@ class Order:
     total_amount: Decimal
     saga_id: uuid.UUID
     shipping_address: ShippingAddress
+    payment_token: str
     status: OrderStatus
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -185,6 +187,7 @@ def decide_create(
     lines: tuple[OrderLine, ...],
     saga_id: uuid.UUID,
     shipping_address: ShippingAddress,
+    payment_token: str,
 ) -> list[DomainEvent]:
     """Create an order; creating the same order again is a no-op (idempotent by order id)."""
     if not lines:
@@ -196,7 +199,7 @@ def decide_create(
         }:
             return []
         raise OrderAlreadyExists(f"order {order_id} already exists")
-    return [OrderCreated(order_id, customer_id, lines, order_total(lines), saga_id, shipping_address)]
+    return [OrderCreated(order_id, customer_id, lines, order_total(lines), saga_id, shipping_address, payment_token)]
 
 
 _CANCELLABLE = frozenset(
@@ -238,6 +241,7 @@ def evolve(state: Order | None, recorded: Recorded) -> Order | None:
         return Order(
             order_id=e.order_id, customer_id=e.customer_id, lines=e.lines,
             total_amount=e.total_amount, saga_id=e.saga_id, shipping_address=e.shipping_address,
+            payment_token=e.payment_token,
             status=OrderStatus.PENDING, created_at=at, updated_at=at, version=recorded.version,
         )
     if state is None:

@@ -35,7 +35,8 @@ class ProviderLedger:
     async def attempts(self, provider: str, operation: str, key: str) -> int:
         with postgres_errors():
             n = await self.pool.fetchval(
-                "SELECT COUNT(*) FROM provider_attempts WHERE provider = $1 AND operation = $2 AND key = $3",
+                """SELECT COUNT(*) FROM provider_attempts
+                   WHERE provider = $1 AND operation = $2 AND key = $3 AND outcome = 'received'""",
                 provider, operation, key)
         return int(n)
 

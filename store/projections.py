@@ -140,6 +140,19 @@ class ProjectionRunner:
                 "SELECT position FROM projection_checkpoints WHERE name = $1", self.projection.name)
         return int(pos or 0)
 
+    async def backlog(self, upto_position: int | None = None) -> tuple[int, float]:
+        """How many committed events are not applied yet (up to a position), and the oldest one's age."""
+        with postgres_errors():
+            cp = await self.store.pool.fetchrow(
+                "SELECT position, transaction_id::text AS xid FROM projection_checkpoints WHERE name = $1",
+                self.projection.name)
+            row = await self.store.pool.fetchrow(
+                """SELECT COUNT(*) AS n, EXTRACT(EPOCH FROM NOW() - MIN(created_at)) AS age FROM events
+                   WHERE (transaction_id, position) > ($1::text::xid8, $2::bigint)
+                     AND ($3::bigint IS NULL OR position <= $3)""",
+                cp["xid"] if cp else "0", cp["position"] if cp else 0, upto_position)
+        return int(row["n"]), float(row["age"] or 0)
+
     async def run_once(self) -> int:
         """Apply the next batch; returns how many events it applied (0 when caught up)."""
         after = await self.checkpoint()

@@ -64,11 +64,12 @@ class SagaStore:
         """Write a saga's row and full history from its events (used by ``projections rebuild``)."""
         await self._write(conn, saga, records)
 
-    async def unfinished(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
-        """Every saga not in a terminal state, as (saga_id, order_id)."""
+    async def unfinished(self, include_failed: bool = True) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """Every saga not in a terminal state (FAILED ones too, unless told not to), as (saga_id, order_id)."""
+        excluded = ["COMPLETED", "COMPENSATED"] + ([] if include_failed else ["FAILED"])
         with postgres_errors():
             rows = await self.events.pool.fetch(
-                "SELECT saga_id, order_id FROM sagas WHERE status NOT IN ('COMPLETED', 'COMPENSATED')")
+                "SELECT saga_id, order_id FROM sagas WHERE status <> ALL($1::varchar[])", excluded)
         return [(r["saga_id"], r["order_id"]) for r in rows]
 
     async def get(self, saga_id: uuid.UUID) -> dict[str, Any] | None:

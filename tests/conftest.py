@@ -17,3 +17,19 @@ def servers() -> Iterator[Servers]:
             yield s
         finally:
             s.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole session (starting it takes seconds)."""
+    import os
+
+    import ray
+
+    from commerce.runtime import SERVE_ENV
+
+    os.environ.update(SERVE_ENV)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": dict(SERVE_ENV)})
+    yield
+    ray.shutdown()

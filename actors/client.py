@@ -1,0 +1,165 @@
+"""The thin client of the actor layer: routes each command to its shard and hides every Ray call.
+
+serve_app.py and the tests use it; so do order shards, to reach the inventory shards. A call that
+does not answer within the timeout, or reaches a dead actor after Ray's own retries, raises
+:class:`ServiceUnavailable`; business outcomes come back as the domain's typed errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RaySystemError
+
+from actors.routing import PROJECTOR_NAME, inventory_shard_name, order_shard_name, shard_of
+from actors.wire import unwrap
+
+
+class ServiceUnavailable(Exception):
+    """An actor did not answer in time or is down; the request may be retried later."""
+
+
+class ActorRef:
+    """A named actor, looked up when first used and again after it failed."""
+
+    def __init__(self, name: str, namespace: str) -> None:
+        self.name = name
+        self.namespace = namespace
+        self._handle: Any = None
+
+    def handle(self) -> Any:
+        if self._handle is None:
+            try:
+                self._handle = ray.get_actor(self.name, namespace=self.namespace)
+            except ValueError as e:
+                raise ServiceUnavailable(f"actor {self.name} is not running") from e
+        return self._handle
+
+    def forget(self) -> None:
+        self._handle = None
+
+
+async def call(ref: ActorRef, method: str, *args: Any, timeout: float = 30.0, **kwargs: Any) -> Any:
+    """Call a method of a named actor, with a deadline; dead or slow actors raise ServiceUnavailable."""
+    for attempt in range(2):
+        try:
+            return await asyncio.wait_for(getattr(ref.handle(), method).remote(*args, **kwargs), timeout)
+        except (RayActorError, RaySystemError) as e:
+            ref.forget()
+            if attempt == 1:
+                raise ServiceUnavailable(f"actor {ref.name} is unavailable: {type(e).__name__}") from e
+            await asyncio.sleep(0.5)
+        except (TimeoutError, GetTimeoutError) as e:
+            raise ServiceUnavailable(f"actor {ref.name} did not answer within {timeout}s") from e
+    raise ServiceUnavailable(ref.name)
+
+
+class InventoryClient:
+    def __init__(self, namespace: str, shards: int, timeout: float = 30.0) -> None:
+        self.refs = [ActorRef(inventory_shard_name(i), namespace) for i in range(shards)]
+        self.timeout = timeout
+
+    def _ref(self, product_id: uuid.UUID) -> ActorRef:
+        return self.refs[shard_of(product_id, len(self.refs))]
+
+    async def _call(self, product_id: uuid.UUID, method: str, *args: Any, **kwargs: Any) -> Any:
+        return unwrap(await call(self._ref(product_id), method, *args, timeout=self.timeout, **kwargs))
+
+    async def set_stock(self, product_id: uuid.UUID, on_hand: int, price: str, name: str | None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(product_id, "set_stock", product_id, on_hand, price, name)
+        return result
+
+    async def get_stock(self, product_id: uuid.UUID) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(product_id, "get_stock", product_id)
+        return result
+
+    async def catalog(self, product_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+        by_shard: dict[int, list[uuid.UUID]] = {}
+        for pid in dict.fromkeys(product_ids):
+            by_shard.setdefault(shard_of(pid, len(self.refs)), []).append(pid)
+        parts = await asyncio.gather(*[
+            call(self.refs[i], "catalog", pids, timeout=self.timeout) for i, pids in by_shard.items()])
+        out: dict[uuid.UUID, dict[str, Any]] = {}
+        for part in parts:
+            out.update({uuid.UUID(k): v for k, v in unwrap(part).items()})
+        return out
+
+    async def reserve(self, product_id: uuid.UUID, reservation_id: uuid.UUID, quantity: int, expires_at: dt.datetime,
+                      owner: str, expected_version: int | None = None,
+                      correlation_id: uuid.UUID | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(product_id, "reserve", product_id, reservation_id, quantity,
+                                                  expires_at, owner, expected_version, correlation_id)
+        return result
+
+    async def release(self, product_id: uuid.UUID, reservation_id: uuid.UUID, unknown_ok: bool = False,
+                      correlation_id: uuid.UUID | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(product_id, "release", product_id, reservation_id, unknown_ok,
+                                                  correlation_id)
+        return result
+
+    async def commit(self, product_id: uuid.UUID, reservation_id: uuid.UUID,
+                     correlation_id: uuid.UUID | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(product_id, "commit", product_id, reservation_id, correlation_id)
+        return result
+
+
+class OrderClient:
+    def __init__(self, namespace: str, shards: int, timeout: float = 30.0) -> None:
+        self.refs = [ActorRef(order_shard_name(i), namespace) for i in range(shards)]
+        self.timeout = timeout
+
+    async def _call(self, order_id: uuid.UUID, method: str, *args: Any) -> Any:
+        ref = self.refs[shard_of(order_id, len(self.refs))]
+        return unwrap(await call(ref, method, *args, timeout=self.timeout))
+
+    async def create_order(self, order_id: uuid.UUID, customer_id: uuid.UUID, items: list[tuple[uuid.UUID, int]],
+                           shipping_address: dict[str, str], payment_token: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(order_id, "create_order", order_id, customer_id, items,
+                                                  shipping_address, payment_token)
+        return result
+
+    async def get_order(self, order_id: uuid.UUID) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(order_id, "get_order", order_id)
+        return result
+
+    async def cancel_order(self, order_id: uuid.UUID, reason: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(order_id, "cancel_order", order_id, reason)
+        return result
+
+    async def retry_saga(self, order_id: uuid.UUID) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(order_id, "retry_saga", order_id)
+        return result
+
+    async def compensate_saga(self, order_id: uuid.UUID, reason: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(order_id, "compensate_saga", order_id, reason)
+        return result
+
+
+class ActorDirectory:
+    """Every actor of the service, for health checks, metrics and operations."""
+
+    def __init__(self, namespace: str, order_shards: int, inventory_shards: int, timeout: float = 10.0) -> None:
+        self.order = [ActorRef(order_shard_name(i), namespace) for i in range(order_shards)]
+        self.inventory = [ActorRef(inventory_shard_name(i), namespace) for i in range(inventory_shards)]
+        self.projector = ActorRef(PROJECTOR_NAME, namespace)
+        self.timeout = timeout
+
+    @property
+    def all(self) -> list[ActorRef]:
+        return [*self.order, *self.inventory, self.projector]
+
+    async def each(self, method: str) -> dict[str, Any]:
+        """Call ``method`` on every actor; a failing actor maps to its exception."""
+        async def one(ref: ActorRef) -> Any:
+            try:
+                return await call(ref, method, timeout=self.timeout)
+            except ServiceUnavailable as e:
+                return e
+
+        results = await asyncio.gather(*[one(ref) for ref in self.all])
+        return {ref.name: r for ref, r in zip(self.all, results, strict=True)}
+

@@ -1,0 +1,138 @@
+"""Entity actors hosted inside a shard: one mailbox per entity, activation and passivation.
+
+A shard is one Ray actor holding many entities (orders, sagas, SKUs). Commands to one entity run one
+at a time under its lock; different entities run concurrently. At most ``max_active`` entities are in
+memory: activating one more first passivates the least recently used idle entity (with a snapshot),
+or waits until one becomes idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Entity(Generic[T]):
+    __slots__ = ("id", "state", "lock", "last_used", "snapshot_version")
+
+    def __init__(self, entity_id: uuid.UUID, state: T, snapshot_version: int) -> None:
+        self.id = entity_id
+        self.state = state
+        self.lock = asyncio.Lock()
+        self.last_used = time.monotonic()
+        self.snapshot_version = snapshot_version
+
+
+class EntityHost(Generic[T]):
+    """The entities of one shard.
+
+    ``load`` builds an entity's state from the store; ``snapshot`` persists it when it passivates;
+    ``version`` reads an entity's version (to decide whether a snapshot is due).
+    """
+
+    def __init__(self, load: Callable[[uuid.UUID], Awaitable[T]], snapshot: Callable[[T], Awaitable[None]],
+                 version: Callable[[T], int], max_active: int, snapshot_every: int) -> None:
+        self._load = load
+        self._snapshot = snapshot
+        self._version = version
+        self.max_active = max_active
+        self.snapshot_every = snapshot_every
+        self._entities: OrderedDict[uuid.UUID, Entity[T]] = OrderedDict()
+        self._loading: dict[uuid.UUID, asyncio.Future[Entity[T]]] = {}
+        self._changed = asyncio.Condition()
+        self.peak_active = 0
+        self.activations = 0
+
+    @property
+    def active(self) -> int:
+        return len(self._entities) + len(self._loading)
+
+    def states(self) -> list[tuple[uuid.UUID, T]]:
+        return [(e.id, e.state) for e in self._entities.values()]
+
+    @contextlib.asynccontextmanager
+    async def entity(self, entity_id: uuid.UUID) -> AsyncIterator[Entity[T]]:
+        """The entity with its mailbox held: the caller is the only one working on it."""
+        while True:
+            ent = await self._activate(entity_id)
+            await ent.lock.acquire()
+            if self._entities.get(entity_id) is ent:
+                break
+            ent.lock.release()  # passivated while we waited for it: activate afresh
+        try:
+            self._entities.move_to_end(entity_id)
+            yield ent
+        finally:
+            ent.last_used = time.monotonic()
+            ent.lock.release()
+            await self._maybe_snapshot(ent)
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _activate(self, entity_id: uuid.UUID) -> Entity[T]:
+        ent = self._entities.get(entity_id)
+        if ent is not None:
+            return ent
+        pending = self._loading.get(entity_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        await self._make_room()
+        ent = self._entities.get(entity_id)
+        if ent is not None:
+            return ent
+        pending = self._loading.get(entity_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Entity[T]] = asyncio.get_running_loop().create_future()
+        self._loading[entity_id] = future
+        try:
+            state = await self._load(entity_id)
+            ent = Entity(entity_id, state, self._version(state))
+            self._entities[entity_id] = ent
+            self.activations += 1
+            self.peak_active = max(self.peak_active, len(self._entities))
+            future.set_result(ent)
+            return ent
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # mark retrieved; waiters get it through their await
+            raise
+        finally:
+            del self._loading[entity_id]
+
+    async def _make_room(self) -> None:
+        async with self._changed:
+            while self.active >= self.max_active:
+                victim = next((e for e in self._entities.values() if not e.lock.locked()), None)
+                if victim is not None:
+                    await self._passivate(victim)
+                    continue
+                await self._changed.wait()
+
+    async def _passivate(self, ent: Entity[T]) -> None:
+        del self._entities[ent.id]
+        if self._version(ent.state) > ent.snapshot_version:
+            with contextlib.suppress(Exception):  # a snapshot is an optimisation; events stay the truth
+                await self._snapshot(ent.state)
+
+    async def _maybe_snapshot(self, ent: Entity[T]) -> None:
+        if self._version(ent.state) - ent.snapshot_version >= self.snapshot_every:
+            ent.snapshot_version = self._version(ent.state)
+            with contextlib.suppress(Exception):
+                await self._snapshot(ent.state)
+
+    async def passivate_idle(self, idle_for: float) -> int:
+        """Passivate every entity idle for ``idle_for`` seconds; returns how many."""
+        cutoff = time.monotonic() - idle_for
+        idle = [e for e in self._entities.values() if not e.lock.locked() and e.last_used < cutoff]
+        for ent in idle:
+            if self._entities.get(ent.id) is ent and not ent.lock.locked():
+                await self._passivate(ent)
+        return len(idle)

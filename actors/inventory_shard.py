@@ -1,0 +1,199 @@
+"""The inventory shard: a Ray actor hosting many SKU entities.
+
+Each SKU command runs under the SKU's mailbox: decide on the current state, append with the state's
+version as the expected one. A ConcurrencyConflict (another instance of the entity wrote first)
+reloads the SKU and decides again. A timer expires reservations whose time has come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import ray
+
+from actors import metrics as m
+from actors.entities import EntityHost
+from actors.routing import shard_of
+from actors.wire import returns_result
+from commerce.settings import Settings
+from domain import events as ev
+from domain import inventory as inv
+from store import repository as repo
+from store.errors import ConcurrencyConflict, DuplicateCommand
+from store.event_store import CommandContext, PostgresEventStore, StreamAppend, create_pool
+
+MAX_DECIDE_ATTEMPTS = 20
+EXPIRY_INTERVAL = 1.0
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def stock_view(sku: inv.Sku) -> dict[str, Any]:
+    return {"product_id": str(sku.product_id), "name": sku.name, "price": str(sku.price), "on_hand": sku.on_hand,
+            "reserved": sku.reserved, "available": sku.available, "version": sku.version}
+
+
+def reservation_view(sku: inv.Sku, r: inv.Reservation) -> dict[str, Any]:
+    return {"reservation_id": str(r.reservation_id), "product_id": str(sku.product_id), "quantity": r.quantity,
+            "expires_at": r.expires_at.isoformat(), "version": r.version, "status": r.outcome.value}
+
+
+class InventoryShard:
+    def __init__(self, settings: Settings, index: int) -> None:
+        self.settings = settings
+        self.index = index
+        self.metrics = m.InventoryMetrics()
+        self._started: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        with contextlib.suppress(Exception):  # start (and recover) without waiting for a first call
+            ray.get_runtime_context().current_actor.start.remote()
+
+    async def start(self) -> bool:
+        if self._started is None:
+            self._started = asyncio.create_task(self._start())
+        await asyncio.shield(self._started)
+        return True
+
+    async def _start(self) -> None:
+        pool = await create_pool(self.settings.database_url or "", self.settings.database_pool_size)
+        self.store = PostgresEventStore(pool)
+        self.host = repo_host(self.store, self.settings)
+        self._tasks = [asyncio.create_task(self._expiry_loop()), asyncio.create_task(self._passivation_loop())]
+
+    async def ping(self) -> dict[str, Any]:
+        await self.start()
+        return {"shard": self.index, "active": self.host.active}
+
+    async def _decide(self, product_id: uuid.UUID, decide: Callable[[inv.Sku | None], list[ev.DomainEvent]],
+                      ctx: CommandContext) -> tuple[inv.Sku | None, list[ev.Recorded]]:
+        await self.start()
+        async with self.host.entity(product_id) as ent:
+            for _ in range(MAX_DECIDE_ATTEMPTS):
+                state: inv.Sku | None = ent.state
+                events = decide(state)
+                if not events:
+                    return state, []
+                append = StreamAppend(product_id, inv.AGGREGATE_TYPE, state.version if state else 0, events)
+                try:
+                    records = await self.store.append([append], ctx)
+                except ConcurrencyConflict:
+                    self.metrics.conflicts.inc()
+                    ent.state, _ = await repo.load(self.store, repo.SKU, product_id)
+                    continue
+                except DuplicateCommand:
+                    ent.state, _ = await repo.load(self.store, repo.SKU, product_id)
+                    return ent.state, []
+                ent.state = repo.fold(repo.SKU, state, records)
+                self._count(records)
+                return ent.state, records
+        raise ConcurrencyConflict(product_id, -1)
+
+    def _count(self, records: list[ev.Recorded]) -> None:
+        for r in records:
+            e = r.event
+            if isinstance(e, inv.ReservationCommitted):
+                self.metrics.units_sold.inc(e.quantity)
+            if isinstance(e, (inv.StockReserved, inv.ReservationReleased, inv.ReservationExpired,
+                              inv.ReservationCommitted, inv.SaleReturned)):
+                self.metrics.reservations.labels(type(e).__name__).inc()
+
+    @returns_result
+    async def set_stock(self, product_id: uuid.UUID, on_hand: int, price: str, name: str | None,
+                        command_id: uuid.UUID | None = None) -> dict[str, Any]:
+        ctx = CommandContext.new(product_id, now(), command_id=command_id)
+        sku, _ = await self._decide(product_id, lambda s: inv.decide_set_stock(s, product_id, on_hand, Decimal(price), name), ctx)
+        return stock_view(inv.require(sku, product_id))
+
+    @returns_result
+    async def get_stock(self, product_id: uuid.UUID) -> dict[str, Any]:
+        await self.start()
+        async with self.host.entity(product_id) as ent:
+            return stock_view(inv.require(ent.state, product_id))
+
+    @returns_result
+    async def catalog(self, product_ids: list[uuid.UUID]) -> dict[str, dict[str, Any]]:
+        await self.start()
+        out = {}
+        for pid in product_ids:
+            async with self.host.entity(pid) as ent:
+                out[str(pid)] = stock_view(inv.require(ent.state, pid))
+        return out
+
+    @returns_result
+    async def reserve(self, product_id: uuid.UUID, reservation_id: uuid.UUID, quantity: int, expires_at: dt.datetime,
+                      owner: str, expected_version: int | None = None, correlation_id: uuid.UUID | None = None) -> dict[str, Any]:
+        ctx = CommandContext.new(correlation_id or reservation_id, now())
+        sku, _ = await self._decide(product_id, lambda s: inv.decide_reserve(
+            s, product_id, reservation_id, quantity, expires_at, owner, expected_version), ctx)
+        sku = inv.require(sku, product_id)
+        return {**reservation_view(sku, sku.reservations[reservation_id]), "stock": stock_view(sku)}
+
+    @returns_result
+    async def release(self, product_id: uuid.UUID, reservation_id: uuid.UUID, unknown_ok: bool = False,
+                      correlation_id: uuid.UUID | None = None) -> dict[str, Any]:
+        ctx = CommandContext.new(correlation_id or reservation_id, now())
+        sku, records = await self._decide(
+            product_id, lambda s: inv.decide_release(s, product_id, reservation_id, unknown_ok=unknown_ok), ctx)
+        return {"stock": stock_view(inv.require(sku, product_id)), "effective": bool(records)}
+
+    @returns_result
+    async def commit(self, product_id: uuid.UUID, reservation_id: uuid.UUID,
+                     correlation_id: uuid.UUID | None = None) -> dict[str, Any]:
+        ctx = CommandContext.new(correlation_id or reservation_id, now())
+        sku, records = await self._decide(product_id, lambda s: inv.decide_commit(s, product_id, reservation_id), ctx)
+        return {"stock": stock_view(inv.require(sku, product_id)), "effective": bool(records)}
+
+    async def expire_due(self) -> int:
+        """Expire the due reservations of this shard's SKUs, in memory or not; returns how many SKUs changed."""
+        await self.start()
+        due = {pid for pid, sku in self.host.states() if (t := inv.next_expiry(sku)) and t <= now()}
+        rows = await self.store.pool.fetch(
+            "SELECT DISTINCT product_id FROM inventory_reservations WHERE expires_at <= NOW() LIMIT 500")
+        due |= {r["product_id"] for r in rows if shard_of(r["product_id"], self.settings.inventory_shards) == self.index}
+        changed = 0
+        for pid in due:
+            _, records = await self._decide(pid, lambda s: inv.decide_expire(s, now()), CommandContext.new(pid, now()))
+            changed += bool(records)
+        return changed
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_INTERVAL)
+            with contextlib.suppress(Exception):
+                await self.expire_due()
+
+    async def _passivation_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.settings.passivate_after / 4, 1.0))
+            await self.host.passivate_idle(self.settings.passivate_after)
+
+    async def metrics_text(self) -> str:
+        await self.start()
+        self.metrics.active_entities.labels("sku").set(self.host.active)
+        return m.render(self.metrics.registry)
+
+    async def stats(self) -> dict[str, Any]:
+        await self.start()
+        return {"shard": self.index, "active": self.host.active, "peak_active": self.host.peak_active,
+                "conflicts": self.metrics.conflicts._value.get()}
+
+
+def repo_host(store: PostgresEventStore, settings: Settings) -> EntityHost[inv.Sku | None]:
+    async def load(pid: uuid.UUID) -> inv.Sku | None:
+        state, _ = await repo.load(store, repo.SKU, pid)
+        return state
+
+    async def snapshot(state: inv.Sku | None) -> None:
+        if state is not None:
+            await store.save_snapshot(repo.snapshot_of(repo.SKU, state.product_id, state))
+
+    return EntityHost(load, snapshot, lambda s: s.version if s else 0, settings.max_active_entities,
+                      settings.snapshot_every)

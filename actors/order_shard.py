@@ -1,0 +1,362 @@
+"""The order shard: a Ray actor hosting many orders, each with its fulfilment saga.
+
+An order and its saga form one entity with one mailbox. The saga engine drives the pure saga state
+machine: it writes the attempt before each external call (write-ahead), makes the call outside the
+mailbox, and records the outcome (saga events, the sagas row and the order's events) in one
+transaction. On start it resumes every unfinished saga it owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import ray
+
+from actors import metrics as m
+from actors.client import InventoryClient
+from actors.entities import Entity, EntityHost
+from actors.providers import SimulatedPayments, SimulatedShipping
+from actors.routing import shard_of
+from actors.saga_steps import StepRunner
+from actors.wire import returns_result
+from commerce.settings import Settings
+from domain import events as ev
+from domain import fulfilment as ff
+from domain import order as o
+from domain import saga as sg
+from domain.errors import NotFound
+from store import repository as repo
+from store.errors import ConcurrencyConflict, DuplicateCommand, StoreUnavailable
+from store.event_store import CommandContext, PostgresEventStore, StreamAppend, create_pool
+from store.ledger import ProviderLedger
+from store.sagas import SagaStore
+
+log = logging.getLogger(__name__)
+SAGA_NAMESPACE = uuid.UUID("0b7f6a53-8a59-4d7e-9c43-2f5d1c9a8e60")
+RESCAN_INTERVAL = 5.0
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclasses.dataclass(slots=True)
+class OrderEntity:
+    order: o.Order | None
+    saga: sg.Saga | None
+
+    @property
+    def version(self) -> int:
+        return (self.order.version if self.order else 0) + (self.saga.version if self.saga else 0)
+
+
+def order_view(order: o.Order) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "order_id": str(order.order_id), "customer_id": str(order.customer_id), "status": order.status.value,
+        "items": [{"product_id": str(x.product_id), "quantity": x.quantity, "unit_price": str(x.unit_price)}
+                  for x in order.lines],
+        "total_amount": str(order.total_amount), "created_at": order.created_at.isoformat(),
+        "updated_at": order.updated_at.isoformat(), "version": order.version, "saga_id": str(order.saga_id),
+    }
+    if order.reason:
+        view["reason"] = order.reason
+    return view
+
+
+class OrderShard:
+    def __init__(self, settings: Settings, index: int) -> None:
+        self.settings = settings
+        self.index = index
+        self.policy = settings.saga_policy
+        self.metrics = m.OrderMetrics()
+        self._started: asyncio.Task[None] | None = None
+        self._drivers: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._inflight: dict[uuid.UUID, asyncio.Task[Any]] = {}
+        self._wake: dict[uuid.UUID, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        with contextlib.suppress(Exception):  # start, and so recover, without waiting for a first call
+            ray.get_runtime_context().current_actor.start.remote()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> bool:
+        if self._started is None:
+            self._started = asyncio.create_task(self._start())
+        await asyncio.shield(self._started)
+        return True
+
+    async def _start(self) -> None:
+        pool = await create_pool(self.settings.database_url or "", self.settings.database_pool_size)
+        self.store = PostgresEventStore(pool)
+        self.sagas = SagaStore(self.store)
+        ledger = ProviderLedger(self.store)
+        inventory = InventoryClient(self.settings.namespace, self.settings.inventory_shards,
+                                    self.settings.request_timeout)
+        self.steps = StepRunner(inventory, SimulatedPayments(ledger), SimulatedShipping(ledger),
+                                self.settings.reservation_ttl)
+        self.inventory = inventory
+        self.host: EntityHost[OrderEntity] = EntityHost(
+            self._load, self._snapshot, lambda e: e.version, self.settings.max_active_entities,
+            self.settings.snapshot_every)
+        await self._resume_unfinished(include_failed=True)
+        self._tasks = [asyncio.create_task(self._rescan_loop()), asyncio.create_task(self._passivation_loop())]
+
+    async def _load(self, order_id: uuid.UUID) -> OrderEntity:
+        order, _ = await repo.load(self.store, repo.ORDER, order_id)
+        saga = None
+        if order is not None:
+            saga, _ = await repo.load(self.store, repo.SAGA, order.saga_id)
+        return OrderEntity(order, saga)
+
+    async def _snapshot(self, ent: OrderEntity) -> None:
+        if ent.order is not None:
+            await self.store.save_snapshot(repo.snapshot_of(repo.ORDER, ent.order.order_id, ent.order))
+        if ent.saga is not None:
+            await self.store.save_snapshot(repo.snapshot_of(repo.SAGA, ent.saga.saga_id, ent.saga))
+
+    async def _resume_unfinished(self, include_failed: bool) -> None:
+        for _, order_id in await self.sagas.unfinished(include_failed):
+            if shard_of(order_id, self.settings.order_shards) == self.index:
+                self._ensure_driver(order_id)
+
+    async def _rescan_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RESCAN_INTERVAL)
+            with contextlib.suppress(Exception):
+                await self._resume_unfinished(include_failed=False)
+
+    async def _passivation_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.settings.passivate_after / 4, 1.0))
+            await self.host.passivate_idle(self.settings.passivate_after)
+
+    async def ping(self) -> dict[str, Any]:
+        await self.start()
+        return {"shard": self.index, "active": self.host.active, "sagas_running": len(self._drivers)}
+
+    # --- commands -------------------------------------------------------------------------------
+
+    @returns_result
+    async def create_order(self, order_id: uuid.UUID, customer_id: uuid.UUID, items: list[tuple[uuid.UUID, int]],
+                           shipping_address: dict[str, str], payment_token: str) -> dict[str, Any]:
+        await self.start()
+        catalog = await self.inventory.catalog([pid for pid, _ in items])
+        lines = tuple(o.OrderLine(pid, qty, Decimal(catalog[pid]["price"])) for pid, qty in items)
+        saga_id = uuid.uuid5(SAGA_NAMESPACE, str(order_id))
+        address = o.ShippingAddress(**shipping_address)
+        async with self.host.entity(order_id) as ent:
+            events = o.decide_create(ent.state.order, order_id=order_id, customer_id=customer_id, lines=lines,
+                                     saga_id=saga_id, shipping_address=address, payment_token=payment_token)
+            if events:
+                saga_events = sg.decide_start(saga_id, order_id, now(), self.policy)
+                if await self._record(ent, saga_events, events, ctx=CommandContext.new(order_id, now())):
+                    self.metrics.orders.labels("created").inc()
+                elif ent.state.order is None:
+                    raise StoreUnavailable("order could not be recorded")
+            order = ent.state.order
+        self._ensure_driver(order_id)
+        return {"order_id": str(order_id), "status": order.status.value, "saga_id": str(order.saga_id)}
+
+    @returns_result
+    async def get_order(self, order_id: uuid.UUID) -> dict[str, Any]:
+        await self.start()
+        async with self.host.entity(order_id) as ent:
+            return order_view(self._order(ent))
+
+    @returns_result
+    async def cancel_order(self, order_id: uuid.UUID, reason: str) -> dict[str, Any]:
+        await self.start()
+        async with self.host.entity(order_id) as ent:
+            order = self._order(ent)
+            if not o.ensure_cancellable(order):
+                return {"accepted": False, "order": order_view(order)}
+            await self._saga_command(ent, sg.decide_compensate(self._saga(ent), reason))
+            return {"accepted": True, "order": order_view(self._order(ent))}
+
+    @returns_result
+    async def retry_saga(self, order_id: uuid.UUID) -> dict[str, Any]:
+        await self.start()
+        async with self.host.entity(order_id) as ent:
+            await self._saga_command(ent, sg.decide_retry(self._saga(ent)))
+            return {"saga_id": str(self._saga(ent).saga_id), "status": self._saga(ent).status.value}
+
+    @returns_result
+    async def compensate_saga(self, order_id: uuid.UUID, reason: str) -> dict[str, Any]:
+        await self.start()
+        async with self.host.entity(order_id) as ent:
+            await self._saga_command(ent, sg.decide_compensate(self._saga(ent), reason))
+            return {"saga_id": str(self._saga(ent).saga_id), "status": self._saga(ent).status.value}
+
+    async def _saga_command(self, ent: Entity[OrderEntity], events: list[ev.DomainEvent]) -> None:
+        if events and not await self._record(ent, events):
+            raise ConcurrencyConflict(ent.id, -1)
+        task = self._inflight.get(ent.id)
+        if task is not None and any(isinstance(e, sg.CompensationStarted) for e in events):
+            task.cancel()  # the call's compensation runs next; its key voids a late success
+        self._wakeup(ent.id)
+        self._ensure_driver(ent.id)
+
+    @staticmethod
+    def _order(ent: Entity[OrderEntity]) -> o.Order:
+        if ent.state.order is None:
+            raise NotFound(f"unknown order {ent.id}")
+        return ent.state.order
+
+    def _saga(self, ent: Entity[OrderEntity]) -> sg.Saga:
+        if ent.state.saga is None:
+            raise NotFound(f"order {ent.id} has no saga")
+        return ent.state.saga
+
+    async def _record(self, ent: Entity[OrderEntity], saga_events: list[ev.DomainEvent],
+                      order_events: list[ev.DomainEvent] | None = None, ctx: CommandContext | None = None) -> bool:
+        """Append saga and order events atomically; False (state reloaded) when another write came first."""
+        state = ent.state
+        order_events = list(order_events or [])
+        if state.order is not None and any(isinstance(e, sg.CompensationStarted) for e in saga_events):
+            reason = next(e.reason for e in saga_events if isinstance(e, sg.CompensationStarted))
+            order_events += ff.order_events_for_compensation(state.order, reason)
+        saga_id = state.saga.saga_id if state.saga else state.order.saga_id if state.order else None
+        if saga_id is None:
+            saga_id = next(e.saga_id for e in order_events if isinstance(e, o.OrderCreated))
+        others = [StreamAppend(ent.id, o.AGGREGATE_TYPE, state.order.version if state.order else 0, order_events)]
+        try:
+            saga, records = await self.sagas.record(ctx or CommandContext.new(ent.id, now()), state.saga, saga_id,
+                                                    saga_events, others)
+        except (ConcurrencyConflict, DuplicateCommand):
+            ent.state = await self._load(ent.id)
+            return False
+        ent.state = OrderEntity(repo.fold(repo.ORDER, state.order, records), saga)
+        self._observe(ent.state, records)
+        return True
+
+    def _observe(self, state: OrderEntity, records: list[ev.Recorded]) -> None:
+        for r in records:
+            e = r.event
+            if isinstance(e, o.OrderConfirmed):
+                self.metrics.orders.labels("confirmed").inc()
+                if state.order is not None:
+                    self.metrics.order_value.inc(float(state.order.total_amount))
+            elif isinstance(e, o.OrderCancelled):
+                self.metrics.orders.labels("cancelled").inc()
+            elif isinstance(e, (sg.SagaCompleted, sg.SagaCompensated)) and state.saga is not None:
+                status = state.saga.status.value
+                self.metrics.sagas_finished.labels(status).inc()
+                self.metrics.saga_duration.labels(status).observe((r.at - state.saga.created_at).total_seconds())
+            elif isinstance(e, sg.SagaParked):
+                self.metrics.sagas_finished.labels("FAILED").inc()
+            elif isinstance(e, (sg.StepSucceeded, sg.StepFailed)):
+                outcome = "succeeded" if isinstance(e, sg.StepSucceeded) else "failed"
+                self.metrics.saga_steps.labels(e.step, e.action.value, outcome).inc()
+
+    # --- the saga engine ------------------------------------------------------------------------
+
+    def _ensure_driver(self, order_id: uuid.UUID) -> None:
+        task = self._drivers.get(order_id)
+        if task is None or task.done():
+            self._drivers[order_id] = asyncio.create_task(self._drive(order_id))
+
+    def _wakeup(self, order_id: uuid.UUID) -> None:
+        event = self._wake.get(order_id)
+        if event is not None:
+            event.set()
+
+    async def _drive(self, order_id: uuid.UUID) -> None:
+        try:
+            while await self._step(order_id):
+                pass
+        finally:
+            if self._drivers.get(order_id) is asyncio.current_task():
+                del self._drivers[order_id]
+
+    async def _step(self, order_id: uuid.UUID) -> bool:
+        """Take the saga one step further; False when there is nothing left to do for now."""
+        try:
+            async with self.host.entity(order_id) as ent:
+                if ent.state.saga is None or ent.state.order is None:
+                    return False
+                saga, order = ent.state.saga, ent.state.order
+                action = sg.next_action(saga, now(), self.policy)
+                if isinstance(action, sg.Idle):
+                    return False
+                if isinstance(action, sg.TimedOut):
+                    await self._record(ent, sg.decide_timeout(saga))
+                    return True
+                if isinstance(action, sg.RunStep) and not await self._record(ent, sg.decide_attempt(saga, action)):
+                    return True
+                saga = ent.state.saga
+            if isinstance(action, sg.Wait):
+                await self._sleep(order_id, action.until)
+                return True
+            if not isinstance(action, sg.RunStep):
+                return False
+            result, data = await self._call(order_id, order, saga, action)
+            if result is None:
+                return True
+            async with self.host.entity(order_id) as ent:
+                await self._record_outcome(ent, action, result, data)
+            return True
+        except StoreUnavailable:
+            await asyncio.sleep(1.0)
+            return True
+        except Exception:
+            log.exception("saga of order %s: step failed unexpectedly; retrying", order_id)
+            await asyncio.sleep(1.0)
+            return True
+
+    async def _call(self, order_id: uuid.UUID, order: o.Order, saga: sg.Saga,
+                    action: sg.RunStep) -> tuple[sg.StepResult | None, ff.StepData]:
+        task = asyncio.create_task(asyncio.wait_for(self.steps.run(order, saga, action), max(action.timeout, 0.001)))
+        self._inflight[order_id] = task
+        try:
+            await asyncio.wait({task})
+        finally:
+            self._inflight.pop(order_id, None)
+        if task.cancelled():
+            return None, ff.StepData()
+        exc = task.exception()
+        if isinstance(exc, TimeoutError):
+            return sg.StepResult(False, retryable=True, error=f"{action.step} timed out"), ff.StepData()
+        if exc is not None:
+            return sg.StepResult(False, retryable=True, error=f"{type(exc).__name__}: {exc}"), ff.StepData()
+        return task.result()
+
+    async def _record_outcome(self, ent: Entity[OrderEntity], action: sg.RunStep, result: sg.StepResult,
+                              data: ff.StepData) -> None:
+        saga, order = ent.state.saga, ent.state.order
+        if saga is None or order is None:
+            return
+        expected = (True, action.step, action.action, action.attempt)
+        if (saga.in_flight, saga.current_step, saga.phase, saga.attempt) != expected:
+            return  # the saga moved on (an operator compensated meanwhile): this outcome is stale
+        saga_events = sg.decide_outcome(saga, action, result, now(), self.policy)
+        order_events = (ff.order_events_for(order, action.step, action.action, result.effective, data,
+                                            saga.reason or "cancelled") if result.ok else [])
+        await self._record(ent, saga_events, order_events)
+
+    async def _sleep(self, order_id: uuid.UUID, until: dt.datetime) -> None:
+        event = self._wake.setdefault(order_id, asyncio.Event())
+        event.clear()
+        delay = (until - now()).total_seconds()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), delay)
+        self._wake.pop(order_id, None)
+
+    # --- observability --------------------------------------------------------------------------
+
+    async def metrics_text(self) -> str:
+        await self.start()
+        self.metrics.active_entities.labels("order").set(self.host.active)
+        return m.render(self.metrics.registry)
+
+    async def stats(self) -> dict[str, Any]:
+        await self.start()
+        return {"shard": self.index, "active": self.host.active, "peak_active": self.host.peak_active,
+                "activations": self.host.activations, "sagas_running": len(self._drivers)}

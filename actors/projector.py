@@ -1,0 +1,108 @@
+"""The projector: tails the event store into the read models and reports its lag.
+
+It also pings every shard now and then, so a shard that Ray restarted resumes its sagas even when
+no request reaches it. A failing projection stops (its position does not move) and its error shows
+in /health and in ``commerce_projection_errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import ray
+from prometheus_client import CollectorRegistry, Gauge
+
+from actors import metrics as m
+from actors.client import ActorDirectory
+from commerce.settings import Settings
+from store.event_store import PostgresEventStore, create_pool
+from store.projections import ProjectionRunner, all_projections
+
+POLL_INTERVAL = 0.05
+IDLE_INTERVAL = 0.25
+SUPERVISE_INTERVAL = 2.0
+
+
+class Projector:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.lag_events = Gauge("commerce_projection_lag_events", "Events not yet projected", ["projection"],
+                                registry=self.registry)
+        self.lag_seconds = Gauge("commerce_projection_lag_seconds", "Age of the oldest unprojected event",
+                                 ["projection"], registry=self.registry)
+        self.errors = Gauge("commerce_projection_errors", "1 while a projection is stopped by an error",
+                            ["projection"], registry=self.registry)
+        self._started: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        with contextlib.suppress(Exception):
+            ray.get_runtime_context().current_actor.start.remote()
+
+    async def start(self) -> bool:
+        if self._started is None:
+            self._started = asyncio.create_task(self._start())
+        await asyncio.shield(self._started)
+        return True
+
+    async def _start(self) -> None:
+        pool = await create_pool(self.settings.database_url or "", 4)
+        self.store = PostgresEventStore(pool)
+        self.runners = [ProjectionRunner(self.store, p) for p in all_projections()]
+        self.directory = ActorDirectory(self.settings.namespace, self.settings.order_shards,
+                                        self.settings.inventory_shards)
+        self._tasks = [asyncio.create_task(self._run(r)) for r in self.runners]
+        self._tasks.append(asyncio.create_task(self._supervise()))
+
+    async def _run(self, runner: ProjectionRunner) -> None:
+        name = runner.projection.name
+        while True:
+            try:
+                applied = await runner.run_once()
+                runner.error = None
+                self.errors.labels(name).set(0)
+            except Exception as e:  # parked: the position stays, the error is visible, we try again later
+                runner.error = f"{type(e).__name__}: {e}"
+                self.errors.labels(name).set(1)
+                applied = 0
+                await asyncio.sleep(1.0)
+            await asyncio.sleep(POLL_INTERVAL if applied else IDLE_INTERVAL)
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(SUPERVISE_INTERVAL)
+            with contextlib.suppress(Exception):
+                await self.directory.each("ping")
+
+    async def ping(self) -> dict[str, Any]:
+        await self.start()
+        return {"projections": await self.status()}
+
+    async def status(self) -> dict[str, Any]:
+        await self.start()
+        out: dict[str, Any] = {}
+        for r in self.runners:
+            behind, age = await r.backlog()
+            out[r.projection.name] = {"position": await r.checkpoint(), "lag_events": behind,
+                                      "lag_seconds": age, "error": r.error}
+            self.lag_events.labels(r.projection.name).set(behind)
+            self.lag_seconds.labels(r.projection.name).set(age)
+        return out
+
+    async def wait_caught_up(self, timeout: float = 30.0) -> bool:
+        """True once every projection has applied every event committed before the call."""
+        await self.start()
+        target = await self.store.pool.fetchval("SELECT COALESCE(MAX(position), 0) FROM events")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            backlogs = [await r.backlog(target) for r in self.runners]
+            if all(n == 0 for n, _ in backlogs):
+                return True
+            await asyncio.sleep(POLL_INTERVAL)
+        return False
+
+    async def metrics_text(self) -> str:
+        await self.status()
+        return m.render(self.registry)

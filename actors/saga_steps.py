@@ -1,0 +1,108 @@
+"""The external calls behind each saga step and compensation.
+
+Keys derive from the saga id and step (domain.fulfilment), so a replayed step never reserves,
+charges or ships twice. Business failures (declined, undeliverable, out of stock) come back as
+non-retryable results; outages and timeouts as retryable ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+
+from actors.client import InventoryClient, ServiceUnavailable
+from actors.providers import PaymentProvider, ProviderResult, ShippingProvider
+from domain import fulfilment as ff
+from domain import inventory as inv
+from domain import order as o
+from domain import saga as sg
+from store.errors import StoreUnavailable
+
+Outcome = tuple[sg.StepResult, ff.StepData]
+_BUSINESS = (inv.InsufficientStock, inv.UnknownProduct, inv.ReservationNotActive, inv.InvalidStock,
+             inv.UnknownReservation)
+
+
+class StepRunner:
+    def __init__(self, inventory: InventoryClient, payments: PaymentProvider, shipping: ShippingProvider,
+                 reservation_ttl: float) -> None:
+        self.inventory = inventory
+        self.payments = payments
+        self.shipping = shipping
+        self.reservation_ttl = reservation_ttl
+        self._steps: dict[str, Callable[[o.Order, sg.Saga, sg.RunStep], Awaitable[Outcome]]] = {
+            "reserve_inventory": self.reserve_inventory,
+            "process_payment": self.process_payment,
+            "create_shipment": self.create_shipment,
+            "confirm_order": self.confirm_order,
+            "release_inventory": self.release_inventory,
+            "refund_payment": self.refund_payment,
+            "cancel_shipment": self.cancel_shipment,
+            sg.CANCEL_ORDER: self.cancel_order,
+        }
+
+    async def run(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
+        try:
+            return await self._steps[action.step](order, saga, action)
+        except _BUSINESS as e:
+            return sg.StepResult(False, retryable=False, error=str(e)), ff.StepData()
+        except (StoreUnavailable, ServiceUnavailable, TimeoutError, OSError) as e:
+            return sg.StepResult(False, retryable=True, error=f"{type(e).__name__}: {e}"), ff.StepData()
+
+    async def reserve_inventory(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
+        expires_at = saga.deadline + dt.timedelta(seconds=self.reservation_ttl)
+        owner = f"order:{order.order_id}"
+        try:
+            for r in ff.planned_reservations(order):
+                await self.inventory.reserve(r.product_id, r.reservation_id, r.quantity, expires_at, owner,
+                                             correlation_id=order.order_id)
+        except _BUSINESS:
+            # Give back what this order already holds before the step counts as failed.
+            await self._release_all(order)
+            raise
+        return sg.StepResult(True), ff.StepData()
+
+    async def confirm_order(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
+        for r in ff.planned_reservations(order):
+            await self.inventory.commit(r.product_id, r.reservation_id, correlation_id=order.order_id)
+        return sg.StepResult(True), ff.StepData()
+
+    async def release_inventory(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
+        await self._release_all(order)
+        # The order's stream records a release only where it recorded the reservation.
+        return sg.StepResult(True, effective=bool(order.reservations)), ff.StepData()
+
+    async def _release_all(self, order: o.Order) -> None:
+        for r in ff.planned_reservations(order):
+            try:
+                await self.inventory.release(r.product_id, r.reservation_id, unknown_ok=True,
+                                             correlation_id=order.order_id)
+            except inv.UnknownProduct:
+                continue
+
+    async def process_payment(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
+        result = await self.payments.charge(ff.step_key(saga.saga_id, "process_payment"), order.payment_token,
+                                            order.total_amount, action.run)
+        return _result(result), ff.StepData(payment_id=result.reference)
+
+    async def refund_payment(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
+        result = await self.payments.refund(ff.step_key(saga.saga_id, "process_payment"),
+                                            ff.step_key(saga.saga_id, "refund_payment"), action.run)
+        return _result(result), ff.StepData(payment_id=result.reference)
+
+    async def create_shipment(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
+        result = await self.shipping.create(ff.step_key(saga.saga_id, "create_shipment"), order.order_id,
+                                            order.shipping_address, action.run)
+        return _result(result), ff.StepData(shipment_id=result.reference)
+
+    async def cancel_shipment(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
+        result = await self.shipping.cancel(ff.step_key(saga.saga_id, "create_shipment"),
+                                            ff.step_key(saga.saga_id, "cancel_shipment"), action.run)
+        return _result(result), ff.StepData(shipment_id=result.reference)
+
+    async def cancel_order(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
+        return sg.StepResult(True), ff.StepData()
+
+
+def _result(r: ProviderResult) -> sg.StepResult:
+    return sg.StepResult(r.ok, retryable=r.retryable, error=r.error, effective=r.effective)

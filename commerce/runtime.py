@@ -1,0 +1,121 @@
+"""Wiring: embedded servers when none are configured, migrations, Ray, the actors and Serve.
+
+``Runtime`` starts what the settings ask for and stops exactly what it started, by process id or
+through the component's own shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from commerce.settings import Settings
+from store.embedded import EmbeddedPostgres, EmbeddedRedis
+
+log = logging.getLogger(__name__)
+
+SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+async def run_migrations(database_url: str) -> list[int]:
+    import asyncpg
+
+    from store.migrations import migrate
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+def admin_token(settings: Settings) -> tuple[str, Path | None]:
+    """The admin bearer token: configured, or generated once into the data directory."""
+    if settings.admin_token:
+        return settings.admin_token, None
+    path = settings.data_dir.resolve() / "admin_token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip(), path
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pg: EmbeddedPostgres | None = None
+        self._redis: EmbeddedRedis | None = None
+        self._ray_started = False
+        self._serve_started = False
+        self.token_path: Path | None = None
+
+    def prepare(self) -> Settings:
+        """Start embedded servers where needed, run migrations; returns settings with real URLs."""
+        s = self.settings
+        changes: dict[str, Any] = {}
+        if not s.database_url:
+            self._pg = EmbeddedPostgres(s.data_dir)
+            changes["database_url"] = self._pg.start()
+        if not s.redis_url:
+            self._redis = EmbeddedRedis(s.data_dir)
+            changes["redis_url"] = self._redis.start()
+        token, self.token_path = admin_token(s)
+        changes["admin_token"] = token
+        self.settings = dataclasses.replace(s, **changes)
+        asyncio.run(run_migrations(self.settings.database_url or ""))
+        return self.settings
+
+    def start_ray(self) -> None:
+        import ray
+
+        os.environ.update(SERVE_ENV)
+        if ray.is_initialized():
+            return
+        env = {"env_vars": dict(SERVE_ENV)}
+        if self.settings.ray_address:
+            ray.init(address=self.settings.ray_address, namespace=self.settings.namespace, runtime_env=env)
+        else:
+            ray.init(namespace=self.settings.namespace, include_dashboard=True,
+                     dashboard_host=self.settings.dashboard_host, dashboard_port=self.settings.dashboard_port,
+                     runtime_env=env)
+            self._ray_started = True
+
+    def start_actors(self) -> None:
+        from actors.deploy import deploy_actors
+
+        deploy_actors(self.settings)
+
+    def start_serve(self) -> None:
+        from ray import serve
+
+        from serve_app import build_app
+
+        serve.start(http_options={"host": self.settings.host, "port": self.settings.port})
+        serve.run(build_app(self.settings), name="commerce", route_prefix="/")
+        self._serve_started = True
+
+    def stop(self) -> None:
+        import ray
+
+        if self._serve_started:
+            from ray import serve
+
+            try:
+                serve.shutdown()
+            except Exception:
+                log.exception("Serve did not shut down cleanly")
+            self._serve_started = False
+        if self._ray_started and ray.is_initialized():
+            ray.shutdown()
+            self._ray_started = False
+        if self._redis:
+            self._redis.stop()
+        if self._pg:
+            self._pg.stop()

@@ -1,0 +1,61 @@
+"""Loading aggregates: the latest snapshot, then the events after it, folded with ``evolve``."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+from domain import events as ev
+from domain import inventory as inv
+from domain import order as o
+from domain import saga as sg
+from domain.codec import from_primitive, to_primitive
+from store.event_store import EventStore, Snapshot
+
+
+class Versioned(Protocol):
+    @property
+    def version(self) -> int: ...
+
+
+S = TypeVar("S", bound=Versioned)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Kind(Generic[S]):
+    aggregate_type: str
+    state_type: type[S]
+    evolve: Callable[[S | None, ev.Recorded], S | None]
+
+
+ORDER: Kind[o.Order] = Kind(o.AGGREGATE_TYPE, o.Order, o.evolve)
+SAGA: Kind[sg.Saga] = Kind(sg.AGGREGATE_TYPE, sg.Saga, sg.evolve)
+SKU: Kind[inv.Sku] = Kind(inv.AGGREGATE_TYPE, inv.Sku, inv.evolve)
+
+
+async def load(store: EventStore, kind: Kind[S], aggregate_id: uuid.UUID, use_snapshot: bool = True) -> tuple[S | None, int]:
+    """The aggregate's state and version (0 when it has no events)."""
+    state: S | None = None
+    version = 0
+    snap = await store.load_snapshot(aggregate_id) if use_snapshot else None
+    if snap is not None:
+        state = from_primitive(kind.state_type, snap.state)
+        version = snap.version
+    for record in await store.load_stream(aggregate_id, version):
+        state = kind.evolve(state, record)
+        version = record.version
+    return state, version
+
+
+def fold(kind: Kind[S], state: S | None, records: list[ev.Recorded]) -> S | None:
+    for record in records:
+        if record.aggregate_type == kind.aggregate_type:
+            state = kind.evolve(state, record)
+    return state
+
+
+def snapshot_of(kind: Kind[S], aggregate_id: uuid.UUID, state: S) -> Snapshot:
+    data: dict[str, Any] = to_primitive(state)
+    return Snapshot(aggregate_id, kind.aggregate_type, state.version, data)

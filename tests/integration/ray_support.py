@@ -1,0 +1,36 @@
+"""A session-wide Ray cluster with the service's actors, over a database of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from commerce.settings import Settings
+
+T = TypeVar("T")
+
+
+def test_settings(database_url: str, redis_url: str, **overrides: Any) -> Settings:
+    base = Settings(
+        database_url=database_url, redis_url=redis_url, namespace=f"commerce-test-{uuid.uuid4().hex[:8]}",
+        order_shards=2, inventory_shards=2, saga_retry_delay=0.05, saga_timeout=120.0,
+        saga_compensation_timeout=5.0, snapshot_every=10, passivate_after=600.0, request_timeout=30.0,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float = 60.0,
+                     interval: float = 0.1) -> T:
+    """Poll ``probe`` until ``accept`` says yes; fails with the last value seen after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    value = await probe()
+    while not accept(value):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached within {timeout}s; last value: {value!r}")
+        await asyncio.sleep(interval)
+        value = await probe()
+    return value
