@@ -180,6 +180,13 @@ class InventoryShard:
         self.metrics.active_entities.labels("sku").set(self.host.active)
         return m.render(self.metrics.registry)
 
+    async def set_max_active(self, limit: int) -> dict[str, Any]:
+        """Change the cap on entities in memory (an operator knob); resets the peak gauge."""
+        await self.start()
+        self.host.max_active = max(limit, 1)
+        self.host.peak_active = self.host.active
+        return await self.stats()
+
     async def stats(self) -> dict[str, Any]:
         await self.start()
         return {"shard": self.index, "active": self.host.active, "peak_active": self.host.peak_active,

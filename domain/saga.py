@@ -231,7 +231,9 @@ def next_action(saga: Saga, now: dt.datetime, policy: SagaPolicy) -> Action:
         timeout = (saga.deadline - now).total_seconds()
     else:
         timeout = policy.compensation_timeout
-    return RunStep(step, saga.phase, saga.attempt + 1, saga.run, timeout)
+    # An attempt interrupted by a crash (written ahead, no outcome) is resumed, not counted again.
+    attempt = saga.attempt if saga.in_flight else saga.attempt + 1
+    return RunStep(step, saga.phase, attempt, saga.run, timeout)
 
 
 def decide_start(saga_id: uuid.UUID, order_id: uuid.UUID, now: dt.datetime, policy: SagaPolicy) -> list[DomainEvent]:

@@ -1,0 +1,169 @@
+"""Consistency under contention, crashes, restarts, duplicate entity instances and passivation."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+import ray
+
+from actors.client import ActorRef, InventoryClient, OrderClient, call
+from actors.deploy import deploy_actors, remove_actors
+from actors.inventory_shard import InventoryShard
+from actors.routing import inventory_shard_name, order_shard_name, shard_of
+from actors.wire import unwrap
+from domain import inventory as inv
+from store import repository as repo
+from store.event_store import PostgresEventStore
+from tests.integration.ray_support import eventually
+from tests.integration.test_order_saga_actors import ADDRESS, TERMINAL, event_types, settled, stocked
+
+pytestmark = pytest.mark.ray
+
+
+async def place_many(orders: OrderClient, pid: uuid.UUID, n: int, token: str = "tok_visa",
+                     address: dict[str, str] = ADDRESS) -> list[uuid.UUID]:
+    ids = [uuid.uuid4() for _ in range(n)]
+    await asyncio.gather(*[orders.create_order(i, uuid.uuid4(), [(pid, 1)], address, token) for i in ids])
+    return ids
+
+
+async def statuses(orders: OrderClient, ids: list[uuid.UUID]) -> list[str]:
+    return [o["status"] for o in await asyncio.gather(*[orders.get_order(i) for i in ids])]
+
+
+async def all_settled(orders: OrderClient, ids: list[uuid.UUID], timeout: float = 120.0) -> Counter[str]:
+    found = await eventually(lambda: statuses(orders, ids), lambda s: set(s) <= TERMINAL, timeout, 0.25)
+    return Counter(found)
+
+
+async def replay_never_oversells(store: PostgresEventStore, pid: uuid.UUID) -> inv.Sku:
+    state = None
+    records = await store.load_stream(pid)
+    assert [r.version for r in records] == list(range(1, len(records) + 1))
+    for r in records:
+        state = inv.evolve(state, r)
+        assert state is not None and state.on_hand - state.reserved >= 0 and state.reserved >= 0
+    assert state is not None
+    return state
+
+
+async def test_forty_orders_for_ten_units_confirm_exactly_ten(
+        orders: OrderClient, inventory: InventoryClient, actor_store: PostgresEventStore) -> None:
+    pid = await stocked(inventory, on_hand=10)
+    ids = await place_many(orders, pid, 40)
+    assert await all_settled(orders, ids) == Counter({"CONFIRMED": 10, "CANCELLED": 30})
+    stock = await inventory.get_stock(pid)
+    assert (stock["on_hand"], stock["reserved"], stock["available"]) == (0, 0, 0)
+    final = await replay_never_oversells(actor_store, pid)
+    assert final.on_hand == 0
+
+
+async def test_a_killed_order_shard_restarts_and_every_saga_finishes_exactly_once(
+        orders: OrderClient, inventory: InventoryClient, actor_store: PostgresEventStore, actor_settings: Any) -> None:
+    pid = await stocked(inventory, on_hand=100)
+    good = await place_many(orders, pid, 12)
+    bad = await place_many(orders, pid, 6, address={**ADDRESS, "postal_code": "00000"})
+    victim = ray.get_actor(order_shard_name(0), namespace=actor_settings.namespace)
+    ray.kill(victim, no_restart=False)
+    counts = await all_settled(orders, good + bad)
+    assert counts == Counter({"CONFIRMED": 12, "CANCELLED": 6})
+    for order_id in good + bad:
+        saga_id = (await orders.get_order(order_id))["saga_id"]
+        rows = await actor_store.pool.fetch(
+            "SELECT operation, status FROM provider_ledger WHERE provider = 'payments' AND key LIKE $1 || ':%'",
+            saga_id)
+        charges = [r["status"] for r in rows if r["operation"] == "charge"]
+        refunds = [r for r in rows if r["operation"] == "refund"]
+        if order_id in good:
+            assert charges == ["succeeded"] and refunds == []
+        else:
+            assert charges == ["refunded"] and len(refunds) == 1
+    stock = await inventory.get_stock(pid)
+    assert (stock["on_hand"], stock["reserved"]) == (88, 0)
+
+
+async def test_sagas_in_flight_when_every_actor_stops_finish_after_a_restart(
+        orders: OrderClient, inventory: InventoryClient, actor_store: PostgresEventStore, actor_settings: Any) -> None:
+    pid = await stocked(inventory, on_hand=100)
+    ids = await place_many(orders, pid, 20, token="tok_flaky")
+    await asyncio.to_thread(remove_actors, actor_settings)
+    unfinished = await actor_store.pool.fetchval(
+        "SELECT COUNT(*) FROM sagas WHERE order_id = ANY($1::uuid[]) AND status NOT IN ('COMPLETED', 'COMPENSATED')",
+        ids)
+    assert unfinished > 0
+    await asyncio.to_thread(deploy_actors, actor_settings)
+    for client in (orders, inventory):
+        for ref in client.refs:
+            ref.forget()
+    assert await all_settled(orders, ids) == Counter({"CONFIRMED": 20})
+
+
+async def test_two_live_instances_of_one_sku_never_corrupt_its_stream(
+        inventory: InventoryClient, actor_store: PostgresEventStore, actor_settings: Any) -> None:
+    pid = await stocked(inventory, on_hand=10)
+    index = shard_of(pid, actor_settings.inventory_shards)
+    twin = ray.remote(InventoryShard).options(num_cpus=0).remote(actor_settings, index)
+    owner = ActorRef(inventory_shard_name(index), actor_settings.namespace)
+    unwrap(await twin.get_stock.remote(pid))  # both instances now hold the SKU in memory
+    unwrap(await call(owner, "get_stock", pid))
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
+
+    async def reserve(k: int) -> Any:
+        rid = uuid.uuid4()
+        if k % 2:
+            result = await twin.reserve.remote(pid, rid, 1, expires, "test")
+        else:
+            result = await call(owner, "reserve", pid, rid, 1, expires, "test")
+        try:
+            return unwrap(result)
+        except inv.InsufficientStock as e:
+            return e
+
+    results = await asyncio.gather(*[reserve(k) for k in range(24)])
+    assert sum(isinstance(r, dict) for r in results) == 10
+    assert all(isinstance(r, inv.InsufficientStock) for r in results if not isinstance(r, dict))
+    final = await replay_never_oversells(actor_store, pid)
+    assert (final.on_hand, final.reserved) == (10, 10)
+    conflicts = (await twin.stats.remote())["conflicts"] + (await call(owner, "stats"))["conflicts"]
+    assert conflicts > 0
+    ray.kill(twin)
+
+
+async def test_passivation_keeps_at_most_the_cap_in_memory_and_state_survives(
+        orders: OrderClient, inventory: InventoryClient, actor_settings: Any) -> None:
+    refs = [ActorRef(order_shard_name(i), actor_settings.namespace) for i in range(actor_settings.order_shards)]
+    previous = [(await call(r, "stats"))["active"] for r in refs]
+    try:
+        for r in refs:
+            await call(r, "set_max_active", 50)
+        pid = await stocked(inventory, on_hand=1000)
+        ids = await place_many(orders, pid, 500)
+        assert await all_settled(orders, ids, timeout=300) == Counter({"CONFIRMED": 500})
+        for r in refs:
+            stats = await call(r, "stats")
+            assert stats["peak_active"] <= 50
+            assert stats["activations"] > 50
+        sample = await asyncio.gather(*[orders.get_order(i) for i in ids[:20]])
+        assert all(o["items"] == [{"product_id": str(pid), "quantity": 1, "unit_price": "29.99"}] for o in sample)
+        assert all(o["version"] == 5 for o in sample)
+    finally:
+        for r, n in zip(refs, previous, strict=True):
+            await call(r, "set_max_active", max(n, actor_settings.max_active_entities))
+
+
+async def test_an_expired_reservation_returns_its_stock_and_records_an_event(
+        inventory: InventoryClient, actor_store: PostgresEventStore) -> None:
+    pid = await stocked(inventory, on_hand=4)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    await inventory.reserve(pid, uuid.uuid4(), 3, soon, "test")
+    assert (await inventory.get_stock(pid))["available"] == 1
+    stock = await eventually(lambda: inventory.get_stock(pid), lambda s: s["available"] == 4, timeout=30)
+    assert stock["reserved"] == 0
+    assert (await event_types(actor_store, pid))[-1] == "ReservationExpired"
+    sku, _ = await repo.load(actor_store, repo.SKU, pid, use_snapshot=False)
+    assert sku is not None and sku.on_hand == 4
