@@ -54,7 +54,9 @@ class Runtime:
         self._redis: EmbeddedRedis | None = None
         self._ray_started = False
         self._serve_started = False
+        self._actors_started = False
         self.token_path: Path | None = None
+        self.dashboard_url = ""
 
     def prepare(self) -> Settings:
         """Start embedded servers where needed, run migrations; returns settings with real URLs."""
@@ -80,17 +82,19 @@ class Runtime:
             return
         env = {"env_vars": dict(SERVE_ENV)}
         if self.settings.ray_address:
-            ray.init(address=self.settings.ray_address, namespace=self.settings.namespace, runtime_env=env)
+            context = ray.init(address=self.settings.ray_address, namespace=self.settings.namespace, runtime_env=env)
         else:
-            ray.init(namespace=self.settings.namespace, include_dashboard=True,
-                     dashboard_host=self.settings.dashboard_host, dashboard_port=self.settings.dashboard_port,
-                     runtime_env=env)
+            context = ray.init(namespace=self.settings.namespace, include_dashboard=True,
+                               dashboard_host=self.settings.dashboard_host,
+                               dashboard_port=self.settings.dashboard_port, runtime_env=env)
             self._ray_started = True
+        self.dashboard_url = context.dashboard_url or ""
 
     def start_actors(self) -> None:
         from actors.deploy import deploy_actors
 
         deploy_actors(self.settings)
+        self._actors_started = True
 
     def start_serve(self) -> None:
         from ray import serve
@@ -112,6 +116,11 @@ class Runtime:
             except Exception:
                 log.exception("Serve did not shut down cleanly")
             self._serve_started = False
+        if self._actors_started and not self._ray_started and ray.is_initialized():
+            from actors.deploy import remove_actors
+
+            remove_actors(self.settings)  # on a shared cluster: ours only; their state is in PostgreSQL
+        self._actors_started = False
         if self._ray_started and ray.is_initialized():
             ray.shutdown()
             self._ray_started = False

@@ -1,0 +1,104 @@
+"""/health checks and the service-wide figures of /metrics that come from PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from actors import metrics as m
+from actors.client import call
+from commerce.services import Services, ServicesProvider
+from store import queries
+from store.migrations import LATEST, current_version
+
+
+async def _check(probe: Any, timeout: float = 5.0) -> dict[str, Any]:
+    try:
+        details = await asyncio.wait_for(probe(), timeout)
+        return {"status": "ok", **(details or {})}
+    except Exception as e:
+        return {"status": "fail", "error": f"{type(e).__name__}: {e}"[:300]}
+
+
+async def check_health(provider: ServicesProvider) -> dict[str, Any]:
+    svc_or_error: Services | Exception
+    try:
+        svc_or_error = await asyncio.wait_for(provider.get(), 5.0)
+    except Exception as e:
+        svc_or_error = e
+    if isinstance(svc_or_error, Exception):
+        failed = {"status": "fail", "error": f"{type(svc_or_error).__name__}: {svc_or_error}"[:300]}
+        checks = dict.fromkeys(("postgres", "redis", "event_store", "sagas", "actors"), failed)
+        return {"status": "fail", "checks": checks}
+    svc = svc_or_error
+
+    async def postgres() -> dict[str, Any]:
+        await svc.pool.fetchval("SELECT 1")
+        return {}
+
+    async def redis() -> dict[str, Any]:
+        await svc.carts.ping()
+        return {}
+
+    async def event_store() -> dict[str, Any]:
+        async with svc.pool.acquire() as conn:
+            version = await current_version(conn)
+        if version != LATEST:
+            raise RuntimeError(f"schema at version {version}, expected {LATEST}")
+        status = await call(svc.actors.projector, "status", timeout=5.0)
+        broken = {name: p["error"] for name, p in status.items() if p["error"]}
+        if broken:
+            raise RuntimeError(f"projections stopped: {broken}")
+        return {"schema_version": version, "projections": status}
+
+    async def sagas() -> dict[str, Any]:
+        counts = await svc.sagas.counts()
+        oldest = await svc.sagas.oldest_unfinished_age()
+        stuck_after = svc.settings.saga_timeout + 10 * svc.settings.saga_compensation_timeout + 60
+        running_too_long = oldest > stuck_after and (counts.get("RUNNING", 0) + counts.get("COMPENSATING", 0)) > 0
+        if running_too_long:
+            raise RuntimeError(f"oldest unfinished saga is {oldest:.0f}s old")
+        return {"counts": counts, "oldest_unfinished_seconds": round(oldest, 1),
+                "waiting_for_operator": counts.get("FAILED", 0)}
+
+    async def actors() -> dict[str, Any]:
+        results = await svc.actors.each("ping")
+        down = [name for name, r in results.items() if isinstance(r, Exception)]
+        if down:
+            raise RuntimeError(f"actors not answering: {down}")
+        return {"count": len(results)}
+
+    names = ("postgres", "redis", "event_store", "sagas", "actors")
+    results = await asyncio.gather(*[_check(p) for p in (postgres, redis, event_store, sagas, actors)])
+    checks = dict(zip(names, results, strict=True))
+    ok = all(c["status"] == "ok" for c in checks.values())
+    return {"status": "ok" if ok else "fail", "checks": checks}
+
+
+async def service_metrics(svc: Services, now: dt.datetime, abandoned_after: float) -> str:
+    """Figures kept in PostgreSQL and Redis: sagas by status, carts, stock, for the KPIs."""
+    registry = CollectorRegistry()
+    sagas = Gauge("commerce_sagas", "Sagas by status", ["status"], registry=registry)
+    for status, n in (await svc.sagas.counts()).items():
+        sagas.labels(status).set(n)
+    Gauge("commerce_saga_oldest_unfinished_seconds", "Age of the oldest saga not in a terminal state",
+          registry=registry).set(await svc.sagas.oldest_unfinished_age())
+    carts = await svc.carts.stats(now, abandoned_after)
+    ops = Counter("commerce_cart_operations", "Cart operations by kind", ["operation"], registry=registry)
+    for operation, n in carts["operations"].items():
+        ops.labels(operation).inc(n)
+    Counter("commerce_carts_created", "Carts created", registry=registry).inc(carts["created"])
+    Counter("commerce_carts_checked_out", "Carts checked out", registry=registry).inc(carts["checked_out"])
+    Gauge("commerce_carts_abandoned", f"Open carts idle for more than {abandoned_after:.0f}s",
+          registry=registry).set(carts["abandoned"])
+    Gauge("commerce_carts_open", "Carts not checked out", registry=registry).set(carts["open"])
+    stock = await queries.inventory_totals(svc.pool)
+    Gauge("commerce_inventory_units_sold", "Units sold net of returns (read model)", registry=registry).set(stock["sold"])
+    Gauge("commerce_inventory_on_hand_units", "Units on hand over all SKUs (read model)",
+          registry=registry).set(stock["on_hand"])
+    Gauge("commerce_inventory_reserved_units", "Units reserved over all SKUs (read model)",
+          registry=registry).set(stock["reserved"])
+    return m.render(registry)

@@ -1,0 +1,58 @@
+"""What an HTTP replica talks to: actor clients, a PostgreSQL pool for reads and idempotency keys,
+and the Redis cart store. Built lazily inside the replica, never at import."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import asyncpg
+
+from actors.client import ActorDirectory, InventoryClient, OrderClient
+from commerce.settings import Settings
+from store.carts import RedisCartStore
+from store.event_store import PostgresEventStore, create_pool
+from store.idempotency import IdempotencyStore
+from store.sagas import SagaStore
+
+
+@dataclasses.dataclass(slots=True)
+class Services:
+    settings: Settings
+    pool: asyncpg.Pool
+    events: PostgresEventStore
+    sagas: SagaStore
+    idempotency: IdempotencyStore
+    carts: RedisCartStore
+    orders: OrderClient
+    inventory: InventoryClient
+    actors: ActorDirectory
+
+
+class ServicesProvider:
+    """Connects on first use and again after a failed attempt (a dependency may come up late)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._services: Services | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Services:
+        if self._services is not None:
+            return self._services
+        async with self._lock:
+            if self._services is None:
+                self._services = await self._connect()
+        return self._services
+
+    async def _connect(self) -> Services:
+        s = self.settings
+        pool = await create_pool(s.database_url or "", s.database_pool_size)
+        events = PostgresEventStore(pool)
+        return Services(
+            settings=s, pool=pool, events=events, sagas=SagaStore(events), idempotency=IdempotencyStore(events),
+            carts=RedisCartStore.from_url(s.redis_url or "", s.cart_ttl, s.redis_max_connections),
+            orders=OrderClient(s.namespace, s.order_shards, s.request_timeout),
+            inventory=InventoryClient(s.namespace, s.inventory_shards, s.request_timeout),
+            actors=ActorDirectory(s.namespace, s.order_shards, s.inventory_shards),
+        )

@@ -1,0 +1,437 @@
+"""The HTTP ingress: a FastAPI app served by Ray Serve. It translates HTTP into commands and queries
+for the actors and the read side, and errors into RFC 9457 problem responses; it holds no business
+rules. ``build_app(settings)`` is the only entry point; nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from ray import serve
+from ray.exceptions import RayActorError
+
+from actors import metrics as m
+from actors.client import ServiceUnavailable
+from commerce import schemas as api
+from commerce.http import BodyLimit, problem
+from commerce.services import Services, ServicesProvider
+from commerce.settings import Settings
+from domain import cart as cart_domain
+from domain import errors, inventory, order
+from store import queries
+from store.errors import ConcurrencyConflict, StoreUnavailable
+from store.idempotency import KeyInFlight, KeyReused, StoredResponse, fingerprint
+
+API = "/api/v1"
+IDEMPOTENCY_NAMESPACE = uuid.UUID("3d5c1f0e-7a2b-4e8c-9f61-0b4a7d2e5c93")
+ABANDONED_AFTER = 24 * 3600.0
+
+app = FastAPI(
+    title="Commerce service",
+    version="1.0.0",
+    description="Orders, carts and inventory with CQRS, event sourcing and sagas on Ray. "
+    "Errors are application/problem+json (RFC 9457). Every POST accepts an Idempotency-Key header.",
+)
+app.add_middleware(BodyLimit, limit=64 * 1024)
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+_STATUS: list[tuple[type[Exception], int, str]] = [
+    (errors.NotFound, 404, "not-found"),
+    (inventory.InsufficientStock, 409, "insufficient-stock"),
+    (inventory.VersionMismatch, 409, "version-conflict"),
+    (errors.TransitionForbidden, 409, "state-conflict"),
+    (inventory.StockBelowReserved, 409, "stock-below-reserved"),
+    (inventory.ReservationNotActive, 409, "reservation-closed"),
+    (cart_domain.EmptyCart, 409, "empty-cart"),
+    (order.OrderAlreadyExists, 409, "order-exists"),
+    (ConcurrencyConflict, 409, "concurrent-update"),
+    (KeyInFlight, 409, "request-in-progress"),
+    (KeyReused, 422, "idempotency-key-reused"),
+    (queries.BadCursor, 422, "invalid-cursor"),
+    (errors.DomainError, 422, "invalid-request"),
+    (StoreUnavailable, 503, "dependency-unavailable"),
+    (ServiceUnavailable, 503, "dependency-unavailable"),
+    (RayActorError, 503, "dependency-unavailable"),
+]
+
+
+def error_response(e: Exception) -> JSONResponse:
+    for cls, status, kind in _STATUS:
+        if isinstance(e, cls):
+            extra = {k: getattr(e, k) for k in ("available", "current_version", "status") if hasattr(e, k)}
+            headers = {"Retry-After": "1"} if status == 503 or isinstance(e, KeyInFlight) else None
+            detail = str(e) if status != 503 else "a dependency is unavailable; retry later"
+            return problem(status, kind, detail, headers=headers, **extra)
+    return problem(500, "internal-error", "the request failed unexpectedly")
+
+
+async def _known_error(request: Request, e: Exception) -> JSONResponse:
+    return error_response(e)
+
+
+for _cls, _, _ in _STATUS:
+    app.add_exception_handler(_cls, _known_error)
+app.add_exception_handler(Exception, _known_error)  # anything else: a 500 problem, never a stack trace
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+    errs = e.errors()
+    body_shape = {"json_invalid", "model_attributes_type", "dict_type", "missing"}
+    if any(x.get("type") == "json_invalid" or (tuple(x.get("loc", ())) == ("body",) and x.get("type") in body_shape)
+           for x in errs):
+        return problem(400, "malformed-body", "the body must be a JSON object")
+    fields = [{"loc": list(x.get("loc", ())), "msg": x.get("msg", "")} for x in errs]
+    return problem(422, "validation-error", "the request is not valid", errors=fields)
+
+
+# --- dependencies -------------------------------------------------------------------------------
+
+
+class Replica:
+    """This replica's settings and connections, set by the deployment's constructor.
+
+    Serve serves a frozen copy of ``app``, so ``app.state`` set at run time does not reach requests.
+    """
+
+    settings: Settings | None = None
+    provider: ServicesProvider | None = None
+
+    @classmethod
+    def services_provider(cls) -> ServicesProvider:
+        if cls.provider is None:
+            raise ServiceUnavailable("the replica is not initialised")
+        return cls.provider
+
+
+async def services() -> Services:
+    return await Replica.services_provider().get()
+
+
+async def require_admin(request: Request) -> None:
+    expected: str = (Replica.settings.admin_token if Replica.settings else None) or ""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not expected or not hmac.compare_digest(token.strip(), expected):
+        raise Unauthorized()
+
+
+class Unauthorized(Exception):
+    pass
+
+
+@app.exception_handler(Unauthorized)
+async def _unauthorized(request: Request, e: Unauthorized) -> JSONResponse:
+    return problem(401, "unauthorized", "a valid admin bearer token is required",
+                   headers={"WWW-Authenticate": "Bearer"})
+
+
+Svc = Depends(services)
+Admin = Depends(require_admin)
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def idempotent(request: Request, svc: Services, work: Callable[[uuid.UUID | None], Awaitable[JSONResponse]]) -> JSONResponse:
+    """Run ``work`` once per Idempotency-Key; repeats get the first answer, another body a 422.
+
+    ``work`` receives an id derived from the key (or None), so even the work itself is idempotent.
+    """
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return await work(None)
+    if not 1 <= len(key) <= 255:
+        return problem(422, "invalid-idempotency-key", "Idempotency-Key must be 1 to 255 characters")
+    scope = f"{request.method} {request.url.path}"
+    body = await request.body()
+    stored = await svc.idempotency.claim(scope, key, fingerprint(request.method, request.url.path, body))
+    if stored is not None:
+        return JSONResponse(stored.body, stored.status, headers=stored.headers,
+                            media_type=stored.headers.get("content-type"))
+    try:
+        response = await work(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{scope}\n{key}"))
+    except Exception as e:
+        response = error_response(e)
+    if response.status_code >= 500:
+        await svc.idempotency.release(scope, key)
+    else:
+        headers = {k: v for k, v in response.headers.items() if k in ("location", "content-type")}
+        await svc.idempotency.complete(scope, key, StoredResponse(response.status_code, json.loads(response.body), headers))
+    return response
+
+
+# --- catalog and inventory ----------------------------------------------------------------------
+
+
+@app.put(f"{API}/inventory/{{product_id}}", dependencies=[Admin], tags=["inventory"])
+async def set_stock(product_id: uuid.UUID, body: api.SetStock, svc: Services = Svc) -> dict[str, Any]:
+    """Set a product's stock on hand, price and name (admin)."""
+    return await svc.inventory.set_stock(product_id, body.on_hand, body.price, body.name)
+
+
+@app.get(f"{API}/inventory/{{product_id}}", tags=["inventory"])
+async def get_stock(product_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
+    return await svc.inventory.get_stock(product_id)
+
+
+@app.post(f"{API}/inventory/{{product_id}}/reserve", status_code=201, tags=["inventory"])
+async def reserve(product_id: uuid.UUID, body: api.Reserve, request: Request, svc: Services = Svc) -> JSONResponse:
+    """Reserve units; the same reservation_id again returns the same reservation."""
+
+    async def work(derived: uuid.UUID | None) -> JSONResponse:
+        rid = body.reservation_id or derived or uuid.uuid4()
+        ttl = body.ttl_seconds or svc.settings.reservation_ttl
+        r = await svc.inventory.reserve(product_id, rid, body.quantity, now() + dt.timedelta(seconds=ttl), "api",
+                                        body.expected_version)
+        return JSONResponse({k: r[k] for k in ("reservation_id", "product_id", "quantity", "expires_at", "version")},
+                            201)
+
+    return await idempotent(request, svc, work)
+
+
+@app.post(f"{API}/inventory/{{product_id}}/release", tags=["inventory"])
+async def release(product_id: uuid.UUID, body: api.Release, request: Request, svc: Services = Svc) -> JSONResponse:
+    async def work(_: uuid.UUID | None) -> JSONResponse:
+        result = await svc.inventory.release(product_id, body.reservation_id)
+        return JSONResponse(result["stock"])
+
+    return await idempotent(request, svc, work)
+
+
+# --- carts --------------------------------------------------------------------------------------
+
+
+def cart_view(c: cart_domain.Cart) -> dict[str, Any]:
+    return {
+        "id": str(c.id), "customer_id": str(c.customer_id),
+        "items": [{"product_id": str(x.product_id), "quantity": x.quantity, "unit_price": str(x.unit_price),
+                   "line_total": str(x.line_total)} for x in c.lines],
+        "total": str(c.total), "created_at": c.created_at.isoformat(), "updated_at": c.updated_at.isoformat(),
+        "expires_at": c.expires_at.isoformat(), "status": c.status.value,
+        **({"order_id": str(c.order_id)} if c.order_id else {}),
+    }
+
+
+@app.post(f"{API}/cart", status_code=201, tags=["cart"])
+async def create_cart(body: api.CreateCart, request: Request, svc: Services = Svc) -> JSONResponse:
+    async def work(derived: uuid.UUID | None) -> JSONResponse:
+        cart = await svc.carts.create(derived or uuid.uuid4(), body.customer_id, now())
+        return JSONResponse(cart_view(cart), 201, headers={"Location": f"{API}/cart/{cart.id}"})
+
+    return await idempotent(request, svc, work)
+
+
+@app.get(f"{API}/cart/{{cart_id}}", tags=["cart"])
+async def get_cart(cart_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
+    return cart_view(await svc.carts.get(cart_id))
+
+
+@app.put(f"{API}/cart/{{cart_id}}/items", tags=["cart"])
+async def set_cart_item(cart_id: uuid.UUID, body: api.SetCartItem, svc: Services = Svc) -> dict[str, Any]:
+    """Set a line's quantity at the catalog's price; 0 removes the line."""
+    cart = await svc.carts.get(cart_id)
+    cart_domain.ensure_open(cart)
+    stock = await svc.inventory.get_stock(body.product_id)
+    operation = "remove_item" if body.quantity == 0 else "set_item"
+    return cart_view(await svc.carts.set_line(cart_id, body.product_id, body.quantity, stock["price"], now(), operation))
+
+
+@app.delete(f"{API}/cart/{{cart_id}}/items/{{product_id}}", tags=["cart"])
+async def remove_cart_item(cart_id: uuid.UUID, product_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
+    return cart_view(await svc.carts.set_line(cart_id, product_id, 0, Decimal(0), now(), "remove_item"))
+
+
+@app.post(f"{API}/cart/{{cart_id}}/checkout", status_code=202, tags=["cart"])
+async def checkout(cart_id: uuid.UUID, body: api.Checkout, request: Request, svc: Services = Svc) -> JSONResponse:
+    """Turn the cart into an order once; a second checkout answers with the same order."""
+
+    async def work(_: uuid.UUID | None) -> JSONResponse:
+        cart = await svc.carts.get(cart_id)
+        cart_domain.ensure_checkout_possible(cart)
+        cart = await svc.carts.begin_checkout(cart_id, cart_domain.checkout_order_id(cart_id), now())
+        order_id = cart.order_id or cart_domain.checkout_order_id(cart_id)
+        placed = await svc.orders.create_order(
+            order_id, cart.customer_id, [(x.product_id, x.quantity) for x in cart.lines],
+            body.shipping_address.model_dump(), body.payment_token)
+        await svc.carts.finish_checkout(cart_id)
+        return JSONResponse(placed, 202, headers={"Location": f"{API}/orders/{order_id}"})
+
+    return await idempotent(request, svc, work)
+
+
+# --- orders -------------------------------------------------------------------------------------
+
+
+@app.post(f"{API}/orders", status_code=202, tags=["orders"])
+async def create_order(body: api.CreateOrder, request: Request, svc: Services = Svc) -> JSONResponse:
+    """Place an order at catalog prices; its fulfilment saga runs in the background."""
+
+    async def work(derived: uuid.UUID | None) -> JSONResponse:
+        order_id = derived or uuid.uuid4()
+        items: dict[uuid.UUID, int] = {}
+        for item in body.items:
+            items[item.product_id] = items.get(item.product_id, 0) + item.quantity
+        placed = await svc.orders.create_order(order_id, body.customer_id, list(items.items()),
+                                               body.shipping_address.model_dump(), body.payment_token)
+        return JSONResponse({**placed, "status": "PENDING"} if placed["status"] == "PENDING" else placed, 202,
+                            headers={"Location": f"{API}/orders/{order_id}"})
+
+    return await idempotent(request, svc, work)
+
+
+@app.get(f"{API}/orders/{{order_id}}", tags=["orders"])
+async def get_order(order_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
+    return await svc.orders.get_order(order_id)
+
+
+@app.get(f"{API}/orders", tags=["orders"])
+async def list_orders(customer_id: uuid.UUID | None = None, status: order.OrderStatus | None = None,
+                      limit: int = Query(50, ge=1, le=500), cursor: str | None = Query(None, max_length=500),
+                      svc: Services = Svc) -> dict[str, Any]:
+    """Orders newest first, from the read model."""
+    items, next_cursor = await queries.list_orders(svc.pool, customer_id=customer_id,
+                                                   status=status.value if status else None, limit=limit, cursor=cursor)
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@app.post(f"{API}/orders/{{order_id}}/cancel", status_code=202, tags=["orders"])
+async def cancel_order(order_id: uuid.UUID, request: Request, body: api.CancelOrder | None = None,
+                       svc: Services = Svc) -> JSONResponse:
+    async def work(_: uuid.UUID | None) -> JSONResponse:
+        result = await svc.orders.cancel_order(order_id, (body.reason if body else None) or "cancelled by customer")
+        return JSONResponse(result["order"], 202 if result["accepted"] else 200)
+
+    return await idempotent(request, svc, work)
+
+
+@app.get(f"{API}/orders/{{order_id}}/events", tags=["orders"])
+async def order_events(order_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
+    records = await svc.events.load_stream(order_id)
+    if not records or records[0].aggregate_type != order.AGGREGATE_TYPE:
+        raise errors.NotFound(f"unknown order {order_id}")
+    return {"items": [{"event_id": str(r.metadata.event_id), "event_type": r.event_type, "version": r.version,
+                       "data": _event_data(r), "created_at": r.at.isoformat()} for r in records]}
+
+
+def _event_data(r: Any) -> dict[str, Any]:
+    from domain.events import encode
+
+    data: dict[str, Any] = encode(r.event)
+    data.pop("payment_token", None)  # a payment method reference is not shown back
+    return data
+
+
+# --- admin --------------------------------------------------------------------------------------
+
+
+def saga_summary(row: dict[str, Any]) -> dict[str, Any]:
+    return {"saga_id": str(row["saga_id"]), "saga_type": row["saga_type"], "order_id": str(row["order_id"]),
+            "status": row["status"], "current_step": row["current_step"], "attempts": row["attempts"],
+            "created_at": row["created_at"].isoformat(), "updated_at": row["updated_at"].isoformat()}
+
+
+@app.get(f"{API}/admin/sagas", dependencies=[Admin], tags=["admin"])
+async def list_sagas(status: str | None = Query(None, pattern="^(RUNNING|COMPLETED|COMPENSATING|COMPENSATED|FAILED)$"),
+                     order_id: uuid.UUID | None = None, limit: int = Query(50, ge=1, le=500),
+                     cursor: str | None = Query(None, max_length=500), svc: Services = Svc) -> dict[str, Any]:
+    rows = await svc.sagas.list(status=status, order_id=order_id, limit=limit + 1, cursor=queries.decode_cursor(cursor))
+    next_cursor = queries.encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["saga_id"]) if len(rows) > limit else None
+    return {"items": [saga_summary(r) for r in rows[:limit]], "next_cursor": next_cursor}
+
+
+async def _saga(svc: Services, saga_id: uuid.UUID) -> dict[str, Any]:
+    saga = await svc.sagas.get(saga_id)
+    if saga is None:
+        raise errors.NotFound(f"unknown saga {saga_id}")
+    return saga
+
+
+@app.get(f"{API}/admin/sagas/{{saga_id}}", dependencies=[Admin], tags=["admin"])
+async def get_saga(saga_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
+    saga = await _saga(svc, saga_id)
+    steps = [{"step": s["step"], "action": s["action"], "outcome": s["outcome"], "attempt": s["attempt"],
+              "at": s["at"].isoformat(), **({"error": s["error"]} if s["error"] else {})} for s in saga["steps"]]
+    return {**saga_summary(saga), "reason": saga["saga_data"].get("reason"), "steps": steps}
+
+
+@app.post(f"{API}/admin/sagas/{{saga_id}}/retry", status_code=202, dependencies=[Admin], tags=["admin"])
+async def retry_saga(saga_id: uuid.UUID, request: Request, svc: Services = Svc) -> JSONResponse:
+    async def work(_: uuid.UUID | None) -> JSONResponse:
+        saga = await _saga(svc, saga_id)
+        return JSONResponse(await svc.orders.retry_saga(saga["order_id"]), 202)
+
+    return await idempotent(request, svc, work)
+
+
+@app.post(f"{API}/admin/sagas/{{saga_id}}/compensate", status_code=202, dependencies=[Admin], tags=["admin"])
+async def compensate_saga(saga_id: uuid.UUID, request: Request, body: api.Compensate | None = None,
+                          svc: Services = Svc) -> JSONResponse:
+    async def work(_: uuid.UUID | None) -> JSONResponse:
+        saga = await _saga(svc, saga_id)
+        reason = (body.reason if body else None) or "compensated by an operator"
+        return JSONResponse(await svc.orders.compensate_saga(saga["order_id"], reason), 202)
+
+    return await idempotent(request, svc, work)
+
+
+@app.get(f"{API}/admin/events", dependencies=[Admin], tags=["admin"])
+async def query_events(aggregate_id: uuid.UUID | None = None,
+                       aggregate_type: str | None = Query(None, max_length=100),
+                       event_type: str | None = Query(None, max_length=100), after_position: int = Query(0, ge=0),
+                       limit: int = Query(100, ge=1, le=500), svc: Services = Svc) -> dict[str, Any]:
+    """Events in commit order; pass ``next_position`` back as ``after_position`` for the next page."""
+    records = await svc.events.query(aggregate_id=aggregate_id, aggregate_type=aggregate_type,
+                                     event_type=event_type, after_position=after_position, limit=limit)
+    items = [{"position": r.position, "event_id": str(r.metadata.event_id), "aggregate_id": str(r.aggregate_id),
+              "aggregate_type": r.aggregate_type, "event_type": r.event_type, "version": r.version,
+              "data": _event_data(r), "created_at": r.at.isoformat()} for r in records]
+    return {"items": items, "next_position": records[-1].position if len(records) == limit else None}
+
+
+# --- health and metrics -------------------------------------------------------------------------
+
+
+@app.get("/health", tags=["operations"])
+async def health(request: Request) -> JSONResponse:
+    from commerce.health import check_health
+
+    report = await check_health(Replica.services_provider())
+    return JSONResponse(report, 200 if report["status"] == "ok" else 503)
+
+
+@app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+async def metrics(svc: Services = Svc) -> Response:
+    from commerce.health import service_metrics
+
+    texts = [t for t in (await svc.actors.each("metrics_text")).values() if isinstance(t, str)]
+    texts.append(await service_metrics(svc, now(), ABANDONED_AFTER))
+    return PlainTextResponse(m.merge(texts), media_type="text/plain; version=0.0.4")
+
+
+# --- Serve --------------------------------------------------------------------------------------
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)
+@serve.ingress(app)
+class CommerceIngress:
+    def __init__(self, settings: Settings) -> None:
+        Replica.settings = settings
+        Replica.provider = ServicesProvider(settings)
+
+
+def build_app(settings: Settings) -> Any:
+    """The Serve application for these settings."""
+    return CommerceIngress.options(num_replicas=settings.replicas).bind(settings)

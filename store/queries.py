@@ -1,0 +1,68 @@
+"""Queries of the read side: order lists from ``order_views``, store-wide figures for /metrics."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+
+from store.errors import postgres_errors
+
+
+class BadCursor(ValueError):
+    """A list cursor that this service did not hand out."""
+
+
+def encode_cursor(created_at: dt.datetime, entity_id: uuid.UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(entity_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, entity_id = json.loads(raw)
+        return dt.datetime.fromisoformat(created_at), uuid.UUID(entity_id)
+    except (ValueError, TypeError) as e:
+        raise BadCursor("cursor is not valid") from e
+
+
+def order_row(row: asyncpg.Record) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "order_id": str(row["order_id"]), "customer_id": str(row["customer_id"]), "status": row["status"],
+        "items": row["items"], "total_amount": str(row["total_amount"]),
+        "created_at": row["created_at"].isoformat(), "updated_at": row["updated_at"].isoformat(),
+        "version": row["version"], "saga_id": str(row["saga_id"]),
+    }
+    if row["reason"]:
+        view["reason"] = row["reason"]
+    return view
+
+
+async def list_orders(pool: asyncpg.Pool, *, customer_id: uuid.UUID | None, status: str | None, limit: int,
+                      cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    after = decode_cursor(cursor)
+    with postgres_errors():
+        rows = await pool.fetch(
+            """SELECT * FROM order_views
+               WHERE ($1::uuid IS NULL OR customer_id = $1) AND ($2::varchar IS NULL OR status = $2)
+                 AND ($3::timestamptz IS NULL OR (created_at, order_id) < ($3, $4))
+               ORDER BY created_at DESC, order_id DESC LIMIT $5""",
+            customer_id, status, after[0] if after else None, after[1] if after else None, limit + 1)
+    items = [order_row(r) for r in rows[:limit]]
+    next_cursor = encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["order_id"]) if len(rows) > limit else None
+    return items, next_cursor
+
+
+async def inventory_totals(pool: asyncpg.Pool) -> dict[str, int]:
+    with postgres_errors():
+        row = await pool.fetchrow(
+            """SELECT COALESCE(SUM(units_sold), 0) AS sold, COALESCE(SUM(on_hand), 0) AS on_hand,
+                      COALESCE(SUM(reserved), 0) AS reserved, COUNT(*) AS skus FROM inventory_views""")
+    return {k: int(v) for k, v in dict(row).items()}
