@@ -69,7 +69,9 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
 def error_response(e: Exception) -> JSONResponse:
     for cls, status, kind in _STATUS:
         if isinstance(e, cls):
-            extra = {k: getattr(e, k) for k in ("available", "current_version", "status") if hasattr(e, k)}
+            extra = {k: getattr(e, k) for k in ("available", "current_version") if hasattr(e, k)}
+            if isinstance(e, errors.TransitionForbidden):
+                extra["current_status"] = e.status  # "status" is the HTTP status in RFC 9457
             headers = {"Retry-After": "1"} if status == 503 or isinstance(e, KeyInFlight) else None
             detail = str(e) if status != 503 else "a dependency is unavailable; retry later"
             return problem(status, kind, detail, headers=headers, **extra)

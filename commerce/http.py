@@ -13,11 +13,11 @@ TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not F
           503: "Service Unavailable"}
 
 
-def problem(status: int, kind: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    """An RFC 9457 problem response."""
-    body = {"type": f"https://commerce.example/problems/{kind}", "title": TITLES.get(status, "Error"),
-            "status": status, "detail": detail, **extra}
-    return JSONResponse(body, status, headers=headers, media_type=PROBLEM)
+def problem(code: int, kind: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    """An RFC 9457 problem response; ``extra`` members never replace the standard ones."""
+    body = {**extra, "type": f"https://commerce.example/problems/{kind}", "title": TITLES.get(code, "Error"),
+            "status": code, "detail": detail}
+    return JSONResponse(body, code, headers=headers, media_type=PROBLEM)
 
 
 class _TooLarge(Exception):

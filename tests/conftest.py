@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Servers
+from store.event_store import PostgresEventStore, create_pool
+from tests.support import Servers, create_database, drop_database
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +34,78 @@ def ray_session() -> Iterator[None]:
              runtime_env={"env_vars": dict(SERVE_ENV)})
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def actor_settings(servers: Servers, ray_session: None) -> AsyncIterator[object]:
+    """The service's actors on the session's Ray, over a database of their own."""
+    import asyncio
+
+    from actors.deploy import deploy_actors, remove_actors
+    from commerce.runtime import run_migrations
+    from tests.integration.ray_support import test_settings
+
+    dsn = await create_database(servers.database_url, "commerce_actors")
+    await run_migrations(dsn)
+    settings = test_settings(dsn, servers.redis_url)
+    await asyncio.to_thread(deploy_actors, settings)
+    yield settings
+    await asyncio.to_thread(remove_actors, settings)
+    await drop_database(servers.database_url, dsn)
+
+
+@pytest.fixture(scope="session")
+def orders(actor_settings: object) -> object:
+    from actors.client import OrderClient
+
+    return OrderClient(actor_settings.namespace, actor_settings.order_shards)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def inventory(actor_settings: object) -> object:
+    from actors.client import InventoryClient
+
+    return InventoryClient(actor_settings.namespace, actor_settings.inventory_shards)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+async def actor_store(actor_settings: object) -> AsyncIterator[PostgresEventStore]:
+    pool = await create_pool(actor_settings.database_url, 8)  # type: ignore[attr-defined]
+    yield PostgresEventStore(pool)
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def api(actor_settings: object) -> AsyncIterator[str]:
+    """The HTTP API on Ray Serve, over the session's actors; yields its base URL."""
+    import asyncio
+    import dataclasses
+    import socket
+
+    from ray import serve
+
+    from serve_app import build_app
+    from tests.integration.ray_support import eventually
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = dataclasses.replace(actor_settings, port=port)  # type: ignore[type-var]
+
+    def start() -> None:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(settings), name="commerce", route_prefix="/")
+
+    await asyncio.to_thread(start)
+    base = f"http://127.0.0.1:{port}"
+    import httpx
+
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        async def health() -> int:
+            try:
+                return (await client.get("/health")).status_code
+            except httpx.HTTPError:
+                return 0
+
+        await eventually(health, lambda code: code == 200, timeout=60)
+    yield base

@@ -1,0 +1,126 @@
+"""Carts, stock and reservations, health and metrics over real HTTP through Ray Serve."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import ADMIN
+from tests.e2e.helpers import ADDRESS, API, order_status, product
+
+pytestmark = pytest.mark.ray
+
+
+async def new_cart(http: httpx.AsyncClient) -> dict[str, object]:
+    r = await http.post(f"{API}/cart", json={"customer_id": str(uuid.uuid4())})
+    assert r.status_code == 201
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def test_a_cart_prices_lines_from_the_catalog_and_totals_them(http: httpx.AsyncClient) -> None:
+    mug, pen = await product(http, price="29.99"), await product(http, price="1.50", name="Pen")
+    cart = await new_cart(http)
+    assert cart["items"] == [] and cart["total"] == "0.00" and cart["status"] == "OPEN"
+    await http.put(f"{API}/cart/{cart['id']}/items", json={"product_id": mug, "quantity": 2})
+    r = await http.put(f"{API}/cart/{cart['id']}/items", json={"product_id": pen, "quantity": 3})
+    body = r.json()
+    assert r.status_code == 200 and body["total"] == "64.48"
+    lines = {x["product_id"]: x for x in body["items"]}
+    assert lines[mug]["unit_price"] == "29.99" and lines[mug]["line_total"] == "59.98"
+    assert (await http.put(f"{API}/cart/{cart['id']}/items", json={"product_id": pen, "quantity": 0})).json()["total"] == "59.98"
+    assert (await http.delete(f"{API}/cart/{cart['id']}/items/{mug}")).json()["items"] == []
+    assert body["expires_at"] > body["updated_at"]
+
+
+async def test_a_cart_refuses_a_client_price_and_unknown_products(http: httpx.AsyncClient) -> None:
+    cart = await new_cart(http)
+    pid = await product(http)
+    priced = await http.put(f"{API}/cart/{cart['id']}/items", json={"product_id": pid, "quantity": 1, "unit_price": "0.01"})
+    assert priced.status_code == 422
+    unknown = await http.put(f"{API}/cart/{cart['id']}/items", json={"product_id": str(uuid.uuid4()), "quantity": 1})
+    assert unknown.status_code == 404
+    missing = await http.get(f"{API}/cart/{uuid.uuid4()}")
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+
+
+async def test_concurrent_updates_of_one_cart_lose_none(http: httpx.AsyncClient) -> None:
+    cart = await new_cart(http)
+    pids = [await product(http, price="1.00") for _ in range(10)]
+    await asyncio.gather(*[http.put(f"{API}/cart/{cart['id']}/items", json={"product_id": p, "quantity": 2})
+                           for p in pids])
+    body = (await http.get(f"{API}/cart/{cart['id']}")).json()
+    assert len(body["items"]) == 10 and body["total"] == "20.00"
+
+
+async def test_checkout_places_one_order_however_often_it_is_sent(http: httpx.AsyncClient) -> None:
+    pid = await product(http, on_hand=5)
+    cart = await new_cart(http)
+    await http.put(f"{API}/cart/{cart['id']}/items", json={"product_id": pid, "quantity": 2})
+    body = {"payment_token": "tok_visa", "shipping_address": ADDRESS}
+    answers = await asyncio.gather(*[http.post(f"{API}/cart/{cart['id']}/checkout", json=body) for _ in range(3)])
+    assert {a.status_code for a in answers} == {202}
+    assert len({a.json()["order_id"] for a in answers}) == 1
+    order = await order_status(http, answers[0].json()["order_id"], {"CONFIRMED"})
+    assert order["customer_id"] == cart["customer_id"] and order["total_amount"] == "59.98"
+    after = (await http.get(f"{API}/cart/{cart['id']}")).json()
+    assert after["status"] == "CHECKED_OUT" and after["order_id"] == order["order_id"]
+    changed = await http.put(f"{API}/cart/{cart['id']}/items", json={"product_id": pid, "quantity": 1})
+    assert changed.status_code == 409
+    assert (await http.get(f"{API}/inventory/{pid}")).json()["on_hand"] == 3
+
+
+async def test_an_empty_cart_cannot_check_out(http: httpx.AsyncClient) -> None:
+    cart = await new_cart(http)
+    r = await http.post(f"{API}/cart/{cart['id']}/checkout", json={"payment_token": "tok_visa", "shipping_address": ADDRESS})
+    assert r.status_code == 409
+
+
+async def test_reserve_and_release_keep_available_right(http: httpx.AsyncClient) -> None:
+    pid = await product(http, on_hand=5)
+    rid = str(uuid.uuid4())
+    r = await http.post(f"{API}/inventory/{pid}/reserve", json={"quantity": 3, "reservation_id": rid})
+    assert r.status_code == 201 and set(r.json()) == {"reservation_id", "product_id", "quantity", "expires_at", "version"}
+    again = await http.post(f"{API}/inventory/{pid}/reserve", json={"quantity": 3, "reservation_id": rid})
+    assert again.json()["reservation_id"] == rid
+    assert (await http.get(f"{API}/inventory/{pid}")).json()["available"] == 2
+    short = await http.post(f"{API}/inventory/{pid}/reserve", json={"quantity": 3})
+    assert short.status_code == 409 and short.json()["available"] == 2
+    stale = await http.post(f"{API}/inventory/{pid}/reserve", json={"quantity": 1, "expected_version": 1})
+    assert stale.status_code == 409 and stale.json()["current_version"] == 2
+    released = await http.post(f"{API}/inventory/{pid}/release", json={"reservation_id": rid})
+    assert released.status_code == 200 and released.json()["available"] == 5
+    assert (await http.post(f"{API}/inventory/{pid}/release", json={"reservation_id": rid})).status_code == 200
+    unknown = await http.post(f"{API}/inventory/{pid}/release", json={"reservation_id": str(uuid.uuid4())})
+    assert unknown.status_code == 404
+    assert (await http.get(f"{API}/inventory/{uuid.uuid4()}")).status_code == 404
+
+
+async def test_stock_cannot_be_set_below_what_is_reserved(http: httpx.AsyncClient) -> None:
+    pid = await product(http, on_hand=5)
+    await http.post(f"{API}/inventory/{pid}/reserve", json={"quantity": 4})
+    r = await http.put(f"{API}/inventory/{pid}", json={"on_hand": 2, "price": "29.99"}, headers=ADMIN)
+    assert r.status_code == 409
+    bad_price = await http.put(f"{API}/inventory/{pid}", json={"on_hand": 9, "price": "1.999"}, headers=ADMIN)
+    assert bad_price.status_code == 422
+    assert (await http.get(f"{API}/inventory/{pid}")).json()["on_hand"] == 5
+
+
+async def test_health_reports_every_check(http: httpx.AsyncClient) -> None:
+    r = await http.get("/health")
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "ok"
+    assert set(body["checks"]) == {"postgres", "redis", "event_store", "sagas", "actors"}
+    assert all(c["status"] == "ok" for c in body["checks"].values())
+
+
+async def test_metrics_add_up_over_every_actor(http: httpx.AsyncClient) -> None:
+    text = (await http.get("/metrics")).text
+    for name in ("commerce_orders_total", "commerce_saga_duration_seconds_bucket",
+                 "commerce_inventory_conflicts_total", "commerce_cart_operations_total",
+                 "commerce_sagas_finished_total", "commerce_carts_abandoned", "commerce_inventory_units_sold"):
+        assert name in text, name
+    created = [line for line in text.splitlines() if line.startswith('commerce_orders_total{status="created"}')]
+    assert len(created) == 1 and float(created[0].split()[-1]) >= 1
