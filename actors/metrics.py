@@ -65,8 +65,9 @@ def merge(texts: Iterable[str]) -> str:
                 samples[key] = samples.get(key, 0.0) + s.value
     lines = []
     for name, (kind, doc, samples) in families.items():
-        lines.append(f"# HELP {name} {doc}")
-        lines.append(f"# TYPE {name} {kind}")
+        exposed = f"{name}_total" if kind == "counter" else name  # as prometheus_client writes it
+        lines.append(f"# HELP {exposed} {doc}")
+        lines.append(f"# TYPE {exposed} {kind}")
         for (sample, labels), value in samples.items():
             label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
             lines.append(f"{sample}{{{label_text}}} {_number(value)}" if label_text else f"{sample} {_number(value)}")

@@ -1,0 +1,136 @@
+"""The SKU aggregate: reservations, sales, expiry; and properties that hold for any command sequence."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+
+import pytest
+from hypothesis import given as hypothesis_given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from domain import inventory as inv
+from domain.events import DomainEvent, Metadata, Recorded
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+PID = uuid.uuid4()
+
+
+def fold(state: inv.Sku | None, events: list[DomainEvent]) -> inv.Sku | None:
+    version = state.version if state else 0
+    for e in events:
+        version += 1
+        state = inv.evolve(state, Recorded(PID, inv.AGGREGATE_TYPE, version, e,
+                                           Metadata(uuid.uuid4(), uuid.uuid4(), PID, None, NOW)))
+    return state
+
+
+def stocked(on_hand: int = 10) -> inv.Sku:
+    sku = fold(None, inv.decide_set_stock(None, PID, on_hand, Decimal("2.50"), "Mug"))
+    assert sku is not None
+    return sku
+
+
+def reserve(sku: inv.Sku, qty: int, rid: uuid.UUID | None = None, ttl: int = 60) -> inv.Sku:
+    events = inv.decide_reserve(sku, PID, rid or uuid.uuid4(), qty, NOW + dt.timedelta(seconds=ttl), "test")
+    result = fold(sku, events)
+    assert result is not None
+    return result
+
+
+def test_a_reservation_holds_units_and_the_same_id_again_holds_no_more() -> None:
+    rid = uuid.uuid4()
+    sku = reserve(stocked(10), 4, rid)
+    assert (sku.reserved, sku.available) == (4, 6)
+    assert inv.decide_reserve(sku, PID, rid, 4, NOW, "test") == []
+
+
+def test_reserving_more_than_available_reports_what_is_available() -> None:
+    sku = reserve(stocked(5), 3)
+    with pytest.raises(inv.InsufficientStock) as err:
+        inv.decide_reserve(sku, PID, uuid.uuid4(), 3, NOW, "test")
+    assert err.value.available == 2
+
+
+def test_a_stale_expected_version_is_refused_with_the_current_one() -> None:
+    sku = reserve(stocked(5), 1)
+    with pytest.raises(inv.VersionMismatch) as err:
+        inv.decide_reserve(sku, PID, uuid.uuid4(), 1, NOW, "test", expected_version=1)
+    assert err.value.current_version == 2
+
+
+def test_release_is_idempotent_and_unknown_reservations_are_not_found() -> None:
+    rid = uuid.uuid4()
+    sku = reserve(stocked(5), 2, rid)
+    released = fold(sku, inv.decide_release(sku, PID, rid))
+    assert released is not None and released.available == 5
+    assert inv.decide_release(released, PID, rid) == []
+    with pytest.raises(inv.UnknownReservation):
+        inv.decide_release(released, PID, uuid.uuid4())
+
+
+def test_commit_turns_a_reservation_into_a_sale_and_release_returns_it() -> None:
+    rid = uuid.uuid4()
+    sku = reserve(stocked(5), 2, rid)
+    sold = fold(sku, inv.decide_commit(sku, PID, rid))
+    assert sold is not None and (sold.on_hand, sold.reserved) == (3, 0)
+    assert inv.decide_commit(sold, PID, rid) == []
+    returned = fold(sold, inv.decide_release(sold, PID, rid))
+    assert returned is not None and (returned.on_hand, returned.reserved) == (5, 0)
+
+
+def test_an_expired_reservation_cannot_be_committed() -> None:
+    rid = uuid.uuid4()
+    sku = reserve(stocked(5), 2, rid, ttl=1)
+    expired = fold(sku, inv.decide_expire(sku, NOW + dt.timedelta(seconds=2)))
+    assert expired is not None and expired.available == 5
+    with pytest.raises(inv.ReservationNotActive):
+        inv.decide_commit(expired, PID, rid)
+
+
+def test_stock_cannot_be_set_below_what_is_reserved() -> None:
+    sku = reserve(stocked(5), 4)
+    with pytest.raises(inv.StockBelowReserved):
+        inv.decide_set_stock(sku, PID, 3, Decimal("2.50"), None)
+
+
+commands = st.lists(st.tuples(st.sampled_from(["reserve", "release", "commit", "expire", "adjust"]),
+                              st.integers(0, 7), st.integers(1, 6)), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@hypothesis_given(commands)
+def test_any_command_sequence_keeps_available_non_negative_and_conserves_stock(
+        sequence: list[tuple[str, int, int]]) -> None:
+    sku = stocked(10)
+    ids = [uuid.uuid4() for _ in range(8)]
+    received, sold, returned = 10, 0, 0
+    clock = NOW
+    for command, k, qty in sequence:
+        clock += dt.timedelta(seconds=1)
+        try:
+            if command == "reserve":
+                events = inv.decide_reserve(sku, PID, ids[k], qty, clock + dt.timedelta(seconds=qty), "p")
+            elif command == "release":
+                events = inv.decide_release(sku, PID, ids[k], unknown_ok=True)
+            elif command == "commit":
+                events = inv.decide_commit(sku, PID, ids[k])
+            elif command == "expire":
+                events = inv.decide_expire(sku, clock)
+            else:
+                events = inv.decide_set_stock(sku, PID, sku.on_hand + qty, sku.price, None)
+        except inv.InventoryError:
+            continue
+        for e in events:
+            if isinstance(e, inv.StockSet):
+                received += e.on_hand - sku.on_hand
+            sold += e.quantity if isinstance(e, inv.ReservationCommitted) else 0
+            returned += e.quantity if isinstance(e, inv.SaleReturned) else 0
+        new = fold(sku, events)
+        assert new is not None
+        sku = new
+        assert sku.on_hand - sku.reserved >= 0 and sku.reserved >= 0
+        assert sku.reserved == sum(r.quantity for r in sku.active())
+        assert sku.on_hand == received - sold + returned

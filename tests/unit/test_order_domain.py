@@ -1,0 +1,89 @@
+"""The order aggregate, in given-events / when-command / then-events form."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from domain import order as o
+from domain.errors import TransitionForbidden
+from domain.events import Metadata, Recorded
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+ORDER_ID, CUSTOMER, SAGA, PRODUCT = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+ADDRESS = o.ShippingAddress("Ada", "1 Main St", "Springfield", "12345", "US")
+LINE = o.OrderLine(PRODUCT, 2, Decimal("29.99"))
+
+
+def given(*events: o.DomainEvent) -> o.Order | None:
+    state = None
+    for version, e in enumerate(events, start=1):
+        meta = Metadata(uuid.uuid4(), uuid.uuid4(), ORDER_ID, None, NOW + dt.timedelta(seconds=version))
+        state = o.evolve(state, Recorded(ORDER_ID, o.AGGREGATE_TYPE, version, e, meta))
+    return state
+
+
+def created(lines: tuple[o.OrderLine, ...] = (LINE,)) -> o.OrderCreated:
+    return o.OrderCreated(ORDER_ID, CUSTOMER, lines, o.order_total(lines), SAGA, ADDRESS, "tok_visa")
+
+
+def create(state: o.Order | None, lines: tuple[o.OrderLine, ...] = (LINE,)) -> list[o.DomainEvent]:
+    return o.decide_create(state, order_id=ORDER_ID, customer_id=CUSTOMER, lines=lines, saga_id=SAGA,
+                           shipping_address=ADDRESS, payment_token="tok_visa")
+
+
+def test_creating_an_order_totals_its_lines_at_catalog_prices() -> None:
+    lines = (LINE, o.OrderLine(uuid.uuid4(), 3, Decimal("0.10")))
+    [event] = create(None, lines)
+    assert isinstance(event, o.OrderCreated) and event.total_amount == Decimal("60.28")
+
+
+def test_lines_of_one_product_are_merged() -> None:
+    [event] = create(None, (o.OrderLine(PRODUCT, 1, Decimal("1.00")), o.OrderLine(PRODUCT, 2, Decimal("1.00"))))
+    assert isinstance(event, o.OrderCreated) and event.lines == (o.OrderLine(PRODUCT, 3, Decimal("1.00")),)
+
+
+def test_creating_the_same_order_again_changes_nothing() -> None:
+    assert create(given(created())) == []
+
+
+def test_creating_another_order_under_an_existing_id_is_refused() -> None:
+    with pytest.raises(o.OrderAlreadyExists):
+        create(given(created()), (o.OrderLine(uuid.uuid4(), 1, Decimal("1.00")),))
+
+
+def test_an_order_without_lines_is_refused() -> None:
+    with pytest.raises(o.EmptyOrder):
+        create(None, ())
+
+
+def test_the_happy_path_moves_through_every_status() -> None:
+    state = given(created(), o.InventoryReserved(()), o.PaymentProcessed("pay_1", Decimal("59.98")),
+                  o.ShipmentCreated("shp_1"), o.OrderConfirmed())
+    assert state is not None and state.status is o.OrderStatus.CONFIRMED and state.version == 5
+    assert (state.payment_id, state.shipment_id) == ("pay_1", "shp_1")
+
+
+def test_a_confirmed_order_can_be_cancelled_and_a_cancelled_one_cannot_again() -> None:
+    confirmed = given(created(), o.OrderConfirmed())
+    assert confirmed is not None and o.ensure_cancellable(confirmed) is True
+    assert o.decide_start_compensation(confirmed, "changed my mind") == [o.OrderCompensationStarted("changed my mind")]
+    cancelled = given(created(), o.OrderCompensationStarted("x"), o.OrderCancelled("x"))
+    assert cancelled is not None and o.ensure_cancellable(cancelled) is False
+    with pytest.raises(TransitionForbidden):
+        o.decide_start_compensation(cancelled, "again")
+
+
+def test_a_compensating_order_refuses_a_customer_cancel() -> None:
+    compensating = given(created(), o.OrderCompensationStarted("payment failed"))
+    assert compensating is not None
+    with pytest.raises(TransitionForbidden):
+        o.ensure_cancellable(compensating)
+    assert o.decide_start_compensation(compensating, "again") == []
+
+
+def test_evolve_ignores_events_before_creation() -> None:
+    assert given(o.OrderConfirmed()) is None

@@ -1,0 +1,138 @@
+"""The fulfilment saga as a pure state machine, driven against in-memory fakes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from domain import saga as sg
+from domain.errors import TransitionForbidden
+from domain.events import DomainEvent, Metadata, Recorded
+from domain.fulfilment import order_events_for
+from tests.unit.test_order_domain import created, given
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+POLICY = sg.SagaPolicy(retry_attempts=3, retry_delay=5.0, timeout=300.0, compensation_timeout=60.0)
+SAGA_ID = uuid.uuid4()
+Provider = Callable[[sg.RunStep], sg.StepResult]
+
+
+class Run:
+    """Drives a saga to rest with fake providers and a fake clock; collects the order events."""
+
+    def __init__(self, providers: dict[str, Provider] | None = None) -> None:
+        self.providers = providers or {}
+        self.clock = NOW
+        self.saga: sg.Saga | None = None
+        self.version = 0
+        self.order_events: list[str] = []
+        self.apply(sg.decide_start(SAGA_ID, uuid.uuid4(), self.clock, POLICY))
+
+    def apply(self, events: list[DomainEvent]) -> None:
+        for e in events:
+            self.version += 1
+            meta = Metadata(uuid.uuid4(), uuid.uuid4(), SAGA_ID, None, self.clock)
+            self.saga = sg.evolve(self.saga, Recorded(SAGA_ID, sg.AGGREGATE_TYPE, self.version, e, meta))
+
+    def until_rest(self, max_steps: int = 100) -> sg.Saga:
+        order = given(created())
+        assert order is not None
+        for _ in range(max_steps):
+            assert self.saga is not None
+            action = sg.next_action(self.saga, self.clock, POLICY)
+            if isinstance(action, sg.Idle):
+                return self.saga
+            if isinstance(action, sg.Wait):
+                self.clock = action.until
+            elif isinstance(action, sg.TimedOut):
+                self.apply(sg.decide_timeout(self.saga))
+            else:
+                self.apply(sg.decide_attempt(self.saga, action))
+                result = self.providers.get(action.step, lambda a: sg.StepResult(True))(action)
+                if result.ok:
+                    from domain.fulfilment import StepData
+
+                    self.order_events += [type(e).__name__ for e in order_events_for(
+                        order, action.step, action.action, result.effective, StepData("pay", "shp"), "r")]
+                self.apply(sg.decide_outcome(self.saga, action, result, self.clock, POLICY))
+        raise AssertionError("saga did not come to rest")
+
+
+def fails(retryable: bool, times: int = 1_000) -> Provider:
+    calls = {"n": 0}
+
+    def provider(action: sg.RunStep) -> sg.StepResult:
+        calls["n"] += 1
+        if calls["n"] <= times:
+            return sg.StepResult(False, retryable=retryable, error="boom")
+        return sg.StepResult(True)
+
+    return provider
+
+
+def test_the_happy_path_yields_the_four_step_events_in_order() -> None:
+    run = Run()
+    saga = run.until_rest()
+    assert saga.status is sg.SagaStatus.COMPLETED
+    assert run.order_events == ["InventoryReserved", "PaymentProcessed", "ShipmentCreated", "OrderConfirmed"]
+
+
+def test_a_business_failure_is_not_retried_and_compensates_newest_first() -> None:
+    run = Run({"create_shipment": fails(retryable=False)})
+    saga = run.until_rest()
+    assert saga.status is sg.SagaStatus.COMPENSATED
+    assert saga.compensated == ("cancel_shipment", "refund_payment", "release_inventory", "cancel_order")
+    assert run.order_events[-3:] == ["PaymentRefunded", "InventoryReleased", "OrderCancelled"]
+
+
+def test_transient_failures_are_retried_with_exponential_backoff() -> None:
+    run = Run({"process_payment": fails(retryable=True, times=2)})
+    saga = run.until_rest()
+    assert saga.status is sg.SagaStatus.COMPLETED
+    assert run.clock - NOW == dt.timedelta(seconds=5 + 10)
+
+
+def test_retries_exhausted_start_compensation() -> None:
+    saga = Run({"process_payment": fails(retryable=True)}).until_rest()
+    assert saga.status is sg.SagaStatus.COMPENSATED and saga.attempts_total >= 3
+
+
+def test_a_compensation_that_keeps_failing_parks_the_saga_and_an_operator_retry_resumes_it() -> None:
+    refund = fails(retryable=True, times=3)
+    run = Run({"create_shipment": fails(retryable=False), "refund_payment": refund})
+    parked = run.until_rest()
+    assert parked.status is sg.SagaStatus.FAILED and parked.current_step == "refund_payment"
+    run.apply(sg.decide_retry(parked))
+    saga = run.until_rest()
+    assert saga.status is sg.SagaStatus.COMPENSATED and saga.run == 2
+
+
+def test_the_saga_timeout_starts_compensation() -> None:
+    slow = Run({"process_payment": fails(retryable=True)})
+    slow.clock = NOW + dt.timedelta(seconds=301)
+    assert isinstance(sg.next_action(slow.saga, slow.clock, POLICY), sg.TimedOut)  # type: ignore[arg-type]
+
+
+def test_an_interrupted_attempt_is_resumed_not_counted_again() -> None:
+    run = Run()
+    assert run.saga is not None
+    action = sg.next_action(run.saga, NOW, POLICY)
+    assert isinstance(action, sg.RunStep)
+    run.apply(sg.decide_attempt(run.saga, action))
+    again = sg.next_action(run.saga, NOW, POLICY)
+    assert isinstance(again, sg.RunStep) and again.attempt == action.attempt
+
+
+def test_operator_transitions_follow_the_status() -> None:
+    run = Run()
+    done = run.until_rest()
+    assert sg.decide_compensate(done, "x") == [sg.CompensationStarted("x")]
+    with pytest.raises(TransitionForbidden):
+        sg.decide_retry(done)
+    run.apply(sg.decide_compensate(done, "x"))
+    compensated = run.until_rest()
+    with pytest.raises(TransitionForbidden):
+        sg.decide_compensate(compensated, "again")

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from commerce.settings import SettingsError, load_settings
+
+
+def test_defaults_follow_the_api_contract() -> None:
+    s = load_settings({})
+    assert (s.port, s.saga_timeout, s.saga_retry_attempts, s.saga_retry_delay) == (8084, 300.0, 3, 5.0)
+    assert (s.cart_ttl, s.reservation_ttl, s.order_shards, s.inventory_shards) == (604_800, 900, 4, 4)
+    assert s.database_url is None and s.redis_url is None and s.data_dir == Path(".commerce")
+
+
+def test_environment_overrides_the_yaml_file_which_overrides_defaults(tmp_path: Path) -> None:
+    config = tmp_path / "commerce.yaml"
+    config.write_text(
+        "database:\n  postgresql: {host: db, port: 5433, database: shop, user: app, password: s3cret, pool_size: 7}\n"
+        "redis: {host: cache, port: 6380, db: 2, max_connections: 9}\n"
+        "sagas:\n  order_fulfillment: {timeout: 120, retry_attempts: 5, retry_delay: 1, compensation_timeout: 30}\n")
+    s = load_settings({"COMMERCE_CONFIG": str(config), "COMMERCE_SAGA_RETRY_ATTEMPTS": "2"})
+    assert s.database_url == "postgresql://app:s3cret@db:5433/shop" and s.database_pool_size == 7
+    assert s.redis_url == "redis://cache:6380/2" and s.redis_max_connections == 9
+    assert (s.saga_timeout, s.saga_retry_attempts, s.saga_retry_delay, s.saga_compensation_timeout) == (120, 2, 1, 30)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("COMMERCE_PORT", "eighty"), ("COMMERCE_PORT", "70000"), ("COMMERCE_ORDER_SHARDS", "0"),
+    ("COMMERCE_SAGA_TIMEOUT", "-1"), ("COMMERCE_ADMIN_TOKEN", " "),
+])
+def test_a_bad_value_fails_with_its_name(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        load_settings({name: value})
