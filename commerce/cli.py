@@ -41,7 +41,7 @@ def with_database(settings: Settings, command: str, action: str | None) -> int:
 
     runtime = Runtime(settings)
     try:
-        settings = runtime.prepare()
+        settings = runtime.prepare(redis=False)
         if command == "migrate":
             print("migrations applied; schema is current")
             return 0

@@ -58,14 +58,14 @@ class Runtime:
         self.token_path: Path | None = None
         self.dashboard_url = ""
 
-    def prepare(self) -> Settings:
+    def prepare(self, redis: bool = True) -> Settings:
         """Start embedded servers where needed, run migrations; returns settings with real URLs."""
         s = self.settings
         changes: dict[str, Any] = {}
         if not s.database_url:
             self._pg = EmbeddedPostgres(s.data_dir)
             changes["database_url"] = self._pg.start()
-        if not s.redis_url:
+        if redis and not s.redis_url:
             self._redis = EmbeddedRedis(s.data_dir)
             changes["redis_url"] = self._redis.start()
         token, self.token_path = admin_token(s)

@@ -95,12 +95,14 @@ class RedisCartStore:
 
     @classmethod
     def from_url(cls, url: str, ttl: int, max_connections: int = 20) -> RedisCartStore:
-        client = aioredis.Redis.from_url(url, max_connections=max_connections, socket_timeout=5,
-                                         socket_connect_timeout=5, decode_responses=True)
-        return cls(client, ttl)
+        # A blocking pool waits for a free connection instead of failing a burst of requests.
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5,
+                                                        socket_timeout=5, socket_connect_timeout=5,
+                                                        decode_responses=True)
+        return cls(aioredis.Redis(connection_pool=pool), ttl)
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         try:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -20,26 +21,22 @@ log = logging.getLogger(__name__)
 class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.pgdata = (data_dir / "postgres").resolve()
-        self._server: object | None = None
-        self._user: str | None = None
+        self._server: Any = None
 
     def start(self) -> str:
         import pgserver
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(self.pgdata, cleanup_mode=None)
-        self._server = server
-        self._user = server.system_user
-        uri: str = server.get_uri()
+        # 'stop': the server stops when this process lets go of it (stop() below, or at exit).
+        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        uri: str = self._server.get_uri()
         return uri
 
     def stop(self) -> None:
         if self._server is None:
             return
-        import pgserver
-
         with contextlib.suppress(subprocess.CalledProcessError):
-            pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._user)
+            self._server.cleanup()
         self._server = None
 
 

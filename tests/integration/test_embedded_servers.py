@@ -1,0 +1,56 @@
+"""With no URLs configured the service runs its own PostgreSQL and Redis, and their data survives."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import asyncpg
+import redis
+
+from store.embedded import EmbeddedPostgres, EmbeddedRedis
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_embedded_servers_keep_their_data_across_a_restart(tmp_path: Path) -> None:
+    pg, rd = EmbeddedPostgres(tmp_path), EmbeddedRedis(tmp_path)
+    dsn, url = pg.start(), rd.start()
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)")
+    await conn.close()
+    redis.Redis.from_url(url).set("kept", "yes")
+    redis_pid = int(rd.pidfile.read_text())
+    pg.stop()
+    rd.stop()
+    assert not process_alive(redis_pid)
+
+    pg2, rd2 = EmbeddedPostgres(tmp_path), EmbeddedRedis(tmp_path)
+    try:
+        conn = await asyncpg.connect(pg2.start())
+        assert await conn.fetchval("SELECT n FROM kept") == 42
+        await conn.close()
+        assert redis.Redis.from_url(rd2.start()).get("kept") == b"yes"
+    finally:
+        pg2.stop()
+        rd2.stop()
+
+
+async def test_commerce_migrate_runs_on_embedded_defaults(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("COMMERCE_DATABASE_URL", "COMMERCE_REDIS_URL")}
+    env["COMMERCE_DATA_DIR"] = str(tmp_path / "data")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "commerce.cli", "migrate", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out.decode()
+    assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
+    postmaster = tmp_path / "data" / "postgres" / "postmaster.pid"
+    assert not postmaster.exists()  # stopped again on the way out

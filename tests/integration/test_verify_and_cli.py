@@ -1,0 +1,103 @@
+"""``commerce events verify`` and ``commerce projections rebuild`` against a database of their own."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+
+from domain import order as o
+from store.event_store import CommandContext, PostgresEventStore, StreamAppend, create_pool
+from store.migrations import migrate
+from store.projections import ProjectionRunner, all_projections
+from store.verify import verify
+from tests.support import Servers, create_database, drop_database
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+ADDRESS = o.ShippingAddress("Ada", "1 Main St", "Springfield", "12345", "US")
+
+
+@pytest.fixture
+async def fresh(servers: Servers) -> AsyncIterator[tuple[str, PostgresEventStore]]:
+    dsn = await create_database(servers.database_url, "commerce_verify")
+    pool = await create_pool(dsn, 4)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    yield dsn, PostgresEventStore(pool)
+    await pool.close()
+    await drop_database(servers.database_url, dsn)
+
+
+async def three_orders(store: PostgresEventStore) -> list[uuid.UUID]:
+    ids = []
+    for _ in range(3):
+        order_id = uuid.uuid4()
+        line = o.OrderLine(uuid.uuid4(), 1, Decimal("3.00"))
+        events = [o.OrderCreated(order_id, uuid.uuid4(), (line,), Decimal("3.00"), uuid.uuid4(), ADDRESS, "tok"),
+                  o.InventoryReserved(()), o.OrderCompensationStarted("x"), o.OrderCancelled("x")]
+        await store.append([StreamAppend(order_id, o.AGGREGATE_TYPE, 0, events)], CommandContext.new(order_id, NOW))
+        ids.append(order_id)
+    for projection in all_projections():
+        await ProjectionRunner(store, projection).catch_up()
+    return ids
+
+
+async def cli(dsn: str, *args: str) -> tuple[int, str]:
+    env = {**os.environ, "COMMERCE_DATABASE_URL": dsn}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "commerce.cli", *args, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
+async def test_a_consistent_store_verifies_clean(fresh: tuple[str, PostgresEventStore]) -> None:
+    dsn, store = fresh
+    await three_orders(store)
+    assert await verify(store.pool) == []
+    code, out = await cli(dsn, "events", "verify")
+    assert code == 0, out
+
+
+async def test_verify_reports_a_missing_version_and_an_unknown_event_type(
+        fresh: tuple[str, PostgresEventStore]) -> None:
+    dsn, store = fresh
+    first, second, _ = await three_orders(store)
+    await store.pool.execute("DELETE FROM events WHERE aggregate_id = $1 AND version = 2", first)
+    await store.pool.execute("UPDATE events SET event_type = 'OrderTeleported' WHERE aggregate_id = $1 AND version = 3",
+                             second)
+    problems = await verify(store.pool)
+    assert any(str(first) in p and "not contiguous" in p for p in problems)
+    assert any("OrderTeleported" in p for p in problems)
+    code, out = await cli(dsn, "events", "verify")
+    assert code == 1 and "not contiguous" in out and "OrderTeleported" in out
+
+
+async def test_verify_reports_a_read_model_that_differs_from_a_replay(fresh: tuple[str, PostgresEventStore]) -> None:
+    _, store = fresh
+    order_id, *_ = await three_orders(store)
+    await store.pool.execute("UPDATE order_views SET status = 'CONFIRMED' WHERE order_id = $1", order_id)
+    assert any(str(order_id) in p and "order_views" in p for p in await verify(store.pool))
+
+
+async def test_projections_rebuild_restores_a_damaged_read_model(fresh: tuple[str, PostgresEventStore]) -> None:
+    dsn, store = fresh
+    ids = await three_orders(store)
+    await store.pool.execute("DELETE FROM order_views")
+    code, out = await cli(dsn, "projections", "rebuild")
+    assert code == 0 and "order_views" in out
+    assert await store.pool.fetchval("SELECT COUNT(*) FROM order_views WHERE order_id = ANY($1::uuid[])", ids) == 3
+    assert await verify(store.pool) == []
+
+
+async def test_a_bad_setting_fails_at_start_naming_it(fresh: tuple[str, PostgresEventStore]) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "commerce.cli", "migrate", env={**os.environ, "COMMERCE_SAGA_RETRY_ATTEMPTS": "many"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 2 and b"COMMERCE_SAGA_RETRY_ATTEMPTS" in out
