@@ -40,6 +40,7 @@ app = FastAPI(
     version="1.0.0",
     description="Orders, carts and inventory with CQRS, event sourcing and sagas on Ray. "
     "Errors are application/problem+json (RFC 9457). Every POST accepts an Idempotency-Key header.",
+    responses=api.PROBLEM_RESPONSES,
 )
 app.add_middleware(BodyLimit, limit=64 * 1024)
 

@@ -29,7 +29,7 @@ def money(value: str) -> str:
 
 class SetStock(Strict):
     on_hand: int = Field(ge=0, le=1_000_000_000)
-    price: str = Field(examples=["29.99"], max_length=20, pattern=r"^\d+(\.\d{1,2})?$")
+    price: str = Field(examples=["29.99"], pattern=r"^\d{1,10}(\.\d{1,2})?$")
     name: Text | None = None
 
     @field_validator("price")
@@ -92,3 +92,24 @@ class CancelOrder(Strict):
 
 class Compensate(Strict):
     reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem; some carry more members (available, current_version, current_status, errors)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"model": Problem, "description": text,
+           "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    for code, text in ((400, "Malformed JSON, or a body that is not an object"),
+                       (401, "Missing or invalid admin bearer token"),
+                       (404, "Unknown id"), (409, "Conflict with the current state"),
+                       (413, "Body over 64 KiB"), (422, "Well-formed but invalid"),
+                       (500, "Unexpected failure"), (503, "A dependency is unavailable; see Retry-After"))
+}
