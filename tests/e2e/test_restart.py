@@ -1,0 +1,114 @@
+"""``commerce serve`` on embedded defaults, stopped and started again: nothing is lost, sagas finish."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.helpers import ADDRESS, API
+
+TOKEN = "restart-test-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(probe, accept, timeout: float):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = probe()
+        except httpx.HTTPError as e:
+            value = e
+        if accept(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout}s: {value!r}")
+        time.sleep(0.5)
+
+
+class Service:
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("COMMERCE_DATABASE_URL", "COMMERCE_REDIS_URL", "RAY_ADDRESS")}
+        self.env.update(COMMERCE_DATA_DIR=str(data_dir), COMMERCE_PORT=str(self.port),
+                        COMMERCE_DASHBOARD_PORT=str(free_port()), COMMERCE_ADMIN_TOKEN=TOKEN,
+                        COMMERCE_ORDER_SHARDS="1", COMMERCE_INVENTORY_SHARDS="1",
+                        COMMERCE_NAMESPACE=f"restart-{uuid.uuid4().hex[:6]}", COMMERCE_SAGA_RETRY_DELAY="0.1")
+        self.log = data_dir / "serve.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> httpx.Client:
+        self.env["COMMERCE_PORT"] = str(self.port)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "commerce.cli", "serve"], env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        wait_for(lambda: client.get("/health").status_code, lambda code: code == 200, timeout=240)
+        return client
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=180)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    s = Service(tmp_path)
+    yield s
+    s.kill()
+
+
+def test_orders_carts_and_stock_survive_a_restart_and_sagas_in_flight_finish(service: Service, tmp_path: Path) -> None:
+    http = service.start()
+    pid = str(uuid.uuid4())
+    assert http.put(f"{API}/inventory/{pid}", json={"on_hand": 10, "price": "5.00"}, headers=ADMIN).status_code == 200
+    cart = http.post(f"{API}/cart", json={"customer_id": str(uuid.uuid4())}).json()
+    http.put(f"{API}/cart/{cart['id']}/items", json={"product_id": pid, "quantity": 3})
+    body = {"customer_id": str(uuid.uuid4()), "items": [{"product_id": pid, "quantity": 1}],
+            "payment_token": "tok_visa", "shipping_address": ADDRESS}
+    confirmed = http.post(f"{API}/orders", json=body).json()["order_id"]
+    wait_for(lambda: http.get(f"{API}/orders/{confirmed}").json()["status"], lambda s: s == "CONFIRMED", 60)
+    slow = http.post(f"{API}/orders", json={**body, "payment_token": "tok_slow"}).json()
+    wait_for(lambda: http.get(f"{API}/admin/sagas/{slow['saga_id']}", headers=ADMIN).json()["current_step"],
+             lambda step: step == "process_payment", 60)
+    http.close()
+
+    assert service.stop() == 0
+    redis_pid = int((tmp_path / "redis" / "redis.pid").read_text()) if (tmp_path / "redis" / "redis.pid").exists() else None
+    assert redis_pid is None or not Path(f"/proc/{redis_pid}").exists()
+    assert not (tmp_path / "postgres" / "postmaster.pid").exists()
+
+    http = service.start()
+    assert http.get(f"{API}/orders/{confirmed}").json()["status"] == "CONFIRMED"
+    assert [x["quantity"] for x in http.get(f"{API}/cart/{cart['id']}").json()["items"]] == [3]
+    finished = wait_for(lambda: http.get(f"{API}/orders/{slow['order_id']}").json()["status"],
+                        lambda s: s in ("CONFIRMED", "CANCELLED"), 120)
+    assert finished == "CONFIRMED"
+    stock = http.get(f"{API}/inventory/{pid}").json()
+    assert (stock["on_hand"], stock["reserved"]) == (8, 0)
+    charges = http.get(f"{API}/admin/events", headers=ADMIN,
+                       params={"aggregate_id": slow["order_id"], "event_type": "PaymentProcessed"}).json()["items"]
+    assert len(charges) == 1
+    http.close()
+    assert service.stop() == 0
