@@ -407,6 +407,12 @@ async def query_events(aggregate_id: uuid.UUID | None = None,
 # --- health and metrics -------------------------------------------------------------------------
 
 
+@app.get("/livez", tags=["operations"])
+async def livez() -> dict[str, str]:
+    """Liveness: the replica answers; no dependency is consulted (see /health for those)."""
+    return {"status": "ok"}
+
+
 @app.get("/health", tags=["operations"])
 async def health(request: Request) -> JSONResponse:
     from commerce.health import check_health
