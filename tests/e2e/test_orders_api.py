@@ -208,3 +208,23 @@ async def test_admin_events_page_through_an_order_stream(http: httpx.AsyncClient
     assert seen == ["OrderCreated", "InventoryReserved", "PaymentProcessed", "ShipmentCreated", "OrderConfirmed"]
     unknown = await http.get(f"{API}/admin/sagas/{uuid.uuid4()}", headers=ADMIN)
     assert unknown.status_code == 404
+
+
+async def test_a_request_reaching_a_killed_shard_is_retried_or_refused_never_hung(
+        http: httpx.AsyncClient, actor_settings: object) -> None:
+    import ray
+
+    from actors.routing import order_shard_name, shard_of
+
+    pid = await product(http)
+    order_id = (await place(http, order_body(pid))).json()["order_id"]
+    await order_status(http, order_id, {"CONFIRMED"})
+    index = shard_of(uuid.UUID(order_id), actor_settings.order_shards)  # type: ignore[attr-defined]
+    ray.kill(ray.get_actor(order_shard_name(index), namespace=actor_settings.namespace),  # type: ignore[attr-defined]
+             no_restart=False)
+    first = await http.get(f"{API}/orders/{order_id}")
+    assert first.status_code in (200, 503)
+    if first.status_code == 503:
+        assert first.headers["retry-after"]
+    again = await eventually(lambda: http.get(f"{API}/orders/{order_id}"), lambda r: r.status_code == 200)
+    assert again.json()["status"] == "CONFIRMED"
