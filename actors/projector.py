@@ -1,7 +1,7 @@
 """The projector: tails the event store into the read models and reports its lag.
 
 It also pings every shard now and then, so a shard that Ray restarted resumes its sagas even when
-no request reaches it. A failing projection stops (its position does not move) and its error shows
+no request reaches it, and purges idempotency keys past their retention once an hour. A failing projection stops (its position does not move) and its error shows
 in /health and in ``commerce_projection_errors``.
 """
 
@@ -19,11 +19,13 @@ from actors import metrics as m
 from actors.client import ActorDirectory
 from commerce.settings import Settings
 from store.event_store import PostgresEventStore, create_pool
+from store.idempotency import IdempotencyStore
 from store.projections import ProjectionRunner, all_projections
 
 POLL_INTERVAL = 0.05
 IDLE_INTERVAL = 0.25
 SUPERVISE_INTERVAL = 2.0
+PURGE_INTERVAL = 3600.0
 
 
 class Projector:
@@ -71,10 +73,15 @@ class Projector:
             await asyncio.sleep(POLL_INTERVAL if applied else IDLE_INTERVAL)
 
     async def _supervise(self) -> None:
+        last_purge = 0.0
         while True:
             await asyncio.sleep(SUPERVISE_INTERVAL)
             with contextlib.suppress(Exception):
                 await self.directory.each("ping")
+            if time.monotonic() - last_purge > PURGE_INTERVAL:
+                with contextlib.suppress(Exception):
+                    await IdempotencyStore(self.store).purge()  # keys older than their retention
+                    last_purge = time.monotonic()
 
     async def ping(self) -> dict[str, Any]:
         await self.start()

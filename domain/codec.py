@@ -36,7 +36,7 @@ def to_primitive(value: Any) -> JSON:
         return {f.name: to_primitive(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (tuple, list, frozenset, set)):
         return [to_primitive(v) for v in value]
-    if isinstance(value, dict) or isinstance(value, types.MappingProxyType):
+    if isinstance(value, (dict, types.MappingProxyType)):
         return {str(k): to_primitive(v) for k, v in value.items()}
     raise TypeError(f"cannot encode {type(value).__name__}")
 
@@ -57,8 +57,8 @@ def from_primitive(tp: Any, data: JSON) -> Any:
     if tp is Any:
         return data
     if origin is tuple:
-        args = typing.get_args(tp)
-        return tuple(from_primitive(args[0], v) for v in data)
+        item_type = typing.get_args(tp)[0]
+        return tuple(from_primitive(item_type, v) for v in data)
     if origin in (dict, collections.abc.Mapping):
         key_t, val_t = typing.get_args(tp)
         return {from_primitive(key_t, k): from_primitive(val_t, v) for k, v in data.items()}

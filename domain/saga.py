@@ -227,10 +227,7 @@ def next_action(saga: Saga, now: dt.datetime, policy: SagaPolicy) -> Action:
     step = saga.current_step
     if step is None:  # every step recorded but the closing event is missing
         return Idle()
-    if executing:
-        timeout = (saga.deadline - now).total_seconds()
-    else:
-        timeout = policy.compensation_timeout
+    timeout = (saga.deadline - now).total_seconds() if executing else policy.compensation_timeout
     # An attempt interrupted by a crash (written ahead, no outcome) is resumed, not counted again.
     attempt = saga.attempt if saga.in_flight else saga.attempt + 1
     return RunStep(step, saga.phase, attempt, saga.run, timeout)

@@ -135,8 +135,8 @@ class RedisCartStore:
     async def set_line(self, cart_id: uuid.UUID, product_id: uuid.UUID, quantity: int, unit_price: Decimal,
                        now: dt.datetime, operation: str = "set_item") -> Cart:
         keys = [_key(cart_id), ACTIVITY, OPERATIONS]
-        args = [str(product_id), quantity, str(unit_price), now.isoformat(), self.ttl, now.timestamp(),
-                str(cart_id), operation]
+        args: list[str | int | float] = [str(product_id), quantity, str(unit_price), now.isoformat(), self.ttl,
+                                         now.timestamp(), str(cart_id), operation]
         result = await self._call(lambda: self._set_line(keys, args))
         return self._result(cart_id, result, self.ttl)
 

@@ -8,7 +8,7 @@ row's version, so re-delivery changes nothing. A failing projection stops and re
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import asyncpg
@@ -41,7 +41,7 @@ class OrderViews:
     """``order_views``: one row an order with its status, for the list endpoints."""
 
     name = "order_views"
-    tables = ("order_views",)
+    tables: tuple[str, ...] = ("order_views",)
 
     async def apply(self, conn: asyncpg.Connection, record: ev.Recorded) -> None:
         e = record.event
@@ -72,7 +72,7 @@ class InventoryViews:
     """``inventory_views`` (stock per SKU, units sold) and ``inventory_reservations`` (open ones, by expiry)."""
 
     name = "inventory_views"
-    tables = ("inventory_views", "inventory_reservations")
+    tables: tuple[str, ...] = ("inventory_views", "inventory_reservations")
 
     async def apply(self, conn: asyncpg.Connection, record: ev.Recorded) -> None:
         e, pid, v = record.event, record.aggregate_id, record.version
@@ -192,6 +192,6 @@ class ProjectionRunner:
                 await conn.execute("DELETE FROM projection_checkpoints WHERE name = $1", self.projection.name)
 
 
-def all_projections() -> Sequence[Projection]:
+def all_projections() -> tuple[Projection, ...]:
     return (OrderViews(), InventoryViews())
 

@@ -20,7 +20,7 @@ from domain import inventory as inv
 from store import repository as repo
 from store.event_store import PostgresEventStore
 from tests.integration.ray_support import eventually
-from tests.integration.test_order_saga_actors import ADDRESS, TERMINAL, event_types, settled, stocked
+from tests.integration.test_order_saga_actors import ADDRESS, TERMINAL, event_types, stocked
 
 pytestmark = pytest.mark.ray
 
