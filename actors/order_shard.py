@@ -155,7 +155,8 @@ class OrderShard:
             events = o.decide_create(ent.state.order, order_id=order_id, customer_id=customer_id, lines=lines,
                                      saga_id=saga_id, shipping_address=address, payment_token=payment_token)
             if events:
-                saga_events = sg.decide_start(saga_id, order_id, now(), self.policy)
+                saga_events = sg.with_next_attempt(
+                    saga_id, None, sg.decide_start(saga_id, order_id, now(), self.policy), now(), self.policy)
                 if await self._record(ent, saga_events, events, ctx=CommandContext.new(order_id, now())):
                     self.metrics.orders.labels("created").inc()
                 elif ent.state.order is None:
@@ -286,9 +287,12 @@ class OrderShard:
                 if isinstance(action, sg.Idle):
                     return False
                 if isinstance(action, sg.TimedOut):
-                    await self._record(ent, sg.decide_timeout(saga))
+                    await self._record(ent, sg.with_next_attempt(saga.saga_id, saga, sg.decide_timeout(saga), now(),
+                                                                 self.policy))
                     return True
-                if isinstance(action, sg.RunStep) and not await self._record(ent, sg.decide_attempt(saga, action)):
+                # An attempt already written ahead (with the previous outcome, or before a crash) is not written again.
+                if (isinstance(action, sg.RunStep) and not saga.in_flight
+                        and not await self._record(ent, sg.decide_attempt(saga, action))):
                     return True
                 saga = ent.state.saga
             if isinstance(action, sg.Wait):
@@ -335,7 +339,8 @@ class OrderShard:
         expected = (True, action.step, action.action, action.attempt)
         if (saga.in_flight, saga.current_step, saga.phase, saga.attempt) != expected:
             return  # the saga moved on (an operator compensated meanwhile): this outcome is stale
-        saga_events = sg.decide_outcome(saga, action, result, now(), self.policy)
+        saga_events = sg.with_next_attempt(saga.saga_id, saga, sg.decide_outcome(saga, action, result, now(), self.policy),
+                                           now(), self.policy)
         order_events = (ff.order_events_for(order, action.step, action.action, result.effective, data,
                                             saga.reason or "cancelled") if result.ok else [])
         await self._record(ent, saga_events, order_events)

@@ -10,6 +10,14 @@ from store.event_store import PostgresEventStore, create_pool
 from tests.support import Servers, create_database, drop_database
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def servers() -> Iterator[Servers]:
     with tempfile.TemporaryDirectory(prefix="commerce-test-") as tmp:
@@ -30,6 +38,8 @@ def ray_session() -> Iterator[None]:
     from commerce.runtime import SERVE_ENV
 
     os.environ.update(SERVE_ENV)
+    for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+        os.environ[name] = str(free_port())  # not the fixed defaults: another Serve may be running here
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": dict(SERVE_ENV)})
     yield
@@ -80,16 +90,13 @@ async def api(actor_settings: object) -> AsyncIterator[str]:
     """The HTTP API on Ray Serve, over the session's actors; yields its base URL."""
     import asyncio
     import dataclasses
-    import socket
 
     from ray import serve
 
     from serve_app import build_app
     from tests.integration.ray_support import eventually
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     settings = dataclasses.replace(actor_settings, port=port)  # type: ignore[type-var]
 
     def start() -> None:

@@ -49,7 +49,10 @@ class Service:
         self.env.update(COMMERCE_DATA_DIR=str(data_dir), COMMERCE_PORT=str(self.port),
                         COMMERCE_DASHBOARD_PORT=str(free_port()), COMMERCE_ADMIN_TOKEN=TOKEN,
                         COMMERCE_ORDER_SHARDS="1", COMMERCE_INVENTORY_SHARDS="1",
-                        COMMERCE_NAMESPACE=f"restart-{uuid.uuid4().hex[:6]}", COMMERCE_SAGA_RETRY_DELAY="0.1")
+                        COMMERCE_NAMESPACE=f"restart-{uuid.uuid4().hex[:6]}", COMMERCE_SAGA_RETRY_DELAY="0.1",
+                        # Serve's HAProxy listens on fixed stats and metrics ports; another Serve may run here.
+                        RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
+                        RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
         self.log = data_dir / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

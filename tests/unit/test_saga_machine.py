@@ -136,3 +136,18 @@ def test_operator_transitions_follow_the_status() -> None:
     compensated = run.until_rest()
     with pytest.raises(TransitionForbidden):
         sg.decide_compensate(compensated, "again")
+
+
+def test_an_outcome_carries_the_write_ahead_of_the_next_step_when_it_can_start_at_once() -> None:
+    run = Run()
+    assert run.saga is not None
+    first = sg.next_action(run.saga, NOW, POLICY)
+    assert isinstance(first, sg.RunStep)
+    run.apply(sg.decide_attempt(run.saga, first))
+    ok = sg.with_next_attempt(SAGA_ID, run.saga, sg.decide_outcome(run.saga, first, sg.StepResult(True), NOW, POLICY),
+                              NOW, POLICY)
+    assert [type(e).__name__ for e in ok] == ["StepSucceeded", "StepAttempted"]
+    assert ok[-1] == sg.StepAttempted("process_payment", sg.Phase.EXECUTE, 1, 1)
+    retry = sg.with_next_attempt(SAGA_ID, run.saga, sg.decide_outcome(
+        run.saga, first, sg.StepResult(False, retryable=True, error="x"), NOW, POLICY), NOW, POLICY)
+    assert [type(e).__name__ for e in retry] == ["StepFailed"]
