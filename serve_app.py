@@ -27,6 +27,7 @@ from commerce.services import Services, ServicesProvider
 from commerce.settings import Settings
 from domain import cart as cart_domain
 from domain import errors, inventory, order
+from domain.events import Recorded, encode
 from store import queries
 from store.errors import ConcurrencyConflict, StoreUnavailable
 from store.idempotency import KeyInFlight, KeyReused, StoredResponse, fingerprint
@@ -289,8 +290,7 @@ async def create_order(body: api.CreateOrder, request: Request, svc: Services = 
             items[item.product_id] = items.get(item.product_id, 0) + item.quantity
         placed = await svc.orders.create_order(order_id, body.customer_id, list(items.items()),
                                                body.shipping_address.model_dump(), body.payment_token)
-        return JSONResponse({**placed, "status": "PENDING"} if placed["status"] == "PENDING" else placed, 202,
-                            headers={"Location": f"{API}/orders/{order_id}"})
+        return JSONResponse(placed, 202, headers={"Location": f"{API}/orders/{order_id}"})
 
     return await idempotent(request, svc, work)
 
@@ -329,9 +329,7 @@ async def order_events(order_id: uuid.UUID, svc: Services = Svc) -> dict[str, An
                        "data": _event_data(r), "created_at": r.at.isoformat()} for r in records]}
 
 
-def _event_data(r: Any) -> dict[str, Any]:
-    from domain.events import encode
-
+def _event_data(r: Recorded) -> dict[str, Any]:
     data: dict[str, Any] = encode(r.event)
     data.pop("payment_token", None)  # a payment method reference is not shown back
     return data

@@ -77,19 +77,16 @@ class EntityHost(Generic[T]):
                 self._changed.notify_all()
 
     async def _activate(self, entity_id: uuid.UUID) -> Entity[T]:
-        ent = self._entities.get(entity_id)
-        if ent is not None:
-            return ent
-        pending = self._loading.get(entity_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        await self._make_room()
-        ent = self._entities.get(entity_id)
-        if ent is not None:
-            return ent
-        pending = self._loading.get(entity_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
+        while True:
+            ent = self._entities.get(entity_id)
+            if ent is not None:
+                return ent
+            pending = self._loading.get(entity_id)
+            if pending is not None:
+                return await asyncio.shield(pending)
+            if self.active < self.max_active:
+                break
+            await self._make_room()
         future: asyncio.Future[Entity[T]] = asyncio.get_running_loop().create_future()
         self._loading[entity_id] = future
         try:
@@ -100,7 +97,10 @@ class EntityHost(Generic[T]):
             self.peak_active = max(self.peak_active, len(self._entities))
             future.set_result(ent)
             return ent
-        except BaseException as e:
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as e:
             future.set_exception(e)
             future.exception()  # mark retrieved; waiters get it through their await
             raise

@@ -15,9 +15,8 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-import ray
-
 from actors import metrics as m
+from actors.base import Shard
 from actors.entities import EntityHost
 from actors.routing import shard_of
 from actors.wire import returns_result
@@ -46,21 +45,12 @@ def reservation_view(sku: inv.Sku, r: inv.Reservation) -> dict[str, Any]:
             "expires_at": r.expires_at.isoformat(), "version": r.version, "status": r.outcome.value}
 
 
-class InventoryShard:
-    def __init__(self, settings: Settings, index: int) -> None:
-        self.settings = settings
-        self.index = index
-        self.metrics = m.InventoryMetrics()
-        self._started: asyncio.Task[None] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        with contextlib.suppress(Exception):  # start (and recover) without waiting for a first call
-            ray.get_runtime_context().current_actor.start.remote()
+class InventoryShard(Shard):
+    KIND = "sku"
 
-    async def start(self) -> bool:
-        if self._started is None:
-            self._started = asyncio.create_task(self._start())
-        await asyncio.shield(self._started)
-        return True
+    def __init__(self, settings: Settings, index: int) -> None:
+        self.metrics = m.InventoryMetrics()
+        super().__init__(settings, index)
 
     async def _start(self) -> None:
         pool = await create_pool(self.settings.database_url or "", self.settings.database_pool_size)
@@ -170,27 +160,8 @@ class InventoryShard:
             with contextlib.suppress(Exception):
                 await self.expire_due()
 
-    async def _passivation_loop(self) -> None:
-        while True:
-            await asyncio.sleep(max(self.settings.passivate_after / 4, 1.0))
-            await self.host.passivate_idle(self.settings.passivate_after)
-
-    async def metrics_text(self) -> str:
-        await self.start()
-        self.metrics.active_entities.labels("sku").set(self.host.active)
-        return m.render(self.metrics.registry)
-
-    async def set_max_active(self, limit: int) -> dict[str, Any]:
-        """Change the cap on entities in memory (an operator knob); resets the peak gauge."""
-        await self.start()
-        self.host.max_active = max(limit, 1)
-        self.host.peak_active = self.host.active
-        return await self.stats()
-
     async def stats(self) -> dict[str, Any]:
-        await self.start()
-        return {"shard": self.index, "active": self.host.active, "peak_active": self.host.peak_active,
-                "conflicts": self.metrics.conflicts._value.get()}
+        return {**await super().stats(), "conflicts": self.metrics.conflicts._value.get()}
 
 
 def repo_host(store: PostgresEventStore, settings: Settings) -> EntityHost[inv.Sku | None]:

@@ -17,9 +17,8 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-import ray
-
 from actors import metrics as m
+from actors.base import Shard
 from actors.client import InventoryClient
 from actors.entities import Entity, EntityHost
 from actors.providers import SimulatedPayments, SimulatedShipping
@@ -70,27 +69,18 @@ def order_view(order: o.Order) -> dict[str, Any]:
     return view
 
 
-class OrderShard:
+class OrderShard(Shard):
+    KIND = "order"
+
     def __init__(self, settings: Settings, index: int) -> None:
-        self.settings = settings
-        self.index = index
         self.policy = settings.saga_policy
         self.metrics = m.OrderMetrics()
-        self._started: asyncio.Task[None] | None = None
         self._drivers: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._inflight: dict[uuid.UUID, asyncio.Task[Any]] = {}
         self._wake: dict[uuid.UUID, asyncio.Event] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        with contextlib.suppress(Exception):  # start, and so recover, without waiting for a first call
-            ray.get_runtime_context().current_actor.start.remote()
+        super().__init__(settings, index)
 
     # --- lifecycle ------------------------------------------------------------------------------
-
-    async def start(self) -> bool:
-        if self._started is None:
-            self._started = asyncio.create_task(self._start())
-        await asyncio.shield(self._started)
-        return True
 
     async def _start(self) -> None:
         pool = await create_pool(self.settings.database_url or "", self.settings.database_pool_size)
@@ -131,11 +121,6 @@ class OrderShard:
             await asyncio.sleep(RESCAN_INTERVAL)
             with contextlib.suppress(Exception):
                 await self._resume_unfinished(include_failed=False)
-
-    async def _passivation_loop(self) -> None:
-        while True:
-            await asyncio.sleep(max(self.settings.passivate_after / 4, 1.0))
-            await self.host.passivate_idle(self.settings.passivate_after)
 
     async def ping(self) -> dict[str, Any]:
         await self.start()
@@ -356,19 +341,5 @@ class OrderShard:
 
     # --- observability --------------------------------------------------------------------------
 
-    async def metrics_text(self) -> str:
-        await self.start()
-        self.metrics.active_entities.labels("order").set(self.host.active)
-        return m.render(self.metrics.registry)
-
-    async def set_max_active(self, limit: int) -> dict[str, Any]:
-        """Change the cap on entities in memory (an operator knob); resets the peak gauge."""
-        await self.start()
-        self.host.max_active = max(limit, 1)
-        self.host.peak_active = self.host.active
-        return await self.stats()
-
     async def stats(self) -> dict[str, Any]:
-        await self.start()
-        return {"shard": self.index, "active": self.host.active, "peak_active": self.host.peak_active,
-                "activations": self.host.activations, "sagas_running": len(self._drivers)}
+        return {**await super().stats(), "sagas_running": len(self._drivers)}

@@ -12,10 +12,10 @@ import contextlib
 import time
 from typing import Any
 
-import ray
 from prometheus_client import CollectorRegistry, Gauge
 
 from actors import metrics as m
+from actors.base import ServiceActor
 from actors.client import ActorDirectory
 from commerce.settings import Settings
 from store.event_store import PostgresEventStore, create_pool
@@ -28,9 +28,8 @@ SUPERVISE_INTERVAL = 2.0
 PURGE_INTERVAL = 3600.0
 
 
-class Projector:
+class Projector(ServiceActor):
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
         self.registry = CollectorRegistry()
         self.lag_events = Gauge("commerce_projection_lag_events", "Events not yet projected", ["projection"],
                                 registry=self.registry)
@@ -38,16 +37,7 @@ class Projector:
                                  ["projection"], registry=self.registry)
         self.errors = Gauge("commerce_projection_errors", "1 while a projection is stopped by an error",
                             ["projection"], registry=self.registry)
-        self._started: asyncio.Task[None] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        with contextlib.suppress(Exception):
-            ray.get_runtime_context().current_actor.start.remote()
-
-    async def start(self) -> bool:
-        if self._started is None:
-            self._started = asyncio.create_task(self._start())
-        await asyncio.shield(self._started)
-        return True
+        super().__init__(settings)
 
     async def _start(self) -> None:
         pool = await create_pool(self.settings.database_url or "", 4)

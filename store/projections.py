@@ -7,7 +7,6 @@ row's version, so re-delivery changes nothing. A failing projection stops and re
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -114,13 +113,6 @@ def _inventory_deltas(e: ev.DomainEvent) -> tuple[int, int, int] | None:
     if isinstance(e, inv.SaleReturned):
         return e.quantity, 0, -e.quantity
     return None
-
-
-@dataclasses.dataclass(slots=True)
-class ProjectionStatus:
-    name: str
-    position: int
-    error: str | None = None
 
 
 class ProjectionRunner:

@@ -1,0 +1,75 @@
+"""What every actor of the service shares: starting itself, and for shards, hosting entities."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+from typing import Any, ClassVar
+
+import ray
+
+from actors import metrics as m
+from actors.entities import EntityHost
+from commerce.settings import Settings
+
+
+class ServiceActor(abc.ABC):
+    """An actor that starts (connects, recovers) on its own, right after Ray creates or restarts it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._started: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        with contextlib.suppress(Exception):  # start without waiting for a first call
+            ray.get_runtime_context().current_actor.start.remote()
+
+    async def start(self) -> bool:
+        if self._started is None:
+            self._started = asyncio.create_task(self._start())
+        task = self._started
+        try:
+            await asyncio.shield(task)
+        except Exception:
+            if self._started is task:
+                self._started = None  # a dependency was down: the next call tries again
+            raise
+        return True
+
+    @abc.abstractmethod
+    async def _start(self) -> None:
+        """Connect, start timers and resume work; runs once per actor process."""
+
+
+class Shard(ServiceActor):
+    """A shard hosting entities: passivation timer, the cap knob and the common metrics."""
+
+    KIND: ClassVar[str]
+    host: EntityHost[Any]
+    metrics: m.OrderMetrics | m.InventoryMetrics
+
+    def __init__(self, settings: Settings, index: int) -> None:
+        self.index = index
+        super().__init__(settings)
+
+    async def _passivation_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.settings.passivate_after / 4, 1.0))
+            await self.host.passivate_idle(self.settings.passivate_after)
+
+    async def set_max_active(self, limit: int) -> dict[str, Any]:
+        """Change the cap on entities in memory (an operator knob); resets the peak gauge."""
+        await self.start()
+        self.host.max_active = max(limit, 1)
+        self.host.peak_active = self.host.active
+        return await self.stats()
+
+    async def metrics_text(self) -> str:
+        await self.start()
+        self.metrics.active_entities.labels(self.KIND).set(self.host.active)
+        return m.render(self.metrics.registry)
+
+    async def stats(self) -> dict[str, Any]:
+        await self.start()
+        return {"shard": self.index, "active": self.host.active, "peak_active": self.host.peak_active,
+                "activations": self.host.activations}
