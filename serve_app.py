@@ -313,8 +313,9 @@ async def list_orders(customer_id: uuid.UUID | None = None, status: order.OrderS
 @app.post(f"{API}/orders/{{order_id}}/cancel", status_code=202, tags=["orders"])
 async def cancel_order(order_id: uuid.UUID, request: Request, body: api.CancelOrder | None = None,
                        svc: Services = Svc) -> JSONResponse:
-    async def work(_: uuid.UUID | None) -> JSONResponse:
-        result = await svc.orders.cancel_order(order_id, (body.reason if body else None) or "cancelled by customer")
+    async def work(derived: uuid.UUID | None) -> JSONResponse:
+        reason = (body.reason if body else None) or "cancelled by customer"
+        result = await svc.orders.cancel_order(order_id, reason, derived)
         return JSONResponse(result["order"], 202 if result["accepted"] else 200)
 
     return await idempotent(request, svc, work)
@@ -370,9 +371,9 @@ async def get_saga(saga_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
 
 @app.post(f"{API}/admin/sagas/{{saga_id}}/retry", status_code=202, dependencies=[Admin], tags=["admin"])
 async def retry_saga(saga_id: uuid.UUID, request: Request, svc: Services = Svc) -> JSONResponse:
-    async def work(_: uuid.UUID | None) -> JSONResponse:
+    async def work(derived: uuid.UUID | None) -> JSONResponse:
         saga = await _saga(svc, saga_id)
-        return JSONResponse(await svc.orders.retry_saga(saga["order_id"]), 202)
+        return JSONResponse(await svc.orders.retry_saga(saga["order_id"], derived), 202)
 
     return await idempotent(request, svc, work)
 
@@ -380,10 +381,10 @@ async def retry_saga(saga_id: uuid.UUID, request: Request, svc: Services = Svc) 
 @app.post(f"{API}/admin/sagas/{{saga_id}}/compensate", status_code=202, dependencies=[Admin], tags=["admin"])
 async def compensate_saga(saga_id: uuid.UUID, request: Request, body: api.Compensate | None = None,
                           svc: Services = Svc) -> JSONResponse:
-    async def work(_: uuid.UUID | None) -> JSONResponse:
+    async def work(derived: uuid.UUID | None) -> JSONResponse:
         saga = await _saga(svc, saga_id)
         reason = (body.reason if body else None) or "compensated by an operator"
-        return JSONResponse(await svc.orders.compensate_saga(saga["order_id"], reason), 202)
+        return JSONResponse(await svc.orders.compensate_saga(saga["order_id"], reason, derived), 202)
 
     return await idempotent(request, svc, work)
 

@@ -126,16 +126,22 @@ class OrderClient:
         result: dict[str, Any] = await self._call(order_id, "get_order", order_id)
         return result
 
-    async def cancel_order(self, order_id: uuid.UUID, reason: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(order_id, "cancel_order", order_id, reason)
+    # A command id made once per call: Ray's own retries re-send it, so the command applies once.
+
+    async def cancel_order(self, order_id: uuid.UUID, reason: str,
+                           command_id: uuid.UUID | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(order_id, "cancel_order", order_id, reason,
+                                                  command_id or uuid.uuid4())
         return result
 
-    async def retry_saga(self, order_id: uuid.UUID) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(order_id, "retry_saga", order_id)
+    async def retry_saga(self, order_id: uuid.UUID, command_id: uuid.UUID | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(order_id, "retry_saga", order_id, command_id or uuid.uuid4())
         return result
 
-    async def compensate_saga(self, order_id: uuid.UUID, reason: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(order_id, "compensate_saga", order_id, reason)
+    async def compensate_saga(self, order_id: uuid.UUID, reason: str,
+                              command_id: uuid.UUID | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(order_id, "compensate_saga", order_id, reason,
+                                                  command_id or uuid.uuid4())
         return result
 
 

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -33,7 +34,7 @@ from domain import saga as sg
 from domain.errors import NotFound
 from store import repository as repo
 from store.errors import ConcurrencyConflict, DuplicateCommand, StoreUnavailable
-from store.event_store import CommandContext, PostgresEventStore, StreamAppend, create_pool
+from store.event_store import CommandContext, PostgresEventStore, StreamAppend, create_pool, event_id
 from store.ledger import ProviderLedger
 from store.sagas import SagaStore
 
@@ -157,31 +158,43 @@ class OrderShard(Shard):
             return order_view(self._order(ent))
 
     @returns_result
-    async def cancel_order(self, order_id: uuid.UUID, reason: str) -> dict[str, Any]:
+    async def cancel_order(self, order_id: uuid.UUID, reason: str, command_id: uuid.UUID) -> dict[str, Any]:
         await self.start()
         async with self.host.entity(order_id) as ent:
             order = self._order(ent)
+            if await self._applied(ent, command_id):
+                return {"accepted": True, "order": order_view(order)}
             if not o.ensure_cancellable(order):
                 return {"accepted": False, "order": order_view(order)}
-            await self._saga_command(ent, sg.decide_compensate(self._saga(ent), reason))
+            await self._saga_command(ent, lambda saga: sg.decide_compensate(saga, reason), command_id)
             return {"accepted": True, "order": order_view(self._order(ent))}
 
     @returns_result
-    async def retry_saga(self, order_id: uuid.UUID) -> dict[str, Any]:
+    async def retry_saga(self, order_id: uuid.UUID, command_id: uuid.UUID) -> dict[str, Any]:
         await self.start()
         async with self.host.entity(order_id) as ent:
-            await self._saga_command(ent, sg.decide_retry(self._saga(ent)))
+            await self._saga_command(ent, sg.decide_retry, command_id)
             return {"saga_id": str(self._saga(ent).saga_id), "status": self._saga(ent).status.value}
 
     @returns_result
-    async def compensate_saga(self, order_id: uuid.UUID, reason: str) -> dict[str, Any]:
+    async def compensate_saga(self, order_id: uuid.UUID, reason: str, command_id: uuid.UUID) -> dict[str, Any]:
         await self.start()
         async with self.host.entity(order_id) as ent:
-            await self._saga_command(ent, sg.decide_compensate(self._saga(ent), reason))
+            await self._saga_command(ent, lambda saga: sg.decide_compensate(saga, reason), command_id)
             return {"saga_id": str(self._saga(ent).saga_id), "status": self._saga(ent).status.value}
 
-    async def _saga_command(self, ent: Entity[OrderEntity], events: list[ev.DomainEvent]) -> None:
-        if events and not await self._record(ent, events):
+    async def _applied(self, ent: Entity[OrderEntity], command_id: uuid.UUID) -> bool:
+        """Whether this command already reached the saga (a Ray retry or a repeated HTTP request)."""
+        saga = self._saga(ent)
+        return await self.store.contains(event_id(command_id, saga.saga_id, 0))
+
+    async def _saga_command(self, ent: Entity[OrderEntity], decide: Callable[[sg.Saga], list[ev.DomainEvent]],
+                            command_id: uuid.UUID) -> None:
+        if await self._applied(ent, command_id):
+            return
+        events = decide(self._saga(ent))
+        ctx = CommandContext.new(ent.id, now(), command_id=command_id)
+        if events and not await self._record(ent, events, ctx=ctx):
             raise ConcurrencyConflict(ent.id, -1)
         task = self._inflight.get(ent.id)
         if task is not None and any(isinstance(e, sg.CompensationStarted) for e in events):

@@ -89,6 +89,9 @@ class EventStore(Protocol):
 
     async def load_snapshot(self, aggregate_id: uuid.UUID) -> Snapshot | None: ...
 
+    async def contains(self, event_id: uuid.UUID) -> bool:
+        """Whether an event with this id was stored (so the command that makes it was applied)."""
+
 
 def metadata_json(meta: ev.Metadata) -> dict[str, Any]:
     return {
@@ -219,6 +222,10 @@ class PostgresEventStore:
         with postgres_errors():
             rows = await self.pool.fetch(sql, after_position, aggregate_id, aggregate_type, event_type, limit)
         return [record_from_row(r) for r in rows]
+
+    async def contains(self, event_id: uuid.UUID) -> bool:
+        with postgres_errors():
+            return bool(await self.pool.fetchval("SELECT EXISTS (SELECT 1 FROM events WHERE id = $1)", event_id))
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         with postgres_errors():

@@ -53,6 +53,9 @@ class InMemoryEventStore:
         ]
         return found[:limit]
 
+    async def contains(self, event_id: uuid.UUID) -> bool:
+        return event_id in self._event_ids
+
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         current = self._snapshots.get(snapshot.aggregate_id)
         if current is None or current.version < snapshot.version:

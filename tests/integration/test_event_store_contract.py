@@ -114,3 +114,12 @@ async def _last_position(store: PostgresEventStore) -> int:
     while batch := await store.read_all(after, limit=1000):
         after = batch[-1].position or after
     return after
+
+
+async def test_contains_tells_whether_a_command_left_its_events(store: PostgresEventStore) -> None:
+    from store.event_store import event_id
+
+    pid, c = uuid.uuid4(), ctx()
+    assert not await store.contains(event_id(c.command_id, pid, 0))
+    await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 0, [stock(pid)])], c)
+    assert await store.contains(event_id(c.command_id, pid, 0))

@@ -170,3 +170,31 @@ async def test_multi_sku_order_releases_what_it_reserved_when_one_sku_is_short(
     assert (await inventory.get_stock(plenty))["available"] == 10
     assert (await inventory.get_stock(scarce))["available"] == 1
     assert await event_types(actor_store, order_id) == ["OrderCreated", "OrderCompensationStarted", "OrderCancelled"]
+
+
+@pytest.mark.ray
+async def test_an_operator_command_delivered_twice_applies_once(
+        orders: OrderClient, inventory: InventoryClient, actor_store: PostgresEventStore) -> None:
+    pid = await stocked(inventory, on_hand=5)
+    order_id = await place(orders, pid, token="tok_refundFailsOnce", address={**ADDRESS, "postal_code": "00000"})
+    await saga_status(actor_store, order_id, {"FAILED"})
+    command = uuid.uuid4()
+    first = await orders.retry_saga(order_id, command)
+    second = await orders.retry_saga(order_id, command)  # a redelivery: no 409, no second resume
+    assert first["saga_id"] == second["saga_id"]
+    await saga_status(actor_store, order_id, {"COMPENSATED"})
+    saga_events = await event_types(actor_store, uuid.UUID(first["saga_id"]))
+    assert saga_events.count("SagaResumed") == 1
+
+
+@pytest.mark.ray
+async def test_a_cancel_delivered_twice_is_accepted_twice_and_compensates_once(
+        orders: OrderClient, inventory: InventoryClient, actor_store: PostgresEventStore) -> None:
+    pid = await stocked(inventory, on_hand=5)
+    order_id = await place(orders, pid)
+    await settled(orders, order_id)
+    command = uuid.uuid4()
+    assert (await orders.cancel_order(order_id, "twice", command))["accepted"] is True
+    assert (await orders.cancel_order(order_id, "twice", command))["accepted"] is True
+    await settled(orders, order_id, {"CANCELLED"})
+    assert (await event_types(actor_store, order_id)).count("OrderCompensationStarted") == 1
