@@ -88,18 +88,6 @@ class Projector(ServiceActor):
             self.lag_seconds.labels(r.projection.name).set(age)
         return out
 
-    async def wait_caught_up(self, timeout: float = 30.0) -> bool:
-        """True once every projection has applied every event committed before the call."""
-        await self.start()
-        target = await self.store.pool.fetchval("SELECT COALESCE(MAX(position), 0) FROM events")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            backlogs = [await r.backlog(target) for r in self.runners]
-            if all(n == 0 for n, _ in backlogs):
-                return True
-            await asyncio.sleep(POLL_INTERVAL)
-        return False
-
     async def metrics_text(self) -> str:
         await self.status()
         return m.render(self.registry)
