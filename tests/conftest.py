@@ -10,6 +10,13 @@ from store.event_store import PostgresEventStore, create_pool
 from tests.support import Servers, create_database, drop_database
 
 
+# Serve's replicas listen on ports from fixed ranges; a Serve started by a test of its own uses others.
+SESSION_SERVE_PORTS = {
+    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "31000", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "31499",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "41000", "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "41499",
+}
+
+
 def free_port() -> int:
     import socket
 
@@ -40,6 +47,7 @@ def ray_session() -> Iterator[None]:
     os.environ.update(SERVE_ENV)
     for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
         os.environ[name] = str(free_port())  # not the fixed defaults: another Serve may be running here
+    os.environ.update(SESSION_SERVE_PORTS)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": dict(SERVE_ENV)})
     yield

@@ -52,7 +52,10 @@ class Service:
                         COMMERCE_NAMESPACE=f"restart-{uuid.uuid4().hex[:6]}", COMMERCE_SAGA_RETRY_DELAY="0.1",
                         # Serve's HAProxy listens on fixed stats and metrics ports; another Serve may run here.
                         RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
-                        RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+                        RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
+                        # ...and its replicas take ports from ranges of their own (the session's Serve has others).
+                        RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT="31500", RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT="31999",
+                        RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT="41500", RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT="41999")
         self.log = data_dir / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
