@@ -7,22 +7,7 @@ from pathlib import Path
 import pytest
 
 from store.event_store import PostgresEventStore, create_pool
-from tests.support import Servers, create_database, drop_database
-
-
-# Serve's replicas listen on ports from fixed ranges; a Serve started by a test of its own uses others.
-SESSION_SERVE_PORTS = {
-    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "31000", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "31499",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "41000", "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "41499",
-}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support import SERVE_FIXED_PORTS, SESSION_SERVE_PORTS, Servers, create_database, drop_database, free_port
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +30,7 @@ def ray_session() -> Iterator[None]:
     from commerce.runtime import SERVE_ENV
 
     os.environ.update(SERVE_ENV)
-    for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+    for name in SERVE_FIXED_PORTS:
         os.environ[name] = str(free_port())  # not the fixed defaults: another Serve may be running here
     os.environ.update(SESSION_SERVE_PORTS)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,10 @@ import httpx
 import pytest
 
 from tests.e2e.helpers import ADDRESS, API
+from tests.support import SERVE_FIXED_PORTS, free_port
 
 TOKEN = "restart-test-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(probe, accept, timeout: float):  # type: ignore[no-untyped-def]
@@ -50,10 +44,8 @@ class Service:
                         COMMERCE_DASHBOARD_PORT=str(free_port()), COMMERCE_ADMIN_TOKEN=TOKEN,
                         COMMERCE_ORDER_SHARDS="1", COMMERCE_INVENTORY_SHARDS="1",
                         COMMERCE_NAMESPACE=f"restart-{uuid.uuid4().hex[:6]}", COMMERCE_SAGA_RETRY_DELAY="0.1",
-                        # Serve's HAProxy listens on fixed stats and metrics ports; another Serve may run here.
-                        RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
-                        RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
-                        # ...and its replicas take ports from ranges of their own (the session's Serve has others).
+                        # Ports of its own for this Serve: the session's Serve runs on this machine too.
+                        **{name: str(free_port()) for name in SERVE_FIXED_PORTS},
                         RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT="31500", RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT="31999",
                         RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT="41500", RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT="41999")
         self.log = data_dir / "serve.log"
@@ -66,6 +58,8 @@ class Service:
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
         wait_for(lambda: client.get("/health").status_code, lambda code: code == 200, timeout=240)
+        # Only this instance knows this token: the answer comes from its own replica.
+        wait_for(lambda: client.get(f"{API}/admin/sagas", headers=ADMIN).status_code, lambda code: code == 200, 60)
         return client
 
     def stop(self) -> int:
@@ -73,8 +67,14 @@ class Service:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=180)
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+    def close(self) -> None:
+        """After a failure: the orderly stop first (it stops Ray, Serve and the embedded servers)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
@@ -82,7 +82,7 @@ class Service:
 def service(tmp_path: Path) -> Iterator[Service]:
     s = Service(tmp_path)
     yield s
-    s.kill()
+    s.close()
 
 
 def test_orders_carts_and_stock_survive_a_restart_and_sagas_in_flight_finish(service: Service, tmp_path: Path) -> None:
