@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Callable
@@ -17,15 +18,16 @@ from typing import Any
 
 from actors import metrics as m
 from actors.base import Shard
-from actors.entities import EntityHost
+from actors.entities import Entity, EntityHost
 from actors.routing import shard_of
 from actors.wire import returns_result
 from commerce.settings import Settings
 from domain import events as ev
 from domain import inventory as inv
+from domain.errors import DomainError
 from store import repository as repo
-from store.errors import ConcurrencyConflict, DuplicateCommand
-from store.event_store import CommandContext, PostgresEventStore, StreamAppend, create_pool
+from store.errors import ConcurrencyConflict, StoreUnavailable
+from store.event_store import CommandContext, PostgresEventStore, StreamAppend, build_records, create_pool
 
 MAX_DECIDE_ATTEMPTS = 20
 EXPIRY_INTERVAL = 1.0
@@ -45,11 +47,21 @@ def reservation_view(sku: inv.Sku, r: inv.Reservation) -> dict[str, Any]:
             "expires_at": r.expires_at.isoformat(), "version": r.version, "status": r.outcome.value}
 
 
+@dataclasses.dataclass(slots=True)
+class Queued:
+    """A SKU command waiting for the SKU's mailbox, and where its outcome goes."""
+
+    decide: Callable[[inv.Sku | None], list[ev.DomainEvent]]
+    ctx: CommandContext
+    result: asyncio.Future[tuple[inv.Sku | None, list[ev.Recorded]]]
+
+
 class InventoryShard(Shard):
     KIND = "sku"
 
     def __init__(self, settings: Settings, index: int) -> None:
         self.metrics = m.InventoryMetrics()
+        self._queues: dict[uuid.UUID, list[Queued]] = {}
         super().__init__(settings, index)
 
     async def _start(self) -> None:
@@ -64,27 +76,71 @@ class InventoryShard(Shard):
 
     async def _decide(self, product_id: uuid.UUID, decide: Callable[[inv.Sku | None], list[ev.DomainEvent]],
                       ctx: CommandContext) -> tuple[inv.Sku | None, list[ev.Recorded]]:
+        """Queue a command for the SKU; whoever holds its mailbox next decides every queued command,
+        in order, and appends all their events at once (one commit for a burst on a hot SKU)."""
         await self.start()
+        command = Queued(decide, ctx, asyncio.get_running_loop().create_future())
+        self._queues.setdefault(product_id, []).append(command)
         async with self.host.entity(product_id) as ent:
+            batch = self._queues.pop(product_id, [])
+            if batch:
+                await self._apply(product_id, ent, batch)
+        return await command.result
+
+    async def _apply(self, product_id: uuid.UUID, ent: Entity[inv.Sku | None], batch: list[Queued]) -> None:
+        try:
             for _ in range(MAX_DECIDE_ATTEMPTS):
-                state: inv.Sku | None = ent.state
-                events = decide(state)
-                if not events:
-                    return state, []
-                append = StreamAppend(product_id, inv.AGGREGATE_TYPE, state.version if state else 0, events)
-                try:
-                    records = await self.store.append([append], ctx)
-                except ConcurrencyConflict:
-                    self.metrics.conflicts.inc()
-                    ent.state, _ = await repo.load(self.store, repo.SKU, product_id)
-                    continue
-                except DuplicateCommand:
-                    ent.state, _ = await repo.load(self.store, repo.SKU, product_id)
-                    return ent.state, []
-                ent.state = repo.fold(repo.SKU, state, records)
-                self._count(records)
-                return ent.state, records
-        raise ConcurrencyConflict(product_id, -1)
+                if await self._try_apply(product_id, ent, batch):
+                    return
+                self.metrics.conflicts.inc()
+                ent.state, _ = await repo.load(self.store, repo.SKU, product_id)
+            raise ConcurrencyConflict(product_id, -1)
+        except Exception as e:
+            for command in batch:
+                if not command.result.done():
+                    command.result.set_exception(e)
+        finally:
+            for command in batch:  # interrupted (cancelled): the waiting callers must not hang
+                if not command.result.done():
+                    command.result.set_exception(StoreUnavailable("the command was interrupted; retry"))
+
+    async def _try_apply(self, product_id: uuid.UUID, ent: Entity[inv.Sku | None], batch: list[Queued]) -> bool:
+        """Decide the batch on the current state and append; False on a concurrency conflict."""
+        state: inv.Sku | None = ent.state
+        version = state.version if state else 0
+        decided: list[tuple[Queued, list[ev.DomainEvent] | Exception]] = []
+        events: list[ev.DomainEvent] = []
+        contexts: list[CommandContext] = []
+        preview = state  # the state after the commands decided so far, before anything is stored
+        for command in batch:
+            try:
+                own = command.decide(preview)
+            except DomainError as e:
+                decided.append((command, e))
+                continue
+            decided.append((command, own))
+            if own:
+                preview = repo.fold(repo.SKU, preview, build_records(
+                    [StreamAppend(product_id, inv.AGGREGATE_TYPE, version + len(events), own)], command.ctx))
+            events += own
+            contexts += [command.ctx] * len(own)
+        records: list[ev.Recorded] = []
+        if events:
+            try:
+                records = await self.store.append(
+                    [StreamAppend(product_id, inv.AGGREGATE_TYPE, version, events, contexts)], contexts[0])
+            except ConcurrencyConflict:
+                return False
+            ent.state = repo.fold(repo.SKU, state, records)
+            self._count(records)
+        position = 0
+        for command, outcome in decided:
+            if isinstance(outcome, Exception):
+                command.result.set_exception(outcome)
+                continue
+            command.result.set_result((ent.state, records[position:position + len(outcome)]))
+            position += len(outcome)
+        return True
 
     def _count(self, records: list[ev.Recorded]) -> None:
         for r in records:

@@ -239,11 +239,25 @@ def next_expiry(state: Sku | None) -> dt.datetime | None:
     return min((r.expires_at for r in state.active()), default=None)
 
 
-def _close(state: Sku, reservation_id: uuid.UUID, outcome: Outcome, version: int, on_hand_delta: int, reserved_delta: int) -> Sku:
+# Closed reservations are remembered this long past their expiry, so that a retried command stays
+# idempotent and a sale can still be returned; after that they are forgotten, which keeps a busy
+# SKU's state bounded. Time comes from the events, so a replay forgets the same ones.
+CLOSED_RETENTION = dt.timedelta(days=7)
+SALE_RETENTION = dt.timedelta(days=90)
+
+
+def _kept(r: Reservation, at: dt.datetime) -> bool:
+    if r.outcome is Outcome.ACTIVE:
+        return True
+    return r.expires_at > at - (SALE_RETENTION if r.outcome is Outcome.COMMITTED else CLOSED_RETENTION)
+
+
+def _close(state: Sku, reservation_id: uuid.UUID, outcome: Outcome, version: int, on_hand_delta: int,
+           reserved_delta: int, at: dt.datetime) -> Sku:
     r = state.reservations.get(reservation_id)
     if r is None:
         return dataclasses.replace(state, version=version)
-    reservations = dict(state.reservations)
+    reservations = {k: v for k, v in state.reservations.items() if _kept(v, at)}
     reservations[reservation_id] = dataclasses.replace(r, outcome=outcome)
     return dataclasses.replace(
         state, reservations=reservations, version=version,
@@ -252,7 +266,7 @@ def _close(state: Sku, reservation_id: uuid.UUID, outcome: Outcome, version: int
 
 
 def evolve(state: Sku | None, recorded: Recorded) -> Sku | None:
-    e, v = recorded.event, recorded.version
+    e, v, at = recorded.event, recorded.version, recorded.at
     if isinstance(e, StockSet):
         if state is None:
             return Sku(e.product_id, e.name, e.price, e.on_hand, v)
@@ -264,11 +278,11 @@ def evolve(state: Sku | None, recorded: Recorded) -> Sku | None:
         reservations[e.reservation_id] = Reservation(e.reservation_id, e.quantity, e.expires_at, e.owner, v)
         return dataclasses.replace(state, reservations=reservations, reserved=state.reserved + e.quantity, version=v)
     if isinstance(e, ReservationReleased):
-        return _close(state, e.reservation_id, Outcome.RELEASED, v, 0, -e.quantity)
+        return _close(state, e.reservation_id, Outcome.RELEASED, v, 0, -e.quantity, at)
     if isinstance(e, ReservationExpired):
-        return _close(state, e.reservation_id, Outcome.EXPIRED, v, 0, -e.quantity)
+        return _close(state, e.reservation_id, Outcome.EXPIRED, v, 0, -e.quantity, at)
     if isinstance(e, ReservationCommitted):
-        return _close(state, e.reservation_id, Outcome.COMMITTED, v, -e.quantity, -e.quantity)
+        return _close(state, e.reservation_id, Outcome.COMMITTED, v, -e.quantity, -e.quantity, at)
     if isinstance(e, SaleReturned):
-        return _close(state, e.reservation_id, Outcome.RETURNED, v, e.quantity, 0)
+        return _close(state, e.reservation_id, Outcome.RETURNED, v, e.quantity, 0, at)
     return dataclasses.replace(state, version=v)

@@ -39,10 +39,14 @@ class CommandContext:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StreamAppend:
+    """Events for one stream. ``contexts`` gives each event its own command when several commands
+    share one append (batching); otherwise every event belongs to the append's command."""
+
     aggregate_id: uuid.UUID
     aggregate_type: str
     expected_version: int
     events: Sequence[ev.DomainEvent]
+    contexts: Sequence[CommandContext] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -61,8 +65,9 @@ def build_records(appends: Sequence[StreamAppend], ctx: CommandContext) -> list[
     records = []
     for a in appends:
         for i, e in enumerate(a.events):
-            meta = ev.Metadata(event_id(ctx.command_id, a.aggregate_id, i), ctx.command_id,
-                               ctx.correlation_id, ctx.causation_id, ctx.occurred_at)
+            c = a.contexts[i] if a.contexts else ctx
+            meta = ev.Metadata(event_id(c.command_id, a.aggregate_id, i), c.command_id,
+                               c.correlation_id, c.causation_id, c.occurred_at)
             records.append(ev.Recorded(a.aggregate_id, a.aggregate_type, a.expected_version + i + 1, e, meta))
     return records
 

@@ -167,3 +167,18 @@ async def test_an_expired_reservation_returns_its_stock_and_records_an_event(
     assert (await event_types(actor_store, pid))[-1] == "ReservationExpired"
     sku, _ = await repo.load(actor_store, repo.SKU, pid, use_snapshot=False)
     assert sku is not None and sku.on_hand == 4
+
+
+async def test_a_burst_on_one_sku_shares_commits_and_each_event_keeps_its_command(
+        inventory: InventoryClient, actor_store: PostgresEventStore) -> None:
+    pid = await stocked(inventory, on_hand=100)
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
+    rids = [uuid.uuid4() for _ in range(40)]
+    await asyncio.gather(*[inventory.reserve(pid, rid, 1, expires, "test", correlation_id=rid) for rid in rids])
+    rows = await actor_store.pool.fetch(
+        """SELECT transaction_id::text AS xid, metadata FROM events
+           WHERE aggregate_id = $1 AND event_type = 'StockReserved'""", pid)
+    assert len(rows) == 40
+    assert len({r["xid"] for r in rows}) < 40  # several reservations went into one commit
+    assert {uuid.UUID(r["metadata"]["correlation_id"]) for r in rows} == set(rids)
+    assert (await inventory.get_stock(pid))["reserved"] == 40

@@ -134,3 +134,17 @@ def test_any_command_sequence_keeps_available_non_negative_and_conserves_stock(
         assert sku.on_hand - sku.reserved >= 0 and sku.reserved >= 0
         assert sku.reserved == sum(r.quantity for r in sku.active())
         assert sku.on_hand == received - sold + returned
+
+
+def test_closed_reservations_are_forgotten_after_their_retention_but_sales_stay_returnable() -> None:
+    released_id, sold_id, late_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    sku = reserve(reserve(stocked(10), 1, released_id), 1, sold_id)
+    sku = fold(sku, inv.decide_release(sku, PID, released_id) + inv.decide_commit(sku, PID, sold_id))
+    assert sku is not None
+    eight_days_on = Metadata(uuid.uuid4(), uuid.uuid4(), PID, None, NOW + dt.timedelta(days=8))
+    later = sku
+    for e in (inv.StockReserved(late_id, 1, NOW + dt.timedelta(days=9), "t"), inv.ReservationReleased(late_id, 1)):
+        later = inv.evolve(later, Recorded(PID, inv.AGGREGATE_TYPE, later.version + 1, e, eight_days_on))  # type: ignore[arg-type,union-attr]
+    assert later is not None
+    assert released_id not in later.reservations and {sold_id, late_id} <= set(later.reservations)
+    assert (later.on_hand, later.reserved) == (9, 0)
