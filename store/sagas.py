@@ -12,17 +12,11 @@ import asyncpg
 from domain import events as ev
 from domain import saga as sg
 from domain.codec import to_primitive
+from store import repository as repo
 from store.errors import postgres_errors
 from store.event_store import CommandContext, PostgresEventStore, StreamAppend
 
-_STEP_OUTCOMES = {sg.StepAttempted: "started", sg.StepSucceeded: "succeeded", sg.StepFailed: "failed"}
-
-
-def fold(saga: sg.Saga | None, records: Sequence[ev.Recorded]) -> sg.Saga | None:
-    for r in records:
-        if r.aggregate_type == sg.AGGREGATE_TYPE:
-            saga = sg.evolve(saga, r)
-    return saga
+STEP_OUTCOMES = {sg.StepAttempted: "started", sg.StepSucceeded: "succeeded", sg.StepFailed: "failed"}
 
 
 class SagaStore:
@@ -35,7 +29,7 @@ class SagaStore:
         appends = [StreamAppend(saga_id, sg.AGGREGATE_TYPE, saga.version if saga else 0, saga_events), *others]
         async with self.events.transaction() as conn:
             records = await self.events.append(appends, ctx, conn=conn)
-            after = fold(saga, records)
+            after = repo.fold(repo.SAGA, saga, records)
             if after is None:
                 raise ValueError(f"saga {saga_id} has no SagaStarted event")
             await self._write(conn, after, [r for r in records if r.aggregate_id == saga_id])
@@ -53,16 +47,12 @@ class SagaStore:
         steps = [
             (saga.saga_id, r.version, r.event.step, r.event.action.value, outcome, r.event.attempt,  # type: ignore[attr-defined]
              getattr(r.event, "error", None), r.at)
-            for r in records if (outcome := _STEP_OUTCOMES.get(type(r.event)))
+            for r in records if (outcome := STEP_OUTCOMES.get(type(r.event)))
         ]
         if steps:
             await conn.executemany(
                 """INSERT INTO saga_steps (saga_id, seq, step, action, outcome, attempt, error, at)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING""", steps)
-
-    async def rebuild(self, conn: asyncpg.Connection, saga: sg.Saga, records: Sequence[ev.Recorded]) -> None:
-        """Write a saga's row and full history from its events (used by ``projections rebuild``)."""
-        await self._write(conn, saga, records)
 
     async def unfinished(self, include_failed: bool = True) -> list[tuple[uuid.UUID, uuid.UUID]]:
         """Every saga not in a terminal state (FAILED ones too, unless told not to), as (saga_id, order_id)."""

@@ -16,7 +16,7 @@ from domain import events as ev
 from domain import order as o
 from domain import saga as sg
 from store.event_store import record_from_row
-from store.sagas import _STEP_OUTCOMES
+from store.sagas import STEP_OUTCOMES
 
 BATCH = 2000
 
@@ -61,7 +61,7 @@ async def verify(pool: asyncpg.Pool) -> list[str]:
             orders[aid] = o.evolve(orders.get(aid), record)
         elif record.aggregate_type == sg.AGGREGATE_TYPE:
             sagas[aid] = sg.evolve(sagas.get(aid), record)
-            steps[aid] = steps.get(aid, 0) + (type(record.event) in _STEP_OUTCOMES)
+            steps[aid] = steps.get(aid, 0) + (type(record.event) in STEP_OUTCOMES)
     problems += await _compare_orders(pool, orders)
     problems += await _compare_sagas(pool, sagas, steps)
     return problems
