@@ -245,9 +245,8 @@ async def get_cart(cart_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
 
 @app.put(f"{API}/cart/{{cart_id}}/items", tags=["cart"])
 async def set_cart_item(cart_id: uuid.UUID, body: api.SetCartItem, svc: Services = Svc) -> dict[str, Any]:
-    """Set a line's quantity at the catalog's price; 0 removes the line."""
-    cart = await svc.carts.get(cart_id)
-    cart_domain.ensure_open(cart)
+    """Set a line's quantity at the catalog's price; 0 removes the line. The cart store refuses an
+    unknown cart (404) or one already checked out (409) in the same atomic step."""
     stock = await svc.inventory.get_stock(body.product_id)
     operation = "remove_item" if body.quantity == 0 else "set_item"
     return cart_view(await svc.carts.set_line(cart_id, body.product_id, body.quantity, stock["price"], now(), operation))
@@ -263,8 +262,6 @@ async def checkout(cart_id: uuid.UUID, body: api.Checkout, request: Request, svc
     """Turn the cart into an order once; a second checkout answers with the same order."""
 
     async def work(_: uuid.UUID | None) -> JSONResponse:
-        cart = await svc.carts.get(cart_id)
-        cart_domain.ensure_checkout_possible(cart)
         cart = await svc.carts.begin_checkout(cart_id, cart_domain.checkout_order_id(cart_id), now())
         order_id = cart.order_id or cart_domain.checkout_order_id(cart_id)
         placed = await svc.orders.create_order(
@@ -285,10 +282,8 @@ async def create_order(body: api.CreateOrder, request: Request, svc: Services = 
 
     async def work(derived: uuid.UUID | None) -> JSONResponse:
         order_id = derived or uuid.uuid4()
-        items: dict[uuid.UUID, int] = {}
-        for item in body.items:
-            items[item.product_id] = items.get(item.product_id, 0) + item.quantity
-        placed = await svc.orders.create_order(order_id, body.customer_id, list(items.items()),
+        items = [(item.product_id, item.quantity) for item in body.items]  # the order merges repeated products
+        placed = await svc.orders.create_order(order_id, body.customer_id, items,
                                                body.shipping_address.model_dump(), body.payment_token)
         return JSONResponse(placed, 202, headers={"Location": f"{API}/orders/{order_id}"})
 

@@ -47,6 +47,11 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def saga_id_of(order_id: uuid.UUID) -> uuid.UUID:
+    """An order's fulfilment saga: one per order, its id derived from the order's."""
+    return uuid.uuid5(SAGA_NAMESPACE, str(order_id))
+
+
 @dataclasses.dataclass(slots=True)
 class OrderEntity:
     order: o.Order | None
@@ -135,7 +140,7 @@ class OrderShard(Shard):
         await self.start()
         catalog = await self.inventory.catalog([pid for pid, _ in items])
         lines = tuple(o.OrderLine(pid, qty, Decimal(catalog[pid]["price"])) for pid, qty in items)
-        saga_id = uuid.uuid5(SAGA_NAMESPACE, str(order_id))
+        saga_id = saga_id_of(order_id)
         address = o.ShippingAddress(**shipping_address)
         async with self.host.entity(order_id) as ent:
             events = o.decide_create(ent.state.order, order_id=order_id, customer_id=customer_id, lines=lines,
@@ -143,9 +148,8 @@ class OrderShard(Shard):
             if events:
                 saga_events = sg.with_next_attempt(
                     saga_id, None, sg.decide_start(saga_id, order_id, now(), self.policy), now(), self.policy)
-                if await self._record(ent, saga_events, events, ctx=CommandContext.new(order_id, now())):
-                    self.metrics.orders.labels("created").inc()
-                elif ent.state.order is None:
+                recorded = await self._record(ent, saga_events, events, ctx=CommandContext.new(order_id, now()))
+                if not recorded and ent.state.order is None:
                     raise StoreUnavailable("order could not be recorded")
             order = ent.state.order
         self._ensure_driver(order_id)
@@ -221,13 +225,10 @@ class OrderShard(Shard):
         if state.order is not None and any(isinstance(e, sg.CompensationStarted) for e in saga_events):
             reason = next(e.reason for e in saga_events if isinstance(e, sg.CompensationStarted))
             order_events += ff.order_events_for_compensation(state.order, reason)
-        saga_id = state.saga.saga_id if state.saga else state.order.saga_id if state.order else None
-        if saga_id is None:
-            saga_id = next(e.saga_id for e in order_events if isinstance(e, o.OrderCreated))
         others = [StreamAppend(ent.id, o.AGGREGATE_TYPE, state.order.version if state.order else 0, order_events)]
         try:
-            saga, records = await self.sagas.record(ctx or CommandContext.new(ent.id, now()), state.saga, saga_id,
-                                                    saga_events, others)
+            saga, records = await self.sagas.record(ctx or CommandContext.new(ent.id, now()), state.saga,
+                                                    saga_id_of(ent.id), saga_events, others)
         except (ConcurrencyConflict, DuplicateCommand):
             ent.state = await self._load(ent.id)
             return False
@@ -238,7 +239,9 @@ class OrderShard(Shard):
     def _observe(self, state: OrderEntity, records: list[ev.Recorded]) -> None:
         for r in records:
             e = r.event
-            if isinstance(e, o.OrderConfirmed):
+            if isinstance(e, o.OrderCreated):
+                self.metrics.orders.labels("created").inc()
+            elif isinstance(e, o.OrderConfirmed):
                 self.metrics.orders.labels("confirmed").inc()
                 if state.order is not None:
                     self.metrics.order_value.inc(float(state.order.total_amount))

@@ -8,8 +8,7 @@ import enum
 import uuid
 from decimal import Decimal
 
-from domain.errors import DomainError, TransitionForbidden
-from domain.inventory import MAX_QUANTITY
+from domain.errors import DomainError
 
 CENT = Decimal("0.01")
 # Checkout derives the order id from the cart id, so a repeated checkout can only name one order.
@@ -22,10 +21,6 @@ class CartError(DomainError):
 
 class EmptyCart(CartError):
     """A cart without lines cannot be checked out."""
-
-
-class InvalidQuantity(CartError):
-    pass
 
 
 class CartStatus(enum.StrEnum):
@@ -61,22 +56,6 @@ class Cart:
         return sum((line.line_total for line in self.lines), Decimal("0.00")).quantize(CENT)
 
 
-def check_line(quantity: int) -> None:
-    """A line holds 0 (removed) to MAX_QUANTITY units."""
-    if not 0 <= quantity <= MAX_QUANTITY:
-        raise InvalidQuantity(f"quantity must be between 0 and {MAX_QUANTITY}")
-
-
-def ensure_open(cart: Cart) -> None:
-    if cart.status is not CartStatus.OPEN:
-        raise TransitionForbidden(f"cart {cart.id} is {cart.status}", cart.status)
-
-
 def checkout_order_id(cart_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(CHECKOUT_NAMESPACE, str(cart_id))
 
-
-def ensure_checkout_possible(cart: Cart) -> None:
-    """A cart checked out before names its order again; an open one needs at least one line."""
-    if cart.status is CartStatus.OPEN and not cart.lines:
-        raise EmptyCart(f"cart {cart.id} is empty")
