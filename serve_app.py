@@ -6,87 +6,74 @@ rules. ``build_app(settings)`` is the only entry point; nothing connects at impo
 from __future__ import annotations
 
 import datetime as dt
-import hmac
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
-from ray.exceptions import RayActorError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors import metrics as m
 from actors.client import ServiceUnavailable
 from commerce import schemas as api
-from commerce.http import BodyLimit, problem
+from commerce.auth import Forbidden, InvalidCredentials, Principal, Role, Verifier
+from commerce.http import (
+    KNOWN_ERRORS,
+    TITLES,
+    BodyGuard,
+    RateLimited,
+    Work,
+    error_response,
+    idempotent,
+    problem,
+)
 from commerce.services import Services, ServicesProvider
 from commerce.settings import Settings
 from domain import cart as cart_domain
 from domain import errors, inventory, order
 from domain.events import Recorded, encode
 from store import queries
-from store.errors import ConcurrencyConflict, StoreUnavailable
-from store.idempotency import KeyInFlight, KeyReused, StoredResponse, fingerprint
+from store.errors import StoreUnavailable
+from store.ratelimit import retry_after
+from store.reservations import DirectReservation
 
 API = "/api/v1"
-IDEMPOTENCY_NAMESPACE = uuid.UUID("3d5c1f0e-7a2b-4e8c-9f61-0b4a7d2e5c93")
 ABANDONED_AFTER = 24 * 3600.0
 
 app = FastAPI(
     title="Commerce service",
     version="1.0.0",
     description="Orders, carts and inventory with CQRS, event sourcing and sagas on Ray. "
-    "Errors are application/problem+json (RFC 9457). Every POST accepts an Idempotency-Key header.",
+    "Callers authenticate with a bearer token: a customer's or a service's JWT, or the admin token. "
+    "Errors are application/problem+json (RFC 9457). Every POST accepts an Idempotency-Key header, "
+    "scoped to its caller.",
     responses=api.PROBLEM_RESPONSES,
 )
-app.add_middleware(BodyLimit, limit=64 * 1024)
+app.add_middleware(BodyGuard, limit=64 * 1024)
 
 
 # --- errors -------------------------------------------------------------------------------------
-
-_STATUS: list[tuple[type[Exception], int, str]] = [
-    (errors.NotFound, 404, "not-found"),
-    (inventory.InsufficientStock, 409, "insufficient-stock"),
-    (inventory.VersionMismatch, 409, "version-conflict"),
-    (errors.TransitionForbidden, 409, "state-conflict"),
-    (inventory.StockBelowReserved, 409, "stock-below-reserved"),
-    (inventory.ReservationNotActive, 409, "reservation-closed"),
-    (cart_domain.EmptyCart, 409, "empty-cart"),
-    (order.OrderAlreadyExists, 409, "order-exists"),
-    (ConcurrencyConflict, 409, "concurrent-update"),
-    (KeyInFlight, 409, "request-in-progress"),
-    (KeyReused, 422, "idempotency-key-reused"),
-    (queries.BadCursor, 422, "invalid-cursor"),
-    (errors.DomainError, 422, "invalid-request"),
-    (StoreUnavailable, 503, "dependency-unavailable"),
-    (ServiceUnavailable, 503, "dependency-unavailable"),
-    (RayActorError, 503, "dependency-unavailable"),
-]
-
-
-def error_response(e: Exception) -> JSONResponse:
-    for cls, status, kind in _STATUS:
-        if isinstance(e, cls):
-            extra = {k: getattr(e, k) for k in ("available", "current_version") if hasattr(e, k)}
-            if isinstance(e, errors.TransitionForbidden):
-                extra["current_status"] = e.status  # "status" is the HTTP status in RFC 9457
-            headers = {"Retry-After": "1"} if status == 503 or isinstance(e, KeyInFlight) else None
-            detail = str(e) if status != 503 else "a dependency is unavailable; retry later"
-            return problem(status, kind, detail, headers=headers, **extra)
-    return problem(500, "internal-error", "the request failed unexpectedly")
 
 
 async def _known_error(request: Request, e: Exception) -> JSONResponse:
     return error_response(e)
 
 
-for _cls, _, _ in _STATUS:
+for _cls in KNOWN_ERRORS:
     app.add_exception_handler(_cls, _known_error)
 app.add_exception_handler(Exception, _known_error)  # anything else: a 500 problem, never a stack trace
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+    kinds = {404: "not-found", 405: "method-not-allowed"}
+    detail = e.detail if isinstance(e.detail, str) else TITLES.get(e.status_code, "error")
+    return problem(e.status_code, kinds.get(e.status_code, "http-error"), detail, headers=e.headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -96,7 +83,7 @@ async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
     if any(x.get("type") == "json_invalid" or (tuple(x.get("loc", ())) == ("body",) and x.get("type") in body_shape)
            for x in errs):
         return problem(400, "malformed-body", "the body must be a JSON object")
-    fields = [{"loc": list(x.get("loc", ())), "msg": x.get("msg", "")} for x in errs]
+    fields = [{"loc": [str(p) for p in x.get("loc", ())], "msg": str(x.get("msg", ""))} for x in errs]
     return problem(422, "validation-error", "the request is not valid", errors=fields)
 
 
@@ -111,6 +98,13 @@ class Replica:
 
     settings: Settings | None = None
     provider: ServicesProvider | None = None
+    verifier: Verifier | None = None
+
+    @classmethod
+    def configure(cls, settings: Settings) -> None:
+        cls.settings = settings
+        cls.provider = ServicesProvider(settings)
+        cls.verifier = Verifier(settings)
 
     @classmethod
     def services_provider(cls) -> ServicesProvider:
@@ -123,96 +117,124 @@ async def services() -> Services:
     return await Replica.services_provider().get()
 
 
-async def require_admin(request: Request) -> None:
-    expected: str = (Replica.settings.admin_token if Replica.settings else None) or ""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not expected or not hmac.compare_digest(token.strip(), expected):
-        raise Unauthorized()
-
-
-class Unauthorized(Exception):
-    pass
-
-
-@app.exception_handler(Unauthorized)
-async def _unauthorized(request: Request, e: Unauthorized) -> JSONResponse:
-    return problem(401, "unauthorized", "a valid admin bearer token is required",
-                   headers={"WWW-Authenticate": "Bearer"})
-
-
 Svc = Depends(services)
-Admin = Depends(require_admin)
+bearer = HTTPBearer(auto_error=False, description="A customer's or a service's JWT, or the admin token")
+Bearer = Security(bearer)
+
+
+async def caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Bearer,
+                 svc: Services = Svc) -> Principal | None:
+    """The authenticated caller, or None for an anonymous one; customers spend their request budget here."""
+    if credentials is None:
+        if "authorization" in request.headers:
+            raise InvalidCredentials("the Authorization header must be 'Bearer <token>'")
+        return None
+    if Replica.verifier is None:
+        raise ServiceUnavailable("the replica is not initialised")
+    principal = Replica.verifier.principal(credentials.credentials)
+    if principal.role is Role.CUSTOMER:
+        await spend_budget(svc, principal)
+    return principal
+
+
+async def spend_budget(svc: Services, principal: Principal) -> None:
+    try:
+        wait = await svc.rate_limiter.take(principal.key)
+    except StoreUnavailable:
+        return  # without Redis the budget cannot be kept; requests go on (docs/operations.md)
+    if wait > 0:
+        raise RateLimited(retry_after(wait))
+
+
+Caller = Depends(caller)
+
+
+def allow(*roles: Role) -> Callable[..., Awaitable[Principal]]:
+    async def dependency(who: Principal | None = Caller) -> Principal:
+        if who is None:
+            raise InvalidCredentials("this needs a bearer token")
+        if who.role not in roles:
+            raise Forbidden(f"a {who.role} may not do this")
+        return who
+
+    return dependency
+
+
+Shopper = Depends(allow(Role.CUSTOMER, Role.ADMIN))
+Stockist = Depends(allow(Role.SERVICE, Role.ADMIN))
+Admin = Depends(allow(Role.ADMIN))
+
+
+def acting_for(who: Principal, customer_id: uuid.UUID | None) -> uuid.UUID:
+    """The customer a shopper acts for: a customer itself; an admin names one."""
+    if who.is_admin:
+        if customer_id is None:
+            raise errors.DomainError("an admin acting for a customer names it in customer_id")
+        return customer_id
+    if customer_id is not None and customer_id != who.customer_id:
+        raise Forbidden("customer_id must be the caller's own")
+    return who.customer_id
+
+
+def owner_filter(who: Principal) -> uuid.UUID | None:
+    """Whose entities a caller sees: an admin everyone's, a customer its own."""
+    return None if who.is_admin else who.customer_id
 
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-async def idempotent(request: Request, svc: Services, work: Callable[[uuid.UUID | None], Awaitable[JSONResponse]]) -> JSONResponse:
-    """Run ``work`` once per Idempotency-Key; repeats get the first answer, another body a 422.
-
-    ``work`` receives an id derived from the key (or None), so even the work itself is idempotent.
-    """
-    key = request.headers.get("idempotency-key")
-    if key is None:
-        return await work(None)
-    if not 1 <= len(key) <= 255:
-        return problem(422, "invalid-idempotency-key", "Idempotency-Key must be 1 to 255 characters")
-    scope = f"{request.method} {request.url.path}"
-    body = await request.body()
-    stored = await svc.idempotency.claim(scope, key, fingerprint(request.method, request.url.path, body))
-    if stored is not None:
-        return JSONResponse(stored.body, stored.status, headers=stored.headers,
-                            media_type=stored.headers.get("content-type"))
-    try:
-        response = await work(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{scope}\n{key}"))
-    except Exception as e:
-        response = error_response(e)
-    if response.status_code >= 500:
-        await svc.idempotency.release(scope, key)
-    else:
-        headers = {k: v for k, v in response.headers.items() if k in ("location", "content-type")}
-        await svc.idempotency.complete(scope, key, StoredResponse(response.status_code, json.loads(response.body), headers))
-    return response
+async def keyed(request: Request, svc: Services, who: Principal, work: Work) -> JSONResponse:
+    return await idempotent(request, svc.idempotency, svc.settings.derived_key("idempotency"), who, work)
 
 
 # --- catalog and inventory ----------------------------------------------------------------------
 
 
-@app.put(f"{API}/inventory/{{product_id}}", dependencies=[Admin], tags=["inventory"])
-async def set_stock(product_id: uuid.UUID, body: api.SetStock, svc: Services = Svc) -> dict[str, Any]:
+@app.put(f"{API}/inventory/{{product_id}}", tags=["inventory"])
+async def set_stock(product_id: uuid.UUID, body: api.SetStock, who: Principal = Admin,
+                    svc: Services = Svc) -> dict[str, Any]:
     """Set a product's stock on hand, price and name (admin)."""
     return await svc.inventory.set_stock(product_id, body.on_hand, body.price, body.name)
 
 
 @app.get(f"{API}/inventory/{{product_id}}", tags=["inventory"])
-async def get_stock(product_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
+async def get_stock(product_id: uuid.UUID, who: Principal | None = Caller, svc: Services = Svc) -> dict[str, Any]:
+    """A product's stock status (anyone may read the catalog)."""
     return await svc.inventory.get_stock(product_id)
 
 
 @app.post(f"{API}/inventory/{{product_id}}/reserve", status_code=201, tags=["inventory"])
-async def reserve(product_id: uuid.UUID, body: api.Reserve, request: Request, svc: Services = Svc) -> JSONResponse:
-    """Reserve units; the same reservation_id again returns the same reservation."""
+async def reserve(product_id: uuid.UUID, body: api.Reserve, request: Request, who: Principal = Stockist,
+                  svc: Services = Svc) -> JSONResponse:
+    """Reserve units (service, admin). The same reservation_id again, by the same caller for the same
+    product and quantity, returns the same reservation; any other reuse is a 409."""
 
     async def work(derived: uuid.UUID | None) -> JSONResponse:
         rid = body.reservation_id or derived or uuid.uuid4()
+        claim = DirectReservation(rid, product_id, who.key, body.quantity)
+        if not await svc.direct_reservations.claim(claim):
+            raise inventory.ReservationIdConflict(rid)
         ttl = body.ttl_seconds or svc.settings.reservation_ttl
-        r = await svc.inventory.reserve(product_id, rid, body.quantity, now() + dt.timedelta(seconds=ttl), "api",
+        r = await svc.inventory.reserve(product_id, rid, body.quantity, now() + dt.timedelta(seconds=ttl), who.key,
                                         body.expected_version)
         return JSONResponse({k: r[k] for k in ("reservation_id", "product_id", "quantity", "expires_at", "version")},
                             201)
 
-    return await idempotent(request, svc, work)
+    return await keyed(request, svc, who, work)
 
 
 @app.post(f"{API}/inventory/{{product_id}}/release", tags=["inventory"])
-async def release(product_id: uuid.UUID, body: api.Release, request: Request, svc: Services = Svc) -> JSONResponse:
+async def release(product_id: uuid.UUID, body: api.Release, request: Request, who: Principal = Stockist,
+                  svc: Services = Svc) -> JSONResponse:
+    """Release the caller's own active reservation (an admin: any direct one); a sale is a 409."""
+
     async def work(_: uuid.UUID | None) -> JSONResponse:
-        result = await svc.inventory.release(product_id, body.reservation_id)
+        result = await svc.inventory.release(product_id, body.reservation_id, who.key, who.is_admin)
         return JSONResponse(result["stock"])
 
-    return await idempotent(request, svc, work)
+    return await keyed(request, svc, who, work)
 
 
 # --- carts --------------------------------------------------------------------------------------
@@ -230,39 +252,49 @@ def cart_view(c: cart_domain.Cart) -> dict[str, Any]:
 
 
 @app.post(f"{API}/cart", status_code=201, tags=["cart"])
-async def create_cart(body: api.CreateCart, request: Request, svc: Services = Svc) -> JSONResponse:
+async def create_cart(request: Request, body: api.CreateCart | None = None, who: Principal = Shopper,
+                      svc: Services = Svc) -> JSONResponse:
+    """A new cart for the caller (an admin names the customer)."""
+    customer_id = acting_for(who, body.customer_id if body else None)
+
     async def work(derived: uuid.UUID | None) -> JSONResponse:
-        cart = await svc.carts.create(derived or uuid.uuid4(), body.customer_id, now())
+        cart = await svc.carts.create(derived or uuid.uuid4(), customer_id, now())
         return JSONResponse(cart_view(cart), 201, headers={"Location": f"{API}/cart/{cart.id}"})
 
-    return await idempotent(request, svc, work)
+    return await keyed(request, svc, who, work)
 
 
 @app.get(f"{API}/cart/{{cart_id}}", tags=["cart"])
-async def get_cart(cart_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
-    return cart_view(await svc.carts.get(cart_id))
+async def get_cart(cart_id: uuid.UUID, who: Principal = Shopper, svc: Services = Svc) -> dict[str, Any]:
+    return cart_view(await svc.carts.get(cart_id, owner_filter(who)))
 
 
 @app.put(f"{API}/cart/{{cart_id}}/items", tags=["cart"])
-async def set_cart_item(cart_id: uuid.UUID, body: api.SetCartItem, svc: Services = Svc) -> dict[str, Any]:
+async def set_cart_item(cart_id: uuid.UUID, body: api.SetCartItem, who: Principal = Shopper,
+                        svc: Services = Svc) -> dict[str, Any]:
     """Set a line's quantity at the catalog's price; 0 removes the line. The cart store refuses an
-    unknown cart (404) or one already checked out (409) in the same atomic step."""
+    unknown or another customer's cart (404) or one already checked out (409) in the same atomic step."""
     stock = await svc.inventory.get_stock(body.product_id)
     operation = "remove_item" if body.quantity == 0 else "set_item"
-    return cart_view(await svc.carts.set_line(cart_id, body.product_id, body.quantity, stock["price"], now(), operation))
+    return cart_view(await svc.carts.set_line(cart_id, body.product_id, body.quantity, stock["price"], now(),
+                                              operation, owner_filter(who)))
 
 
 @app.delete(f"{API}/cart/{{cart_id}}/items/{{product_id}}", tags=["cart"])
-async def remove_cart_item(cart_id: uuid.UUID, product_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
-    return cart_view(await svc.carts.set_line(cart_id, product_id, 0, Decimal(0), now(), "remove_item"))
+async def remove_cart_item(cart_id: uuid.UUID, product_id: uuid.UUID, who: Principal = Shopper,
+                           svc: Services = Svc) -> dict[str, Any]:
+    return cart_view(await svc.carts.set_line(cart_id, product_id, 0, Decimal(0), now(), "remove_item",
+                                              owner_filter(who)))
 
 
 @app.post(f"{API}/cart/{{cart_id}}/checkout", status_code=202, tags=["cart"])
-async def checkout(cart_id: uuid.UUID, body: api.Checkout, request: Request, svc: Services = Svc) -> JSONResponse:
+async def checkout(cart_id: uuid.UUID, body: api.Checkout, request: Request, who: Principal = Shopper,
+                   svc: Services = Svc) -> JSONResponse:
     """Turn the cart into an order once; a second checkout answers with the same order."""
 
     async def work(_: uuid.UUID | None) -> JSONResponse:
-        cart = await svc.carts.begin_checkout(cart_id, cart_domain.checkout_order_id(cart_id), now())
+        cart = await svc.carts.begin_checkout(cart_id, cart_domain.checkout_order_id(cart_id), now(),
+                                              owner_filter(who))
         order_id = cart.order_id or cart_domain.checkout_order_id(cart_id)
         placed = await svc.orders.create_order(
             order_id, cart.customer_id, [(x.product_id, x.quantity) for x in cart.lines],
@@ -270,36 +302,48 @@ async def checkout(cart_id: uuid.UUID, body: api.Checkout, request: Request, svc
         await svc.carts.finish_checkout(cart_id)
         return JSONResponse(placed, 202, headers={"Location": f"{API}/orders/{order_id}"})
 
-    return await idempotent(request, svc, work)
+    return await keyed(request, svc, who, work)
 
 
 # --- orders -------------------------------------------------------------------------------------
 
 
 @app.post(f"{API}/orders", status_code=202, tags=["orders"])
-async def create_order(body: api.CreateOrder, request: Request, svc: Services = Svc) -> JSONResponse:
+async def create_order(body: api.CreateOrder, request: Request, who: Principal = Shopper,
+                       svc: Services = Svc) -> JSONResponse:
     """Place an order at catalog prices; its fulfilment saga runs in the background."""
+    customer_id = acting_for(who, body.customer_id)
 
     async def work(derived: uuid.UUID | None) -> JSONResponse:
         order_id = derived or uuid.uuid4()
         items = [(item.product_id, item.quantity) for item in body.items]  # the order merges repeated products
-        placed = await svc.orders.create_order(order_id, body.customer_id, items,
+        placed = await svc.orders.create_order(order_id, customer_id, items,
                                                body.shipping_address.model_dump(), body.payment_token)
         return JSONResponse(placed, 202, headers={"Location": f"{API}/orders/{order_id}"})
 
-    return await idempotent(request, svc, work)
+    return await keyed(request, svc, who, work)
+
+
+async def owned_order(svc: Services, who: Principal, order_id: uuid.UUID) -> dict[str, Any]:
+    """The order, if the caller may see it: another customer's order is not found."""
+    view = await svc.orders.get_order(order_id)
+    if not who.is_admin and view["customer_id"] != str(who.customer_id):
+        raise errors.NotFound(f"unknown order {order_id}")
+    return view
 
 
 @app.get(f"{API}/orders/{{order_id}}", tags=["orders"])
-async def get_order(order_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
-    return await svc.orders.get_order(order_id)
+async def get_order(order_id: uuid.UUID, who: Principal = Shopper, svc: Services = Svc) -> dict[str, Any]:
+    return await owned_order(svc, who, order_id)
 
 
 @app.get(f"{API}/orders", tags=["orders"])
 async def list_orders(customer_id: uuid.UUID | None = None, status: order.OrderStatus | None = None,
                       limit: int = Query(50, ge=1, le=500), cursor: str | None = Query(None, max_length=500),
-                      svc: Services = Svc) -> dict[str, Any]:
-    """Orders newest first, from the read model."""
+                      who: Principal = Shopper, svc: Services = Svc) -> dict[str, Any]:
+    """Orders newest first, from the read model: a customer's own; an admin's, anyone's."""
+    if not who.is_admin:
+        customer_id = acting_for(who, customer_id)
     items, next_cursor = await queries.list_orders(svc.pool, customer_id=customer_id,
                                                    status=status.value if status else None, limit=limit, cursor=cursor)
     return {"items": items, "next_cursor": next_cursor}
@@ -307,19 +351,21 @@ async def list_orders(customer_id: uuid.UUID | None = None, status: order.OrderS
 
 @app.post(f"{API}/orders/{{order_id}}/cancel", status_code=202, tags=["orders"])
 async def cancel_order(order_id: uuid.UUID, request: Request, body: api.CancelOrder | None = None,
-                       svc: Services = Svc) -> JSONResponse:
+                       who: Principal = Shopper, svc: Services = Svc) -> JSONResponse:
     async def work(derived: uuid.UUID | None) -> JSONResponse:
+        await owned_order(svc, who, order_id)
         reason = (body.reason if body else None) or "cancelled by customer"
         result = await svc.orders.cancel_order(order_id, reason, derived)
         return JSONResponse(result["order"], 202 if result["accepted"] else 200)
 
-    return await idempotent(request, svc, work)
+    return await keyed(request, svc, who, work)
 
 
 @app.get(f"{API}/orders/{{order_id}}/events", tags=["orders"])
-async def order_events(order_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
+async def order_events(order_id: uuid.UUID, who: Principal = Shopper, svc: Services = Svc) -> dict[str, Any]:
     records = await svc.events.load_stream(order_id)
-    if not records or records[0].aggregate_type != order.AGGREGATE_TYPE:
+    first = records[0].event if records else None
+    if not isinstance(first, order.OrderCreated) or not (who.is_admin or first.customer_id == who.customer_id):
         raise errors.NotFound(f"unknown order {order_id}")
     return {"items": [{"event_id": str(r.metadata.event_id), "event_type": r.event_type, "version": r.version,
                        "data": _event_data(r), "created_at": r.at.isoformat()} for r in records]}
@@ -364,24 +410,24 @@ async def get_saga(saga_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
     return {**saga_summary(saga), "reason": saga["saga_data"].get("reason"), "steps": steps}
 
 
-@app.post(f"{API}/admin/sagas/{{saga_id}}/retry", status_code=202, dependencies=[Admin], tags=["admin"])
-async def retry_saga(saga_id: uuid.UUID, request: Request, svc: Services = Svc) -> JSONResponse:
+@app.post(f"{API}/admin/sagas/{{saga_id}}/retry", status_code=202, tags=["admin"])
+async def retry_saga(saga_id: uuid.UUID, request: Request, who: Principal = Admin, svc: Services = Svc) -> JSONResponse:
     async def work(derived: uuid.UUID | None) -> JSONResponse:
         saga = await _saga(svc, saga_id)
         return JSONResponse(await svc.orders.retry_saga(saga["order_id"], derived), 202)
 
-    return await idempotent(request, svc, work)
+    return await keyed(request, svc, who, work)
 
 
-@app.post(f"{API}/admin/sagas/{{saga_id}}/compensate", status_code=202, dependencies=[Admin], tags=["admin"])
+@app.post(f"{API}/admin/sagas/{{saga_id}}/compensate", status_code=202, tags=["admin"])
 async def compensate_saga(saga_id: uuid.UUID, request: Request, body: api.Compensate | None = None,
-                          svc: Services = Svc) -> JSONResponse:
+                          who: Principal = Admin, svc: Services = Svc) -> JSONResponse:
     async def work(derived: uuid.UUID | None) -> JSONResponse:
         saga = await _saga(svc, saga_id)
         reason = (body.reason if body else None) or "compensated by an operator"
         return JSONResponse(await svc.orders.compensate_saga(saga["order_id"], reason, derived), 202)
 
-    return await idempotent(request, svc, work)
+    return await keyed(request, svc, who, work)
 
 
 @app.get(f"{API}/admin/events", dependencies=[Admin], tags=["admin"])
@@ -408,11 +454,21 @@ async def livez() -> dict[str, str]:
 
 
 @app.get("/health", tags=["operations"])
-async def health(request: Request) -> JSONResponse:
+async def health(request: Request, credentials: HTTPAuthorizationCredentials | None = Bearer) -> JSONResponse:
+    """The status of each check; their details (positions, counts, errors) only for an admin."""
     from commerce.health import check_health
 
     report = await check_health(Replica.services_provider())
+    if not (credentials and Replica.verifier and _is_admin(credentials.credentials)):
+        report = {"status": report["status"], "checks": {k: {"status": c["status"]} for k, c in report["checks"].items()}}
     return JSONResponse(report, 200 if report["status"] == "ok" else 503)
+
+
+def _is_admin(token: str) -> bool:
+    try:
+        return Replica.verifier is not None and Replica.verifier.principal(token).is_admin
+    except InvalidCredentials:
+        return False
 
 
 @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
@@ -431,8 +487,7 @@ async def metrics(svc: Services = Svc) -> Response:
 @serve.ingress(app)
 class CommerceIngress:
     def __init__(self, settings: Settings) -> None:
-        Replica.settings = settings
-        Replica.provider = ServicesProvider(settings)
+        Replica.configure(settings)
 
 
 def build_app(settings: Settings) -> Any:

@@ -47,7 +47,7 @@ async def call(ref: ActorRef, method: str, *args: Any, timeout: float = 30.0, **
     """Call a method of a named actor, with a deadline; dead or slow actors raise ServiceUnavailable."""
     for attempt in range(2):
         try:
-            return await asyncio.wait_for(getattr(ref.handle(), method).remote(*args, **kwargs), timeout)
+            return await _await_or_cancel(getattr(ref.handle(), method).remote(*args, **kwargs), timeout)
         except (RayActorError, RaySystemError) as e:
             ref.forget()
             if attempt == 1:
@@ -56,6 +56,16 @@ async def call(ref: ActorRef, method: str, *args: Any, timeout: float = 30.0, **
         except (TimeoutError, GetTimeoutError) as e:
             raise ServiceUnavailable(f"actor {ref.name} did not answer within {timeout}s") from e
     raise ServiceUnavailable(ref.name)
+
+
+async def _await_or_cancel(object_ref: Any, timeout: float) -> Any:
+    """Await an actor call; when the caller gives up (timeout, cancellation) the call is cancelled
+    too, so that a command nobody waits for any more does not run later."""
+    try:
+        return await asyncio.wait_for(object_ref, timeout)
+    except (TimeoutError, asyncio.CancelledError):
+        ray.cancel(object_ref)
+        raise
 
 
 class InventoryClient:
@@ -95,15 +105,22 @@ class InventoryClient:
                                                   expires_at, owner, expected_version, correlation_id)
         return result
 
-    async def release(self, product_id: uuid.UUID, reservation_id: uuid.UUID, unknown_ok: bool = False,
+    async def release(self, product_id: uuid.UUID, reservation_id: uuid.UUID, caller: str, admin: bool = False,
                       correlation_id: uuid.UUID | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(product_id, "release", product_id, reservation_id, unknown_ok,
+        result: dict[str, Any] = await self._call(product_id, "release", product_id, reservation_id, caller, admin,
                                                   correlation_id)
         return result
 
-    async def commit(self, product_id: uuid.UUID, reservation_id: uuid.UUID,
+    async def undo(self, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str,
+                   correlation_id: uuid.UUID | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(product_id, "undo", product_id, reservation_id, owner,
+                                                  correlation_id)
+        return result
+
+    async def commit(self, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str,
                      correlation_id: uuid.UUID | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(product_id, "commit", product_id, reservation_id, correlation_id)
+        result: dict[str, Any] = await self._call(product_id, "commit", product_id, reservation_id, owner,
+                                                  correlation_id)
         return result
 
 

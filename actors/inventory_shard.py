@@ -81,11 +81,34 @@ class InventoryShard(Shard):
         await self.start()
         command = Queued(decide, ctx, asyncio.get_running_loop().create_future())
         self._queues.setdefault(product_id, []).append(command)
-        async with self.host.entity(product_id) as ent:
-            batch = self._queues.pop(product_id, [])
-            if batch:
-                await self._apply(product_id, ent, batch)
+        try:
+            async with self.host.entity(product_id) as ent:
+                batch = [c for c in self._queues.pop(product_id, []) if not c.result.done()]
+                if batch:
+                    await self._apply_shielded(product_id, ent, batch)
+        except BaseException:
+            self._abandon(product_id, command)
+            raise
         return await command.result
+
+    async def _apply_shielded(self, product_id: uuid.UUID, ent: Entity[inv.Sku | None], batch: list[Queued]) -> None:
+        """A leader that gives up still finishes its batch under the mailbox: the others' commands are in it."""
+        apply = asyncio.ensure_future(self._apply(product_id, ent, batch))
+        try:
+            await asyncio.shield(apply)
+        except asyncio.CancelledError:
+            await apply
+            raise
+
+    def _abandon(self, product_id: uuid.UUID, command: Queued) -> None:
+        """The caller failed or gave up before its command ran: it must never run later."""
+        queue = self._queues.get(product_id, [])
+        if command in queue:
+            queue.remove(command)
+            if not queue:
+                del self._queues[product_id]
+        if not command.result.done():
+            command.result.cancel()
 
     async def _apply(self, product_id: uuid.UUID, ent: Entity[inv.Sku | None], batch: list[Queued]) -> None:
         try:
@@ -135,11 +158,15 @@ class InventoryShard(Shard):
             self._count(records)
         position = 0
         for command, outcome in decided:
+            if isinstance(outcome, list):
+                mine = records[position:position + len(outcome)]
+                position += len(outcome)
+            if command.result.done():  # its caller gave up while the batch ran
+                continue
             if isinstance(outcome, Exception):
                 command.result.set_exception(outcome)
-                continue
-            command.result.set_result((ent.state, records[position:position + len(outcome)]))
-            position += len(outcome)
+            else:
+                command.result.set_result((ent.state, mine))
         return True
 
     def _count(self, records: list[ev.Recorded]) -> None:
@@ -183,18 +210,29 @@ class InventoryShard(Shard):
         return {**reservation_view(sku, sku.reservations[reservation_id]), "stock": stock_view(sku)}
 
     @returns_result
-    async def release(self, product_id: uuid.UUID, reservation_id: uuid.UUID, unknown_ok: bool = False,
+    async def release(self, product_id: uuid.UUID, reservation_id: uuid.UUID, caller: str, admin: bool = False,
                       correlation_id: uuid.UUID | None = None) -> dict[str, Any]:
+        """A direct release by an API caller (see ``inv.decide_release``)."""
         ctx = CommandContext.new(correlation_id or reservation_id, now())
         sku, records = await self._decide(
-            product_id, lambda s: inv.decide_release(s, product_id, reservation_id, unknown_ok=unknown_ok), ctx)
+            product_id, lambda s: inv.decide_release(s, product_id, reservation_id, caller, admin=admin), ctx)
         return {"stock": stock_view(inv.require(sku, product_id)), "effective": bool(records)}
 
     @returns_result
-    async def commit(self, product_id: uuid.UUID, reservation_id: uuid.UUID,
+    async def undo(self, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str,
+                   correlation_id: uuid.UUID | None = None) -> dict[str, Any]:
+        """An order's compensation gives back what it holds (see ``inv.decide_undo``)."""
+        ctx = CommandContext.new(correlation_id or reservation_id, now())
+        sku, records = await self._decide(
+            product_id, lambda s: inv.decide_undo(s, product_id, reservation_id, owner), ctx)
+        return {"stock": stock_view(inv.require(sku, product_id)), "effective": bool(records)}
+
+    @returns_result
+    async def commit(self, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str,
                      correlation_id: uuid.UUID | None = None) -> dict[str, Any]:
         ctx = CommandContext.new(correlation_id or reservation_id, now())
-        sku, records = await self._decide(product_id, lambda s: inv.decide_commit(s, product_id, reservation_id), ctx)
+        sku, records = await self._decide(
+            product_id, lambda s: inv.decide_commit(s, product_id, reservation_id, owner), ctx)
         return {"stock": stock_view(inv.require(sku, product_id)), "effective": bool(records)}
 
     async def expire_due(self) -> int:

@@ -96,7 +96,7 @@ class OrderShard(Shard):
         inventory = InventoryClient(self.settings.namespace, self.settings.inventory_shards,
                                     self.settings.request_timeout)
         self.steps = StepRunner(inventory, SimulatedPayments(ledger), SimulatedShipping(ledger),
-                                self.settings.reservation_ttl)
+                                self.settings.reservation_ttl, self.settings.derived_key("order-reservations"))
         self.inventory = inventory
         self.host: EntityHost[OrderEntity] = EntityHost(
             self._load, self._snapshot, lambda e: e.version, self.settings.max_active_entities,

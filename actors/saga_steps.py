@@ -8,6 +8,7 @@ non-retryable results; outages and timeouts as retryable ones.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Awaitable, Callable
 
 from actors.client import InventoryClient, ServiceUnavailable
@@ -20,13 +21,14 @@ from store.errors import StoreUnavailable
 
 Outcome = tuple[sg.StepResult, ff.StepData]
 _BUSINESS = (inv.InsufficientStock, inv.UnknownProduct, inv.ReservationNotActive, inv.InvalidStock,
-             inv.UnknownReservation)
+             inv.UnknownReservation, inv.ReservationIdConflict)
 
 
 class StepRunner:
     def __init__(self, inventory: InventoryClient, payments: PaymentProvider, shipping: ShippingProvider,
-                 reservation_ttl: float) -> None:
+                 reservation_ttl: float, reservation_key: bytes) -> None:
         self.inventory = inventory
+        self.reservation_key = reservation_key
         self.payments = payments
         self.shipping = shipping
         self.reservation_ttl = reservation_ttl
@@ -50,21 +52,27 @@ class StepRunner:
             return sg.StepResult(False, retryable=True, error=f"{type(e).__name__}: {e}"), ff.StepData()
 
     async def reserve_inventory(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
+        """Reserve every line; the step succeeds only with exactly what it asked for."""
         expires_at = saga.deadline + dt.timedelta(seconds=self.reservation_ttl)
-        owner = f"order:{order.order_id}"
+        owner = inv.order_owner(order.order_id)
+        made: list[o.ReservedLine] = []
         try:
-            for r in ff.planned_reservations(order):
-                await self.inventory.reserve(r.product_id, r.reservation_id, r.quantity, expires_at, owner,
-                                             correlation_id=order.order_id)
+            for r in ff.planned_reservations(order, self.reservation_key):
+                got = await self.inventory.reserve(r.product_id, r.reservation_id, r.quantity, expires_at, owner,
+                                                   correlation_id=order.order_id)
+                made.append(o.ReservedLine(r.product_id, uuid.UUID(got["reservation_id"]), got["quantity"]))
+                if made[-1] != r:
+                    raise inv.ReservationIdConflict(r.reservation_id)
         except _BUSINESS:
             # Give back what this order already holds before the step counts as failed.
             await self._release_all(order)
             raise
-        return sg.StepResult(True), ff.StepData()
+        return sg.StepResult(True), ff.StepData(reservations=tuple(made))
 
     async def confirm_order(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
-        for r in ff.planned_reservations(order):
-            await self.inventory.commit(r.product_id, r.reservation_id, correlation_id=order.order_id)
+        owner = inv.order_owner(order.order_id)
+        for r in ff.held_reservations(order, self.reservation_key):
+            await self.inventory.commit(r.product_id, r.reservation_id, owner, correlation_id=order.order_id)
         return sg.StepResult(True), ff.StepData()
 
     async def release_inventory(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
@@ -73,10 +81,10 @@ class StepRunner:
         return sg.StepResult(True, effective=bool(order.reservations)), ff.StepData()
 
     async def _release_all(self, order: o.Order) -> None:
-        for r in ff.planned_reservations(order):
+        owner = inv.order_owner(order.order_id)
+        for r in ff.held_reservations(order, self.reservation_key):
             try:
-                await self.inventory.release(r.product_id, r.reservation_id, unknown_ok=True,
-                                             correlation_id=order.order_id)
+                await self.inventory.undo(r.product_id, r.reservation_id, owner, correlation_id=order.order_id)
             except inv.UnknownProduct:
                 continue
 

@@ -11,10 +11,11 @@ import dataclasses
 import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
-from commerce.settings import Settings
+from commerce.settings import Settings, SettingsError
 from store.embedded import EmbeddedPostgres, EmbeddedRedis
 
 log = logging.getLogger(__name__)
@@ -34,17 +35,39 @@ async def run_migrations(database_url: str) -> list[int]:
         await conn.close()
 
 
-def admin_token(settings: Settings) -> tuple[str, Path | None]:
-    """The admin bearer token: configured, or generated once into the data directory."""
-    if settings.admin_token:
-        return settings.admin_token, None
-    path = settings.data_dir.resolve() / "admin_token"
+def secret_file(path: Path) -> str:
+    """A secret kept in the data directory: made once (mode 0600), refused when others may read it."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
-    return path.read_text().strip(), path
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SettingsError(f"{path} may be read by other users (mode {stat.filemode(mode)}); "
+                            f"run: chmod 600 {path}")
+    value = path.read_text().strip()
+    if not value:
+        raise SettingsError(f"{path} is empty; delete it to have a new secret made")
+    return value
+
+
+def resolve_secrets(settings: Settings) -> tuple[Settings, dict[str, Path]]:
+    """The admin token, the JWT secret and the server secret: configured, or kept in the data directory.
+
+    Returns the completed settings and the files the secrets came from.
+    """
+    changes: dict[str, str] = {}
+    files: dict[str, Path] = {}
+    for field in ("admin_token", "jwt_secret", "server_secret"):
+        if not getattr(settings, field):
+            files[field] = settings.data_dir.resolve() / field
+            changes[field] = secret_file(files[field])
+    return dataclasses.replace(settings, **changes), files
 
 
 class Runtime:
@@ -55,7 +78,7 @@ class Runtime:
         self._ray_started = False
         self._serve_started = False
         self._actors_started = False
-        self.token_path: Path | None = None
+        self.secret_files: dict[str, Path] = {}
         self.dashboard_url = ""
 
     def prepare(self, redis: bool = True) -> Settings:
@@ -68,9 +91,7 @@ class Runtime:
         if redis and not s.redis_url:
             self._redis = EmbeddedRedis(s.data_dir)
             changes["redis_url"] = self._redis.start()
-        token, self.token_path = admin_token(s)
-        changes["admin_token"] = token
-        self.settings = dataclasses.replace(s, **changes)
+        self.settings, self.secret_files = resolve_secrets(dataclasses.replace(s, **changes))
         asyncio.run(run_migrations(self.settings.database_url or ""))
         return self.settings
 

@@ -13,6 +13,8 @@ from commerce.settings import Settings
 from store.carts import RedisCartStore
 from store.event_store import PostgresEventStore, create_pool
 from store.idempotency import IdempotencyStore
+from store.ratelimit import RateLimiter
+from store.reservations import DirectReservations
 from store.sagas import SagaStore
 
 
@@ -24,6 +26,8 @@ class Services:
     sagas: SagaStore
     idempotency: IdempotencyStore
     carts: RedisCartStore
+    rate_limiter: RateLimiter
+    direct_reservations: DirectReservations
     orders: OrderClient
     inventory: InventoryClient
     actors: ActorDirectory
@@ -49,9 +53,11 @@ class ServicesProvider:
         s = self.settings
         pool = await create_pool(s.database_url or "", s.database_pool_size)
         events = PostgresEventStore(pool)
+        carts = RedisCartStore.from_url(s.redis_url or "", s.cart_ttl, s.redis_max_connections)
         return Services(
             settings=s, pool=pool, events=events, sagas=SagaStore(events), idempotency=IdempotencyStore(events),
-            carts=RedisCartStore.from_url(s.redis_url or "", s.cart_ttl, s.redis_max_connections),
+            carts=carts, rate_limiter=RateLimiter(carts.redis, s.rate_limit_per_second, s.rate_limit_burst),
+            direct_reservations=DirectReservations(pool),
             orders=OrderClient(s.namespace, s.order_shards, s.request_timeout),
             inventory=InventoryClient(s.namespace, s.inventory_shards, s.request_timeout),
             actors=ActorDirectory(s.namespace, s.order_shards, s.inventory_shards),

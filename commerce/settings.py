@@ -4,6 +4,8 @@ environment. A bad value fails at start with a message naming it."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,6 +30,13 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8084
     admin_token: str | None = None
+    server_secret: str | None = None
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    rate_limit_per_second: float = 20.0
+    rate_limit_burst: int = 40
     saga_timeout: float = 300.0
     saga_retry_attempts: int = 3
     saga_retry_delay: float = 5.0
@@ -44,6 +53,13 @@ class Settings:
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
     request_timeout: float = 30.0
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A key for one purpose (ids derived from idempotency keys, order reservations), derived from the
+        server secret so that nobody without it can compute those ids in advance."""
+        if not self.server_secret:
+            raise SettingsError("the server secret is not set (the runtime resolves it at start)")
+        return hmac.new(self.server_secret.encode(), purpose.encode(), hashlib.sha256).digest()
 
     @property
     def saga_policy(self) -> SagaPolicy:
@@ -62,6 +78,13 @@ def _non_negative_float(v: str) -> float:
     x = float(v)
     if not x >= 0:
         raise ValueError("must be a number >= 0")
+    return x
+
+
+def _positive_float(v: str) -> float:
+    x = float(v)
+    if not x > 0 or x == float("inf"):
+        raise ValueError("must be a number > 0")
     return x
 
 
@@ -86,6 +109,13 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "COMMERCE_HOST": ("host", _text),
     "COMMERCE_PORT": ("port", _port),
     "COMMERCE_ADMIN_TOKEN": ("admin_token", _text),
+    "COMMERCE_SERVER_SECRET": ("server_secret", _text),
+    "COMMERCE_JWT_SECRET": ("jwt_secret", _text),
+    "COMMERCE_JWT_PUBLIC_KEY": ("jwt_public_key", _text),
+    "COMMERCE_JWT_ISSUER": ("jwt_issuer", _text),
+    "COMMERCE_JWT_AUDIENCE": ("jwt_audience", _text),
+    "COMMERCE_RATE_LIMIT_PER_SECOND": ("rate_limit_per_second", _positive_float),
+    "COMMERCE_RATE_LIMIT_BURST": ("rate_limit_burst", _positive_int),
     "COMMERCE_SAGA_TIMEOUT": ("saga_timeout", _non_negative_float),
     "COMMERCE_SAGA_RETRY_ATTEMPTS": ("saga_retry_attempts", _positive_int),
     "COMMERCE_SAGA_RETRY_DELAY": ("saga_retry_delay", _non_negative_float),

@@ -50,6 +50,20 @@ class ReservationNotActive(InventoryError):
         self.outcome = outcome
 
 
+class ReservationIdConflict(InventoryError):
+    """The reservation id is taken: by another owner, or for another quantity."""
+
+    def __init__(self, reservation_id: uuid.UUID) -> None:
+        super().__init__(f"reservation id {reservation_id} is already in use for another reservation")
+
+
+class ReservationAlreadyCommitted(InventoryError):
+    """A committed reservation is a sale: it is returned by a stock change, never released."""
+
+    def __init__(self, reservation_id: uuid.UUID) -> None:
+        super().__init__(f"reservation {reservation_id} is committed (sold); it cannot be released")
+
+
 class InvalidStock(InventoryError):
     """Stock, quantity or price out of range."""
 
@@ -64,6 +78,15 @@ class Outcome(enum.StrEnum):
     EXPIRED = "expired"
     COMMITTED = "committed"
     RETURNED = "returned"
+
+
+# Reservations made by an order's saga have an owner in this space; no API caller can hold one, so
+# these reservations are out of reach of the API's reserve and release (DESIGN.md, identity and access).
+ORDER_OWNER = "order:"
+
+
+def order_owner(order_id: uuid.UUID) -> str:
+    return f"{ORDER_OWNER}{order_id}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -185,10 +208,14 @@ def decide_reserve(
     owner: str,
     expected_version: int | None = None,
 ) -> list[DomainEvent]:
-    """Reserve units; a reservation id already known returns no event (the same reservation)."""
+    """Reserve units. The same id again by the same owner for the same quantity is the same
+    reservation (no event); any other reuse of the id is a :class:`ReservationIdConflict`."""
     sku = require(state, product_id)
-    if reservation_id in sku.reservations:
-        return []
+    existing = sku.reservations.get(reservation_id)
+    if existing is not None:
+        if (existing.owner, existing.quantity) == (owner, quantity):
+            return []
+        raise ReservationIdConflict(reservation_id)
     if expected_version is not None and expected_version != sku.version:
         raise VersionMismatch(product_id, expected_version, sku.version)
     if not 1 <= quantity <= MAX_QUANTITY:
@@ -198,14 +225,31 @@ def decide_reserve(
     return [StockReserved(reservation_id, quantity, expires_at, owner)]
 
 
-def decide_release(state: Sku | None, product_id: uuid.UUID, reservation_id: uuid.UUID, *, unknown_ok: bool = False) -> list[DomainEvent]:
-    """Give reserved units back; a committed reservation's units return on hand. Idempotent."""
+def decide_release(state: Sku | None, product_id: uuid.UUID, reservation_id: uuid.UUID, caller: str,
+                   *, admin: bool = False) -> list[DomainEvent]:
+    """A direct release: the caller's own active reservation (an admin's: any direct one).
+
+    An order's reservation, or another caller's, is unknown to the caller; a sale cannot be released.
+    Releasing again is a no-op.
+    """
     sku = require(state, product_id)
     r = sku.reservations.get(reservation_id)
-    if r is None:
-        if unknown_ok:
-            return []
+    if r is None or r.owner.startswith(ORDER_OWNER) or not (admin or r.owner == caller):
         raise UnknownReservation(f"unknown reservation {reservation_id}")
+    if r.outcome is Outcome.COMMITTED:
+        raise ReservationAlreadyCommitted(reservation_id)
+    if r.outcome is Outcome.ACTIVE:
+        return [ReservationReleased(reservation_id, r.quantity)]
+    return []
+
+
+def decide_undo(state: Sku | None, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str) -> list[DomainEvent]:
+    """An order's compensation: give back what the owner holds, a sale's units included. A reservation
+    that was never made, or that someone else holds under this id, is left alone. Idempotent."""
+    sku = require(state, product_id)
+    r = sku.reservations.get(reservation_id)
+    if r is None or r.owner != owner:
+        return []
     if r.outcome is Outcome.ACTIVE:
         return [ReservationReleased(reservation_id, r.quantity)]
     if r.outcome is Outcome.COMMITTED:
@@ -213,11 +257,11 @@ def decide_release(state: Sku | None, product_id: uuid.UUID, reservation_id: uui
     return []
 
 
-def decide_commit(state: Sku | None, product_id: uuid.UUID, reservation_id: uuid.UUID) -> list[DomainEvent]:
-    """Turn a reservation into a sale. Committing twice is a no-op; a lapsed one is refused."""
+def decide_commit(state: Sku | None, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str) -> list[DomainEvent]:
+    """Turn the owner's reservation into a sale. Committing twice is a no-op; a lapsed one is refused."""
     sku = require(state, product_id)
     r = sku.reservations.get(reservation_id)
-    if r is None:
+    if r is None or r.owner != owner:
         raise UnknownReservation(f"unknown reservation {reservation_id}")
     if r.outcome is Outcome.COMMITTED:
         return []

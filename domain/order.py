@@ -41,6 +41,15 @@ class EmptyOrder(OrderError):
     """An order needs at least one line."""
 
 
+class OrderTooLarge(OrderError):
+    """A product's merged quantity or the order's total is beyond what the service accepts."""
+
+
+MAX_LINE_QUANTITY = 10_000
+# order_views.total_amount is DECIMAL(12, 2): no order may total more than that column holds.
+MAX_ORDER_TOTAL = Decimal("9999999999.99")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class OrderLine:
     product_id: uuid.UUID
@@ -193,13 +202,19 @@ def decide_create(
     if not lines:
         raise EmptyOrder("an order needs at least one item")
     lines = _merge_lines(lines)
+    for line in lines:
+        if not 1 <= line.quantity <= MAX_LINE_QUANTITY:
+            raise OrderTooLarge(f"product {line.product_id}: {line.quantity} units; at most {MAX_LINE_QUANTITY} per product")
+    total = order_total(lines)
+    if total > MAX_ORDER_TOTAL:
+        raise OrderTooLarge(f"the order totals {total}; at most {MAX_ORDER_TOTAL}")
     if state is not None:
         if state.customer_id == customer_id and {(x.product_id, x.quantity) for x in state.lines} == {
             (x.product_id, x.quantity) for x in lines
         }:
             return []
         raise OrderAlreadyExists(f"order {order_id} already exists")
-    return [OrderCreated(order_id, customer_id, lines, order_total(lines), saga_id, shipping_address, payment_token)]
+    return [OrderCreated(order_id, customer_id, lines, total, saga_id, shipping_address, payment_token)]
 
 
 _CANCELLABLE = frozenset(

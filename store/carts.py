@@ -27,7 +27,10 @@ ACTIVITY = "carts:activity"
 OPERATIONS = "metrics:cart_operations"
 COUNTERS = "metrics:carts"
 
+# ARGV[6] is the time before which a cart's last activity means it has expired: such entries leave the
+# activity set here, so the set stays as large as the live carts.
 _CREATE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[6])
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'customer_id', ARGV[1], 'created_at', ARGV[2], 'updated_at', ARGV[2], 'status', 'OPEN')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -37,8 +40,10 @@ redis.call('HINCRBY', KEYS[4], 'created', 1)
 return 1
 """
 
+# The last argument is the customer the caller acts for ('' for an admin): another's cart is not found.
 _SET_LINE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
+if ARGV[9] ~= '' and redis.call('HGET', KEYS[1], 'customer_id') ~= ARGV[9] then return {'NOT_FOUND'} end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'OPEN' then return {'FORBIDDEN', status} end
 if tonumber(ARGV[2]) == 0 then
@@ -55,6 +60,7 @@ return {'OK', redis.call('HGETALL', KEYS[1])}
 
 _CHECKOUT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'customer_id') ~= ARGV[4] then return {'NOT_FOUND'} end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'OPEN' then
   local has_line = false
@@ -116,12 +122,13 @@ class RedisCartStore:
     async def create(self, cart_id: uuid.UUID, customer_id: uuid.UUID, now: dt.datetime) -> Cart:
         keys = [_key(cart_id), ACTIVITY, OPERATIONS, COUNTERS]
         await self._call(lambda: self._create(keys, [str(customer_id), now.isoformat(), self.ttl,
-                                                     now.timestamp(), str(cart_id)]))
-        return await self.get(cart_id)
+                                                     now.timestamp(), str(cart_id), now.timestamp() - self.ttl]))
+        return await self.get(cart_id, customer_id)
 
-    async def get(self, cart_id: uuid.UUID) -> Cart:
+    async def get(self, cart_id: uuid.UUID, owner: uuid.UUID | None = None) -> Cart:
+        """The cart; with ``owner``, another customer's cart is not found either."""
         fields, ttl = await self._call(lambda: self._get(cart_id))
-        if not fields:
+        if not fields or (owner is not None and fields.get("customer_id") != str(owner)):
             raise NotFound(f"unknown cart {cart_id}")
         return self._decode(cart_id, fields, ttl)
 
@@ -133,17 +140,19 @@ class RedisCartStore:
         return fields, ttl
 
     async def set_line(self, cart_id: uuid.UUID, product_id: uuid.UUID, quantity: int, unit_price: Decimal,
-                       now: dt.datetime, operation: str = "set_item") -> Cart:
+                       now: dt.datetime, operation: str = "set_item", owner: uuid.UUID | None = None) -> Cart:
         keys = [_key(cart_id), ACTIVITY, OPERATIONS]
         args: list[str | int | float] = [str(product_id), quantity, str(unit_price), now.isoformat(), self.ttl,
-                                         now.timestamp(), str(cart_id), operation]
+                                         now.timestamp(), str(cart_id), operation, str(owner or "")]
         result = await self._call(lambda: self._set_line(keys, args))
         return self._result(cart_id, result, self.ttl)
 
-    async def begin_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID, now: dt.datetime) -> Cart:
+    async def begin_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID, now: dt.datetime,
+                             owner: uuid.UUID | None = None) -> Cart:
         """Pin the cart to ``order_id`` once; a cart already checked out keeps its first order id."""
         keys = [_key(cart_id), ACTIVITY, OPERATIONS, COUNTERS]
-        result = await self._call(lambda: self._checkout(keys, [str(order_id), now.isoformat(), str(cart_id)]))
+        result = await self._call(lambda: self._checkout(
+            keys, [str(order_id), now.isoformat(), str(cart_id), str(owner or "")]))
         if result[0] == "EMPTY":
             raise EmptyCart(f"cart {cart_id} is empty")
         return self._result(cart_id, result, None)

@@ -153,6 +153,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX provider_attempts_key ON provider_attempts (key);
         """,
     ),
+    (
+        5,
+        "caller-scoped idempotency keys and direct reservation ids",
+        """
+        ALTER TABLE idempotency_keys ALTER COLUMN scope TYPE TEXT;
+        CREATE TABLE direct_reservations (
+            reservation_id UUID PRIMARY KEY,
+            product_id UUID NOT NULL,
+            owner TEXT NOT NULL,
+            quantity INTEGER NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+        );
+        CREATE INDEX direct_reservations_created ON direct_reservations (created_at);
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

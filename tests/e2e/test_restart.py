@@ -56,7 +56,7 @@ class Service:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "commerce.cli", "serve"], env=self.env,
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30, headers=ADMIN)
         wait_for(lambda: client.get("/health").status_code, lambda code: code == 200, timeout=240)
         # Only this instance knows this token: the answer comes from its own replica.
         wait_for(lambda: client.get(f"{API}/admin/sagas", headers=ADMIN).status_code, lambda code: code == 200, 60)

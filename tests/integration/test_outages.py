@@ -5,7 +5,6 @@ The servers stopped here are embedded ones this test starts itself, never the ma
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,27 +14,29 @@ import pytest
 
 import serve_app
 from commerce.runtime import run_migrations
-from commerce.services import ServicesProvider
 from commerce.settings import Settings
 from store.embedded import EmbeddedPostgres, EmbeddedRedis
+from tests.integration.ray_support import TEST_JWT_SECRET
+
+ADMIN = {"Authorization": "Bearer t"}
 
 
 @pytest.fixture
 async def app_over_embedded(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, EmbeddedPostgres, EmbeddedRedis]]:
     pg, rd = EmbeddedPostgres(tmp_path), EmbeddedRedis(tmp_path)
     settings = Settings(database_url=pg.start(), redis_url=rd.start(), admin_token="t", data_dir=tmp_path,
-                        namespace=f"outage-{uuid.uuid4().hex[:6]}")
+                        namespace=f"outage-{uuid.uuid4().hex[:6]}", jwt_secret=TEST_JWT_SECRET,
+                        server_secret="outage-server-secret")
     await run_migrations(settings.database_url or "")
-    saved = (serve_app.Replica.settings, serve_app.Replica.provider)
-    serve_app.Replica.settings = dataclasses.replace(settings)
-    serve_app.Replica.provider = ServicesProvider(settings)
+    saved = (serve_app.Replica.settings, serve_app.Replica.provider, serve_app.Replica.verifier)
+    serve_app.Replica.configure(settings)
     transport = httpx.ASGITransport(app=serve_app.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=ADMIN) as client:
         yield client, pg, rd
     services = await serve_app.Replica.provider.get()
     await services.carts.close()
     await services.pool.close()
-    serve_app.Replica.settings, serve_app.Replica.provider = saved
+    serve_app.Replica.settings, serve_app.Replica.provider, serve_app.Replica.verifier = saved
     rd.stop()
     pg.stop()
 

@@ -64,21 +64,67 @@ def test_a_stale_expected_version_is_refused_with_the_current_one() -> None:
 def test_release_is_idempotent_and_unknown_reservations_are_not_found() -> None:
     rid = uuid.uuid4()
     sku = reserve(stocked(5), 2, rid)
-    released = fold(sku, inv.decide_release(sku, PID, rid))
+    released = fold(sku, inv.decide_release(sku, PID, rid, "test"))
     assert released is not None and released.available == 5
-    assert inv.decide_release(released, PID, rid) == []
+    assert inv.decide_release(released, PID, rid, "test") == []
     with pytest.raises(inv.UnknownReservation):
-        inv.decide_release(released, PID, uuid.uuid4())
+        inv.decide_release(released, PID, uuid.uuid4(), "test")
 
 
-def test_commit_turns_a_reservation_into_a_sale_and_release_returns_it() -> None:
+def test_commit_turns_a_reservation_into_a_sale_and_its_owners_compensation_returns_it() -> None:
     rid = uuid.uuid4()
     sku = reserve(stocked(5), 2, rid)
-    sold = fold(sku, inv.decide_commit(sku, PID, rid))
+    sold = fold(sku, inv.decide_commit(sku, PID, rid, "test"))
     assert sold is not None and (sold.on_hand, sold.reserved) == (3, 0)
-    assert inv.decide_commit(sold, PID, rid) == []
-    returned = fold(sold, inv.decide_release(sold, PID, rid))
+    assert inv.decide_commit(sold, PID, rid, "test") == []
+    returned = fold(sold, inv.decide_undo(sold, PID, rid, "test"))
     assert returned is not None and (returned.on_hand, returned.reserved) == (5, 0)
+
+
+def test_a_sale_cannot_be_released_by_anyone() -> None:
+    rid = uuid.uuid4()
+    sku = reserve(stocked(5), 2, rid)
+    sold = fold(sku, inv.decide_commit(sku, PID, rid, "test"))
+    for caller, admin in (("test", False), ("someone", True)):
+        with pytest.raises(inv.ReservationAlreadyCommitted):
+            inv.decide_release(sold, PID, rid, caller, admin=admin)
+
+
+def test_a_reservation_id_means_one_owner_and_one_quantity() -> None:
+    rid = uuid.uuid4()
+    sku = reserve(stocked(10), 2, rid)
+    assert inv.decide_reserve(sku, PID, rid, 2, NOW, "test") == []
+    for owner, qty in (("test", 3), ("service:other", 2)):
+        with pytest.raises(inv.ReservationIdConflict):
+            inv.decide_reserve(sku, PID, rid, qty, NOW, owner)
+
+
+def test_only_the_owner_or_an_admin_releases_a_direct_reservation() -> None:
+    rid = uuid.uuid4()
+    sku = reserve(stocked(10), 2, rid)
+    with pytest.raises(inv.UnknownReservation):
+        inv.decide_release(sku, PID, rid, "service:other")
+    assert inv.decide_release(sku, PID, rid, "admin:ops", admin=True) == [inv.ReservationReleased(rid, 2)]
+
+
+def test_an_orders_reservation_is_out_of_reach_of_direct_releases_even_an_admins() -> None:
+    rid, owner = uuid.uuid4(), inv.order_owner(uuid.uuid4())
+    sku = fold(stocked(10), inv.decide_reserve(stocked(10), PID, rid, 5, NOW, owner))
+    assert sku is not None
+    for caller, admin in (("service:warehouse", False), ("admin:ops", True), (owner, False)):
+        with pytest.raises(inv.UnknownReservation):
+            inv.decide_release(sku, PID, rid, caller, admin=admin)
+    with pytest.raises(inv.ReservationIdConflict):
+        inv.decide_reserve(sku, PID, rid, 5, NOW, "service:warehouse")
+
+
+def test_an_order_neither_commits_nor_gives_back_a_reservation_someone_else_holds_under_its_id() -> None:
+    rid = uuid.uuid4()
+    sku = reserve(stocked(10), 1, rid)  # pre-claimed by a direct caller
+    owner = inv.order_owner(uuid.uuid4())
+    with pytest.raises(inv.UnknownReservation):
+        inv.decide_commit(sku, PID, rid, owner)
+    assert inv.decide_undo(sku, PID, rid, owner) == []
 
 
 def test_an_expired_reservation_cannot_be_committed() -> None:
@@ -87,7 +133,7 @@ def test_an_expired_reservation_cannot_be_committed() -> None:
     expired = fold(sku, inv.decide_expire(sku, NOW + dt.timedelta(seconds=2)))
     assert expired is not None and expired.available == 5
     with pytest.raises(inv.ReservationNotActive):
-        inv.decide_commit(expired, PID, rid)
+        inv.decide_commit(expired, PID, rid, "test")
 
 
 def test_stock_cannot_be_set_below_what_is_reserved() -> None:
@@ -114,9 +160,9 @@ def test_any_command_sequence_keeps_available_non_negative_and_conserves_stock(
             if command == "reserve":
                 events = inv.decide_reserve(sku, PID, ids[k], qty, clock + dt.timedelta(seconds=qty), "p")
             elif command == "release":
-                events = inv.decide_release(sku, PID, ids[k], unknown_ok=True)
+                events = inv.decide_undo(sku, PID, ids[k], "p")
             elif command == "commit":
-                events = inv.decide_commit(sku, PID, ids[k])
+                events = inv.decide_commit(sku, PID, ids[k], "p")
             elif command == "expire":
                 events = inv.decide_expire(sku, clock)
             else:
@@ -139,7 +185,7 @@ def test_any_command_sequence_keeps_available_non_negative_and_conserves_stock(
 def test_closed_reservations_are_forgotten_after_their_retention_but_sales_stay_returnable() -> None:
     released_id, sold_id, late_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     sku = reserve(reserve(stocked(10), 1, released_id), 1, sold_id)
-    sku = fold(sku, inv.decide_release(sku, PID, released_id) + inv.decide_commit(sku, PID, sold_id))
+    sku = fold(sku, inv.decide_release(sku, PID, released_id, "test") + inv.decide_commit(sku, PID, sold_id, "test"))
     assert sku is not None
     eight_days_on = Metadata(uuid.uuid4(), uuid.uuid4(), PID, None, NOW + dt.timedelta(days=8))
     later = sku

@@ -1,0 +1,135 @@
+"""Hostile input is a 4xx problem and changes nothing: bad tokens, control characters, bytes that are
+not UTF-8, cursors never handed out, unknown routes and methods, and bursts over a customer's budget."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import uuid
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.e2e.conftest import ADMIN, bearer, customer_headers, token
+from tests.e2e.helpers import ADDRESS, API, order_body, product
+
+pytestmark = pytest.mark.ray
+
+PROBLEM = "application/problem+json"
+
+
+def bad_tokens() -> dict[str, str]:
+    customer = str(uuid.uuid4())
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = rsa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    payload = base64.urlsafe_b64encode(
+        f'{{"sub":"{customer}","role":"admin","exp":{int(dt.datetime.now(dt.UTC).timestamp()) + 600}}}'.encode()
+    ).rstrip(b"=").decode()
+    return {
+        "expired": token(customer, ttl=-120),
+        "wrong key": token(customer, secret="another-secret-0123456789abcdef0123456789"),
+        "alg none": f"{header}.{payload}.",
+        "RS256 from a stranger": jwt.encode({"sub": customer, "exp": dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)},
+                                            pem, algorithm="RS256"),
+        "garbage": "not-a-token",
+        "no exp": jwt.encode({"sub": customer}, "test-jwt-secret-0123456789abcdef0123456789", algorithm="HS256"),
+        "unknown role": token(customer, role="root"),
+        "customer sub not a uuid": token("alice"),
+        "non-ascii": "ey\u00e9\u00e8.\u00fc\u00f1i.c\u00f6de",
+    }
+
+
+@pytest.mark.parametrize("name", list(bad_tokens()))
+async def test_a_bad_token_is_a_401_problem(anonymous: httpx.AsyncClient, name: str) -> None:
+    value = bad_tokens()[name]
+    r = await anonymous.get(f"{API}/orders", headers={"Authorization": f"Bearer {value}".encode("latin-1")})
+    assert r.status_code == 401, r.text
+    assert r.headers["content-type"] == PROBLEM and r.headers["www-authenticate"] == "Bearer"
+
+
+async def test_a_token_within_the_leeway_is_still_accepted(anonymous: httpx.AsyncClient) -> None:
+    r = await anonymous.get(f"{API}/orders", headers=bearer(token(str(uuid.uuid4()), ttl=-5)))
+    assert r.status_code == 200
+
+
+async def test_control_characters_in_strings_are_refused_and_nothing_is_created(http: httpx.AsyncClient) -> None:
+    pid = await product(http)
+    customer, headers = customer_headers()
+    for field, value in (("name", "Ada\u0000"), ("line1", "1 Main\u0007St"), ("city", "Spring\nfield")):
+        body = {**order_body(pid), "shipping_address": {**ADDRESS, field: value}}
+        del body["customer_id"]
+        r = await http.post(f"{API}/orders", json=body, headers=headers)
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, field
+    r = await http.post(f"{API}/orders", json={**order_body(pid, customer=customer), "payment_token": "tok_\u0000visa"})
+    assert r.status_code == 422
+    cancel = await http.post(f"{API}/orders/{uuid.uuid4()}/cancel", json={"reason": "x\u0000"})
+    assert cancel.status_code == 422
+    listed = await http.get(f"{API}/orders", params={"customer_id": customer})
+    assert listed.json()["items"] == []
+
+
+async def test_a_body_that_is_not_utf8_is_a_bad_request(http: httpx.AsyncClient) -> None:
+    pid = await product(http)
+    raw = b'{"on_hand": 3, "price": "1.00", "name": "Caf\xe9"}'
+    r = await http.put(f"{API}/inventory/{pid}", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.headers["content-type"] == PROBLEM
+    utf16 = '{"on_hand": 3, "price": "1.00"}'.encode("utf-16")
+    assert (await http.put(f"{API}/inventory/{pid}", content=utf16,
+                           headers={"content-type": "application/json"})).status_code == 400
+    assert (await http.get(f"{API}/inventory/{pid}")).json()["on_hand"] == 10
+
+
+@pytest.mark.parametrize("cursor", [
+    "!!!", base64.urlsafe_b64encode(b"\xff\xfe").decode(), base64.urlsafe_b64encode(b'["x"]').decode(),
+    base64.urlsafe_b64encode(b"[1, 2]").decode(), base64.urlsafe_b64encode(b'{"a": 1, "b": 2}').decode(),
+    base64.urlsafe_b64encode(b'["2026-01-01T00:00:00", "not-a-uuid"]').decode(),
+    base64.urlsafe_b64encode(b"[" * 300 + b"]" * 300).decode()[:500],
+    base64.urlsafe_b64encode(b'["99999-01-01", "3fa85f64-5717-4562-b3fc-2c963f66afa6"]').decode(),
+])
+async def test_a_cursor_that_was_never_handed_out_is_a_422(http: httpx.AsyncClient, cursor: str) -> None:
+    for path in ("/orders", "/admin/sagas"):
+        r = await http.get(f"{API}{path}", params={"cursor": cursor})
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, (path, r.text)
+
+
+async def test_unknown_routes_and_wrong_methods_are_problems(anonymous: httpx.AsyncClient) -> None:
+    missing = await anonymous.get(f"{API}/nowhere")
+    assert missing.status_code == 404 and missing.headers["content-type"] == PROBLEM
+    assert missing.json()["status"] == 404
+    wrong = await anonymous.delete("/health")
+    assert wrong.status_code == 405 and wrong.headers["content-type"] == PROBLEM
+    assert wrong.json()["status"] == 405 and "allow" in wrong.headers
+
+
+async def test_an_order_beyond_the_limits_is_refused(http: httpx.AsyncClient) -> None:
+    pid = await product(http, price="9999999999.99")
+    split = {**order_body(pid), "items": [{"product_id": pid, "quantity": 6000}] * 2}
+    assert (await http.post(f"{API}/orders", json=split)).status_code == 422
+    costly = order_body(pid, qty=2)
+    r = await http.post(f"{API}/orders", json=costly)
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
+    listed = await http.get(f"{API}/orders", params={"customer_id": costly["customer_id"]})
+    assert listed.json()["items"] == []
+
+
+async def test_a_burst_over_a_customers_budget_is_a_429_with_retry_after(http: httpx.AsyncClient) -> None:
+    _, headers = customer_headers()
+    served = 0
+    for _ in range(400):  # far more than the burst (40) plus what refills while they run
+        r = await http.get(f"{API}/orders", headers=headers)
+        if r.status_code == 429:
+            break
+        assert r.status_code == 200
+        served += 1
+    else:
+        pytest.fail("no 429 within 400 requests")
+    assert served >= 40
+    assert r.headers["content-type"] == PROBLEM and int(r.headers["retry-after"]) >= 1
+    _, other = customer_headers()
+    assert (await http.get(f"{API}/orders", headers=other)).status_code == 200  # budgets are per customer
+    assert (await http.get(f"{API}/orders", headers=ADMIN)).status_code == 200  # admins are not limited
