@@ -61,7 +61,7 @@ class SetStock(Strict):
 class Reserve(Strict):
     quantity: Quantity
     reservation_id: uuid.UUID | None = None
-    expected_version: int | None = Field(default=None, ge=0)
+    expected_version: int | None = Field(default=None, ge=0, le=2**31 - 1)
     ttl_seconds: int | None = Field(default=None, ge=1, le=86_400)
 
 

@@ -36,18 +36,22 @@ def wait_for(probe, accept, timeout: float):  # type: ignore[no-untyped-def]
 
 
 class Service:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, admin_token: str | None = TOKEN) -> None:
+        self.data_dir = data_dir
         self.port = free_port()
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("COMMERCE_DATABASE_URL", "COMMERCE_REDIS_URL", "RAY_ADDRESS")}
         self.env.update(COMMERCE_DATA_DIR=str(data_dir), COMMERCE_PORT=str(self.port),
-                        COMMERCE_DASHBOARD_PORT=str(free_port()), COMMERCE_ADMIN_TOKEN=TOKEN,
+                        COMMERCE_DASHBOARD_PORT=str(free_port()),
                         COMMERCE_ORDER_SHARDS="1", COMMERCE_INVENTORY_SHARDS="1",
                         COMMERCE_NAMESPACE=f"restart-{uuid.uuid4().hex[:6]}", COMMERCE_SAGA_RETRY_DELAY="0.1",
                         # Ports of its own for this Serve: the session's Serve runs on this machine too.
                         **{name: str(free_port()) for name in SERVE_FIXED_PORTS},
                         RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT="31500", RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT="31999",
                         RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT="41500", RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT="41999")
+        self.env.pop("COMMERCE_ADMIN_TOKEN", None)
+        if admin_token is not None:
+            self.env["COMMERCE_ADMIN_TOKEN"] = admin_token
         self.log = data_dir / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -56,10 +60,14 @@ class Service:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "commerce.cli", "serve"], env=self.env,
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30, headers=ADMIN)
-        wait_for(lambda: client.get("/health").status_code, lambda code: code == 200, timeout=240)
+        probe = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        wait_for(lambda: probe.get("/health").status_code, lambda code: code == 200, timeout=240)
+        token = self.env.get("COMMERCE_ADMIN_TOKEN") or (self.data_dir / "admin_token").read_text().strip()
+        client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30,
+                              headers={"Authorization": f"Bearer {token}"})
         # Only this instance knows this token: the answer comes from its own replica.
-        wait_for(lambda: client.get(f"{API}/admin/sagas", headers=ADMIN).status_code, lambda code: code == 200, 60)
+        wait_for(lambda: client.get(f"{API}/admin/sagas").status_code, lambda code: code == 200, 60)
+        probe.close()
         return client
 
     def stop(self) -> int:
