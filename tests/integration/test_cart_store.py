@@ -12,7 +12,7 @@ import pytest
 
 from domain.cart import CartStatus
 from domain.errors import NotFound, TransitionForbidden
-from store.carts import RedisCartStore
+from store.carts import ACTIVITY, RedisCartStore
 from tests.integration.ray_support import eventually
 from tests.support import Servers
 
@@ -74,3 +74,24 @@ async def test_two_checkouts_name_one_order(carts: RedisCartStore) -> None:
     assert (await carts.get(cart_id)).status is CartStatus.CHECKED_OUT
     with pytest.raises(TransitionForbidden):
         await carts.set_line(cart_id, uuid.uuid4(), 1, Decimal("1.00"), now())
+
+
+async def test_carts_that_expired_leave_the_activity_set_when_the_next_cart_is_made(carts: RedisCartStore) -> None:
+    stale, fresh = uuid.uuid4(), uuid.uuid4()
+    await carts.create(stale, uuid.uuid4(), now() - dt.timedelta(seconds=2 * carts.ttl))
+    assert await carts.redis.zscore(ACTIVITY, str(stale)) is not None
+    await carts.create(fresh, uuid.uuid4(), now())
+    assert await carts.redis.zscore(ACTIVITY, str(stale)) is None
+    assert await carts.redis.zscore(ACTIVITY, str(fresh)) is not None
+
+
+async def test_another_customers_cart_is_not_found_by_the_store_and_stays_unchanged(carts: RedisCartStore) -> None:
+    cart_id, owner, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await carts.create(cart_id, owner, now())
+    for attempt in (carts.get(cart_id, other),
+                    carts.set_line(cart_id, uuid.uuid4(), 1, Decimal("1.00"), now(), owner=other),
+                    carts.begin_checkout(cart_id, uuid.uuid4(), now(), owner=other)):
+        with pytest.raises(NotFound):
+            await attempt
+    cart = await carts.get(cart_id, owner)
+    assert cart.lines == () and cart.status is CartStatus.OPEN
