@@ -43,11 +43,19 @@ class ActorRef:
         self._handle = None
 
 
-async def call(ref: ActorRef, method: str, *args: Any, timeout: float = 30.0, **kwargs: Any) -> Any:
-    """Call a method of a named actor, with a deadline; dead or slow actors raise ServiceUnavailable."""
+async def call(ref: ActorRef, method: str, *args: Any, timeout: float = 30.0, withdraw: bool = False,
+               **kwargs: Any) -> Any:
+    """Call a method of a named actor, with a deadline; dead or slow actors raise ServiceUnavailable.
+
+    With ``withdraw``, a call its caller gives up on (timeout, cancellation) is cancelled in the actor
+    too, so that a command nobody waits for any more does not run later.
+    """
     for attempt in range(2):
         try:
-            return await _await_or_cancel(getattr(ref.handle(), method).remote(*args, **kwargs), timeout)
+            object_ref = getattr(ref.handle(), method).remote(*args, **kwargs)
+            if not withdraw:
+                return await asyncio.wait_for(object_ref, timeout)
+            return await _await_or_withdraw(object_ref, timeout)
         except (RayActorError, RaySystemError) as e:
             ref.forget()
             if attempt == 1:
@@ -58,13 +66,11 @@ async def call(ref: ActorRef, method: str, *args: Any, timeout: float = 30.0, **
     raise ServiceUnavailable(ref.name)
 
 
-async def _await_or_cancel(object_ref: Any, timeout: float) -> Any:
-    """Await an actor call; when the caller gives up (timeout, cancellation) the call is cancelled
-    too, so that a command nobody waits for any more does not run later."""
+async def _await_or_withdraw(object_ref: Any, timeout: float) -> Any:
     try:
         return await asyncio.wait_for(object_ref, timeout)
     except (TimeoutError, asyncio.CancelledError):
-        ray.cancel(object_ref)
+        ray.cancel(object_ref, recursive=False)
         raise
 
 
@@ -77,7 +83,7 @@ class InventoryClient:
         return self.refs[shard_of(product_id, len(self.refs))]
 
     async def _call(self, product_id: uuid.UUID, method: str, *args: Any, **kwargs: Any) -> Any:
-        return unwrap(await call(self._ref(product_id), method, *args, timeout=self.timeout, **kwargs))
+        return unwrap(await call(self._ref(product_id), method, *args, timeout=self.timeout, withdraw=True, **kwargs))
 
     async def set_stock(self, product_id: uuid.UUID, on_hand: int, price: str, name: str | None) -> dict[str, Any]:
         result: dict[str, Any] = await self._call(product_id, "set_stock", product_id, on_hand, price, name)

@@ -85,18 +85,22 @@ class InventoryShard(Shard):
             async with self.host.entity(product_id) as ent:
                 batch = [c for c in self._queues.pop(product_id, []) if not c.result.done()]
                 if batch:
-                    await self._apply_shielded(product_id, ent, batch)
+                    await self._apply_shielded(product_id, ent, batch, command)
         except BaseException:
             self._abandon(product_id, command)
             raise
         return await command.result
 
-    async def _apply_shielded(self, product_id: uuid.UUID, ent: Entity[inv.Sku | None], batch: list[Queued]) -> None:
-        """A leader that gives up still finishes its batch under the mailbox: the others' commands are in it."""
+    async def _apply_shielded(self, product_id: uuid.UUID, ent: Entity[inv.Sku | None], batch: list[Queued],
+                              own: Queued) -> None:
+        """A leader that gives up still finishes its batch under the mailbox, the others' commands are in it;
+        its own command is withdrawn unless it was already decided."""
         apply = asyncio.ensure_future(self._apply(product_id, ent, batch))
         try:
             await asyncio.shield(apply)
         except asyncio.CancelledError:
+            if not own.result.done():
+                own.result.cancel()
             await apply
             raise
 
@@ -136,6 +140,8 @@ class InventoryShard(Shard):
         contexts: list[CommandContext] = []
         preview = state  # the state after the commands decided so far, before anything is stored
         for command in batch:
+            if command.result.done():  # its caller gave up before the command was decided: it never runs
+                continue
             try:
                 own = command.decide(preview)
             except DomainError as e:

@@ -63,6 +63,8 @@ class StepRunner:
                 made.append(o.ReservedLine(r.product_id, uuid.UUID(got["reservation_id"]), got["quantity"]))
                 if made[-1] != r:
                     raise inv.ReservationIdConflict(r.reservation_id)
+                if got["status"] != inv.Outcome.ACTIVE:  # a retry after the hold lapsed holds nothing
+                    raise inv.ReservationNotActive(r.reservation_id, got["status"])
         except _BUSINESS:
             # Give back what this order already holds before the step counts as failed.
             await self._release_all(order)
@@ -82,7 +84,10 @@ class StepRunner:
 
     async def _release_all(self, order: o.Order) -> None:
         owner = inv.order_owner(order.order_id)
-        for r in ff.held_reservations(order, self.reservation_key):
+        # Reservations made under ids of an earlier scheme (or secret) are given back too: the owner check
+        # of ``undo`` leaves alone whatever is not this order's.
+        earlier = () if order.reservations else ff.legacy_reservations(order)
+        for r in (*ff.held_reservations(order, self.reservation_key), *earlier):
             try:
                 await self.inventory.undo(r.product_id, r.reservation_id, owner, correlation_id=order.order_id)
             except inv.UnknownProduct:

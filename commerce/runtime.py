@@ -70,6 +70,26 @@ def resolve_secrets(settings: Settings) -> tuple[Settings, dict[str, Path]]:
     return dataclasses.replace(settings, **changes), files
 
 
+async def check_server_secret(settings: Settings) -> None:
+    """Refuse to start with another server secret than the one this database was used with: the ids
+    derived from it (orders placed with an Idempotency-Key, orders' reservations) would change."""
+    import asyncpg
+
+    fingerprint = settings.derived_key("fingerprint").hex()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        known = await conn.fetchval(
+            """WITH ins AS (INSERT INTO secret_fingerprints (name, fingerprint) VALUES ('server_secret', $1)
+                            ON CONFLICT (name) DO NOTHING RETURNING fingerprint)
+               SELECT fingerprint FROM ins UNION ALL
+               SELECT fingerprint FROM secret_fingerprints WHERE name = 'server_secret' LIMIT 1""", fingerprint)
+    finally:
+        await conn.close()
+    if known is not None and known != fingerprint:
+        raise SettingsError("the server secret is not the one this database was used with (COMMERCE_SERVER_SECRET, "
+                            "or server_secret in the data directory); restore it")
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -82,7 +102,11 @@ class Runtime:
         self.dashboard_url = ""
 
     def prepare(self, redis: bool = True) -> Settings:
-        """Start embedded servers where needed, run migrations; returns settings with real URLs."""
+        """Start embedded servers where needed, run migrations; returns settings with real URLs.
+
+        With ``redis`` (the service itself, not a database tool), the secrets are resolved too, and the
+        server secret is checked against the one the database knows.
+        """
         s = self.settings
         changes: dict[str, Any] = {}
         if not s.database_url:
@@ -91,8 +115,11 @@ class Runtime:
         if redis and not s.redis_url:
             self._redis = EmbeddedRedis(s.data_dir)
             changes["redis_url"] = self._redis.start()
-        self.settings, self.secret_files = resolve_secrets(dataclasses.replace(s, **changes))
+        self.settings = dataclasses.replace(s, **changes)
         asyncio.run(run_migrations(self.settings.database_url or ""))
+        if redis:
+            self.settings, self.secret_files = resolve_secrets(self.settings)
+            asyncio.run(check_server_secret(self.settings))
         return self.settings
 
     def start_ray(self) -> None:

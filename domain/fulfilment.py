@@ -32,6 +32,13 @@ def planned_reservations(order: o.Order, key: bytes) -> tuple[o.ReservedLine, ..
     )
 
 
+def legacy_reservations(order: o.Order) -> tuple[o.ReservedLine, ...]:
+    """The ids of the first releases (public uuid5 of the saga id): an order in flight across the
+    upgrade may hold these."""
+    return tuple(o.ReservedLine(line.product_id, uuid.uuid5(order.saga_id, str(line.product_id)), line.quantity)
+                 for line in order.lines)
+
+
 def held_reservations(order: o.Order, key: bytes) -> tuple[o.ReservedLine, ...]:
     """What the order holds or may hold: what was recorded as reserved, else what the step asks for."""
     return order.reservations or planned_reservations(order, key)

@@ -229,11 +229,13 @@ def decide_release(state: Sku | None, product_id: uuid.UUID, reservation_id: uui
                    *, admin: bool = False) -> list[DomainEvent]:
     """A direct release: the caller's own active reservation (an admin's: any direct one).
 
-    An order's reservation, or another caller's, is unknown to the caller; a sale cannot be released.
-    Releasing again is a no-op.
+    An order's reservation, or another caller's, is unknown to the caller; a sale cannot be released
+    (an admin, who may see orders' reservations, is told so). Releasing again is a no-op.
     """
     sku = require(state, product_id)
     r = sku.reservations.get(reservation_id)
+    if r is not None and admin and r.outcome is Outcome.COMMITTED:
+        raise ReservationAlreadyCommitted(reservation_id)  # an admin sees orders' reservations: a sale stays sold
     if r is None or r.owner.startswith(ORDER_OWNER) or not (admin or r.owner == caller):
         raise UnknownReservation(f"unknown reservation {reservation_id}")
     if r.outcome is Outcome.COMMITTED:

@@ -83,6 +83,18 @@ end
 return 1
 """
 
+# Checkout refused for good (an unknown product, an order over the limits): the cart opens again.
+_ABORT = """
+if redis.call('HGET', KEYS[1], 'status') == 'CHECKING_OUT' and redis.call('HGET', KEYS[1], 'order_id') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'status', 'OPEN')
+  redis.call('HDEL', KEYS[1], 'order_id')
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('HINCRBY', KEYS[3], 'checked_out', -1)
+  return 1
+end
+return 0
+"""
+
 T = TypeVar("T")
 
 
@@ -98,6 +110,7 @@ class RedisCartStore:
         self._set_line = client.register_script(_SET_LINE)
         self._checkout = client.register_script(_CHECKOUT)
         self._finish = client.register_script(_FINISH)
+        self._abort = client.register_script(_ABORT)
 
     @classmethod
     def from_url(cls, url: str, ttl: int, max_connections: int = 20) -> RedisCartStore:
@@ -159,6 +172,11 @@ class RedisCartStore:
 
     async def finish_checkout(self, cart_id: uuid.UUID) -> None:
         await self._call(lambda: self._finish([_key(cart_id)], []))
+
+    async def abort_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID) -> None:
+        """Open a cart again whose checkout could not make its order (no order exists)."""
+        keys = [_key(cart_id), ACTIVITY, COUNTERS]
+        await self._call(lambda: self._abort(keys, [str(order_id), dt.datetime.now(dt.UTC).timestamp(), str(cart_id)]))
 
     def _result(self, cart_id: uuid.UUID, result: list[Any], ttl: int | None) -> Cart:
         if result[0] == "NOT_FOUND":

@@ -166,6 +166,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             created_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
         );
         CREATE INDEX direct_reservations_created ON direct_reservations (created_at);
+        CREATE TABLE secret_fingerprints (
+            name TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+        );
         """,
     ),
 ]

@@ -28,8 +28,13 @@ def decode_cursor(cursor: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, entity_id = json.loads(raw)
-        return dt.datetime.fromisoformat(created_at), uuid.UUID(entity_id)
-    except (ValueError, TypeError) as e:
+        if not (isinstance(created_at, str) and isinstance(entity_id, str)):
+            raise TypeError("a cursor holds two strings")
+        at = dt.datetime.fromisoformat(created_at)
+        if at.tzinfo is None:
+            raise ValueError("a cursor's time has a zone")
+        return at.astimezone(dt.UTC), uuid.UUID(entity_id)
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
         raise BadCursor("cursor is not valid") from e
 
 

@@ -45,3 +45,17 @@ async def test_a_refusal_that_is_final_is_replayed_but_a_forbidden_body_is_not_s
     fresh = await http.post(f"{API}/cart/{cart['id']}/checkout", json=body,
                             headers={**headers, "Idempotency-Key": f"{key}-2"})
     assert fresh.status_code == 202
+
+
+async def test_a_429_is_not_kept_so_the_retry_does_the_work(http: httpx.AsyncClient) -> None:
+    from tests.integration.ray_support import eventually
+
+    _, headers = customer_headers()
+    key = f"limited-{uuid.uuid4()}"
+    while (await http.get(f"{API}/orders", headers=headers)).status_code != 429:  # spend the budget
+        pass
+    limited = await http.post(f"{API}/cart", headers={**headers, "Idempotency-Key": key})
+    assert limited.status_code == 429
+    retried = await eventually(lambda: http.post(f"{API}/cart", headers={**headers, "Idempotency-Key": key}),
+                               lambda r: r.status_code != 429, timeout=30)
+    assert retried.status_code == 201 and "idempotent-replayed" not in retried.headers

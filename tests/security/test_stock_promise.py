@@ -41,9 +41,10 @@ async def test_a_sold_reservation_cannot_be_released_by_anyone(http: httpx.Async
     assert await stock(http, pid) == (0, 0, 0)
     body = {"reservation_id": line["reservation_id"]}
     assert (await anonymous.post(f"{API}/inventory/{pid}/release", json=body)).status_code == 401
-    for headers in (WAREHOUSE, ADMIN):
-        r = await http.post(f"{API}/inventory/{pid}/release", json=body, headers=headers)
-        assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    service = await http.post(f"{API}/inventory/{pid}/release", json=body, headers=WAREHOUSE)
+    assert service.status_code == 404  # an order's reservation does not exist for a service
+    admin = await http.post(f"{API}/inventory/{pid}/release", json=body, headers=ADMIN)
+    assert admin.status_code == 409 and admin.json()["type"].endswith("/reservation-committed")
     assert await stock(http, pid) == (0, 0, 0)
 
 
@@ -79,10 +80,12 @@ async def test_only_the_caller_that_reserved_or_an_admin_releases(http: httpx.As
     assert released.status_code == 200 and await stock(http, pid) == (10, 0, 10)
 
 
+@pytest.mark.parametrize("ordered", [1, 5000])
 async def test_a_pre_claimed_order_reservation_id_cannot_cause_an_oversell(
-        http: httpx.AsyncClient, actor_settings: Settings) -> None:
+        http: httpx.AsyncClient, actor_settings: Settings, ordered: int) -> None:
     """Even with the server secret in hand (the worst case), an attacker who reserves 1 unit under the id
-    that an order will use cannot make that order pass for 5,000 units with 5 on hand."""
+    that an order will use can neither have that order take the attacker's unit as its own (ordering 1)
+    nor pass for 5,000 units with 5 on hand."""
     pid = await product(http, on_hand=5)
     customer, headers = customer_headers()
     key = f"attack-{uuid.uuid4()}"
@@ -92,13 +95,16 @@ async def test_a_pre_claimed_order_reservation_id_cannot_cause_an_oversell(
     claim = await http.post(f"{API}/inventory/{pid}/reserve", json={"quantity": 1, "reservation_id": str(planned)},
                             headers=WAREHOUSE)
     assert claim.status_code == 201
-    body = order_body(pid, qty=5000)
+    body = order_body(pid, qty=ordered)
     del body["customer_id"]
     placed = await http.post(f"{API}/orders", json=body, headers={**headers, "Idempotency-Key": key})
     assert placed.status_code == 202 and placed.json()["order_id"] == str(order_id)
     order = await order_status(http, str(order_id), {"CONFIRMED", "CANCELLED"})
     assert order["status"] == "CANCELLED"
     assert await stock(http, pid) == (5, 1, 4)  # only the attacker's own unit is held; nothing was sold
+    release = await http.post(f"{API}/inventory/{pid}/release", json={"reservation_id": str(planned)},
+                              headers=WAREHOUSE)
+    assert release.status_code == 200 and await stock(http, pid) == (5, 0, 5)  # the order did not take it
 
 
 async def test_order_ids_derived_from_a_key_differ_per_caller_and_cannot_be_computed_from_public_constants(

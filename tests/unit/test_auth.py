@@ -54,6 +54,8 @@ def test_a_token_issued_by_the_cli_verifies() -> None:
     {"role": "superuser"},
     {"sub": "not-a-uuid"},
     {"sub": 42},
+    {"sub": "warehouse 1", "role": "service"},
+    {"aud": "another-application"},
 ])
 def test_claims_that_do_not_hold_are_refused(claims: dict[str, object]) -> None:
     with pytest.raises(InvalidCredentials):
