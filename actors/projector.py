@@ -1,8 +1,11 @@
 """The projector: tails the event store into the read models and reports its lag.
 
 It also pings every shard now and then, so a shard that Ray restarted resumes its sagas even when
-no request reaches it, and purges idempotency keys past their retention once an hour. A failing projection stops (its position does not move) and its error shows
-in /health and in ``commerce_projection_errors``.
+no request reaches it, and purges idempotency keys past their retention once an hour. A failing
+projection is parked before the failing event (its position does not move), retried with a delay
+that doubles up to a minute, and its error and event id show in /health and in
+``commerce_projection_errors``. While ``commerce projections rebuild`` holds a projection's lock, its
+runner applies nothing.
 """
 
 from __future__ import annotations
@@ -20,10 +23,9 @@ from actors.client import ActorDirectory
 from commerce.settings import Settings
 from store.event_store import PostgresEventStore, create_pool
 from store.idempotency import IdempotencyStore
+from store.reservations import DirectReservations
 from store.projections import ProjectionRunner, all_projections
 
-POLL_INTERVAL = 0.05
-IDLE_INTERVAL = 0.25
 SUPERVISE_INTERVAL = 2.0
 PURGE_INTERVAL = 3600.0
 
@@ -49,18 +51,11 @@ class Projector(ServiceActor):
         self._tasks.append(asyncio.create_task(self._supervise()))
 
     async def _run(self, runner: ProjectionRunner) -> None:
-        name = runner.projection.name
+        # the runner parks a failing projection itself and says how long to wait (backing off on failures)
         while True:
-            try:
-                applied = await runner.run_once()
-                runner.error = None
-                self.errors.labels(name).set(0)
-            except Exception as e:  # parked: the position stays, the error is visible, we try again later
-                runner.error = f"{type(e).__name__}: {e}"
-                self.errors.labels(name).set(1)
-                applied = 0
-                await asyncio.sleep(1.0)
-            await asyncio.sleep(POLL_INTERVAL if applied else IDLE_INTERVAL)
+            delay = await runner.step()
+            self.errors.labels(runner.projection.name).set(1 if runner.error else 0)
+            await asyncio.sleep(delay)
 
     async def _supervise(self) -> None:
         last_purge = 0.0
@@ -71,6 +66,7 @@ class Projector(ServiceActor):
             if time.monotonic() - last_purge > PURGE_INTERVAL:
                 with contextlib.suppress(Exception):
                     await IdempotencyStore(self.store).purge()  # keys older than their retention
+                    await DirectReservations(self.store.pool).purge()  # reservation ids past a sale's return window
                     last_purge = time.monotonic()
 
     async def ping(self) -> dict[str, Any]:
@@ -78,14 +74,13 @@ class Projector(ServiceActor):
         return {"projections": await self.status()}
 
     async def status(self) -> dict[str, Any]:
+        """Each projection's position, lag, error and the id of the event it is parked on (for /health)."""
         await self.start()
         out: dict[str, Any] = {}
         for r in self.runners:
-            behind, age = await r.backlog()
-            out[r.projection.name] = {"position": await r.checkpoint(), "lag_events": behind,
-                                      "lag_seconds": age, "error": r.error}
-            self.lag_events.labels(r.projection.name).set(behind)
-            self.lag_seconds.labels(r.projection.name).set(age)
+            out[r.projection.name] = status = await r.status()
+            self.lag_events.labels(r.projection.name).set(status["lag_events"])
+            self.lag_seconds.labels(r.projection.name).set(status["lag_seconds"])
         return out
 
     async def metrics_text(self) -> str:

@@ -7,6 +7,7 @@ import asyncio
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -25,15 +26,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     events.add_parser("verify", help="check streams, event types, read models and sagas")
     projections = sub.add_parser("projections", help="read model tools").add_subparsers(dest="action", required=True)
     projections.add_parser("rebuild", help="rebuild the read models from position 0")
+    token = sub.add_parser("token", help="print a signed JWT for development and tests")
+    who = token.add_mutually_exclusive_group(required=True)
+    who.add_argument("--customer", type=uuid.UUID, help="the customer's UUID (the token's sub)")
+    who.add_argument("--subject", help="the sub of a service or admin token")
+    token.add_argument("--role", choices=["customer", "service", "admin"], default="customer")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds the token is valid (default 3600)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
+        if args.command == "serve":
+            return serve(settings)
+        if args.command == "token":
+            return print_token(settings, args)
+        return with_database(settings, args.command, getattr(args, "action", None))
     except SettingsError as e:
         print(f"commerce: configuration error: {e}", file=sys.stderr)
         return 2
-    if args.command == "serve":
-        return serve(settings)
-    return with_database(settings, args.command, getattr(args, "action", None))
+
+
+def print_token(settings: Settings, args: argparse.Namespace) -> int:
+    from commerce.auth import Role, issue
+    from commerce.runtime import resolve_secrets
+
+    if args.role == "customer" and args.customer is None:
+        print("commerce: a customer token needs --customer UUID", file=sys.stderr)
+        return 2
+    if not args.ttl > 0:
+        print("commerce: --ttl must be a number of seconds > 0", file=sys.stderr)
+        return 2
+    if settings.jwt_public_key:
+        print("commerce: tokens are verified with COMMERCE_JWT_PUBLIC_KEY; your identity provider issues them",
+              file=sys.stderr)
+        return 2
+    settings, _ = resolve_secrets(settings)
+    subject = str(args.customer) if args.customer is not None else args.subject
+    print(issue(settings, subject, Role(args.role), args.ttl))
+    return 0
 
 
 def with_database(settings: Settings, command: str, action: str | None) -> int:
@@ -71,27 +100,32 @@ async def verify(dsn: str) -> int:
 
 
 async def rebuild(dsn: str) -> int:
-    from store.event_store import PostgresEventStore, create_pool
-    from store.projections import ProjectionRunner, all_projections
+    from store.event_store import create_pool
+    from store.projections import ProjectionFailed, RebuildInProgress
+    from store.projections import rebuild as rebuild_projections
 
-    pool = await create_pool(dsn, 2)
+    pool = await create_pool(dsn, 2)  # one connection holds the locks, one replays
     try:
         total = await pool.fetchval("SELECT COUNT(*) FROM events")
-        for projection in all_projections():
-            runner = ProjectionRunner(PostgresEventStore(pool), projection, batch_size=1000)
-            await runner.reset()
-            done = 0
+        done: dict[str, int] = {}
 
-            def progress(n: int, name: str = projection.name) -> None:
-                nonlocal done
-                done += n
-                width = 30
-                filled = int(width * done / total) if total else width
-                print(f"\r{name:<16} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", flush=True)
+        def progress(name: str, n: int) -> None:
+            if name not in done and done:
+                print()  # the previous projection's bar is complete
+            done[name] = done.get(name, 0) + n
+            width = 30
+            # events appended while the service runs can take the count past the total
+            filled = min(width, int(width * done[name] / total)) if total else width
+            print(f"\r{name:<16} [{'#' * filled}{'.' * (width - filled)}] {done[name]}/{total}", end="", flush=True)
 
-            progress(0)
-            await runner.catch_up(progress)
-            print()
+        try:
+            await rebuild_projections(pool, progress)
+        except (RebuildInProgress, ProjectionFailed) as e:
+            if done:
+                print()  # end the progress bar's line
+            print(f"commerce: projections rebuild failed: {e}", file=sys.stderr)
+            return 1
+        print()
     finally:
         await pool.close()
     return 0
@@ -123,15 +157,21 @@ def serve(settings: Settings) -> int:
 def print_banner(settings: Settings, runtime: Runtime) -> None:
     base = f"http://{settings.host}:{settings.port}"
     dashboard = runtime.dashboard_url or f"{settings.dashboard_host}:{settings.dashboard_port}"
-    token_path = runtime.token_path
+    files = runtime.secret_files
     print(f"commerce: API        {base}/api/v1", flush=True)
     print(f"commerce: API docs   {base}/docs", flush=True)
     print(f"commerce: health     {base}/health", flush=True)
     print(f"commerce: dashboard  http://{dashboard}", flush=True)
-    if token_path:
-        print(f"commerce: admin token in {token_path}", flush=True)
+    admin = files.get("admin_token")
+    print(f"commerce: admin token in {admin}" if admin else "commerce: admin token from COMMERCE_ADMIN_TOKEN",
+          flush=True)
+    if settings.jwt_public_key:
+        print("commerce: customer and service JWTs verified with COMMERCE_JWT_PUBLIC_KEY", flush=True)
     else:
-        print("commerce: admin token from COMMERCE_ADMIN_TOKEN", flush=True)
+        secret = files.get("jwt_secret")
+        print(f"commerce: JWT secret in {secret}" if secret else "commerce: JWT secret from COMMERCE_JWT_SECRET",
+              flush=True)
+        print("commerce: a customer token: commerce token --customer <uuid>", flush=True)
     print("commerce: ready (Ctrl-C stops everything)", flush=True)
 
 

@@ -2,20 +2,25 @@
 
 Each projection keeps a checkpoint that is written in the same transaction as its view changes, so a
 batch is either applied with its checkpoint or not at all; handlers also skip events at or below the
-row's version, so re-delivery changes nothing. A failing projection stops and reports its error.
+row's version, so re-delivery changes nothing. A failing projection is parked before the failing
+event, names it, and is retried with a growing delay. A rebuild and the live projector exclude each
+other through an advisory lock per projection (see :func:`rebuild`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+import contextlib
+import functools
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypedDict
 
 import asyncpg
 
 from domain import events as ev
 from domain import inventory as inv
 from domain import order as o
-from store.errors import postgres_errors
+from store.errors import StoreError, StoreUnavailable, postgres_errors
 from store.event_store import PostgresEventStore, record_from_row
 
 
@@ -115,20 +120,78 @@ def _inventory_deltas(e: ev.DomainEvent) -> tuple[int, int, int] | None:
     return None
 
 
+POLL_INTERVAL = 0.05  # a batch was applied: more is probably waiting
+IDLE_INTERVAL = 0.25  # caught up, or paused by a rebuild
+RETRY_BASE = 1.0
+RETRY_CAP = 60.0
+
+REBUILD_IN_PROGRESS = "another projections rebuild is running; run it again once that one has finished"
+
+
+def retry_delay(failures: int, base: float = RETRY_BASE, cap: float = RETRY_CAP) -> float:
+    """Seconds to wait after ``failures`` consecutive failures: 1, 2, 4, ... up to a minute."""
+    if failures <= 0:
+        return 0.0
+    return min(cap, base * 2.0 ** min(failures - 1, 32))  # the exponent is bounded so it never overflows
+
+
+def _advisory_key(text: str) -> int:
+    # hash() is salted per process; every projector and CLI process must agree on the key
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def projection_lock(name: str) -> int:
+    """The advisory lock of one projection: live batches share it, a rebuild holds it exclusively."""
+    return _advisory_key(f"commerce.projection:{name}")
+
+
+REBUILD_LOCK = _advisory_key("commerce.projections.rebuild")
+
+
+class FailedEvent(TypedDict):
+    event_id: str
+    position: int
+    event_type: str
+
+
+class ProjectionFailed(StoreError):
+    """A projection raised on one event; the batch holding it was rolled back, its checkpoint stays before it."""
+
+    def __init__(self, projection: str, row: asyncpg.Record, cause: Exception) -> None:
+        self.event: FailedEvent = {"event_id": str(row["id"]), "position": int(row["position"]),
+                                   "event_type": str(row["event_type"])}
+        super().__init__(f"{projection} stopped at event {row['id']} ({row['event_type']}, position "
+                         f"{row['position']}): {type(cause).__name__}: {cause}")
+
+
+class RebuildInProgress(StoreError):
+    """Another ``projections rebuild`` holds the rebuild lock."""
+
+
 class ProjectionRunner:
-    """Tails the event store into one projection, one batch per transaction."""
+    """Tails the event store into one projection, one batch per transaction.
+
+    A live runner (``yield_to_rebuild``) takes its projection's advisory lock shared in each batch and
+    applies nothing while a rebuild holds it exclusively, so it cannot write a checkpoint or a row
+    from before the rebuild's reset into the rebuilt read model.
+    """
 
     def __init__(self, store: PostgresEventStore, projection: Projection, batch_size: int = 500,
-                 before_checkpoint: Callable[[], Awaitable[None]] | None = None) -> None:
+                 before_checkpoint: Callable[[], Awaitable[None]] | None = None,
+                 yield_to_rebuild: bool = True) -> None:
         self.store = store
         self.projection = projection
         self.batch_size = batch_size
+        self.yield_to_rebuild = yield_to_rebuild
         self.error: str | None = None
+        self.failed_event: FailedEvent | None = None
+        self.failures = 0
+        self.paused = False
         self._before_checkpoint = before_checkpoint
 
-    async def checkpoint(self) -> int:
+    async def checkpoint(self, conn: asyncpg.Connection | None = None) -> int:
         with postgres_errors():
-            pos = await self.store.pool.fetchval(
+            pos = await (conn or self.store.pool).fetchval(
                 "SELECT position FROM projection_checkpoints WHERE name = $1", self.projection.name)
         return int(pos or 0)
 
@@ -146,26 +209,68 @@ class ProjectionRunner:
         return int(row["n"]), float(row["age"] or 0)
 
     async def run_once(self) -> int:
-        """Apply the next batch; returns how many events it applied (0 when caught up)."""
-        after = await self.checkpoint()
-        rows = await self.store.read_all_rows(after, self.batch_size)
-        if not rows:
-            return 0
-        records = [record_from_row(r) for r in rows]
+        """Apply the next batch; returns how many events it applied (0 when caught up or paused).
+
+        The checkpoint is read inside the batch's transaction, after the lock, so it is never one
+        read before a rebuild reset it.
+        """
         with postgres_errors():
             async with self.store.pool.acquire() as conn, conn.transaction():
-                for record in records:
-                    await self.projection.apply(conn, record)
+                self.paused = self.yield_to_rebuild and not await conn.fetchval(
+                    "SELECT pg_try_advisory_xact_lock_shared($1)", projection_lock(self.projection.name))
+                if self.paused:
+                    return 0
+                rows = await self.store.read_all_rows(await self.checkpoint(conn), self.batch_size, conn)
+                if not rows:
+                    return 0
+                for row in rows:
+                    await self._apply(conn, row)
                 if self._before_checkpoint is not None:
                     await self._before_checkpoint()
-                last = rows[-1]
-                await conn.execute(
-                    """INSERT INTO projection_checkpoints (name, position, transaction_id)
-                       VALUES ($1, $2, $3::text::xid8)
-                       ON CONFLICT (name) DO UPDATE SET position = $2, transaction_id = $3::text::xid8,
-                       updated_at = NOW()""",
-                    self.projection.name, last["position"], last["transaction_id"])
-        return len(records)
+                await self._save_checkpoint(conn, rows[-1])
+        return len(rows)
+
+    async def _apply(self, conn: asyncpg.Connection, row: asyncpg.Record) -> None:
+        """Decode and apply one event; a failure names the event, unless the connection itself failed."""
+        try:
+            with postgres_errors():
+                await self.projection.apply(conn, record_from_row(row))
+        except StoreUnavailable:
+            raise
+        except Exception as e:
+            raise ProjectionFailed(self.projection.name, row, e) from e
+
+    async def _save_checkpoint(self, conn: asyncpg.Connection, last: asyncpg.Record) -> None:
+        await conn.execute(
+            """INSERT INTO projection_checkpoints (name, position, transaction_id)
+               VALUES ($1, $2, $3::text::xid8)
+               ON CONFLICT (name) DO UPDATE SET position = $2, transaction_id = $3::text::xid8,
+               updated_at = NOW()""",
+            self.projection.name, last["position"], last["transaction_id"])
+
+    async def step(self) -> float:
+        """One turn of the live loop; returns the seconds to wait before the next.
+
+        A failure parks the projection (its checkpoint stays before the failing event, which is
+        reported) and the retries back off, so an event that always fails does not spin.
+        """
+        try:
+            applied = await self.run_once()
+        except Exception as e:
+            self.failures += 1
+            self.error = str(e) if isinstance(e, ProjectionFailed) else f"{type(e).__name__}: {e}"
+            self.failed_event = e.event if isinstance(e, ProjectionFailed) else None
+            return retry_delay(self.failures)
+        if not self.paused:  # a paused runner tried nothing, so it has not recovered either
+            self.failures, self.error, self.failed_event = 0, None, None
+        return POLL_INTERVAL if applied else IDLE_INTERVAL
+
+    async def status(self) -> dict[str, Any]:
+        """Position, lag and the parked error with its event, as /health shows them."""
+        behind, age = await self.backlog()
+        return {"position": await self.checkpoint(), "lag_events": behind, "lag_seconds": age,
+                "error": self.error, "failed_event_id": self.failed_event["event_id"] if self.failed_event else None,
+                "failed_event": self.failed_event, "paused": self.paused}
 
     async def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
         total = 0
@@ -187,3 +292,46 @@ class ProjectionRunner:
 def all_projections() -> tuple[Projection, ...]:
     return (OrderViews(), InventoryViews())
 
+
+async def rebuild(pool: asyncpg.Pool, progress: Callable[[str, int], None] | None = None,
+                  batch_size: int = 1000) -> dict[str, int]:
+    """Rebuild every read model from position 0, also while the service runs; returns events applied by projection.
+
+    One connection holds session advisory locks throughout: the rebuild lock (a second rebuild is
+    refused with :class:`RebuildInProgress`) and, while a projection is reset and replayed, that
+    projection's lock exclusively. Taking it waits for the live batch in flight to commit, then
+    pauses the projector's runner until the replay is done. ``progress`` gets (projection, events)
+    once with 0 after the reset, then after every batch.
+    """
+    store = PostgresEventStore(pool)
+    applied: dict[str, int] = {}
+    with postgres_errors():
+        async with pool.acquire() as lock_conn, _session_lock(lock_conn, REBUILD_LOCK, wait=False):
+            for projection in all_projections():
+                async with _session_lock(lock_conn, projection_lock(projection.name), wait=True):
+                    applied[projection.name] = await _replay(store, projection, progress, batch_size)
+    return applied
+
+
+async def _replay(store: PostgresEventStore, projection: Projection, progress: Callable[[str, int], None] | None,
+                  batch_size: int) -> int:
+    runner = ProjectionRunner(store, projection, batch_size, yield_to_rebuild=False)  # it holds the lock itself
+    await runner.reset()
+    if progress is None:
+        return await runner.catch_up()
+    progress(projection.name, 0)
+    return await runner.catch_up(functools.partial(progress, projection.name))
+
+
+@contextlib.asynccontextmanager
+async def _session_lock(conn: asyncpg.Connection, key: int, *, wait: bool) -> AsyncIterator[None]:
+    if wait:
+        await conn.execute("SELECT pg_advisory_lock($1)", key)
+    elif not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+        raise RebuildInProgress(REBUILD_IN_PROGRESS)
+    try:
+        yield
+    finally:
+        # a broken connection took its session locks with it, and the pool unlocks all on release anyway
+        with contextlib.suppress(Exception):
+            await conn.execute("SELECT pg_advisory_unlock($1)", key)

@@ -1,23 +1,44 @@
-"""Read models: re-delivery changes nothing, rebuild equals incremental, and a failure leaves neither."""
+"""Read models: re-delivery changes nothing, rebuild equals incremental, a failure leaves neither, a
+failing event parks its projection by name, and a rebuild beside the running projector loses nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import pytest
 
+from domain import events as ev
+from domain import inventory as inv
 from domain import order as o
 from store.event_store import CommandContext, PostgresEventStore, StreamAppend
-from store.projections import OrderViews, ProjectionRunner
+from store.projections import (
+    IDLE_INTERVAL,
+    POLL_INTERVAL,
+    REBUILD_LOCK,
+    InventoryViews,
+    OrderViews,
+    Projection,
+    ProjectionRunner,
+    RebuildInProgress,
+    all_projections,
+    projection_lock,
+    rebuild,
+    retry_delay,
+)
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 ADDRESS = o.ShippingAddress("Ada", "1 Main St", "Springfield", "12345", "US")
 
 
-async def an_order(store: PostgresEventStore, *more: o.DomainEvent) -> uuid.UUID:
+async def an_order(store: PostgresEventStore, *more: ev.DomainEvent) -> uuid.UUID:
     order_id = uuid.uuid4()
     line = o.OrderLine(uuid.uuid4(), 2, Decimal("5.00"))
     created = o.OrderCreated(order_id, uuid.uuid4(), (line,), Decimal("10.00"), uuid.uuid4(), ADDRESS, "tok_visa")
@@ -80,3 +101,241 @@ async def test_a_failure_between_view_write_and_checkpoint_leaves_neither(event_
     assert await runner.checkpoint() == before
     await runner.catch_up()
     assert (await view(event_store, order_id) or {}).get("status") == "PENDING"
+
+
+def test_retries_wait_one_second_doubling_up_to_a_minute() -> None:
+    assert [retry_delay(n) for n in range(9)] == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert retry_delay(10_000) == 60.0
+
+
+class FailsOn:
+    """A projection that raises on one event, until the fix is "deployed" (``bad`` set to None)."""
+
+    tables: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.name = f"fails_on_{uuid.uuid4().hex[:8]}"
+        self.bad: uuid.UUID | None = None
+
+    async def apply(self, conn: asyncpg.Connection, record: ev.Recorded) -> None:
+        if record.metadata.event_id == self.bad:
+            raise ValueError("cannot project this")
+
+
+async def test_a_failing_event_parks_the_projection_naming_it_and_retries_back_off(
+        event_store: PostgresEventStore) -> None:
+    projection = FailsOn()
+    runner = ProjectionRunner(event_store, projection)
+    await runner.catch_up()
+    before = await runner.checkpoint()
+    order_id = await an_order(event_store, o.InventoryReserved(()), o.OrderConfirmed())
+    created, bad, confirmed = await event_store.load_stream(order_id)
+    projection.bad = bad.metadata.event_id
+
+    assert [await runner.step() for _ in range(3)] == [1.0, 2.0, 4.0]  # parked, not spinning
+    assert runner.failed_event == {"event_id": str(bad.metadata.event_id), "position": bad.position,
+                                   "event_type": "InventoryReserved"}
+    assert runner.error and str(bad.metadata.event_id) in runner.error and "ValueError" in runner.error
+    status = await runner.status()
+    assert status["failed_event_id"] == str(bad.metadata.event_id)
+    assert (status["position"], status["lag_events"]) == (before, 3)  # the batch before it is not half-applied
+
+    projection.bad = None
+    assert await runner.step() == POLL_INTERVAL
+    status = await runner.status()
+    assert (status["error"], status["failed_event_id"], status["position"]) == (None, None, confirmed.position)
+    assert runner.failures == 0 and await runner.step() == IDLE_INTERVAL
+
+
+async def test_a_live_runner_applies_nothing_while_a_rebuild_holds_its_lock(event_store: PostgresEventStore) -> None:
+    runner = ProjectionRunner(event_store, OrderViews())
+    await runner.catch_up()
+    order_id = await an_order(event_store)
+    async with event_store.pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", projection_lock("order_views"))
+        try:
+            assert await runner.step() == IDLE_INTERVAL and runner.paused
+            assert await view(event_store, order_id) is None
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", projection_lock("order_views"))
+    assert await runner.step() == POLL_INTERVAL and not runner.paused
+    assert (await view(event_store, order_id) or {}).get("status") == "PENDING"
+
+
+async def test_a_second_rebuild_is_refused_while_one_runs(event_store: PostgresEventStore) -> None:
+    async with event_store.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", REBUILD_LOCK)  # "the first rebuild"
+        try:
+            with pytest.raises(RebuildInProgress, match="another projections rebuild is running"):
+                await rebuild(event_store.pool)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", REBUILD_LOCK)
+
+
+@dataclasses.dataclass
+class Stock:
+    """What a SKU's events say, which ``inventory_views`` must show."""
+
+    version: int = 0
+    on_hand: int = 0
+    reserved: int = 0
+    sold: int = 0
+    open: list[tuple[uuid.UUID, int]] = dataclasses.field(default_factory=list)
+
+    def next_event(self, product_id: uuid.UUID) -> ev.DomainEvent:
+        """Stock the SKU, then reserve, commit and release in turn."""
+        self.version += 1
+        if self.version == 1:
+            self.on_hand = 1000
+            return inv.StockSet(product_id, 1000, Decimal("2.50"), "widget")
+        if self.open and self.version % 3 == 0:
+            rid, q = self.open.pop(0)
+            self.on_hand, self.reserved, self.sold = self.on_hand - q, self.reserved - q, self.sold + q
+            return inv.ReservationCommitted(rid, q)
+        if self.open and self.version % 3 == 1:
+            rid, q = self.open.pop(0)
+            self.reserved -= q
+            return inv.ReservationReleased(rid, q)
+        rid, q = uuid.uuid4(), 1 + self.version % 4
+        self.reserved += q
+        self.open.append((rid, q))
+        return inv.StockReserved(rid, q, NOW + dt.timedelta(hours=1), "test")
+
+
+class Shop:
+    """Appends orders and stock movements, remembering what the read models must end up showing."""
+
+    def __init__(self, store: PostgresEventStore) -> None:
+        self.store = store
+        self.stock: dict[uuid.UUID, Stock] = {}
+        self.orders: list[uuid.UUID] = []
+
+    async def order(self) -> None:
+        self.orders.append(await an_order(self.store, o.InventoryReserved(())))
+
+    async def move(self, product_id: uuid.UUID) -> int:
+        """Append the SKU's next stock event; returns its position."""
+        stock = self.stock.setdefault(product_id, Stock())
+        expected = stock.version
+        event = stock.next_event(product_id)
+        [recorded] = await self.store.append([StreamAppend(product_id, inv.AGGREGATE_TYPE, expected, [event])],
+                                             CommandContext.new(product_id, NOW))
+        return recorded.position or 0
+
+    async def keep_going(self, products: list[uuid.UUID], stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.order()
+            await self.move(products[len(self.orders) % len(products)])
+
+
+class HeldBatch:
+    """The live projection; once armed, its next batch stops before its first event until released.
+
+    That is a live batch in flight when a rebuild starts, with a checkpoint read before the reset.
+    """
+
+    def __init__(self, inner: Projection) -> None:
+        self.inner, self.name, self.tables = inner, inner.name, inner.tables
+        self.armed = False
+        self.holding, self.released = asyncio.Event(), asyncio.Event()
+
+    async def apply(self, conn: asyncpg.Connection, record: ev.Recorded) -> None:
+        if self.armed:
+            self.armed = False
+            self.holding.set()
+            await self.released.wait()
+        await self.inner.apply(conn, record)
+
+
+async def live(runner: ProjectionRunner, stop: asyncio.Event) -> None:
+    """The projector actor's loop, polling faster."""
+    while not stop.is_set():
+        await asyncio.sleep(min(await runner.step(), 0.01))
+
+
+@contextlib.asynccontextmanager
+async def running(*loops: Any) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(loop(stop)) for loop in loops]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def release_when_the_rebuild_waits(pool: asyncpg.Pool, held: HeldBatch) -> None:
+    """With the lock, the rebuild waits for the held batch to commit: let the batch go once it does."""
+    key = projection_lock(held.name)
+    while not held.released.is_set():
+        if await pool.fetchval(
+                """SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                   AND classid = $1::bigint::text::oid AND objid = $2::bigint::text::oid AND objsubid = 1
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))""",
+                (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF):
+            held.released.set()
+        await asyncio.sleep(0.01)
+
+
+async def caught_up(runners: list[ProjectionRunner]) -> None:
+    for runner in runners:
+        while (await runner.backlog())[0]:
+            await asyncio.sleep(0.01)
+
+
+async def read_models(store: PostgresEventStore) -> dict[str, list[dict[str, Any]]]:
+    keys = {"order_views": "order_id", "inventory_views": "product_id", "inventory_reservations": "reservation_id"}
+    return {table: [dict(r) for r in await store.pool.fetch(f"SELECT * FROM {table} ORDER BY {key}")]
+            for table, key in keys.items()}
+
+
+async def test_a_rebuild_while_the_projector_runs_loses_no_event(event_store: PostgresEventStore) -> None:
+    """``projections rebuild`` beside live runners polling while events are appended: the read models
+    end up equal to a replay of every event. A live inventory batch is in flight when the rebuild
+    starts; without the lock it would go on once the rebuild has replayed part of the SKU it moves,
+    and lift that SKU's version past the events the rebuild has still to replay."""
+    shop, sku = Shop(event_store), uuid.uuid4()
+    positions = []
+    for _ in range(40):  # the SKU's events spread over the log, between orders
+        await shop.order()
+        positions.append(await shop.move(sku))
+    held = HeldBatch(InventoryViews())
+    runners = [ProjectionRunner(event_store, OrderViews()), ProjectionRunner(event_store, held)]
+    for runner in runners:
+        await runner.catch_up()
+    replayed_a_little = await event_store.pool.fetchval("SELECT COUNT(*) FROM events WHERE position <= $1",
+                                                        positions[1])
+    done: dict[str, int] = {}
+
+    def progress(name: str, n: int) -> None:
+        done[name] = done.get(name, 0) + n
+        if name == held.name and done[name] >= replayed_a_little:
+            held.released.set()
+
+    await shop.move(sku)  # the held batch starts with the SKU's next event
+    held.armed = True
+    async with running(*(lambda stop, r=r: live(r, stop) for r in runners)):
+        try:
+            async with running(lambda stop: shop.keep_going([uuid.uuid4() for _ in range(3)], stop)):
+                await asyncio.wait_for(held.holding.wait(), 10)
+                waiter = asyncio.create_task(release_when_the_rebuild_waits(event_store.pool, held))
+                await asyncio.wait_for(rebuild(event_store.pool, progress, batch_size=10), 60)
+                await waiter
+        finally:
+            held.released.set()
+        await asyncio.wait_for(caught_up(runners), 30)
+
+    assert [r.error for r in runners] == [None, None]
+    stock = await event_store.pool.fetch(
+        "SELECT product_id, on_hand, reserved, units_sold FROM inventory_views WHERE product_id = ANY($1::uuid[])",
+        list(shop.stock))
+    assert {r["product_id"]: (r["on_hand"], r["reserved"], r["units_sold"]) for r in stock} == {
+        pid: (s.on_hand, s.reserved, s.sold) for pid, s in shop.stock.items()}
+    assert await event_store.pool.fetchval("SELECT COUNT(*) FROM order_views WHERE order_id = ANY($1::uuid[])",
+                                           shop.orders) == len(shop.orders)
+    incremental = await read_models(event_store)
+    for projection in all_projections():
+        fresh = ProjectionRunner(event_store, projection)
+        await fresh.reset()
+        await fresh.catch_up()
+    assert await read_models(event_store) == incremental
