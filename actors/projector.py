@@ -23,8 +23,8 @@ from actors.client import ActorDirectory
 from commerce.settings import Settings
 from store.event_store import PostgresEventStore, create_pool
 from store.idempotency import IdempotencyStore
-from store.reservations import DirectReservations
 from store.projections import ProjectionRunner, all_projections
+from store.reservations import DirectReservations
 
 SUPERVISE_INTERVAL = 2.0
 PURGE_INTERVAL = 3600.0
