@@ -61,6 +61,8 @@ async def check_health(provider: ServicesProvider) -> dict[str, Any]:
         running_too_long = oldest > stuck_after and (counts.get("RUNNING", 0) + counts.get("COMPENSATING", 0)) > 0
         if running_too_long:
             raise RuntimeError(f"oldest unfinished saga is {oldest:.0f}s old")
+        if counts.get("FAILED", 0):  # parked: nothing moves them on but an operator
+            raise RuntimeError(f"{counts['FAILED']} saga(s) FAILED, waiting for an operator")
         return {"counts": counts, "oldest_unfinished_seconds": round(oldest, 1),
                 "waiting_for_operator": counts.get("FAILED", 0)}
 

@@ -151,8 +151,12 @@ async def test_refund_failure_parks_the_saga_and_an_operator_retry_finishes_it(h
     failed = await http.get(f"{API}/admin/sagas", params={"status": "FAILED", "order_id": r.json()["order_id"]},
                             headers=ADMIN)
     assert [s["saga_id"] for s in failed.json()["items"]] == [saga_id]
+    health = await http.get("/health")
+    assert health.status_code == 503 and health.json()["checks"]["sagas"]["status"] == "fail"
+    assert "waiting for an operator" in health.json()["checks"]["sagas"]["error"]
     assert (await http.post(f"{API}/admin/sagas/{saga_id}/retry", headers=ADMIN)).status_code == 202
     await saga_status(http, saga_id, {"COMPENSATED"})
+    assert (await http.get("/health")).json()["checks"]["sagas"]["status"] == "ok"
     assert (await http.post(f"{API}/admin/sagas/{saga_id}/retry", headers=ADMIN)).status_code == 409
     assert (await http.post(f"{API}/admin/sagas/{saga_id}/compensate", headers=ADMIN)).status_code == 409
     order = await order_status(http, r.json()["order_id"], {"CANCELLED"})
