@@ -69,6 +69,7 @@ if status == 'OPEN' then
   end
   if not has_line then return {'EMPTY'} end
   redis.call('HSET', KEYS[1], 'status', 'CHECKING_OUT', 'order_id', ARGV[1], 'updated_at', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
   redis.call('ZREM', KEYS[2], ARGV[3])
   redis.call('HINCRBY', KEYS[3], 'checkout', 1)
   redis.call('HINCRBY', KEYS[4], 'checked_out', 1)
@@ -165,7 +166,7 @@ class RedisCartStore:
         """Pin the cart to ``order_id`` once; a cart already checked out keeps its first order id."""
         keys = [_key(cart_id), ACTIVITY, OPERATIONS, COUNTERS]
         result = await self._call(lambda: self._checkout(
-            keys, [str(order_id), now.isoformat(), str(cart_id), str(owner or "")]))
+            keys, [str(order_id), now.isoformat(), str(cart_id), str(owner or ""), self.ttl]))
         if result[0] == "EMPTY":
             raise EmptyCart(f"cart {cart_id} is empty")
         return self._result(cart_id, result, None)

@@ -10,7 +10,8 @@ from decimal import Decimal
 
 import pytest
 
-from domain.cart import CartStatus
+import store.carts as cart_store
+from domain.cart import Cart, CartStatus
 from domain.errors import NotFound, TransitionForbidden
 from store.carts import ACTIVITY, RedisCartStore
 from tests.integration.ray_support import eventually
@@ -26,6 +27,26 @@ async def carts(servers: Servers) -> AsyncIterator[RedisCartStore]:
     store = RedisCartStore.from_url(servers.redis_url, ttl=3600)
     yield store
     await store.close()
+
+
+@pytest.fixture
+async def own_metrics(carts: RedisCartStore, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """An activity set and counters of this test's own: the Redis is shared with other tests and runs,
+    so the shared ones would allow only deltas, and a concurrent run would blur even those."""
+    suffix = uuid.uuid4().hex
+    keys = []
+    for name in ("ACTIVITY", "OPERATIONS", "COUNTERS"):
+        keys.append(f"{getattr(cart_store, name)}:test:{suffix}")
+        monkeypatch.setattr(cart_store, name, keys[-1])
+    yield
+    await carts.redis.delete(*keys)
+
+
+async def a_cart_with_a_line(carts: RedisCartStore, at: dt.datetime | None = None) -> uuid.UUID:
+    cart_id = uuid.uuid4()
+    await carts.create(cart_id, uuid.uuid4(), at or now())
+    await carts.set_line(cart_id, uuid.uuid4(), 1, Decimal("2.00"), at or now())
+    return cart_id
 
 
 async def test_fifty_concurrent_updates_of_one_cart_lose_none(carts: RedisCartStore) -> None:
@@ -95,3 +116,160 @@ async def test_another_customers_cart_is_not_found_by_the_store_and_stays_unchan
             await attempt
     cart = await carts.get(cart_id, owner)
     assert cart.lines == () and cart.status is CartStatus.OPEN
+
+
+# --- writers at once --------------------------------------------------------------------------------
+
+
+async def test_concurrent_writers_of_one_line_each_get_back_their_own_write(carts: RedisCartStore) -> None:
+    cart_id, product = uuid.uuid4(), uuid.uuid4()
+    base = now()
+    await carts.create(cart_id, uuid.uuid4(), base)
+    writes = {q: base + dt.timedelta(seconds=q) for q in range(1, 51)}  # quantity -> its writer's clock
+    seen = await asyncio.gather(*[carts.set_line(cart_id, product, q, Decimal(q), at) for q, at in writes.items()])
+    assert [([line.quantity for line in cart.lines], cart.updated_at) for cart in seen] == [
+        ([q], at) for q, at in writes.items()]
+
+
+async def test_concurrent_writers_of_one_line_leave_one_writers_whole_write(carts: RedisCartStore,
+                                                                            own_metrics: None) -> None:
+    cart_id, product = uuid.uuid4(), uuid.uuid4()
+    base = now()
+    await carts.create(cart_id, uuid.uuid4(), base)
+    writes = {q: base + dt.timedelta(seconds=q) for q in range(1, 51)}  # quantity -> its writer's clock
+    await asyncio.gather(*[carts.set_line(cart_id, product, q, Decimal(q), at) for q, at in writes.items()])
+    cart = await carts.get(cart_id)
+    [line] = cart.lines
+    last = writes[line.quantity]
+    assert (line.unit_price, cart.updated_at) == (Decimal(line.quantity), last)
+    assert await carts.redis.zscore(cart_store.ACTIVITY, str(cart_id)) == pytest.approx(last.timestamp(), abs=1e-3)
+    assert 0 < await carts.redis.ttl(f"cart:{cart_id}") <= carts.ttl
+
+
+async def test_a_line_set_during_checkout_is_in_the_checked_out_cart_or_refused(carts: RedisCartStore) -> None:
+    cart_id = await a_cart_with_a_line(carts)
+    before = {line.product_id for line in (await carts.get(cart_id)).lines}
+    products = [uuid.uuid4() for _ in range(60)]
+
+    async def lands(product: uuid.UUID) -> bool:
+        try:
+            await carts.set_line(cart_id, product, 1, Decimal("1.00"), now())
+            return True
+        except TransitionForbidden:
+            return False
+
+    outcomes = await asyncio.gather(*[lands(p) for p in products[:30]],
+                                    carts.begin_checkout(cart_id, uuid.uuid4(), now()),
+                                    *[lands(p) for p in products[30:]])
+    checkout: Cart = outcomes.pop(30)
+    landed = {p for p, ok in zip(products, outcomes, strict=True) if ok}
+    assert {line.product_id for line in checkout.lines} == before | landed
+    assert (await carts.get(cart_id)).lines == checkout.lines
+
+
+# --- checkout once ----------------------------------------------------------------------------------
+
+
+async def checked_out(carts: RedisCartStore) -> int:
+    return int((await carts.stats(now(), 0))["checked_out"])
+
+
+async def test_a_checkout_retried_after_a_crash_gets_the_order_pinned_first(carts: RedisCartStore) -> None:
+    cart_id, pinned = await a_cart_with_a_line(carts), uuid.uuid4()
+    first = await carts.begin_checkout(cart_id, pinned, now())
+    retry = await carts.begin_checkout(cart_id, uuid.uuid4(), now())  # finish_checkout never ran
+    assert (retry.order_id, retry.status, retry.lines) == (pinned, CartStatus.CHECKING_OUT, first.lines)
+
+
+async def test_a_pinned_cart_stays_checking_out_until_the_checkout_finishes(carts: RedisCartStore) -> None:
+    cart_id = await a_cart_with_a_line(carts)
+    await carts.begin_checkout(cart_id, uuid.uuid4(), now())
+    await carts.begin_checkout(cart_id, uuid.uuid4(), now())
+    assert (await carts.get(cart_id)).status is CartStatus.CHECKING_OUT
+    await carts.finish_checkout(cart_id)
+    assert (await carts.get(cart_id)).status is CartStatus.CHECKED_OUT
+
+
+async def test_a_retried_and_twice_finished_checkout_counts_once(carts: RedisCartStore, own_metrics: None) -> None:
+    cart_id = await a_cart_with_a_line(carts)
+    for _ in range(2):
+        await carts.begin_checkout(cart_id, uuid.uuid4(), now())
+        await carts.finish_checkout(cart_id)
+    stats = await carts.stats(now(), 0)
+    assert (stats["checked_out"], stats["operations"]["checkout"]) == (1, 1)
+
+
+async def test_an_aborted_checkout_reopens_the_cart_and_no_longer_counts(carts: RedisCartStore,
+                                                                         own_metrics: None) -> None:
+    cart_id, order_id = await a_cart_with_a_line(carts), uuid.uuid4()
+    await carts.begin_checkout(cart_id, order_id, now())
+    await carts.abort_checkout(cart_id, order_id)
+    cart = await carts.get(cart_id)
+    assert (cart.status, cart.order_id, await checked_out(carts)) == (CartStatus.OPEN, None, 0)
+    assert await carts.redis.zscore(cart_store.ACTIVITY, str(cart_id)) is not None
+    await carts.set_line(cart_id, uuid.uuid4(), 1, Decimal("1.00"), now())
+
+
+async def test_aborts_repeated_even_at_once_uncount_a_checkout_once(carts: RedisCartStore, own_metrics: None) -> None:
+    cart_id, order_id = await a_cart_with_a_line(carts), uuid.uuid4()
+    await carts.begin_checkout(cart_id, order_id, now())
+    await asyncio.gather(*[carts.ping() for _ in range(10)])  # connections open, so the aborts do run at once
+    await asyncio.gather(*[carts.abort_checkout(cart_id, order_id) for _ in range(10)])
+    await carts.abort_checkout(cart_id, order_id)
+    assert ((await carts.get(cart_id)).status, await checked_out(carts)) == (CartStatus.OPEN, 0)
+
+
+async def test_an_abort_for_another_order_leaves_the_checkout_alone(carts: RedisCartStore, own_metrics: None) -> None:
+    cart_id, order_id = await a_cart_with_a_line(carts), uuid.uuid4()
+    await carts.begin_checkout(cart_id, order_id, now())
+    await carts.abort_checkout(cart_id, uuid.uuid4())
+    cart = await carts.get(cart_id)
+    assert (cart.status, cart.order_id, await checked_out(carts)) == (CartStatus.CHECKING_OUT, order_id, 1)
+
+
+async def test_an_abort_after_the_checkout_finished_changes_nothing(carts: RedisCartStore, own_metrics: None) -> None:
+    cart_id, order_id = await a_cart_with_a_line(carts), uuid.uuid4()
+    await carts.begin_checkout(cart_id, order_id, now())
+    await carts.finish_checkout(cart_id)
+    await carts.abort_checkout(cart_id, order_id)
+    cart = await carts.get(cart_id)
+    assert (cart.status, cart.order_id, await checked_out(carts)) == (CartStatus.CHECKED_OUT, order_id, 1)
+
+
+# --- expiry and abandonment -------------------------------------------------------------------------
+
+
+async def test_beginning_a_checkout_refreshes_the_ttl_like_every_change(carts: RedisCartStore) -> None:
+    cart_id = await a_cart_with_a_line(carts)
+    await carts.redis.expire(f"cart:{cart_id}", 5)  # idle almost up to its expiry
+    await carts.begin_checkout(cart_id, uuid.uuid4(), now())
+    assert 3000 < await carts.redis.ttl(f"cart:{cart_id}") <= carts.ttl
+
+
+async def test_a_finished_checkout_keeps_the_cart_expiring(carts: RedisCartStore) -> None:
+    cart_id = await a_cart_with_a_line(carts)
+    await carts.begin_checkout(cart_id, uuid.uuid4(), now())
+    await carts.finish_checkout(cart_id)
+    assert 0 < await carts.redis.ttl(f"cart:{cart_id}") <= carts.ttl
+
+
+async def test_stats_count_each_cart_made_and_each_checked_out_once(carts: RedisCartStore, own_metrics: None) -> None:
+    made = [await a_cart_with_a_line(carts) for _ in range(4)]
+    again, customer = uuid.uuid4(), uuid.uuid4()
+    for _ in range(2):
+        await carts.create(again, customer, now())  # a retried request finds its cart made
+    for cart_id in made[:2]:
+        await carts.begin_checkout(cart_id, uuid.uuid4(), now())
+    stats = await carts.stats(now(), 0)
+    assert (stats["created"], stats["checked_out"]) == (5, 2)
+    assert stats["operations"] == {"create": 5, "set_item": 4, "checkout": 2}
+
+
+async def test_stats_count_idle_open_carts_as_abandoned_and_checked_out_ones_as_neither(
+        carts: RedisCartStore, own_metrics: None) -> None:
+    idle = [await a_cart_with_a_line(carts, now() - dt.timedelta(minutes=30)) for _ in range(4)]
+    active = [await a_cart_with_a_line(carts) for _ in range(3)]
+    for cart_id in (*idle[:2], active[0]):
+        await carts.begin_checkout(cart_id, uuid.uuid4(), now())
+    stats = await carts.stats(now(), abandoned_after=15 * 60)
+    assert (stats["abandoned"], stats["open"]) == (2, 4)
