@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import uuid
 from typing import Any, ClassVar
 
 import ray
@@ -63,6 +64,11 @@ class Shard(ServiceActor):
         self.host.max_active = max(limit, 1)
         self.host.peak_active = self.host.active
         return await self.stats()
+
+    async def locate(self, entity_id: uuid.UUID) -> dict[str, Any]:
+        """Whether the entity is in this shard's memory now (an operator's "where is entity X")."""
+        await self.start()
+        return {"shard": self.index, "kind": self.KIND, "active": self.host.is_active(entity_id)}
 
     async def metrics_text(self) -> str:
         await self.start()

@@ -54,6 +54,9 @@ class EntityHost(Generic[T]):
     def active(self) -> int:
         return len(self._entities) + len(self._loading)
 
+    def is_active(self, entity_id: uuid.UUID) -> bool:
+        return entity_id in self._entities
+
     def states(self) -> list[tuple[uuid.UUID, T]]:
         return [(e.id, e.state) for e in self._entities.values()]
 

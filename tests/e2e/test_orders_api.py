@@ -41,15 +41,28 @@ async def test_the_same_idempotency_key_twice_places_one_order(http: httpx.Async
     first, second = await asyncio.gather(place(http, body, key), place(http, body, key))
     codes = sorted([first.status_code, second.status_code])
     assert codes in ([202, 202], [202, 409])  # a concurrent repeat may be told the first is in flight
+    for r in (first, second):
+        if r.status_code == 409:
+            assert r.headers["retry-after"] == "1" and r.json()["type"].endswith("/request-in-progress")
     again = await place(http, body, key)
     winner = first if first.status_code == 202 else second
     assert again.status_code == 202 and again.json() == winner.json()
-    customer_orders = await eventually(
-        lambda: http.get(f"{API}/orders", params={"customer_id": body["customer_id"]}),
-        lambda r: len(r.json()["items"]) >= 1)
-    assert len(customer_orders.json()["items"]) == 1
-    await order_status(http, again.json()["order_id"], {"CONFIRMED"})
+    assert again.headers["idempotent-replayed"] == "true"
+    order_id = winner.json()["order_id"]
+    await order_status(http, order_id, {"CONFIRMED"})
+    # Had the work run twice, it would show here, once every saga is done: in the stock, the customer's
+    # orders in the event store, and the payment provider's charges.
     assert (await http.get(f"{API}/inventory/{pid}")).json()["on_hand"] == 4
+    created = (await http.get(f"{API}/admin/events", params={"event_type": "OrderCreated", "limit": 500})).json()
+    mine = [e for e in created["items"] if e["data"]["customer_id"] == body["customer_id"]]
+    while created["next_position"] is not None:
+        created = (await http.get(f"{API}/admin/events", params={
+            "event_type": "OrderCreated", "limit": 500, "after_position": created["next_position"]})).json()
+        mine += [e for e in created["items"] if e["data"]["customer_id"] == body["customer_id"]]
+    assert [e["aggregate_id"] for e in mine] == [order_id]
+    charges = (await http.get(f"{API}/admin/events", params={"aggregate_id": order_id,
+                                                              "event_type": "PaymentProcessed"})).json()["items"]
+    assert len(charges) == 1
 
 
 async def test_the_same_idempotency_key_with_another_body_is_refused(http: httpx.AsyncClient) -> None:

@@ -63,26 +63,53 @@ async def test_forty_orders_for_ten_units_confirm_exactly_ten(
     assert final.on_hand == 0
 
 
+async def place_on_shard(orders: OrderClient, pid: uuid.UUID, n: int, shard: int, shards: int,
+                         address: dict[str, str] = ADDRESS) -> list[uuid.UUID]:
+    ids: list[uuid.UUID] = []
+    while len(ids) < n:
+        candidate = uuid.uuid4()
+        if shard_of(candidate, shards) == shard:
+            ids.append(candidate)
+    await asyncio.gather(*[orders.create_order(i, uuid.uuid4(), [(pid, 1)], address, "tok_visa") for i in ids])
+    return ids
+
+
+async def provider_effects(store: PostgresEventStore, order_id: uuid.UUID) -> dict[str, Any]:
+    """Every saga of the order, and what the payment provider did and was asked under any of them."""
+    sagas = [r["saga_id"] for r in await store.pool.fetch("SELECT saga_id FROM sagas WHERE order_id = $1", order_id)]
+    keys = [f"{s}:%" for s in sagas]
+    ledger = await store.pool.fetch(
+        "SELECT operation, status FROM provider_ledger WHERE provider = 'payments' AND key LIKE ANY($1::text[])", keys)
+    attempts = await store.pool.fetch(
+        """SELECT operation, key FROM provider_attempts
+           WHERE provider = 'payments' AND outcome = 'received' AND key LIKE ANY($1::text[])""", keys)
+    return {"sagas": sagas, "charges": [r["status"] for r in ledger if r["operation"] == "charge"],
+            "refunds": [r["status"] for r in ledger if r["operation"] == "refund"],
+            "charge_attempts": [r["key"] for r in attempts if r["operation"] == "charge"]}
+
+
 async def test_a_killed_order_shard_restarts_and_every_saga_finishes_exactly_once(
         orders: OrderClient, inventory: InventoryClient, actor_store: PostgresEventStore, actor_settings: Any) -> None:
     pid = await stocked(inventory, on_hand=100)
-    good = await place_many(orders, pid, 12)
-    bad = await place_many(orders, pid, 6, address={**ADDRESS, "postal_code": "00000"})
-    victim = ray.get_actor(order_shard_name(0), namespace=actor_settings.namespace)
-    ray.kill(victim, no_restart=False)
+    shards = actor_settings.order_shards
+    good = await place_on_shard(orders, pid, 12, 0, shards)
+    bad = await place_on_shard(orders, pid, 6, 0, shards, address={**ADDRESS, "postal_code": "00000"})
+    running = await actor_store.pool.fetchval(
+        "SELECT COUNT(*) FROM sagas WHERE order_id = ANY($1::uuid[]) AND status IN ('RUNNING', 'COMPENSATING')",
+        good + bad)
+    assert running > 0  # the kill below interrupts sagas in flight on that shard
+    ray.kill(ray.get_actor(order_shard_name(0), namespace=actor_settings.namespace), no_restart=False)
     counts = await all_settled(orders, good + bad)
     assert counts == Counter({"CONFIRMED": 12, "CANCELLED": 6})
     for order_id in good + bad:
-        saga_id = (await orders.get_order(order_id))["saga_id"]
-        rows = await actor_store.pool.fetch(
-            "SELECT operation, status FROM provider_ledger WHERE provider = 'payments' AND key LIKE $1 || ':%'",
-            saga_id)
-        charges = [r["status"] for r in rows if r["operation"] == "charge"]
-        refunds = [r for r in rows if r["operation"] == "refund"]
+        effects = await provider_effects(actor_store, order_id)
+        assert len(effects["sagas"]) == 1
+        assert len(effects["charge_attempts"]) >= 1
+        assert set(effects["charge_attempts"]) == {f"{effects['sagas'][0]}:process_payment"}
         if order_id in good:
-            assert charges == ["succeeded"] and refunds == []
+            assert effects["charges"] == ["succeeded"] and effects["refunds"] == []
         else:
-            assert charges == ["refunded"] and len(refunds) == 1
+            assert effects["charges"] == ["refunded"] and effects["refunds"] == ["succeeded"]
     stock = await inventory.get_stock(pid)
     assert (stock["on_hand"], stock["reserved"]) == (88, 0)
 
@@ -167,6 +194,26 @@ async def test_an_expired_reservation_returns_its_stock_and_records_an_event(
     assert (await event_types(actor_store, pid))[-1] == "ReservationExpired"
     sku, _ = await repo.load(actor_store, repo.SKU, pid, use_snapshot=False)
     assert sku is not None and sku.on_hand == 4
+
+
+async def test_a_reservation_of_a_sku_no_longer_in_memory_expires_too(
+        inventory: InventoryClient, actor_store: PostgresEventStore, actor_settings: Any) -> None:
+    pid = await stocked(inventory, on_hand=4)
+    await inventory.reserve(pid, uuid.uuid4(), 3, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2), "test")
+    shard = ActorRef(inventory_shard_name(shard_of(pid, actor_settings.inventory_shards)), actor_settings.namespace)
+    try:
+        await call(shard, "set_max_active", 1)
+        while (await call(shard, "locate", pid))["active"]:  # other SKUs of the shard push it out of memory
+            other = await stocked(inventory)
+            if shard_of(other, actor_settings.inventory_shards) == shard_of(pid, actor_settings.inventory_shards):
+                await inventory.get_stock(other)
+        types = await eventually(lambda: event_types(actor_store, pid), lambda t: t[-1] == "ReservationExpired",
+                                 timeout=30)
+        assert types.count("ReservationExpired") == 1
+    finally:
+        await call(shard, "set_max_active", actor_settings.max_active_entities)
+    sku, _ = await repo.load(actor_store, repo.SKU, pid, use_snapshot=False)
+    assert sku is not None and (sku.on_hand, sku.reserved) == (4, 0)
 
 
 async def test_a_burst_on_one_sku_shares_commits_and_each_event_keeps_its_command(
