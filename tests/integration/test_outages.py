@@ -1,74 +1,115 @@
 """A dependency outage answers 503 with Retry-After and loses nothing; service resumes when it is back.
 
-The servers stopped here are embedded ones this test starts itself, never the machine's.
+What was written before the outage is read back after it, a saga in flight at the outage finishes, and
+the very request that got the 503 succeeds when retried. The servers stopped here are embedded ones
+this test starts itself, never the machine's; the service's actors run on the session's Ray over them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 import serve_app
+from actors.deploy import deploy_actors, remove_actors
 from commerce.runtime import run_migrations
-from commerce.settings import Settings
 from store.embedded import EmbeddedPostgres, EmbeddedRedis
-from tests.integration.ray_support import TEST_JWT_SECRET
+from tests.integration.ray_support import eventually
+from tests.integration.ray_support import test_settings as settings_for
 
-ADMIN = {"Authorization": "Bearer t"}
+pytestmark = pytest.mark.ray
+
+ADMIN = {"Authorization": "Bearer test-admin-token"}
+ADDRESS = {"name": "A", "line1": "1", "city": "C", "postal_code": "1", "country": "US"}
+
+
+@dataclass
+class Deployment:
+    http: httpx.AsyncClient
+    pg: EmbeddedPostgres
+    redis: EmbeddedRedis
 
 
 @pytest.fixture
-async def app_over_embedded(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, EmbeddedPostgres, EmbeddedRedis]]:
+async def service_over_embedded(tmp_path: Path, ray_session: None) -> AsyncIterator[Deployment]:
     pg, rd = EmbeddedPostgres(tmp_path), EmbeddedRedis(tmp_path)
-    settings = Settings(database_url=pg.start(), redis_url=rd.start(), admin_token="t", data_dir=tmp_path,
-                        namespace=f"outage-{uuid.uuid4().hex[:6]}", jwt_secret=TEST_JWT_SECRET,
-                        server_secret="outage-server-secret")
+    settings = settings_for(pg.start(), rd.start(), order_shards=1, inventory_shards=1, data_dir=tmp_path)
     await run_migrations(settings.database_url or "")
+    await asyncio.to_thread(deploy_actors, settings)
     saved = (serve_app.Replica.settings, serve_app.Replica.provider, serve_app.Replica.verifier)
     serve_app.Replica.configure(settings)
     transport = httpx.ASGITransport(app=serve_app.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=ADMIN) as client:
-        yield client, pg, rd
-    services = await serve_app.Replica.provider.get()
-    await services.carts.close()
-    await services.pool.close()
-    serve_app.Replica.settings, serve_app.Replica.provider, serve_app.Replica.verifier = saved
-    rd.stop()
-    pg.stop()
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=ADMIN, timeout=60) as client:
+            yield Deployment(client, pg, rd)
+        services = await serve_app.Replica.services_provider().get()
+        await services.carts.close()
+        await services.pool.close()
+    finally:
+        serve_app.Replica.settings, serve_app.Replica.provider, serve_app.Replica.verifier = saved
+        await asyncio.to_thread(remove_actors, settings)
+        rd.stop()
+        pg.stop()
 
 
-async def test_redis_down_answers_503_and_the_cart_is_back_with_redis(
-        app_over_embedded: tuple[httpx.AsyncClient, EmbeddedPostgres, EmbeddedRedis]) -> None:
-    http, _, rd = app_over_embedded
+def order(pid: str, customer: str, token: str = "tok_visa") -> dict[str, object]:
+    return {"customer_id": customer, "items": [{"product_id": pid, "quantity": 1}], "payment_token": token,
+            "shipping_address": ADDRESS}
+
+
+async def status_of(http: httpx.AsyncClient, order_id: str) -> str:
+    r = await http.get(f"/api/v1/orders/{order_id}")
+    return str(r.json().get("status")) if r.status_code == 200 else f"http {r.status_code}"
+
+
+async def test_redis_down_answers_503_and_what_was_written_is_back_with_redis(
+        service_over_embedded: Deployment) -> None:
+    http, rd = service_over_embedded.http, service_over_embedded.redis
+    pid = str(uuid.uuid4())
+    assert (await http.put(f"/api/v1/inventory/{pid}", json={"on_hand": 5, "price": "2.00"})).status_code == 200
     cart = (await http.post("/api/v1/cart", json={"customer_id": str(uuid.uuid4())})).json()
+    await http.put(f"/api/v1/cart/{cart['id']}/items", json={"product_id": pid, "quantity": 2})
     rd.stop()
     down = await http.get(f"/api/v1/cart/{cart['id']}")
     assert down.status_code == 503 and down.headers["retry-after"]
     assert down.headers["content-type"] == "application/problem+json"
-    created = await http.post("/api/v1/cart", json={"customer_id": str(uuid.uuid4())})
-    assert created.status_code == 503
+    keyed = {"json": {"customer_id": str(uuid.uuid4())}, "headers": {"Idempotency-Key": f"cart-{uuid.uuid4()}"}}
+    assert (await http.post("/api/v1/cart", **keyed)).status_code == 503  # type: ignore[arg-type]
     rd.start()
-    back = await http.get(f"/api/v1/cart/{cart['id']}")
-    assert back.status_code == 200 and back.json()["id"] == cart["id"]
+    back = (await http.get(f"/api/v1/cart/{cart['id']}")).json()
+    assert [(x["product_id"], x["quantity"]) for x in back["items"]] == [(pid, 2)]
+    retried = await http.post("/api/v1/cart", **keyed)  # type: ignore[arg-type]
+    assert retried.status_code == 201 and "idempotent-replayed" not in retried.headers
 
 
-async def test_postgres_down_answers_503_and_reads_resume_when_it_is_back(
-        app_over_embedded: tuple[httpx.AsyncClient, EmbeddedPostgres, EmbeddedRedis]) -> None:
-    http, pg, _ = app_over_embedded
-    assert (await http.get("/api/v1/orders")).status_code == 200
+async def test_postgres_down_answers_503_a_saga_in_flight_finishes_and_the_refused_post_succeeds_when_retried(
+        service_over_embedded: Deployment) -> None:
+    http, pg = service_over_embedded.http, service_over_embedded.pg
+    pid, customer = str(uuid.uuid4()), str(uuid.uuid4())
+    assert (await http.put(f"/api/v1/inventory/{pid}", json={"on_hand": 10, "price": "2.00"})).status_code == 200
+    placed_before = await asyncio.gather(*[http.post("/api/v1/orders", json=order(pid, customer, "tok_flaky"))
+                                           for _ in range(5)])
+    before = [r.json()["order_id"] for r in placed_before]
     pg.stop()
-    down = await http.get("/api/v1/orders")
+    in_flight = [await status_of(http, o) for o in before]
+    assert any(s in ("PENDING", "INVENTORY_RESERVED", "PAYMENT_PROCESSED", "SHIPMENT_CREATED") for s in in_flight)
+    down = await http.get("/api/v1/orders", params={"customer_id": customer})
     assert down.status_code == 503 and down.headers["retry-after"]
-    keyed = await http.post("/api/v1/orders", headers={"Idempotency-Key": "k-outage"}, json={
-        "customer_id": str(uuid.uuid4()), "items": [{"product_id": str(uuid.uuid4()), "quantity": 1}],
-        "payment_token": "tok_visa",
-        "shipping_address": {"name": "A", "line1": "1", "city": "C", "postal_code": "1", "country": "US"}})
-    assert keyed.status_code == 503
-    admin = await http.get("/api/v1/admin/sagas", headers={"Authorization": "Bearer t"})
-    assert admin.status_code == 503
+    refused = {"json": order(pid, customer), "headers": {"Idempotency-Key": f"order-{uuid.uuid4()}"}}
+    assert (await http.post("/api/v1/orders", **refused)).status_code == 503  # type: ignore[arg-type]
+    assert (await http.get("/api/v1/admin/sagas")).status_code == 503
     pg.start()
-    assert (await http.get("/api/v1/orders")).status_code == 200
+    retried = await http.post("/api/v1/orders", **refused)  # type: ignore[arg-type]
+    assert retried.status_code == 202 and "idempotent-replayed" not in retried.headers
+    placed = [*before, retried.json()["order_id"]]
+    finished = await eventually(lambda: asyncio.gather(*[status_of(http, o) for o in placed]),
+                                lambda s: set(s) <= {"CONFIRMED", "CANCELLED"}, timeout=90)
+    assert finished == ["CONFIRMED"] * 6
+    stock = (await http.get(f"/api/v1/inventory/{pid}")).json()
+    assert (stock["on_hand"], stock["reserved"]) == (4, 0)
