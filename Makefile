@@ -23,8 +23,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The event store, then the HTTP benchmark (needs wrk: apt-get install wrk); each prints its table.
+# Servers: COMMERCE_DATABASE_URL / COMMERCE_REDIS_URL, else the defaults of bench/common.py, else embedded.
+BENCH_HTTP_ARGS ?= --duration 15 --repeat 3 --concurrency 32 1
+
 bench: $(STAMP)
-	$(BIN)/python -m bench.event_store
+	$(BIN)/python -m bench.event_store --repeat 3
+	$(BIN)/python -m bench.http_load $(BENCH_HTTP_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

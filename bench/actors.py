@@ -2,6 +2,9 @@
 second on one hot SKU from 64 concurrent callers, with the oversell check.
 
     python -m bench.actors [--orders 300] [--concurrency 32] [--reservations 2000]
+
+The confirmed rate waits for the sagas by watching their count in PostgreSQL (bench/drain.py), not by
+asking the shards that run them about each order.
 """
 
 from __future__ import annotations
@@ -17,18 +20,22 @@ import ray
 
 from actors.client import InventoryClient, OrderClient
 from actors.deploy import deploy_actors, remove_actors
-from bench.common import dsn, redis_url, row, summary
+from bench.common import postgres, redis_server, row, summary
+from bench.drain import drain
 from commerce.runtime import SERVE_ENV, run_migrations
 from commerce.settings import Settings
 from domain import inventory as inv
 from store import repository as repo
 from store.event_store import PostgresEventStore, create_pool
+from store.sagas import SagaStore
 from tests.support import create_database, drop_database
 
 ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}
+DRAIN_TIMEOUT = 600.0
 
 
-async def orders_per_second(orders: OrderClient, inventory: InventoryClient, n: int, concurrency: int) -> None:
+async def orders_per_second(orders: OrderClient, inventory: InventoryClient, sagas: SagaStore, n: int,
+                            concurrency: int) -> None:
     pid = uuid.uuid4()
     await inventory.set_stock(pid, n, "9.99", "bench")
     ids = [uuid.uuid4() for _ in range(n)]
@@ -41,17 +48,14 @@ async def orders_per_second(orders: OrderClient, inventory: InventoryClient, n: 
             await orders.create_order(order_id, uuid.uuid4(), [(pid, 1)], ADDRESS, "tok_visa")
             latencies.append(time.perf_counter() - t)
 
+    before = await sagas.counts()
     start = time.perf_counter()
     await asyncio.gather(*[place(i) for i in ids])
     accepted = time.perf_counter() - start
     row(f"orders accepted (concurrency {concurrency})", n, accepted, summary(latencies))
-    pending = set(ids)
-    while pending:
-        done = await asyncio.gather(*[orders.get_order(i) for i in pending])
-        pending = {uuid.UUID(o["order_id"]) for o in done if o["status"] not in ("CONFIRMED", "CANCELLED")}
-        if pending:
-            await asyncio.sleep(0.2)
-    row("orders confirmed (saga drained, end to end)", n, time.perf_counter() - start)
+    drained = await drain(sagas, DRAIN_TIMEOUT)
+    confirmed = drained.count("COMPLETED") - before.get("COMPLETED", 0)
+    row("orders confirmed (saga drained, end to end)", confirmed, time.perf_counter() - start)
 
 
 async def hot_sku(inventory: InventoryClient, store: PostgresEventStore, attempts: int, callers: int) -> None:
@@ -83,11 +87,10 @@ async def hot_sku(inventory: InventoryClient, store: PostgresEventStore, attempt
     print(f"  oversell check: {won} reserved of {stock} on hand, {refused} refused, available {sku.available}")
 
 
-async def main(n: int, concurrency: int, reservations: int) -> None:
-    base = dsn()
+async def main(base: str, redis: str, n: int, concurrency: int, reservations: int) -> None:
     database = await create_database(base, "commerce_bench")
     await run_migrations(database)
-    settings = Settings(database_url=database, redis_url=redis_url(), namespace=f"bench-{uuid.uuid4().hex[:6]}",
+    settings = Settings(database_url=database, redis_url=redis, namespace=f"bench-{uuid.uuid4().hex[:6]}",
                         order_shards=2, inventory_shards=2)
     os.environ.update(SERVE_ENV)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -96,9 +99,10 @@ async def main(n: int, concurrency: int, reservations: int) -> None:
         await asyncio.to_thread(deploy_actors, settings)
         orders = OrderClient(settings.namespace, settings.order_shards)
         inventory = InventoryClient(settings.namespace, settings.inventory_shards)
-        await orders_per_second(orders, inventory, 20, concurrency)  # warm up
-        await orders_per_second(orders, inventory, n, concurrency)
-        await hot_sku(inventory, PostgresEventStore(pool), reservations, 64)
+        store = PostgresEventStore(pool)
+        await orders_per_second(orders, inventory, SagaStore(store), 20, concurrency)  # warm up
+        await orders_per_second(orders, inventory, SagaStore(store), n, concurrency)
+        await hot_sku(inventory, store, reservations, 64)
     finally:
         await pool.close()
         remove_actors(settings)
@@ -112,4 +116,5 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--reservations", type=int, default=2000)
     args = parser.parse_args()
-    asyncio.run(main(args.orders, args.concurrency, args.reservations))
+    with postgres() as base_dsn, redis_server() as redis:
+        asyncio.run(main(base_dsn, redis, args.orders, args.concurrency, args.reservations))

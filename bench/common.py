@@ -1,10 +1,17 @@
-"""Helpers of the benchmarks: a fresh database on the configured PostgreSQL, percentiles, output."""
+"""Helpers of the benchmarks: the servers to run on, percentiles, output.
+
+Each benchmark makes a database of its own on the PostgreSQL it is given and drops it at the end.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import statistics
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -16,6 +23,66 @@ def dsn() -> str:
 
 def redis_url() -> str:
     return os.environ.get("COMMERCE_REDIS_URL", DEFAULT_REDIS)
+
+
+async def _postgres_answers(url: str) -> bool:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(url, timeout=3)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return False
+    await conn.close()
+    return True
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping())
+    except (OSError, redis.RedisError):
+        return False
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """The PostgreSQL to make the benchmark's database on: COMMERCE_DATABASE_URL if set, else the
+    machine's at DEFAULT_DSN if it answers (as before), else an embedded one, stopped on the way out.
+
+    Call it outside an event loop: the probe runs one of its own.
+    """
+    configured = os.environ.get("COMMERCE_DATABASE_URL")
+    if configured or asyncio.run(_postgres_answers(DEFAULT_DSN)):
+        yield configured or DEFAULT_DSN
+        return
+    from store.embedded import EmbeddedPostgres
+
+    with tempfile.TemporaryDirectory(prefix="commerce-bench-") as tmp:
+        server = EmbeddedPostgres(Path(tmp))
+        try:
+            print("PostgreSQL: embedded (none configured, none at the default address)", flush=True)
+            yield server.start()
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """Redis, chosen like :func:`postgres`: COMMERCE_REDIS_URL, the default address, or an embedded one."""
+    configured = os.environ.get("COMMERCE_REDIS_URL")
+    if configured or _redis_answers(DEFAULT_REDIS):
+        yield configured or DEFAULT_REDIS
+        return
+    from store.embedded import EmbeddedRedis
+
+    with tempfile.TemporaryDirectory(prefix="commerce-bench-") as tmp:
+        server = EmbeddedRedis(Path(tmp))
+        try:
+            print("Redis: embedded (none configured, none at the default address)", flush=True)
+            yield server.start()
+        finally:
+            server.stop()
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -33,3 +100,13 @@ def summary(latencies: Sequence[float]) -> str:
 
 def row(label: str, count: int, seconds: float, extra: str = "") -> None:
     print(f"{label:<48} {count:>7} in {seconds:6.2f} s = {count / seconds:9.1f}/s  {extra}", flush=True)
+
+
+def spread(values: Sequence[float], fmt: str, unit: str = "") -> str:
+    """The median of the repeats and their range, ``median (min–max) unit``; one value alone as it is."""
+    if not values:
+        return ""
+    median = fmt.format(statistics.median(values))
+    if len(values) == 1:
+        return f"{median}{unit}"
+    return f"{median} ({fmt.format(min(values))}–{fmt.format(max(values))}){unit}"

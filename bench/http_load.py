@@ -1,10 +1,17 @@
-"""A bounded HTTP load generator against the full stack (Ray Serve, actors, PostgreSQL, Redis).
+"""The HTTP benchmark: the full stack (Ray Serve behind HAProxy, the actors, PostgreSQL, Redis) next to
+two baselines on the same Serve instance, all driven by the same client, wrk, in the same run.
 
-Measures accepted orders per second and p50/p95/p99 of POST /orders at several concurrencies,
-confirmed orders per second once the sagas drained, and GET /livez on the same Serve instance in the
-same run as the ceiling of the HTTP layer itself.
+    python -m bench.http_load [--duration 15] [--warmup 5] [--repeat 3] [--concurrency 32 1]
 
-    python -m bench.http_load [--requests 300] [--concurrency 1 8 32]
+Each repeat, for each concurrency, in this order:
+
+1. GET /livez: a route of the service that calls nothing;
+2. GET /baseline/ping: a trivial route plus one actor call (bench/baseline.py);
+3. POST /api/v1/orders as the admin, for one customer and one product;
+4. the drain: until no saga is running, watched through one count query on PostgreSQL (bench/drain.py).
+
+Every phase starts with the sagas of the phases before it finished. The table gives each figure's
+median and range over the repeats; docs/benchmarks.md says how the figures are taken.
 """
 
 from __future__ import annotations
@@ -12,104 +19,217 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import socket
+import os
+import secrets
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 
-from bench.common import dsn, redis_url, row, summary
+from bench import baseline, wrk
+from bench.common import postgres, redis_server
+from bench.drain import Drained, drain
+from bench.report import Report
 from commerce.runtime import Runtime
 from commerce.settings import Settings
-from tests.support import create_database, drop_database
+from store.event_store import PostgresEventStore, create_pool
+from store.sagas import SagaStore
+from tests.support import SERVE_FIXED_PORTS, create_database, drop_database, free_port
+
+LIVEZ = "GET /livez (no actor call)"
+BASELINE = "GET /baseline/ping (trivial route + 1 actor call)"
+ORDERS = "POST /api/v1/orders accepted"
+RATIO = "accepted orders/s ÷ baseline/s (same repeat)"
+SUSTAINED = "confirmed orders/s over load + drain"
+LABELS = [LIVEZ, BASELINE, ORDERS, RATIO, SUSTAINED]
 
 ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}
-TOKEN = "bench-token"
+STOCK = 1_000_000  # more than any run sells: no order fails for want of stock
+# Replica port ranges of its own: the test suite's Serves use 31000-31999, the service 30000-31000.
+BENCH_SERVE_PORTS = {
+    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "32000", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "32499",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "42000", "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "42499",
+}
 
 
-async def load(client: httpx.AsyncClient, n: int, concurrency: int, request) -> tuple[float, list[float], list[str]]:  # type: ignore[no-untyped-def]
-    latencies: list[float] = []
-    results: list[str] = []
-    remaining = iter(range(n))
-
-    async def worker() -> None:
-        for _ in remaining:
-            t = time.perf_counter()
-            response = await request(client)
-            latencies.append(time.perf_counter() - t)
-            response.raise_for_status()
-            results.append(response.json().get("order_id", ""))
-
-    start = time.perf_counter()
-    await asyncio.gather(*[worker() for _ in range(concurrency)])
-    return time.perf_counter() - start, latencies, results
+@dataclasses.dataclass(frozen=True)
+class Options:
+    duration: int  # seconds of each measured phase
+    warmup: int  # seconds of one unmeasured phase per route before the first repeat
+    repeat: int
+    concurrency: list[int]  # wrk's connections
+    timeout: int  # wrk's --timeout: a slower response counts as an error, not as a latency
+    drain_timeout: float
 
 
-async def run(base: str, requests: int, concurrencies: list[int]) -> None:
-    # The admin places orders for customers: the figures are the service's, not the rate limit's.
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=200),
-                                 headers={"Authorization": f"Bearer {TOKEN}"}) as client:
-        pid = str(uuid.uuid4())
-        stock = requests * len(concurrencies) + 100
-        r = await client.put(f"/api/v1/inventory/{pid}", json={"on_hand": stock, "price": "9.99"})
-        r.raise_for_status()
-
-        def order(c: httpx.AsyncClient):  # type: ignore[no-untyped-def]
-            return c.post("/api/v1/orders", json={
-                "customer_id": str(uuid.uuid4()), "items": [{"product_id": pid, "quantity": 1}],
-                "payment_token": "tok_visa", "shipping_address": ADDRESS})
-
-        def trivial(c: httpx.AsyncClient):  # type: ignore[no-untyped-def]
-            return c.get("/livez")
-
-        await load(client, 20, 4, order)  # warm up
-        placed: list[str] = []
-        drain_start = time.perf_counter()
-        best = 0.0
-        for concurrency in concurrencies:
-            seconds, latencies, ids = await load(client, requests, concurrency, order)
-            placed += ids
-            best = max(best, requests / seconds)
-            row(f"POST /api/v1/orders accepted (concurrency {concurrency})", requests, seconds, summary(latencies))
-        pending = set(placed)
-        while pending:
-            answers = await asyncio.gather(*[client.get(f"/api/v1/orders/{i}") for i in list(pending)[:200]])
-            pending -= {a.json()["order_id"] for a in answers if a.json()["status"] in ("CONFIRMED", "CANCELLED")}
-            await asyncio.sleep(0.2)
-        row("orders confirmed after the drain (all phases)", len(placed), time.perf_counter() - drain_start)
-        seconds, latencies, _ = await load(client, requests * 3, max(concurrencies), trivial)
-        row(f"GET /livez ceiling (concurrency {max(concurrencies)})", requests * 3, seconds, summary(latencies))
-        ceiling = requests * 3 / seconds
-        print(f"  best accepted orders/s is {best / ceiling:.1%} of the trivial-route ceiling ({ceiling:.0f}/s)")
+@dataclasses.dataclass(frozen=True)
+class Targets:
+    livez: str
+    baseline: str
+    orders: str
+    orders_script: Path  # the wrk script that makes wrk's requests the order POSTs
 
 
-async def prepare_database() -> str:
-    return await create_database(dsn(), "commerce_bench")
+def bench_settings(database: str, redis: str, data_dir: Path) -> Settings:
+    # Secrets of its own: the benchmark neither reads nor writes the data directory of `make dev`.
+    return Settings(database_url=database, redis_url=redis, data_dir=data_dir, port=free_port(),
+                    dashboard_port=free_port(), admin_token=secrets.token_urlsafe(24),
+                    jwt_secret=secrets.token_urlsafe(32), server_secret=secrets.token_urlsafe(32),
+                    namespace=f"bench-{uuid.uuid4().hex[:6]}", order_shards=2, inventory_shards=2)
 
 
-def main(requests: int, concurrencies: list[int]) -> None:
-    database = asyncio.run(prepare_database())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = dataclasses.replace(Settings(), database_url=database, redis_url=redis_url(), port=port,
-                                   admin_token=TOKEN, namespace=f"bench-{uuid.uuid4().hex[:6]}",
-                                   order_shards=2, inventory_shards=2, dashboard_port=port + 1)
-    runtime = Runtime(settings)
+def own_serve_ports() -> None:
+    """Ports of its own for this Serve: another one (the test suite's, `make dev`) may run on this machine."""
+    for name in SERVE_FIXED_PORTS:
+        os.environ[name] = str(free_port())
+    os.environ.update(BENCH_SERVE_PORTS)
+
+
+async def ready(client: httpx.AsyncClient, path: str, timeout: float = 60.0) -> None:
+    """Wait for a 200 from ``path``: HAProxy learns an application's route a moment after serve.run returns."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if (await client.get(path)).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} did not answer 200 within {timeout:.0f} s")
+        await asyncio.sleep(0.5)
+
+
+async def prepare_targets(base: str, token: str, directory: Path) -> Targets:
+    """Wait for both applications, stock one product, and write the wrk script of the order POSTs."""
+    auth = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base, timeout=30, headers=auth) as client:
+        await ready(client, "/livez")
+        await ready(client, baseline.PATH)
+        product = uuid.uuid4()
+        response = await client.put(f"/api/v1/inventory/{product}", json={"on_hand": STOCK, "price": "9.99"})
+        response.raise_for_status()
+    # The admin places every order, for one customer and one product: the admin is not rate-limited, so
+    # the figures are the service's and not the budget's, and one constant request is built once by wrk.
+    body = {"customer_id": str(uuid.uuid4()), "items": [{"product_id": str(product), "quantity": 1}],
+            "payment_token": "tok_visa", "shipping_address": ADDRESS}
+    script = wrk.post_script(directory, body, auth)
+    return Targets(f"{base}/livez", f"{base}{baseline.PATH}", f"{base}/api/v1/orders", script)
+
+
+async def phase(report: Report, label: str, c: int, url: str, options: Options,
+                script: Path | None = None) -> wrk.WrkResult:
+    result = await wrk.run(url, c, options.duration, options.timeout, script)
+    report.add(label, c, failed=result.failed, rate=result.ok_per_second, p50=result.p50_ms, p99=result.p99_ms,
+               client_cpu=result.client_cpu)
+    print(f"  c={c:<3} {label:<52} {result.ok_per_second:8.1f}/s  p50 {result.p50_ms:8.1f} ms  "
+          f"p99 {result.p99_ms:8.1f} ms  failed {result.failed}  client CPU {result.client_cpu:.0%}", flush=True)
+    return result
+
+
+def record_drain(report: Report, c: int, orders: wrk.WrkResult, before: dict[str, int], drained: Drained) -> None:
+    """Confirmed orders per second over the load phase and the drain that followed it."""
+    confirmed = drained.count("COMPLETED") - before.get("COMPLETED", 0)
+    # From wrk's start to the last saga seen finished: wrk's whole run, not only its measuring window.
+    report.add(SUSTAINED, c, rate=confirmed / (orders.wall_seconds + drained.seconds), drain=drained.seconds,
+               confirmed=confirmed)
+    print(f"  c={c:<3} {'drain':<52} {drained.seconds:8.1f} s   {confirmed} confirmed", flush=True)
+    for status in ("COMPENSATED", "FAILED"):
+        if (n := drained.count(status) - before.get(status, 0)) > 0:
+            print(f"  warning: {n} sagas {status} in this phase; they are not counted as confirmed", flush=True)
+
+
+async def one_round(targets: Targets, sagas: SagaStore, c: int, options: Options, report: Report) -> None:
+    """One concurrency of one repeat: both baselines, then the orders and the drain of their sagas."""
+    await phase(report, LIVEZ, c, targets.livez, options)
+    base = await phase(report, BASELINE, c, targets.baseline, options)
+    before = await sagas.counts()
+    orders = await phase(report, ORDERS, c, targets.orders, options, targets.orders_script)
+    drained = await drain(sagas, options.drain_timeout)  # the clock starts as wrk exits
+    record_drain(report, c, orders, before, drained)
+    if base.ok_per_second > 0:
+        report.add(RATIO, c, ratio=orders.ok_per_second / base.ok_per_second)
+
+
+async def warm_up(targets: Targets, sagas: SagaStore, options: Options) -> None:
+    """Unmeasured runs first: connections, the replicas' code paths and PostgreSQL's caches warm up."""
+    if options.warmup <= 0:
+        return
+    c = max(options.concurrency)
+    for url, script in ((targets.livez, None), (targets.baseline, None), (targets.orders, targets.orders_script)):
+        await wrk.run(url, c, options.warmup, options.timeout, script)
+    await drain(sagas, options.drain_timeout)
+
+
+async def measure(settings: Settings, options: Options, directory: Path) -> Report:
+    pool = await create_pool(settings.database_url or "", 1)  # the drain's one connection
     try:
-        runtime.prepare()
-        runtime.start_ray()
-        runtime.start_actors()
-        runtime.start_serve()
-        asyncio.run(run(f"http://127.0.0.1:{port}", requests, concurrencies))
+        sagas = SagaStore(PostgresEventStore(pool))
+        targets = await prepare_targets(f"http://{settings.host}:{settings.port}", settings.admin_token or "",
+                                        directory)
+        await warm_up(targets, sagas, options)
+        report = Report(LABELS, options.concurrency)
+        for n in range(options.repeat):
+            print(f"repeat {n + 1} of {options.repeat}", flush=True)
+            for c in options.concurrency:
+                await one_round(targets, sagas, c, options, report)
+        return report
     finally:
-        runtime.stop()
-        asyncio.run(drop_database(dsn(), database))
+        await pool.close()
+
+
+def start(runtime: Runtime) -> None:
+    runtime.prepare()
+    runtime.start_ray()
+    runtime.start_actors()
+    runtime.start_serve()
+    baseline.deploy_baseline(runtime.settings.namespace, runtime.settings.replicas)
+
+
+def run(base_dsn: str, redis: str, options: Options) -> Report:
+    """Start the stack and the baseline on a database of its own, measure, and stop what was started."""
+    with tempfile.TemporaryDirectory(prefix="commerce-bench-") as tmp:  # mode 0700: the wrk script holds a token
+        database = asyncio.run(create_database(base_dsn, "commerce_bench"))
+        runtime = Runtime(bench_settings(database, redis, Path(tmp)))
+        own_serve_ports()
+        try:
+            start(runtime)
+            return asyncio.run(measure(runtime.settings, options, Path(tmp)))
+        finally:
+            try:
+                baseline.remove_baseline(runtime.settings.namespace)
+                runtime.stop()
+            finally:
+                asyncio.run(drop_database(base_dsn, database))
+
+
+def main(options: Options) -> None:
+    client = wrk.version()  # fails before anything starts when wrk is missing
+    print(f"client {client}, 2 threads (1 for an odd c); {options.repeat} repeats of {options.duration} s per phase, "
+          f"after a {options.warmup} s warm-up; {os.cpu_count()} cores shared by client and service", flush=True)
+    with postgres() as base_dsn, redis_server() as redis:
+        report = run(base_dsn, redis, options)
+    print()
+    print(f"median (min–max) of {options.repeat} repeats; rate = responses with a status below 400 per second; "
+          "p50/p99 from wrk --latency; c = connections")
+    print(report.markdown(), flush=True)
+
+
+def parse_args() -> Options:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--duration", type=int, default=15, help="seconds of each measured phase (default 15)")
+    parser.add_argument("--warmup", type=int, default=5, help="seconds of the warm-up phase per route (default 5)")
+    parser.add_argument("--repeat", type=int, default=3, help="repeats of every figure (default 3)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 1], help="connections (default 32 1)")
+    parser.add_argument("--timeout", type=int, default=30,
+                        help="wrk --timeout in s: slower responses count as errors (default 30, the service's)")
+    parser.add_argument("--drain-timeout", type=float, default=600.0, help="seconds to wait for the sagas")
+    args = parser.parse_args()
+    if args.duration < 1 or args.repeat < 1 or min(args.concurrency) < 1:
+        parser.error("--duration, --repeat and --concurrency must be at least 1")
+    return Options(args.duration, args.warmup, args.repeat, args.concurrency, args.timeout, args.drain_timeout)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    args = parser.parse_args()
-    main(args.requests, args.concurrency)
+    main(parse_args())
