@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import psutil
 
 from store.embedded import EmbeddedPostgres, EmbeddedRedis
 
@@ -73,3 +74,38 @@ class Servers:
             self.redis.stop()
         if self.pg:
             self.pg.stop()
+
+
+def service_processes(pid: int, data_dir: Path) -> list[psutil.Process]:
+    """Every process of a running ``commerce serve``: its descendants (Ray, its workers, Serve's HAProxy,
+    the embedded Redis) and the embedded PostgreSQL, which runs detached (its pid is in its pid file)."""
+    root = psutil.Process(pid)
+    found = {p.pid: p for p in [root, *root.children(recursive=True)]}
+    postmaster = data_dir / "postgres" / "postmaster.pid"
+    if postmaster.exists():
+        pg = psutil.Process(int(postmaster.read_text().split()[0]))
+        found.update({p.pid: p for p in [pg, *pg.children(recursive=True)]})
+    return list(found.values())
+
+
+def still_running(processes: list[psutil.Process], timeout: float = 10.0) -> list[str]:
+    """The processes that have not exited within ``timeout`` seconds (a zombie counts as exited)."""
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    out = []
+    for p in alive:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True

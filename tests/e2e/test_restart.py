@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.e2e.helpers import ADDRESS, API
-from tests.support import SERVE_FIXED_PORTS, free_port
+from tests.support import SERVE_FIXED_PORTS, free_port, port_is_free, service_processes, still_running
 
 TOKEN = "restart-test-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -70,6 +71,14 @@ class Service:
         probe.close()
         return client
 
+    def processes(self) -> list[psutil.Process]:
+        assert self.proc is not None
+        return service_processes(self.proc.pid, self.data_dir)
+
+    def ports(self) -> list[int]:
+        """The TCP ports this service listens on: HTTP and HAProxy's stats and metrics."""
+        return [self.port, *(int(self.env[name]) for name in SERVE_FIXED_PORTS[:2])]
+
     def stop(self) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
@@ -108,10 +117,12 @@ def test_orders_carts_and_stock_survive_a_restart_and_sagas_in_flight_finish(ser
              lambda step: step == "process_payment", 60)
     http.close()
 
+    processes = service.processes()
+    names = " ".join(" ".join(p.cmdline()) for p in processes)
+    assert all(part in names for part in ("raylet", "gcs_server", "haproxy", "redis-server", "postgres"))
     assert service.stop() == 0
-    redis_pid = int((tmp_path / "redis" / "redis.pid").read_text()) if (tmp_path / "redis" / "redis.pid").exists() else None
-    assert redis_pid is None or not Path(f"/proc/{redis_pid}").exists()
-    assert not (tmp_path / "postgres" / "postmaster.pid").exists()
+    assert still_running(processes) == []
+    assert all(port_is_free(port) for port in service.ports())
 
     http = service.start()
     assert http.get(f"{API}/orders/{confirmed}").json()["status"] == "CONFIRMED"

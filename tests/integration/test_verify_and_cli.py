@@ -101,3 +101,34 @@ async def test_a_bad_setting_fails_at_start_naming_it(fresh: tuple[str, Postgres
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate()
     assert proc.returncode == 2 and b"COMMERCE_SAGA_RETRY_ATTEMPTS" in out
+
+
+async def a_saga_with_history(store: PostgresEventStore) -> uuid.UUID:
+    from domain import saga as sg
+    from store.sagas import SagaStore
+
+    saga_id, order_id = uuid.uuid4(), uuid.uuid4()
+    policy = sg.SagaPolicy()
+    sagas = SagaStore(store)
+    saga, _ = await sagas.record(CommandContext.new(order_id, NOW), None, saga_id,
+                                 sg.decide_start(saga_id, order_id, NOW, policy))
+    action = sg.next_action(saga, NOW, policy)
+    assert isinstance(action, sg.RunStep)
+    saga, _ = await sagas.record(CommandContext.new(order_id, NOW), saga, saga_id, sg.decide_attempt(saga, action))
+    await sagas.record(CommandContext.new(order_id, NOW), saga, saga_id,
+                       sg.decide_outcome(saga, action, sg.StepResult(True), NOW, policy))
+    return saga_id
+
+
+@pytest.mark.parametrize("damage", [
+    "UPDATE sagas SET status = 'COMPLETED' WHERE saga_id = $1",
+    "DELETE FROM saga_steps WHERE saga_id = $1 AND seq = (SELECT MAX(seq) FROM saga_steps WHERE saga_id = $1)",
+])
+async def test_verify_reports_sagas_rows_that_disagree_with_their_events(
+        fresh: tuple[str, PostgresEventStore], damage: str) -> None:
+    _, store = fresh
+    saga_id = await a_saga_with_history(store)
+    assert await verify(store.pool) == []
+    await store.pool.execute(damage, saga_id)
+    problems = await verify(store.pool)
+    assert len(problems) == 1 and str(saga_id) in problems[0] and "sagas row" in problems[0]

@@ -1,0 +1,75 @@
+"""A power cut: every process of the service (Ray and its workers, Serve's HAProxy, the embedded PostgreSQL
+and Redis) killed at once with SIGKILL while sagas are in flight. After a restart nothing acknowledged
+is lost, every saga finishes, each confirmed order was charged once, and the event store verifies."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.helpers import ADDRESS, API
+from tests.e2e.test_restart import Service, wait_for
+from tests.support import still_running
+
+TERMINAL = ("CONFIRMED", "CANCELLED")
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    s = Service(tmp_path)
+    yield s
+    s.close()
+
+
+def place(http: httpx.Client, pid: str, token: str, postal_code: str = "12345") -> dict[str, str]:
+    body = {"customer_id": str(uuid.uuid4()), "items": [{"product_id": pid, "quantity": 1}], "payment_token": token,
+            "shipping_address": {**ADDRESS, "postal_code": postal_code}}
+    r = http.post(f"{API}/orders", json=body)
+    assert r.status_code == 202, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_after_a_power_cut_nothing_acknowledged_is_lost_and_every_saga_finishes(service: Service,
+                                                                                 tmp_path: Path) -> None:
+    http = service.start()
+    pid = str(uuid.uuid4())
+    assert http.put(f"{API}/inventory/{pid}", json={"on_hand": 50, "price": "5.00"}).status_code == 200
+    acknowledged = ([place(http, pid, "tok_visa") for _ in range(12)] + [place(http, pid, "tok_flaky") for _ in range(6)]
+                    + [place(http, pid, "tok_visa", postal_code="00000") for _ in range(4)])
+    statuses = [http.get(f"{API}/orders/{o['order_id']}").json()["status"] for o in acknowledged]
+    assert any(s not in TERMINAL for s in statuses)  # the cut comes with sagas in flight
+    processes = service.processes()
+    for p in processes:
+        p.send_signal(signal.SIGKILL)
+    http.close()
+    assert still_running(processes) == []
+    assert service.proc is not None and service.proc.wait(timeout=10) == -signal.SIGKILL
+
+    http = service.start()
+    final = wait_for(lambda: [http.get(f"{API}/orders/{o['order_id']}").json()["status"] for o in acknowledged],
+                     lambda s: set(s) <= set(TERMINAL), timeout=180)
+    assert Counter(final) == Counter({"CONFIRMED": 18, "CANCELLED": 4})
+    for o in acknowledged:
+        charges = http.get(f"{API}/admin/events", params={"aggregate_id": o["order_id"],
+                                                           "event_type": "PaymentProcessed"}).json()["items"]
+        refunds = http.get(f"{API}/admin/events", params={"aggregate_id": o["order_id"],
+                                                           "event_type": "PaymentRefunded"}).json()["items"]
+        assert (len(charges), len(refunds)) in ((1, 0), (1, 1)), o
+    stock = http.get(f"{API}/inventory/{pid}").json()
+    assert (stock["on_hand"], stock["reserved"]) == (50 - 18, 0)
+    assert all(s["status"] in ("COMPLETED", "COMPENSATED")
+               for s in http.get(f"{API}/admin/sagas", params={"limit": 100}).json()["items"])
+    http.close()
+    assert service.stop() == 0
+
+    verify = subprocess.run([sys.executable, "-m", "commerce.cli", "events", "verify"], env=service.env,
+                            capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 0, verify.stdout + verify.stderr

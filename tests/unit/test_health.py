@@ -1,0 +1,92 @@
+"""/health's verdict from its checks, over fakes of its dependencies: a parked projection and a saga
+waiting for an operator each make it fail (503), and the failing check says why."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+from actors.client import ActorDirectory
+from commerce.health import check_health
+from commerce.settings import Settings
+from store.migrations import LATEST
+
+
+class FakeConnection:
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return True if "to_regclass" in sql else LATEST
+
+
+class FakePool:
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return 1
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[FakeConnection]:
+        yield FakeConnection()
+
+
+class FakeActor:
+    """Stands for an actor handle: ``handle.method.remote()`` gives something to await."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+
+    def __getattr__(self, method: str) -> Any:
+        async def answer() -> Any:
+            return self.answers[method]
+
+        return SimpleNamespace(remote=lambda *args, **kwargs: answer())
+
+
+def services(projections: dict[str, Any], saga_counts: dict[str, int]) -> Any:
+    directory = ActorDirectory("test", 1, 1)
+    for ref in directory.all:
+        ref._handle = FakeActor({"ping": {"ok": True}, "status": projections})
+
+    async def counts() -> dict[str, int]:
+        return saga_counts
+
+    async def oldest() -> float:
+        return 1.0
+
+    async def ping() -> bool:
+        return True
+
+    return SimpleNamespace(settings=Settings(), pool=FakePool(), actors=directory,
+                           carts=SimpleNamespace(ping=ping), sagas=SimpleNamespace(counts=counts,
+                                                                                 oldest_unfinished_age=oldest))
+
+
+class Provider:
+    def __init__(self, svc: Any) -> None:
+        self.svc = svc
+
+    async def get(self) -> Any:
+        return self.svc
+
+
+HEALTHY = {"order_views": {"position": 9, "lag_events": 0, "lag_seconds": 0.0, "error": None}}
+
+
+async def test_all_checks_pass_when_nothing_is_parked() -> None:
+    report = await check_health(Provider(services(HEALTHY, {"COMPLETED": 3})))  # type: ignore[arg-type]
+    assert report["status"] == "ok" and {c["status"] for c in report["checks"].values()} == {"ok"}
+
+
+async def test_a_parked_projection_fails_the_event_store_check_naming_the_event() -> None:
+    parked = {"order_views": {**HEALTHY["order_views"], "error": "order_views stopped at event 7f3e: KeyError",
+                              "failed_event_id": "7f3e"}}
+    report = await check_health(Provider(services(parked, {})))  # type: ignore[arg-type]
+    assert report["status"] == "fail" and report["checks"]["event_store"]["status"] == "fail"
+    assert "7f3e" in report["checks"]["event_store"]["error"]
+    assert report["checks"]["sagas"]["status"] == "ok"
+
+
+async def test_a_saga_waiting_for_an_operator_fails_the_sagas_check() -> None:
+    report = await check_health(Provider(services(HEALTHY, {"FAILED": 2, "COMPLETED": 5})))  # type: ignore[arg-type]
+    assert report["status"] == "fail" and report["checks"]["sagas"]["status"] == "fail"
+    assert "2 saga(s) FAILED" in report["checks"]["sagas"]["error"]
+    assert report["checks"]["event_store"]["status"] == "ok"
