@@ -3,14 +3,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint bench clean
+.PHONY: dev test lint bench clean db-migrate lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
+# Every machine installs the same versions: requirements.lock constrains what pyproject.toml asks for.
+$(STAMP): $(BIN)/python pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 dev: $(STAMP)
@@ -18,6 +19,14 @@ dev: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+db-migrate: $(STAMP)
+	$(BIN)/commerce migrate
+
+lock: $(STAMP)
+	( echo "# Exact versions that make dev and make test install (as constraints, with the extras of pyproject.toml)."; \
+	  echo "# Regenerate after changing dependencies: make lock"; \
+	  $(BIN)/pip freeze --exclude-editable ) > requirements.lock
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -9,12 +9,14 @@ import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request, Response, Security
+from fastapi import Depends, FastAPI, Header, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -46,14 +48,29 @@ API = "/api/v1"
 NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # an event or aggregate type
 ABANDONED_AFTER = 24 * 3600.0
 
-app = FastAPI(
+
+class CommerceAPI(FastAPI):
+    """FastAPI, whose OpenAPI document also holds the problem schemas: error responses name them under
+    application/problem+json only (a ``model`` would list them under application/json too, which no error is)."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            document = super().openapi()
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for model in api.PROBLEM_MODELS:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+        return self.openapi_schema  # type: ignore[return-value]
+
+
+app = CommerceAPI(
     title="Commerce service",
     version="1.0.0",
     description="Orders, carts and inventory with CQRS, event sourcing and sagas on Ray. "
     "Callers authenticate with a bearer token: a customer's or a service's JWT, or the admin token. "
     "Errors are application/problem+json (RFC 9457). Every POST accepts an Idempotency-Key header, "
     "scoped to its caller.",
-    responses=api.PROBLEM_RESPONSES,
     redoc_url=None,
 )
 app.add_middleware(BodyGuard, limit=64 * 1024)
@@ -158,6 +175,23 @@ async def spend_budget(svc: Services, principal: Principal) -> None:
 
 Caller = Depends(caller)
 
+# Declared on every POST for the OpenAPI document and validated like any header; the route does not read
+# it: ``idempotent`` (commerce/http.py) does, from the request.
+IdempotencyKey = Annotated[
+    Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[ -~]+$")] | SkipJsonSchema[None],
+    Header(alias="Idempotency-Key",
+           description="Printable ASCII, up to 255 characters, scoped to the caller: a repeat with the same body "
+                       "gets the first final answer (with Idempotent-Replayed: true) without the work being done "
+                       "again; the same key with another body is a 422. Kept at least 24 h.")]
+
+# Error responses, per route: every route that identifies its caller may meet a bad token (401), a role
+# that may not do this (403), a customer's spent budget (429; a customer's token spends it before its
+# role is checked) and a dependency that is down (503); every route with a parameter, 422; with a body, 400
+# and 413 as well.
+CALLER = (401, 403, 422, 429, 503)
+BODY = (400, 413)
+KEY_IN_FLIGHT = "a request with the same Idempotency-Key is still in progress (request-in-progress)"
+
 
 def allow(*roles: Role) -> Callable[..., Awaitable[Principal]]:
     async def dependency(who: Principal | None = Caller) -> Principal:
@@ -202,23 +236,33 @@ async def keyed(request: Request, svc: Services, who: Principal, work: Work) -> 
 # --- catalog and inventory ----------------------------------------------------------------------
 
 
-@app.put(f"{API}/inventory/{{product_id}}", tags=["inventory"])
+@app.put(f"{API}/inventory/{{product_id}}", tags=["inventory"], response_model=Any, responses={
+    200: api.answer(api.StockStatus, "The product's stock status"),
+    **api.problems(*CALLER, *BODY, notes={409: "on_hand below the units reserved (stock-below-reserved)"})})
 async def set_stock(product_id: uuid.UUID, body: api.SetStock, who: Principal = Admin,
                     svc: Services = Svc) -> dict[str, Any]:
     """Set a product's stock on hand, price and name (admin)."""
     return await svc.inventory.set_stock(product_id, body.on_hand, body.price, body.name)
 
 
-@app.get(f"{API}/inventory/{{product_id}}", tags=["inventory"])
+@app.get(f"{API}/inventory/{{product_id}}", tags=["inventory"], response_model=Any, responses={
+    200: api.answer(api.StockStatus, "The product's stock status"),
+    **api.problems(422, 429, 503, notes={
+        401: "No token is needed, but one that comes along must be valid", 404: "Unknown product"})})
 async def get_stock(product_id: uuid.UUID, request: Request, svc: Services = Svc) -> dict[str, Any]:
     """A product's stock status (anyone may read the catalog)."""
     await identify(request, svc)
     return await svc.inventory.get_stock(product_id)
 
 
-@app.post(f"{API}/inventory/{{product_id}}/reserve", status_code=201, tags=["inventory"])
+@app.post(f"{API}/inventory/{{product_id}}/reserve", status_code=201, tags=["inventory"], responses={
+    201: api.answer(api.Reservation, "The reservation", keyed=True),
+    **api.problems(*CALLER, *BODY, notes={
+        404: "Unknown product",
+        409: "Insufficient stock (`available`), a stale expected_version (`current_version`), a reservation_id "
+             f"used otherwise before (reservation-id-conflict), or {KEY_IN_FLIGHT}"})})
 async def reserve(product_id: uuid.UUID, body: api.Reserve, request: Request, who: Principal = Stockist,
-                  svc: Services = Svc) -> JSONResponse:
+                  svc: Services = Svc, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Reserve units (service, admin). The same reservation_id again, by the same caller for the same
     product and quantity, returns the same reservation; any other reuse is a 409."""
 
@@ -236,9 +280,14 @@ async def reserve(product_id: uuid.UUID, body: api.Reserve, request: Request, wh
     return await keyed(request, svc, who, work)
 
 
-@app.post(f"{API}/inventory/{{product_id}}/release", tags=["inventory"])
+@app.post(f"{API}/inventory/{{product_id}}/release", tags=["inventory"], responses={
+    200: api.answer(api.StockStatus, "The product's stock status (also when the reservation was released before)",
+                    keyed=True),
+    **api.problems(*CALLER, *BODY, notes={
+        404: "Unknown product, or a reservation that is unknown or another caller's",
+        409: f"The reservation is committed by a sale (reservation-committed), or {KEY_IN_FLIGHT}"})})
 async def release(product_id: uuid.UUID, body: api.Release, request: Request, who: Principal = Stockist,
-                  svc: Services = Svc) -> JSONResponse:
+                  svc: Services = Svc, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Release the caller's own active reservation (an admin: any direct one); a sale is a 409."""
 
     async def work(_: uuid.UUID | None) -> JSONResponse:
@@ -262,9 +311,14 @@ def cart_view(c: cart_domain.Cart) -> dict[str, Any]:
     }
 
 
-@app.post(f"{API}/cart", status_code=201, tags=["cart"])
+@app.post(f"{API}/cart", status_code=201, tags=["cart"], responses={
+    201: api.answer(api.CartView, "The new, empty cart", keyed=True, location="The cart's URL"),
+    **api.problems(*CALLER, *BODY, notes={
+        403: "A service may not; a customer may name only its own customer_id", 409: KEY_IN_FLIGHT.capitalize(),
+        422: "Well-formed but invalid (schema, unknown field, Idempotency-Key), or an admin that names no "
+             "customer_id"})})
 async def create_cart(request: Request, body: api.CreateCart | None = None, who: Principal = Shopper,
-                      svc: Services = Svc) -> JSONResponse:
+                      svc: Services = Svc, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """A new cart for the caller (an admin names the customer)."""
     customer_id = acting_for(who, body.customer_id if body else None)
 
@@ -275,12 +329,17 @@ async def create_cart(request: Request, body: api.CreateCart | None = None, who:
     return await keyed(request, svc, who, work)
 
 
-@app.get(f"{API}/cart/{{cart_id}}", tags=["cart"])
+@app.get(f"{API}/cart/{{cart_id}}", tags=["cart"], response_model=Any, responses={
+    200: api.answer(api.CartView, "The cart"),
+    **api.problems(*CALLER, notes={404: "Unknown or expired cart, or another customer's"})})
 async def get_cart(cart_id: uuid.UUID, who: Principal = Shopper, svc: Services = Svc) -> dict[str, Any]:
     return cart_view(await svc.carts.get(cart_id, owner_filter(who)))
 
 
-@app.put(f"{API}/cart/{{cart_id}}/items", tags=["cart"])
+@app.put(f"{API}/cart/{{cart_id}}/items", tags=["cart"], response_model=Any, responses={
+    200: api.answer(api.CartView, "The cart"),
+    **api.problems(*CALLER, *BODY, notes={404: "Unknown product, or an unknown or expired cart, or another "
+                                               "customer's", 409: "The cart is checked out"})})
 async def set_cart_item(cart_id: uuid.UUID, body: api.SetCartItem, who: Principal = Shopper,
                         svc: Services = Svc) -> dict[str, Any]:
     """Set a line's quantity at the catalog's price; 0 removes the line. The cart store refuses an
@@ -291,16 +350,24 @@ async def set_cart_item(cart_id: uuid.UUID, body: api.SetCartItem, who: Principa
                                               operation, owner_filter(who)))
 
 
-@app.delete(f"{API}/cart/{{cart_id}}/items/{{product_id}}", tags=["cart"])
+@app.delete(f"{API}/cart/{{cart_id}}/items/{{product_id}}", tags=["cart"], response_model=Any, responses={
+    200: api.answer(api.CartView, "The cart, without that product's line"),
+    **api.problems(*CALLER, notes={404: "Unknown or expired cart, or another customer's",
+                                   409: "The cart is checked out"})})
 async def remove_cart_item(cart_id: uuid.UUID, product_id: uuid.UUID, who: Principal = Shopper,
                            svc: Services = Svc) -> dict[str, Any]:
     return cart_view(await svc.carts.set_line(cart_id, product_id, 0, Decimal(0), now(), "remove_item",
                                               owner_filter(who)))
 
 
-@app.post(f"{API}/cart/{{cart_id}}/checkout", status_code=202, tags=["cart"])
+@app.post(f"{API}/cart/{{cart_id}}/checkout", status_code=202, tags=["cart"], responses={
+    202: api.answer(api.OrderAccepted, "The cart's order (the same one for a second checkout); its saga runs in "
+                    "the background", keyed=True, location="The order's URL"),
+    **api.problems(*CALLER, *BODY, notes={
+        404: "Unknown or expired cart, or another customer's; or a product of the cart that no longer exists",
+        409: f"The cart is empty (empty-cart) or its state forbids a checkout, or {KEY_IN_FLIGHT}"})})
 async def checkout(cart_id: uuid.UUID, body: api.Checkout, request: Request, who: Principal = Shopper,
-                   svc: Services = Svc) -> JSONResponse:
+                   svc: Services = Svc, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Turn the cart into an order once; a second checkout answers with the same order."""
 
     async def work(_: uuid.UUID | None) -> JSONResponse:
@@ -323,9 +390,16 @@ async def checkout(cart_id: uuid.UUID, body: api.Checkout, request: Request, who
 # --- orders -------------------------------------------------------------------------------------
 
 
-@app.post(f"{API}/orders", status_code=202, tags=["orders"])
+@app.post(f"{API}/orders", status_code=202, tags=["orders"], responses={
+    202: api.answer(api.OrderAccepted, "The order is PENDING; its saga runs in the background", keyed=True,
+                    location="The order's URL"),
+    **api.problems(*CALLER, *BODY, notes={
+        403: "A service may not; a customer may name only its own customer_id", 404: "An unknown product",
+        409: f"The order exists already (order-exists), or {KEY_IN_FLIGHT}",
+        422: "Well-formed but invalid (schema, ranges, unknown field, Idempotency-Key), or an admin that names "
+             "no customer_id"})})
 async def create_order(body: api.CreateOrder, request: Request, who: Principal = Shopper,
-                       svc: Services = Svc) -> JSONResponse:
+                       svc: Services = Svc, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Place an order at catalog prices; its fulfilment saga runs in the background."""
     customer_id = acting_for(who, body.customer_id)
 
@@ -347,12 +421,18 @@ async def owned_order(svc: Services, who: Principal, order_id: uuid.UUID) -> dic
     return view
 
 
-@app.get(f"{API}/orders/{{order_id}}", tags=["orders"])
+@app.get(f"{API}/orders/{{order_id}}", tags=["orders"], response_model=Any, responses={
+    200: api.answer(api.OrderView, "The order"),
+    **api.problems(*CALLER, notes={404: "Unknown order, or another customer's"})})
 async def get_order(order_id: uuid.UUID, who: Principal = Shopper, svc: Services = Svc) -> dict[str, Any]:
     return await owned_order(svc, who, order_id)
 
 
-@app.get(f"{API}/orders", tags=["orders"])
+@app.get(f"{API}/orders", tags=["orders"], response_model=Any, responses={
+    200: api.answer(api.OrderList, "A page of orders, newest first"),
+    **api.problems(*CALLER, notes={
+        403: "A service may not; a customer may name only its own customer_id",
+        422: "Invalid query parameters, or a cursor this service did not hand out (invalid-cursor)"})})
 async def list_orders(customer_id: uuid.UUID | None = None, status: order.OrderStatus | None = None,
                       limit: int = Query(50, ge=1, le=500), cursor: str | None = Query(None, max_length=500),
                       who: Principal = Shopper, svc: Services = Svc) -> dict[str, Any]:
@@ -364,9 +444,17 @@ async def list_orders(customer_id: uuid.UUID | None = None, status: order.OrderS
     return {"items": items, "next_cursor": next_cursor}
 
 
-@app.post(f"{API}/orders/{{order_id}}/cancel", status_code=202, tags=["orders"])
+@app.post(f"{API}/orders/{{order_id}}/cancel", status_code=202, tags=["orders"], responses={
+    202: api.answer(api.OrderView, "Accepted: the order compensates in the background", keyed=True),
+    200: api.answer(api.OrderView, "The order was cancelled already", keyed=True),
+    **api.problems(*CALLER, *BODY, notes={
+        404: "Unknown order, or another customer's",
+        409: f"The order's state forbids a cancel (`current_status`), or {KEY_IN_FLIGHT}"})})
 async def cancel_order(order_id: uuid.UUID, request: Request, body: api.CancelOrder | None = None,
-                       who: Principal = Shopper, svc: Services = Svc) -> JSONResponse:
+                       who: Principal = Shopper, svc: Services = Svc,
+                       idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Cancel an order: its saga compensates the steps that had succeeded (202); 200 if it is cancelled already."""
+
     async def work(derived: uuid.UUID | None) -> JSONResponse:
         await owned_order(svc, who, order_id)
         reason = (body.reason if body else None) or "cancelled by customer"
@@ -376,8 +464,11 @@ async def cancel_order(order_id: uuid.UUID, request: Request, body: api.CancelOr
     return await keyed(request, svc, who, work)
 
 
-@app.get(f"{API}/orders/{{order_id}}/events", tags=["orders"])
+@app.get(f"{API}/orders/{{order_id}}/events", tags=["orders"], response_model=Any, responses={
+    200: api.answer(api.OrderEvents, "The order's events in version order"),
+    **api.problems(*CALLER, notes={404: "Unknown order, or another customer's"})})
 async def order_events(order_id: uuid.UUID, who: Principal = Shopper, svc: Services = Svc) -> dict[str, Any]:
+    """The order's event stream, in version order (payment tokens are not shown back)."""
     await owned_order(svc, who, order_id)  # before any stream is read: only an order's owner reads it
     records = await svc.events.load_stream(order_id)
     return {"items": [{"event_id": str(r.metadata.event_id), "event_type": r.event_type, "version": r.version,
@@ -399,7 +490,10 @@ def saga_summary(row: dict[str, Any]) -> dict[str, Any]:
             "created_at": row["created_at"].isoformat(), "updated_at": row["updated_at"].isoformat()}
 
 
-@app.get(f"{API}/admin/sagas", dependencies=[Admin], tags=["admin"])
+@app.get(f"{API}/admin/sagas", dependencies=[Admin], tags=["admin"], response_model=Any, responses={
+    200: api.answer(api.SagaList, "A page of sagas, newest first"),
+    **api.problems(*CALLER, notes={
+        422: "Invalid query parameters, or a cursor this service did not hand out (invalid-cursor)"})})
 async def list_sagas(status: str | None = Query(None, pattern="^(RUNNING|COMPLETED|COMPENSATING|COMPENSATED|FAILED)$"),
                      order_id: uuid.UUID | None = None, limit: int = Query(50, ge=1, le=500),
                      cursor: str | None = Query(None, max_length=500), svc: Services = Svc) -> dict[str, Any]:
@@ -415,16 +509,24 @@ async def _saga(svc: Services, saga_id: uuid.UUID) -> dict[str, Any]:
     return saga
 
 
-@app.get(f"{API}/admin/sagas/{{saga_id}}", dependencies=[Admin], tags=["admin"])
+@app.get(f"{API}/admin/sagas/{{saga_id}}", dependencies=[Admin], tags=["admin"], response_model=Any, responses={
+    200: api.answer(api.SagaDetail, "The saga with its step history"),
+    **api.problems(*CALLER, notes={404: "Unknown saga"})})
 async def get_saga(saga_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
+    """A saga (admin): its state, why it compensates or failed, and every step's attempts."""
     saga = await _saga(svc, saga_id)
     steps = [{"step": s["step"], "action": s["action"], "outcome": s["outcome"], "attempt": s["attempt"],
               "at": s["at"].isoformat(), **({"error": s["error"]} if s["error"] else {})} for s in saga["steps"]]
     return {**saga_summary(saga), "reason": saga["saga_data"].get("reason"), "steps": steps}
 
 
-@app.post(f"{API}/admin/sagas/{{saga_id}}/retry", status_code=202, tags=["admin"])
-async def retry_saga(saga_id: uuid.UUID, request: Request, who: Principal = Admin, svc: Services = Svc) -> JSONResponse:
+@app.post(f"{API}/admin/sagas/{{saga_id}}/retry", status_code=202, tags=["admin"], responses={
+    202: api.answer(api.SagaAccepted, "The saga resumes from its failed step", keyed=True),
+    **api.problems(*CALLER, notes={404: "Unknown saga",
+                                   409: f"The saga is not FAILED (`current_status`), or {KEY_IN_FLIGHT}"})})
+async def retry_saga(saga_id: uuid.UUID, request: Request, who: Principal = Admin, svc: Services = Svc,
+                     idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Resume a FAILED saga from its failed step (admin)."""
     async def work(derived: uuid.UUID | None) -> JSONResponse:
         saga = await _saga(svc, saga_id)
         return JSONResponse(await svc.orders.retry_saga(saga["order_id"], derived), 202)
@@ -432,9 +534,14 @@ async def retry_saga(saga_id: uuid.UUID, request: Request, who: Principal = Admi
     return await keyed(request, svc, who, work)
 
 
-@app.post(f"{API}/admin/sagas/{{saga_id}}/compensate", status_code=202, tags=["admin"])
+@app.post(f"{API}/admin/sagas/{{saga_id}}/compensate", status_code=202, tags=["admin"], responses={
+    202: api.answer(api.SagaAccepted, "The saga compensates in the background", keyed=True),
+    **api.problems(*CALLER, *BODY, notes={
+        404: "Unknown saga", 409: f"The saga is COMPENSATED already (`current_status`), or {KEY_IN_FLIGHT}"})})
 async def compensate_saga(saga_id: uuid.UUID, request: Request, body: api.Compensate | None = None,
-                          who: Principal = Admin, svc: Services = Svc) -> JSONResponse:
+                          who: Principal = Admin, svc: Services = Svc,
+                          idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Compensate a RUNNING, FAILED or COMPLETED saga (admin)."""
     async def work(derived: uuid.UUID | None) -> JSONResponse:
         saga = await _saga(svc, saga_id)
         reason = (body.reason if body else None) or "compensated by an operator"
@@ -443,7 +550,9 @@ async def compensate_saga(saga_id: uuid.UUID, request: Request, body: api.Compen
     return await keyed(request, svc, who, work)
 
 
-@app.get(f"{API}/admin/events", dependencies=[Admin], tags=["admin"])
+@app.get(f"{API}/admin/events", dependencies=[Admin], tags=["admin"], response_model=Any, responses={
+    200: api.answer(api.EventPage, "A page of events in commit order"),
+    **api.problems(*CALLER)})
 async def query_events(aggregate_id: uuid.UUID | None = None,
                        aggregate_type: str | None = Query(None, max_length=100, pattern=NAME),
                        event_type: str | None = Query(None, max_length=100, pattern=NAME), after_position: int = Query(0, ge=0, le=2**63 - 1),
@@ -460,13 +569,17 @@ async def query_events(aggregate_id: uuid.UUID | None = None,
 # --- health and metrics -------------------------------------------------------------------------
 
 
-@app.get("/livez", tags=["operations"])
+@app.get("/livez", tags=["operations"], response_model=Any, responses={
+    200: api.answer(api.Liveness, "The replica answers")})
 async def livez() -> dict[str, str]:
     """Liveness: the replica answers; no dependency is consulted (see /health for those)."""
     return {"status": "ok"}
 
 
-@app.get("/health", tags=["operations"])
+@app.get("/health", tags=["operations"], responses={
+    200: api.answer(api.Health, "Every check is ok"),
+    503: {**api.answer(api.Health, "A check failed (the same shape); a problem if the replica is not initialised"),
+          "content": api.problem_content(503)}})
 async def health(request: Request) -> JSONResponse:
     """The status of each check; their details (positions, counts, errors) only for an admin."""
     from commerce.health import check_health
@@ -487,7 +600,9 @@ def _is_admin(header: str) -> bool:
         return False
 
 
-@app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+@app.get("/metrics", tags=["operations"], response_class=PlainTextResponse, responses={
+    200: {"description": "Prometheus text format, aggregated over every replica and actor"},
+    **api.problems(503)})
 async def metrics(svc: Services = Svc) -> Response:
     from commerce.health import service_metrics
 

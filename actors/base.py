@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import uuid
 from typing import Any, ClassVar
 
@@ -22,8 +21,8 @@ class ServiceActor(abc.ABC):
         self.settings = settings
         self._started: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        with contextlib.suppress(Exception):  # start without waiting for a first call
-            ray.get_runtime_context().current_actor.start.remote()
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+            ray.get_runtime_context().current_actor.start.remote()  # start without waiting for a first call
 
     async def start(self) -> bool:
         if self._started is None:

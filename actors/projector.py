@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ from actors import metrics as m
 from actors.base import ServiceActor
 from actors.client import ActorDirectory
 from commerce.settings import Settings
+from store.durable_carts import CartJournal
 from store.event_store import PostgresEventStore, create_pool
 from store.idempotency import IdempotencyStore
 from store.projections import ProjectionRunner, all_projections
@@ -67,6 +69,7 @@ class Projector(ServiceActor):
                 with contextlib.suppress(Exception):
                     await IdempotencyStore(self.store).purge()  # keys older than their retention
                     await DirectReservations(self.store.pool).purge()  # reservation ids past a sale's return window
+                    await CartJournal(self.store.pool).purge(dt.datetime.now(dt.UTC))  # carts expired in Redis too
                     last_purge = time.monotonic()
 
     async def ping(self) -> dict[str, Any]:

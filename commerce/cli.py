@@ -1,4 +1,4 @@
-"""The ``commerce`` command: serve, migrate, events verify, projections rebuild."""
+"""The ``commerce`` command: serve, migrate, token, events verify and repair, projections rebuild."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("migrate", help="apply database migrations")
     events = sub.add_parser("events", help="event store tools").add_subparsers(dest="action", required=True)
     events.add_parser("verify", help="check streams, event types, read models and sagas")
+    repair = events.add_parser("repair", help="fix what verify finds where a fix is safe (a dry run by default)")
+    repair.add_argument("--apply", action="store_true", help="make the repairs (default: only say what they are)")
     projections = sub.add_parser("projections", help="read model tools").add_subparsers(dest="action", required=True)
     projections.add_parser("rebuild", help="rebuild the read models from position 0")
     token = sub.add_parser("token", help="print a signed JWT for development and tests")
@@ -39,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(settings)
         if args.command == "token":
             return print_token(settings, args)
-        return with_database(settings, args.command, getattr(args, "action", None))
+        return with_database(settings, args.command, getattr(args, "action", None), getattr(args, "apply", False))
     except SettingsError as e:
         print(f"commerce: configuration error: {e}", file=sys.stderr)
         return 2
@@ -65,7 +67,7 @@ def print_token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def with_database(settings: Settings, command: str, action: str | None) -> int:
+def with_database(settings: Settings, command: str, action: str | None, apply: bool = False) -> int:
     from commerce.runtime import Runtime
 
     runtime = Runtime(settings)
@@ -74,11 +76,45 @@ def with_database(settings: Settings, command: str, action: str | None) -> int:
         if command == "migrate":
             print("migrations applied; schema is current")
             return 0
+        if command == "events" and action == "repair":
+            return asyncio.run(repair(settings.database_url or "", apply))
         if command == "events":
             return asyncio.run(verify(settings.database_url or ""))
         return asyncio.run(rebuild(settings.database_url or ""))
     finally:
         runtime.stop()
+
+
+async def repair(dsn: str, apply: bool) -> int:
+    from store.event_store import create_pool
+    from store.repair import plan
+    from store.repair import repair as run_repair
+    from store.verify import find_problems
+
+    pool = await create_pool(dsn, 4)
+    try:
+        problems = await find_problems(pool)
+        if not problems:
+            print("event store verified: nothing to repair")
+            return 0
+        steps = await plan(pool, problems)
+        for step in steps:
+            print(f"{'-' if step.safe else '!'} {step.action} ({len(step.problems)} problem(s)):")
+            for p in step.problems[:20]:
+                print(f"    {p}")
+        if not apply:
+            print("dry run: nothing was changed; run again with --apply to make the repairs marked '-'")
+            return 1
+        remaining = await run_repair(pool, lambda step: print(f"done: {step.action}"))
+    finally:
+        await pool.close()
+    if remaining:
+        print(f"{len(remaining)} problem(s) remain:")
+        for p in remaining:
+            print(f"  - {p}")
+        return 1
+    print("repaired: the event store verifies clean")
+    return 0
 
 
 async def verify(dsn: str) -> int:

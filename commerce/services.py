@@ -11,6 +11,7 @@ import asyncpg
 from actors.client import ActorDirectory, InventoryClient, OrderClient
 from commerce.settings import Settings
 from store.carts import RedisCartStore
+from store.durable_carts import CartJournal, DurableCartStore
 from store.event_store import PostgresEventStore, create_pool
 from store.idempotency import IdempotencyStore
 from store.ratelimit import RateLimiter
@@ -25,7 +26,7 @@ class Services:
     events: PostgresEventStore
     sagas: SagaStore
     idempotency: IdempotencyStore
-    carts: RedisCartStore
+    carts: DurableCartStore
     rate_limiter: RateLimiter
     direct_reservations: DirectReservations
     orders: OrderClient
@@ -53,10 +54,11 @@ class ServicesProvider:
         s = self.settings
         pool = await create_pool(s.database_url or "", s.database_pool_size)
         events = PostgresEventStore(pool)
-        carts = RedisCartStore.from_url(s.redis_url or "", s.cart_ttl, s.redis_max_connections)
+        redis_carts = RedisCartStore.from_url(s.redis_url or "", s.cart_ttl, s.redis_max_connections)
         return Services(
             settings=s, pool=pool, events=events, sagas=SagaStore(events), idempotency=IdempotencyStore(events),
-            carts=carts, rate_limiter=RateLimiter(carts.redis, s.rate_limit_per_second, s.rate_limit_burst),
+            carts=DurableCartStore(redis_carts, CartJournal(pool)),
+            rate_limiter=RateLimiter(redis_carts.redis, s.rate_limit_per_second, s.rate_limit_burst),
             direct_reservations=DirectReservations(pool),
             orders=OrderClient(s.namespace, s.order_shards, s.request_timeout),
             inventory=InventoryClient(s.namespace, s.inventory_shards, s.request_timeout),

@@ -50,6 +50,7 @@ class Cart:
     updated_at: dt.datetime
     expires_at: dt.datetime
     order_id: uuid.UUID | None = None
+    version: int = 0  # counts the cart's changes: a durable copy keeps only the newest
 
     @property
     def total(self) -> Decimal:

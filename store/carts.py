@@ -32,7 +32,8 @@ COUNTERS = "metrics:carts"
 _CREATE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[6])
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'customer_id', ARGV[1], 'created_at', ARGV[2], 'updated_at', ARGV[2], 'status', 'OPEN')
+redis.call('HSET', KEYS[1], 'customer_id', ARGV[1], 'created_at', ARGV[2], 'updated_at', ARGV[2], 'status', 'OPEN',
+           'version', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 redis.call('HINCRBY', KEYS[3], 'create', 1)
@@ -52,6 +53,7 @@ else
   redis.call('HSET', KEYS[1], 'line:' .. ARGV[1], ARGV[2] .. '|' .. ARGV[3])
 end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[7])
 redis.call('HINCRBY', KEYS[3], ARGV[8], 1)
@@ -69,6 +71,7 @@ if status == 'OPEN' then
   end
   if not has_line then return {'EMPTY'} end
   redis.call('HSET', KEYS[1], 'status', 'CHECKING_OUT', 'order_id', ARGV[1], 'updated_at', ARGV[2])
+  redis.call('HINCRBY', KEYS[1], 'version', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[5])
   redis.call('ZREM', KEYS[2], ARGV[3])
   redis.call('HINCRBY', KEYS[3], 'checkout', 1)
@@ -78,10 +81,12 @@ return {'OK', redis.call('HGETALL', KEYS[1])}
 """
 
 _FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
 if redis.call('HGET', KEYS[1], 'status') == 'CHECKING_OUT' then
   redis.call('HSET', KEYS[1], 'status', 'CHECKED_OUT')
+  redis.call('HINCRBY', KEYS[1], 'version', 1)
 end
-return 1
+return {'OK', redis.call('HGETALL', KEYS[1])}
 """
 
 # Checkout refused for good (an unknown product, an order over the limits): the cart opens again.
@@ -89,11 +94,22 @@ _ABORT = """
 if redis.call('HGET', KEYS[1], 'status') == 'CHECKING_OUT' and redis.call('HGET', KEYS[1], 'order_id') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'status', 'OPEN')
   redis.call('HDEL', KEYS[1], 'order_id')
+  redis.call('HINCRBY', KEYS[1], 'version', 1)
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
   redis.call('HINCRBY', KEYS[3], 'checked_out', -1)
-  return 1
 end
-return 0
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
+return {'OK', redis.call('HGETALL', KEYS[1])}
+"""
+
+# A cart lost from Redis (eviction, a flush, a failover) put back from its durable record, unless the
+# cart is there already. ARGV: seconds to live, activity score ('' unless open), cart id, field/value pairs.
+_RESTORE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3]) end
+return 1
 """
 
 T = TypeVar("T")
@@ -112,6 +128,7 @@ class RedisCartStore:
         self._checkout = client.register_script(_CHECKOUT)
         self._finish = client.register_script(_FINISH)
         self._abort = client.register_script(_ABORT)
+        self._restore = client.register_script(_RESTORE)
 
     @classmethod
     def from_url(cls, url: str, ttl: int, max_connections: int = 20) -> RedisCartStore:
@@ -171,13 +188,32 @@ class RedisCartStore:
             raise EmptyCart(f"cart {cart_id} is empty")
         return self._result(cart_id, result, None)
 
-    async def finish_checkout(self, cart_id: uuid.UUID) -> None:
-        await self._call(lambda: self._finish([_key(cart_id)], []))
+    async def finish_checkout(self, cart_id: uuid.UUID) -> Cart:
+        result = await self._call(lambda: self._finish([_key(cart_id)], []))
+        return self._result(cart_id, result, None)
 
-    async def abort_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID) -> None:
+    async def abort_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID) -> Cart:
         """Open a cart again whose checkout could not make its order (no order exists)."""
         keys = [_key(cart_id), ACTIVITY, COUNTERS]
-        await self._call(lambda: self._abort(keys, [str(order_id), dt.datetime.now(dt.UTC).timestamp(), str(cart_id)]))
+        result = await self._call(lambda: self._abort(keys, [str(order_id), dt.datetime.now(dt.UTC).timestamp(),
+                                                             str(cart_id)]))
+        return self._result(cart_id, result, None)
+
+    async def restore(self, cart: Cart, now: dt.datetime) -> bool:
+        """Put a cart back from its durable record; False when it is in Redis already or has expired."""
+        ttl = int((cart.expires_at - now).total_seconds())
+        if ttl <= 0:
+            return False
+        fields: list[str | int] = ["customer_id", str(cart.customer_id), "created_at", cart.created_at.isoformat(),
+                                   "updated_at", cart.updated_at.isoformat(), "status", cart.status.value,
+                                   "version", cart.version]
+        if cart.order_id is not None:
+            fields += ["order_id", str(cart.order_id)]
+        for line in cart.lines:
+            fields += [f"line:{line.product_id}", f"{line.quantity}|{line.unit_price}"]
+        score = cart.updated_at.timestamp() if cart.status is CartStatus.OPEN else ""
+        restored = await self._call(lambda: self._restore([_key(cart.id), ACTIVITY], [ttl, score, str(cart.id), *fields]))
+        return bool(restored)
 
     def _result(self, cart_id: uuid.UUID, result: list[Any], ttl: int | None) -> Cart:
         if result[0] == "NOT_FOUND":
@@ -200,7 +236,8 @@ class RedisCartStore:
         expires = updated + dt.timedelta(seconds=self.ttl)
         order_id = uuid.UUID(fields["order_id"]) if fields.get("order_id") else None
         return Cart(cart_id, uuid.UUID(fields["customer_id"]), tuple(lines), status,
-                    dt.datetime.fromisoformat(fields["created_at"]), updated, expires, order_id)
+                    dt.datetime.fromisoformat(fields["created_at"]), updated, expires, order_id,
+                    int(fields.get("version", 0)))
 
     async def stats(self, now: dt.datetime, abandoned_after: float) -> dict[str, Any]:
         """Cart operation counts and the carts idle longer than ``abandoned_after`` seconds."""

@@ -173,6 +173,30 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        6,
+        "durable record of carts; quarantine of unreadable events",
+        """
+        CREATE TABLE carts (
+            cart_id UUID PRIMARY KEY,
+            customer_id UUID NOT NULL,
+            status VARCHAR(20) NOT NULL,
+            order_id UUID,
+            lines JSONB NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL,
+            version INTEGER NOT NULL
+        );
+        CREATE INDEX carts_expires ON carts (expires_at);
+        CREATE INDEX carts_customer ON carts (customer_id);
+        CREATE TABLE events_quarantine (
+            LIKE events INCLUDING DEFAULTS,
+            quarantined_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+            PRIMARY KEY (id)
+        );
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

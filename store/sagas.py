@@ -32,10 +32,11 @@ class SagaStore:
             after = repo.fold(repo.SAGA, saga, records)
             if after is None:
                 raise ValueError(f"saga {saga_id} has no SagaStarted event")
-            await self._write(conn, after, [r for r in records if r.aggregate_id == saga_id])
+            await self.write_rows(conn, after, [r for r in records if r.aggregate_id == saga_id])
         return after, records
 
-    async def _write(self, conn: asyncpg.Connection, saga: sg.Saga, records: Sequence[ev.Recorded]) -> None:
+    async def write_rows(self, conn: asyncpg.Connection, saga: sg.Saga, records: Sequence[ev.Recorded]) -> None:
+        """The saga's row and the step history of ``records``, in the caller's transaction."""
         await conn.execute(
             """INSERT INTO sagas (saga_id, saga_type, current_step, saga_data, status, order_id, attempts, version,
                                   created_at, updated_at)

@@ -6,6 +6,8 @@ equals a replay of the order streams; ``sagas`` and ``saga_steps`` agree with th
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +21,29 @@ from store.event_store import record_from_row
 from store.sagas import STEP_OUTCOMES
 
 BATCH = 2000
+
+
+class Kind(enum.Enum):
+    """What is wrong; ``commerce events repair`` decides per kind whether a fix is safe."""
+
+    GAP = "gap"
+    UNKNOWN_TYPE = "unknown event type"
+    UNDECODABLE = "event does not decode"
+    BAD_STREAM = "stream does not start as its aggregate does"
+    READ_MODEL = "read model differs from the events"
+    SAGA_TABLE = "sagas table differs from the events"
+    CHECKPOINT_AHEAD = "projection checkpoint ahead of the store"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Problem:
+    kind: Kind
+    text: str
+    subject: uuid.UUID | str | None = None  # the stream, event or projection concerned
+    position: int | None = None
+
+    def __str__(self) -> str:
+        return self.text
 
 
 async def _rows(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Record]:
@@ -36,25 +61,30 @@ async def _rows(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Record]:
 
 async def verify(pool: asyncpg.Pool) -> list[str]:
     """Every problem found, as sentences; empty when the store is consistent."""
-    problems: list[str] = []
+    return [str(p) for p in await find_problems(pool)]
+
+
+async def find_problems(pool: asyncpg.Pool) -> list[Problem]:
+    problems: list[Problem] = []
     gaps = await pool.fetch(
         """SELECT aggregate_id, COUNT(*) AS n, MIN(version) AS lo, MAX(version) AS hi FROM events
            GROUP BY aggregate_id HAVING MIN(version) <> 1 OR MAX(version) <> COUNT(*)""")
     for g in gaps:
-        problems.append(f"stream {g['aggregate_id']} is not contiguous: {g['n']} events, versions {g['lo']}..{g['hi']}")
+        problems.append(Problem(Kind.GAP, f"stream {g['aggregate_id']} is not contiguous: {g['n']} events, "
+                                          f"versions {g['lo']}..{g['hi']}", g["aggregate_id"]))
     orders: dict[uuid.UUID, o.Order | None] = {}
     sagas: dict[uuid.UUID, sg.Saga | None] = {}
     steps: dict[uuid.UUID, int] = {}
-    checked = 0
     async for row in _rows(pool):
-        checked += 1
         try:
             record = record_from_row(row)
         except ev.UnknownEventType:
-            problems.append(f"event {row['id']} at position {row['position']} has unknown type {row['event_type']!r}")
+            problems.append(Problem(Kind.UNKNOWN_TYPE, f"event {row['id']} at position {row['position']} has "
+                                                       f"unknown type {row['event_type']!r}", row["id"], row["position"]))
             continue
         except (KeyError, TypeError, ValueError) as e:
-            problems.append(f"event {row['id']} ({row['event_type']}) does not decode: {type(e).__name__}: {e}")
+            problems.append(Problem(Kind.UNDECODABLE, f"event {row['id']} ({row['event_type']}) does not decode: "
+                                                      f"{type(e).__name__}: {e}", row["id"], row["position"]))
             continue
         aid = record.aggregate_id
         if record.aggregate_type == o.AGGREGATE_TYPE:
@@ -64,28 +94,39 @@ async def verify(pool: asyncpg.Pool) -> list[str]:
             steps[aid] = steps.get(aid, 0) + (type(record.event) in STEP_OUTCOMES)
     problems += await _compare_orders(pool, orders)
     problems += await _compare_sagas(pool, sagas, steps)
+    problems += await _checkpoints_ahead(pool)
     return problems
 
 
-async def _compare_orders(pool: asyncpg.Pool, orders: dict[uuid.UUID, o.Order | None]) -> list[str]:
+async def _checkpoints_ahead(pool: asyncpg.Pool) -> list[Problem]:
+    rows = await pool.fetch(
+        """SELECT name, position FROM projection_checkpoints
+           WHERE position > (SELECT COALESCE(MAX(position), 0) FROM events)""")
+    return [Problem(Kind.CHECKPOINT_AHEAD, f"projection {r['name']} is at position {r['position']}, past the "
+                                           f"store's last event", r["name"], r["position"]) for r in rows]
+
+
+async def _compare_orders(pool: asyncpg.Pool, orders: dict[uuid.UUID, o.Order | None]) -> list[Problem]:
     problems = []
     views = {r["order_id"]: r for r in await pool.fetch(
         "SELECT order_id, customer_id, status, total_amount, version FROM order_views")}
     for order_id, order in orders.items():
         view = views.pop(order_id, None)
         if order is None:
-            problems.append(f"order stream {order_id} does not start with OrderCreated")
+            problems.append(Problem(Kind.BAD_STREAM, f"order stream {order_id} does not start with OrderCreated",
+                                    order_id))
             continue
         expected = (order.customer_id, order.status.value, order.total_amount, order.version)
         found = (view["customer_id"], view["status"], view["total_amount"], view["version"]) if view else None
         if found != expected:
-            problems.append(f"order_views row of {order_id} is {found}, a replay gives {expected}")
-    problems += [f"order_views has order {oid} that has no events" for oid in views]
+            problems.append(Problem(Kind.READ_MODEL, f"order_views row of {order_id} is {found}, a replay gives "
+                                                     f"{expected}", order_id))
+    problems += [Problem(Kind.READ_MODEL, f"order_views has order {oid} that has no events", oid) for oid in views]
     return problems
 
 
 async def _compare_sagas(pool: asyncpg.Pool, sagas: dict[uuid.UUID, sg.Saga | None],
-                         steps: dict[uuid.UUID, int]) -> list[str]:
+                         steps: dict[uuid.UUID, int]) -> list[Problem]:
     problems = []
     rows: dict[Any, asyncpg.Record] = {r["saga_id"]: r for r in await pool.fetch(
         """SELECT s.saga_id, s.status, s.current_step, s.version,
@@ -93,11 +134,12 @@ async def _compare_sagas(pool: asyncpg.Pool, sagas: dict[uuid.UUID, sg.Saga | No
     for saga_id, saga in sagas.items():
         row = rows.pop(saga_id, None)
         if saga is None:
-            problems.append(f"saga stream {saga_id} does not start with SagaStarted")
+            problems.append(Problem(Kind.BAD_STREAM, f"saga stream {saga_id} does not start with SagaStarted", saga_id))
             continue
         expected = (saga.status.value, saga.current_step or "done", saga.version, steps.get(saga_id, 0))
         found = (row["status"], row["current_step"], row["version"], row["steps"]) if row else None
         if found != expected:
-            problems.append(f"sagas row of {saga_id} is {found}, its history gives {expected}")
-    problems += [f"sagas has saga {sid} that has no events" for sid in rows]
+            problems.append(Problem(Kind.SAGA_TABLE, f"sagas row of {saga_id} is {found}, its history gives {expected}",
+                                    saga_id))
+    problems += [Problem(Kind.SAGA_TABLE, f"sagas has saga {sid} that has no events", sid) for sid in rows]
     return problems

@@ -50,8 +50,7 @@ def test_after_a_power_cut_nothing_acknowledged_is_lost_and_every_saga_finishes(
     for p in processes:
         p.send_signal(signal.SIGKILL)
     http.close()
-    assert still_running(processes) == []
-    assert service.proc is not None and service.proc.wait(timeout=10) == -signal.SIGKILL
+    assert still_running(processes) == []  # (this reaps them too: the service's exit status is gone with it)
 
     http = service.start()
     final = wait_for(lambda: [http.get(f"{API}/orders/{o['order_id']}").json()["status"] for o in acknowledged],

@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import pytest
 
+from store.embedded import EmbeddedPostgres, EmbeddedRedis
 from store.event_store import PostgresEventStore, create_pool
 from store.migrations import migrate
 from tests.support import Servers, create_database, drop_database
+
+ADMIN = {"Authorization": "Bearer test-admin-token"}
+ADDRESS = {"name": "A", "line1": "1", "city": "C", "postal_code": "1", "country": "US"}
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +35,38 @@ async def event_store(database: str) -> AsyncIterator[PostgresEventStore]:
     yield PostgresEventStore(pool)
     await pool.close()
 
+
+@dataclass
+class Deployment:
+    http: httpx.AsyncClient
+    pg: EmbeddedPostgres
+    redis: EmbeddedRedis
+
+
+@pytest.fixture
+async def service_over_embedded(tmp_path: Path, ray_session: None) -> AsyncIterator[Deployment]:
+    """The HTTP app in-process over actors on the session's Ray, over a PostgreSQL and a Redis of its own,
+    which a test may stop, restart or flush."""
+    import serve_app
+    from actors.deploy import deploy_actors, remove_actors
+    from commerce.runtime import run_migrations
+    from tests.integration.ray_support import test_settings as settings_for
+
+    pg, rd = EmbeddedPostgres(tmp_path), EmbeddedRedis(tmp_path)
+    settings = settings_for(pg.start(), rd.start(), order_shards=1, inventory_shards=1, data_dir=tmp_path)
+    await run_migrations(settings.database_url or "")
+    await asyncio.to_thread(deploy_actors, settings)
+    saved = (serve_app.Replica.settings, serve_app.Replica.provider, serve_app.Replica.verifier)
+    serve_app.Replica.configure(settings)
+    transport = httpx.ASGITransport(app=serve_app.app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=ADMIN, timeout=60) as client:
+            yield Deployment(client, pg, rd)
+        services = await serve_app.Replica.services_provider().get()
+        await services.carts.close()
+        await services.pool.close()
+    finally:
+        serve_app.Replica.settings, serve_app.Replica.provider, serve_app.Replica.verifier = saved
+        await asyncio.to_thread(remove_actors, settings)
+        rd.stop()
+        pg.stop()

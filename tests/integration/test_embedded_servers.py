@@ -11,6 +11,8 @@ import asyncpg
 import redis
 
 from store.embedded import EmbeddedPostgres, EmbeddedRedis
+from store.migrations import LATEST, current_version
+from tests.support import Servers, create_database, drop_database
 
 
 def process_alive(pid: int) -> bool:
@@ -54,3 +56,24 @@ async def test_commerce_migrate_runs_on_embedded_defaults(tmp_path: Path) -> Non
     assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
     postmaster = tmp_path / "data" / "postgres" / "postmaster.pid"
     assert not postmaster.exists()  # stopped again on the way out
+
+
+async def test_make_db_migrate_brings_a_fresh_database_to_the_latest_schema(servers: Servers) -> None:
+    dsn = await create_database(servers.database_url, "commerce_make_migrate")
+    try:
+        root = Path(__file__).resolve().parents[2]
+        venv = Path(sys.executable).parents[1]  # installed already: make must not reinstall in a test
+        env = {**os.environ, "COMMERCE_DATABASE_URL": dsn, "VENV": str(venv)}
+        proc = await asyncio.create_subprocess_exec("make", "-s", "-C", str(root), "-o", str(venv / ".installed"),
+                                                    "db-migrate", env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, out.decode()
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await current_version(conn) == LATEST
+            assert await conn.fetchval("SELECT to_regclass('carts') IS NOT NULL")
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(servers.database_url, dsn)

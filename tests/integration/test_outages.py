@@ -9,54 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
-import serve_app
-from actors.deploy import deploy_actors, remove_actors
-from commerce.runtime import run_migrations
-from store.embedded import EmbeddedPostgres, EmbeddedRedis
+from tests.integration.conftest import ADDRESS, Deployment
 from tests.integration.ray_support import eventually
-from tests.integration.ray_support import test_settings as settings_for
 
 pytestmark = pytest.mark.ray
-
-ADMIN = {"Authorization": "Bearer test-admin-token"}
-ADDRESS = {"name": "A", "line1": "1", "city": "C", "postal_code": "1", "country": "US"}
-
-
-@dataclass
-class Deployment:
-    http: httpx.AsyncClient
-    pg: EmbeddedPostgres
-    redis: EmbeddedRedis
-
-
-@pytest.fixture
-async def service_over_embedded(tmp_path: Path, ray_session: None) -> AsyncIterator[Deployment]:
-    pg, rd = EmbeddedPostgres(tmp_path), EmbeddedRedis(tmp_path)
-    settings = settings_for(pg.start(), rd.start(), order_shards=1, inventory_shards=1, data_dir=tmp_path)
-    await run_migrations(settings.database_url or "")
-    await asyncio.to_thread(deploy_actors, settings)
-    saved = (serve_app.Replica.settings, serve_app.Replica.provider, serve_app.Replica.verifier)
-    serve_app.Replica.configure(settings)
-    transport = httpx.ASGITransport(app=serve_app.app)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=ADMIN, timeout=60) as client:
-            yield Deployment(client, pg, rd)
-        services = await serve_app.Replica.services_provider().get()
-        await services.carts.close()
-        await services.pool.close()
-    finally:
-        serve_app.Replica.settings, serve_app.Replica.provider, serve_app.Replica.verifier = saved
-        await asyncio.to_thread(remove_actors, settings)
-        rd.stop()
-        pg.stop()
-
 
 def order(pid: str, customer: str, token: str = "tok_visa") -> dict[str, object]:
     return {"customer_id": customer, "items": [{"product_id": pid, "quantity": 1}], "payment_token": token,

@@ -132,3 +132,71 @@ async def test_verify_reports_sagas_rows_that_disagree_with_their_events(
     await store.pool.execute(damage, saga_id)
     problems = await verify(store.pool)
     assert len(problems) == 1 and str(saga_id) in problems[0] and "sagas row" in problems[0]
+
+
+async def events_of(store: PostgresEventStore) -> int:
+    return int(await store.pool.fetchval("SELECT COUNT(*) FROM events"))
+
+
+@pytest.mark.parametrize("damage", [
+    "UPDATE order_views SET status = 'CONFIRMED' WHERE order_id = $1",
+    "DELETE FROM order_views WHERE order_id = $1",
+    "UPDATE events SET event_type = 'OrderTeleported' WHERE aggregate_id = $1 AND version = 4",
+    "UPDATE events SET event_data = '[]' WHERE aggregate_id = $1 AND version = 4",
+    "UPDATE projection_checkpoints SET position = position + 1000000 WHERE $1::uuid IS NOT NULL",
+])
+async def test_repair_fixes_what_it_safely_can_and_verify_is_clean_afterwards(
+        fresh: tuple[str, PostgresEventStore], damage: str) -> None:
+    dsn, store = fresh
+    order_id, *_ = await three_orders(store)
+    await store.pool.execute(damage, order_id)
+    assert await verify(store.pool) != []
+    before = await events_of(store)
+    code, out = await cli(dsn, "events", "repair")  # a dry run first: it says what it would do
+    assert code == 1 and "dry run" in out and "cannot fix" not in out
+    assert await verify(store.pool) != [] and await events_of(store) == before
+    code, out = await cli(dsn, "events", "repair", "--apply")
+    assert code == 0 and "verifies clean" in out, out
+    assert await verify(store.pool) == []
+
+
+async def test_repair_rederives_the_sagas_tables_from_the_events(fresh: tuple[str, PostgresEventStore]) -> None:
+    dsn, store = fresh
+    saga_id = await a_saga_with_history(store)
+    history = await store.pool.fetchval("SELECT COUNT(*) FROM saga_steps WHERE saga_id = $1", saga_id)
+    await store.pool.execute("UPDATE sagas SET status = 'COMPLETED', current_step = 'done' WHERE saga_id = $1", saga_id)
+    await store.pool.execute("DELETE FROM saga_steps WHERE saga_id = $1", saga_id)
+    code, out = await cli(dsn, "events", "repair", "--apply")
+    assert code == 0, out
+    assert await verify(store.pool) == []
+    assert await store.pool.fetchval("SELECT COUNT(*) FROM saga_steps WHERE saga_id = $1", saga_id) == history > 0
+
+
+async def test_an_unreadable_event_is_set_aside_only_when_nothing_follows_it(
+        fresh: tuple[str, PostgresEventStore]) -> None:
+    dsn, store = fresh
+    last, middle, _ = await three_orders(store)
+    await store.pool.execute("UPDATE events SET event_type = 'OrderTeleported' WHERE aggregate_id = $1 AND version = 4",
+                             last)
+    await store.pool.execute("UPDATE events SET event_type = 'OrderTeleported' WHERE aggregate_id = $1 AND version = 2",
+                             middle)
+    views = await store.pool.fetchval("SELECT COUNT(*) FROM order_views")
+    code, out = await cli(dsn, "events", "repair", "--apply")
+    assert code == 1 and "cannot fix" in out and str(middle) in out and "cannot rebuild" in out
+    quarantined = await store.pool.fetch("SELECT aggregate_id, version FROM events_quarantine")
+    assert [(r["aggregate_id"], r["version"]) for r in quarantined] == [(last, 4)]
+    remaining = await verify(store.pool)
+    assert len(remaining) == 2 and "OrderTeleported" in remaining[0] and str(last) in remaining[1]
+    assert await store.pool.fetchval("SELECT COUNT(*) FROM events WHERE aggregate_id = $1", middle) == 4
+    assert await store.pool.fetchval("SELECT COUNT(*) FROM order_views") == views  # not emptied by a rebuild
+
+
+async def test_a_gap_in_a_stream_is_reported_as_beyond_repair_and_nothing_changes(
+        fresh: tuple[str, PostgresEventStore]) -> None:
+    dsn, store = fresh
+    order_id, *_ = await three_orders(store)
+    await store.pool.execute("DELETE FROM events WHERE aggregate_id = $1 AND version = 2", order_id)
+    before = await events_of(store)
+    code, out = await cli(dsn, "events", "repair", "--apply")
+    assert code == 1 and "cannot fix" in out and "backup" in out
+    assert await events_of(store) == before

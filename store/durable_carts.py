@@ -1,0 +1,127 @@
+"""Carts that survive the loss of Redis: every change is also written to PostgreSQL, within the request.
+
+Redis stays the fast path and the one place where a cart changes (its Lua scripts make each change
+atomic and count it in the cart's ``version``). After each change the new state is written to
+``carts`` unless a newer version is there already, so concurrent requests cannot put back an older
+state. A cart missing from Redis is restored from that record on its next use, with its lines, status
+and the TTL it has left; a checked-out cart stays checked out. Records of expired carts are purged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import asyncpg
+
+from domain.cart import Cart, CartLine, CartStatus
+from domain.errors import NotFound
+from store.carts import RedisCartStore
+from store.errors import postgres_errors
+
+T = TypeVar("T")
+
+
+class CartJournal:
+    """The durable record of carts in PostgreSQL."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def save(self, cart: Cart) -> None:
+        lines = [{"product_id": str(x.product_id), "quantity": x.quantity, "unit_price": str(x.unit_price)}
+                 for x in cart.lines]
+        with postgres_errors():
+            await self.pool.execute(
+                """INSERT INTO carts (cart_id, customer_id, status, order_id, lines, created_at, updated_at,
+                                      expires_at, version)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                   ON CONFLICT (cart_id) DO UPDATE SET status = $3, order_id = $4, lines = $5, updated_at = $7,
+                       expires_at = $8, version = $9
+                   WHERE carts.version < $9""",
+                cart.id, cart.customer_id, cart.status.value, cart.order_id, json.dumps(lines), cart.created_at,
+                cart.updated_at, cart.expires_at, cart.version)
+
+    async def load(self, cart_id: uuid.UUID) -> Cart | None:
+        with postgres_errors():
+            row = await self.pool.fetchrow("SELECT * FROM carts WHERE cart_id = $1", cart_id)
+        return None if row is None else _cart(row)
+
+    async def purge(self, now: dt.datetime) -> int:
+        """Forget the carts that have expired; returns how many."""
+        with postgres_errors():
+            status = await self.pool.execute("DELETE FROM carts WHERE expires_at <= $1", now)
+        return int(status.split()[-1])
+
+
+def _cart(row: asyncpg.Record) -> Cart:
+    lines = tuple(CartLine(uuid.UUID(x["product_id"]), int(x["quantity"]), Decimal(x["unit_price"]))
+                  for x in json.loads(row["lines"]))
+    return Cart(row["cart_id"], row["customer_id"], lines, CartStatus(row["status"]), row["created_at"],
+                row["updated_at"], row["expires_at"], row["order_id"], row["version"])
+
+
+class DurableCartStore:
+    """The cart store the service uses: Redis for every operation, PostgreSQL for durability."""
+
+    def __init__(self, redis: RedisCartStore, journal: CartJournal) -> None:
+        self.redis = redis
+        self.journal = journal
+
+    @property
+    def ttl(self) -> int:
+        return self.redis.ttl
+
+    async def ping(self) -> bool:
+        return await self.redis.ping()
+
+    async def stats(self, now: dt.datetime, abandoned_after: float) -> dict[str, Any]:
+        return await self.redis.stats(now, abandoned_after)
+
+    async def close(self) -> None:
+        await self.redis.close()
+
+    async def create(self, cart_id: uuid.UUID, customer_id: uuid.UUID, now: dt.datetime) -> Cart:
+        """A new cart; a cart made before under this id (a retried request) comes back as it was."""
+        record = await self.journal.load(cart_id)
+        if record is not None and await self.redis.restore(record, now):
+            return await self.redis.get(cart_id, customer_id)
+        return await self._saved(await self.redis.create(cart_id, customer_id, now))
+
+    async def get(self, cart_id: uuid.UUID, owner: uuid.UUID | None = None) -> Cart:
+        return await self._restoring(cart_id, lambda: self.redis.get(cart_id, owner))
+
+    async def set_line(self, cart_id: uuid.UUID, product_id: uuid.UUID, quantity: int, unit_price: Decimal,
+                       now: dt.datetime, operation: str = "set_item", owner: uuid.UUID | None = None) -> Cart:
+        return await self._saved(await self._restoring(cart_id, lambda: self.redis.set_line(
+            cart_id, product_id, quantity, unit_price, now, operation, owner)))
+
+    async def begin_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID, now: dt.datetime,
+                             owner: uuid.UUID | None = None) -> Cart:
+        return await self._saved(await self._restoring(
+            cart_id, lambda: self.redis.begin_checkout(cart_id, order_id, now, owner)))
+
+    async def finish_checkout(self, cart_id: uuid.UUID) -> Cart:
+        return await self._saved(await self._restoring(cart_id, lambda: self.redis.finish_checkout(cart_id)))
+
+    async def abort_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID) -> Cart:
+        return await self._saved(await self._restoring(
+            cart_id, lambda: self.redis.abort_checkout(cart_id, order_id)))
+
+    async def _saved(self, cart: Cart) -> Cart:
+        await self.journal.save(cart)
+        return cart
+
+    async def _restoring(self, cart_id: uuid.UUID, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation``; when the cart is not in Redis but its record is, restore it and run it again."""
+        try:
+            return await operation()
+        except NotFound:
+            record = await self.journal.load(cart_id)
+            if record is None or not await self.redis.restore(record, dt.datetime.now(dt.UTC)):
+                raise
+        return await operation()

@@ -1,0 +1,80 @@
+"""Carts survive the loss of Redis: after FLUSHALL on a Redis this test started itself, a cart comes back
+unchanged on its next use, and a checked-out cart stays checked out and names the same single order."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+import serve_app
+from store.embedded import EmbeddedRedis
+from tests.e2e.conftest import customer_headers
+from tests.integration.conftest import ADDRESS, Deployment
+from tests.integration.ray_support import eventually
+
+pytestmark = pytest.mark.ray
+
+
+async def flushall(redis: EmbeddedRedis) -> None:
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        await client.flushall()
+        assert await client.dbsize() == 0
+    finally:
+        await client.aclose()
+
+
+async def product(http: httpx.AsyncClient, price: str) -> str:
+    pid = str(uuid.uuid4())
+    assert (await http.put(f"/api/v1/inventory/{pid}", json={"on_hand": 10, "price": price})).status_code == 200
+    return pid
+
+
+async def test_a_cart_lost_with_redis_comes_back_unchanged_and_checks_out_once(
+        service_over_embedded: Deployment) -> None:
+    http, redis = service_over_embedded.http, service_over_embedded.redis
+    mug, pen = await product(http, "29.99"), await product(http, "1.50")
+    _, alice = customer_headers()
+    cart = (await http.post("/api/v1/cart", headers=alice)).json()
+    await http.put(f"/api/v1/cart/{cart['id']}/items", json={"product_id": mug, "quantity": 2}, headers=alice)
+    before = (await http.put(f"/api/v1/cart/{cart['id']}/items", json={"product_id": pen, "quantity": 3},
+                             headers=alice)).json()
+
+    await flushall(redis)
+    after = await http.get(f"/api/v1/cart/{cart['id']}", headers=alice)
+    assert after.status_code == 200 and after.json() == before
+
+    body = {"payment_token": "tok_visa", "shipping_address": ADDRESS}
+    first = await http.post(f"/api/v1/cart/{cart['id']}/checkout", json=body, headers=alice)
+    assert first.status_code == 202
+    await flushall(redis)
+    second = await http.post(f"/api/v1/cart/{cart['id']}/checkout", json={**body, "payment_token": "tok_flaky"},
+                             headers=alice)
+    assert second.status_code == 202 and second.json()["order_id"] == first.json()["order_id"]
+    checked_out = (await http.get(f"/api/v1/cart/{cart['id']}", headers=alice)).json()
+    assert checked_out["status"] == "CHECKED_OUT" and checked_out["items"] == before["items"]
+    change = await http.put(f"/api/v1/cart/{cart['id']}/items", json={"product_id": mug, "quantity": 1}, headers=alice)
+    assert change.status_code == 409
+
+    order_id = first.json()["order_id"]
+    order = await eventually(lambda: http.get(f"/api/v1/orders/{order_id}", headers=alice),
+                             lambda r: r.json()["status"] in ("CONFIRMED", "CANCELLED"))
+    assert order.json()["status"] == "CONFIRMED" and order.json()["total_amount"] == "64.48"
+    created = (await http.get("/api/v1/admin/events", params={"event_type": "OrderCreated"})).json()["items"]
+    assert [e["aggregate_id"] for e in created] == [order_id]  # this service's only order
+    charges = (await http.get("/api/v1/admin/events", params={"event_type": "PaymentProcessed"})).json()["items"]
+    assert len(charges) == 1
+
+
+async def test_a_cart_that_expired_is_not_brought_back(service_over_embedded: Deployment) -> None:
+    http, redis = service_over_embedded.http, service_over_embedded.redis
+    _, alice = customer_headers()
+    cart = (await http.post("/api/v1/cart", headers=alice)).json()
+    pool = (await serve_app.Replica.services_provider().get()).pool
+    await pool.execute("UPDATE carts SET expires_at = NOW() - interval '1 second' WHERE cart_id = $1",
+                       uuid.UUID(cart["id"]))
+    await flushall(redis)
+    assert (await http.get(f"/api/v1/cart/{cart['id']}", headers=alice)).status_code == 404
