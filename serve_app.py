@@ -444,6 +444,27 @@ async def list_orders(customer_id: uuid.UUID | None = None, status: order.OrderS
     return {"items": items, "next_cursor": next_cursor}
 
 
+@app.post(f"{API}/orders/{{order_id}}/reorder", status_code=201, tags=["orders"], responses={
+    201: api.answer(api.CartView, "A new cart with the order's lines at today's prices", keyed=True,
+                    location="The cart's URL"),
+    **api.problems(*CALLER, notes={404: "Unknown order, or another customer's", 409: KEY_IN_FLIGHT.capitalize()})})
+async def reorder(order_id: uuid.UUID, request: Request, who: Principal = Shopper, svc: Services = Svc,
+                  idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """A new cart holding a past order's lines at today's catalog prices; products gone are skipped."""
+
+    async def work(derived: uuid.UUID | None) -> JSONResponse:
+        past = await owned_order(svc, who, order_id)
+        cart = await svc.carts.create(derived or uuid.uuid4(), uuid.UUID(past["customer_id"]), now())
+        prices = await svc.inventory.prices([uuid.UUID(x["product_id"]) for x in past["items"]])
+        for item in past["items"]:
+            pid = uuid.UUID(item["product_id"])
+            if pid in prices:
+                cart = await svc.carts.set_line(cart.id, pid, item["quantity"], prices[pid], now(), "set_item")
+        return JSONResponse(cart_view(cart), 201, headers={"Location": f"{API}/cart/{cart.id}"})
+
+    return await keyed(request, svc, who, work)
+
+
 @app.post(f"{API}/orders/{{order_id}}/cancel", status_code=202, tags=["orders"], responses={
     202: api.answer(api.OrderView, "Accepted: the order compensates in the background", keyed=True),
     200: api.answer(api.OrderView, "The order was cancelled already", keyed=True),

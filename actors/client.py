@@ -17,6 +17,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RaySystemError
 
 from actors.routing import PROJECTOR_NAME, inventory_shard_name, order_shard_name, shard_of
 from actors.wire import unwrap
+from domain import inventory
 
 
 class ServiceUnavailable(Exception):
@@ -103,6 +104,17 @@ class InventoryClient:
         for part in parts:
             out.update({uuid.UUID(k): v for k, v in unwrap(part).items()})
         return out
+
+    async def prices(self, product_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """Today's price of each product that exists; unknown products are left out."""
+        async def price(pid: uuid.UUID) -> tuple[uuid.UUID, str | None]:
+            try:
+                return pid, (await self.get_stock(pid))["price"]
+            except inventory.UnknownProduct:
+                return pid, None
+
+        found = await asyncio.gather(*[price(pid) for pid in dict.fromkeys(product_ids)])
+        return {pid: p for pid, p in found if p is not None}
 
     async def reserve(self, product_id: uuid.UUID, reservation_id: uuid.UUID, quantity: int, expires_at: dt.datetime,
                       owner: str, expected_version: int | None = None,

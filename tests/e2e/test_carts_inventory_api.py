@@ -124,3 +124,23 @@ async def test_metrics_add_up_over_every_actor(http: httpx.AsyncClient) -> None:
         assert name in text, name
     created = [line for line in text.splitlines() if line.startswith('commerce_orders_total{status="created"}')]
     assert len(created) == 1 and float(created[0].split()[-1]) >= 1
+
+
+async def test_reorder_makes_a_new_cart_of_a_past_order_at_todays_prices(http: httpx.AsyncClient) -> None:
+    from tests.e2e.conftest import customer_headers
+
+    mug, pen = await product(http, price="29.99"), await product(http, price="1.50", name="Pen")
+    customer, headers = customer_headers()
+    placed = (await http.post(f"{API}/orders", headers=headers, json={
+        "items": [{"product_id": mug, "quantity": 2}, {"product_id": pen, "quantity": 5}],
+        "payment_token": "tok_visa", "shipping_address": ADDRESS})).json()
+    await order_status(http, placed["order_id"], {"CONFIRMED"})
+    assert (await http.put(f"{API}/inventory/{mug}", json={"on_hand": 8, "price": "24.00"}, headers=ADMIN)).status_code == 200
+    r = await http.post(f"{API}/orders/{placed['order_id']}/reorder", headers=headers)
+    assert r.status_code == 201 and r.headers["location"] == f"{API}/cart/{r.json()['id']}"
+    cart = r.json()
+    assert cart["customer_id"] == customer and cart["status"] == "OPEN"
+    lines = {x["product_id"]: (x["quantity"], x["unit_price"]) for x in cart["items"]}
+    assert lines == {mug: (2, "24.00"), pen: (5, "1.50")} and cart["total"] == "55.50"
+    _, stranger = customer_headers()
+    assert (await http.post(f"{API}/orders/{placed['order_id']}/reorder", headers=stranger)).status_code == 404
