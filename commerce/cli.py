@@ -9,7 +9,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from commerce.settings import Settings, SettingsError, load_settings
 
@@ -167,27 +167,48 @@ async def rebuild(dsn: str) -> int:
     return 0
 
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Stop(BaseException):
+    """A signal to stop arrived while the service was still starting."""
+
+
+def _stop_now(*_: object) -> None:
+    raise _Stop
+
+
 def serve(settings: Settings) -> int:
+    """Run the service until SIGINT or SIGTERM, then stop everything it started."""
     from commerce.runtime import Runtime
 
     runtime = Runtime(settings)
     stop = threading.Event()
+    _on_signals(_stop_now)  # a stop while starting unwinds into the orderly stop below
     try:
         settings = runtime.prepare()
         runtime.start_ray()
-        # Ray installs its own SIGTERM handling in the driver; ours comes after it.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+        _on_signals(_stop_now)  # Ray installs its own SIGTERM handling in the driver; ours comes after it
         runtime.start_actors()
         runtime.start_serve()
         print_banner(settings, runtime)
+        _on_signals(lambda *_: stop.set())
         while not stop.wait(1.0):
             pass
         print("commerce: stopping", flush=True)
         return 0
+    except _Stop:
+        print("commerce: stopping before it was ready", flush=True)
+        return 0
     finally:
+        _on_signals(signal.SIG_IGN)  # signals repeated while stopping must not cut the stop short
         runtime.stop()
         print("commerce: stopped", flush=True)
+
+
+def _on_signals(handler: Any) -> None:
+    for sig in SIGNALS:
+        signal.signal(sig, handler)
 
 
 def print_banner(settings: Settings, runtime: Runtime) -> None:

@@ -20,6 +20,7 @@ from store.embedded import EmbeddedPostgres, EmbeddedRedis
 
 log = logging.getLogger(__name__)
 
+APP_NAME = "commerce"
 SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
@@ -132,6 +133,7 @@ class Runtime:
         if self.settings.ray_address:
             context = ray.init(address=self.settings.ray_address, namespace=self.settings.namespace, runtime_env=env)
         else:
+            self._ray_started = True  # before it returns: a stop that interrupts it still stops what it started
             context = ray.init(namespace=self.settings.namespace, include_dashboard=True,
                                dashboard_host=self.settings.dashboard_host,
                                dashboard_port=self.settings.dashboard_port, runtime_env=env)
@@ -150,29 +152,68 @@ class Runtime:
         from serve_app import build_app
 
         serve.start(http_options={"host": self.settings.host, "port": self.settings.port})
-        serve.run(build_app(self.settings), name="commerce", route_prefix="/")
+        serve.run(build_app(self.settings), name=APP_NAME, route_prefix="/")
         self._serve_started = True
 
     def stop(self) -> None:
+        """Stop what this runtime started, and nothing else.
+
+        On a Ray it started itself, the whole local cluster goes: Ray's processes, then whatever of them
+        outlived Ray (Serve's HAProxy is a child of a Ray worker and survives it), by process id. Serve's
+        own orderly shutdown is skipped there: it waits 30 s for its controller, and its state dies
+        with the cluster anyway. On a cluster it joined, only this application and these actors go.
+        """
         import ray
 
-        if self._serve_started:
-            from ray import serve
-
-            try:
-                serve.shutdown()
-            except Exception:
-                log.exception("Serve did not shut down cleanly")
-            self._serve_started = False
-        if self._actors_started and not self._ray_started and ray.is_initialized():
-            from actors.deploy import remove_actors
-
-            remove_actors(self.settings)  # on a shared cluster: ours only; their state is in PostgreSQL
-        self._actors_started = False
-        if self._ray_started and ray.is_initialized():
-            ray.shutdown()
-            self._ray_started = False
+        if self._ray_started:
+            servers = {self._redis.pid} if self._redis else set()  # stopped in order below
+            ours = [p for p in _descendants() if p.pid not in servers]  # taken late: HAProxy may have reloaded
+            if ray.is_initialized():
+                ray.shutdown()
+            _terminate(ours)
+        elif ray.is_initialized():
+            self._leave_cluster()
+            ray.shutdown()  # disconnects this driver; the cluster stays
+        self._ray_started = self._serve_started = self._actors_started = False
         if self._redis:
             self._redis.stop()
         if self._pg:
             self._pg.stop()
+
+    def _leave_cluster(self) -> None:
+        if self._serve_started:
+            from ray import serve
+
+            try:
+                serve.delete(APP_NAME)
+            except Exception:
+                log.exception("Serve could not delete the application %s", APP_NAME)
+        if self._actors_started:
+            from actors.deploy import remove_actors
+
+            remove_actors(self.settings)  # ours only; their state is in PostgreSQL
+
+
+def _descendants() -> list[Any]:
+    import psutil
+
+    return list(psutil.Process().children(recursive=True))
+
+
+def _terminate(processes: list[Any], grace: float = 3.0) -> None:
+    """SIGTERM what is still running of ``processes``, then SIGKILL what is left after ``grace`` seconds."""
+    import psutil
+
+    alive = [p for p in processes if p.is_running()]
+    for p in alive:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            continue
+    _, left = psutil.wait_procs(alive, timeout=grace)
+    for p in left:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(left, timeout=grace)

@@ -53,6 +53,10 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"unix://{self.socket}"
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else self._running_pid()
+
     def _running_pid(self) -> int | None:
         try:
             pid = int(self.pidfile.read_text().strip())

@@ -1,0 +1,61 @@
+"""A clean stop: after SIGTERM (what systemd, Docker and Kubernetes send), repeated, or Ctrl-C to the process
+group, no process of the service remains and every port it listened on is free again, within 10 s."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.e2e.helpers import ADDRESS, API
+from tests.e2e.test_restart import Service
+from tests.support import port_is_free, still_running
+
+STOP_WITHIN = 10.0
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    s = Service(tmp_path)
+    yield s
+    s.close()
+
+
+def listening_ports(processes: list[psutil.Process]) -> set[int]:
+    ports = set()
+    for p in processes:
+        try:
+            ports |= {c.laddr.port for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return ports
+
+
+@pytest.mark.parametrize("how", ["SIGTERM three times", "Ctrl-C to the process group"])
+def test_a_stop_leaves_no_process_and_no_port_behind(service: Service, how: str) -> None:
+    http = service.start()
+    pid = str(uuid.uuid4())
+    assert http.put(f"{API}/inventory/{pid}", json={"on_hand": 5, "price": "1.00"}).status_code == 200
+    body = {"customer_id": str(uuid.uuid4()), "items": [{"product_id": pid, "quantity": 1}],
+            "payment_token": "tok_visa", "shipping_address": ADDRESS}
+    assert http.post(f"{API}/orders", json=body).status_code == 202
+    http.close()
+    processes = service.processes()
+    ports = listening_ports(processes)
+    assert service.port in ports and len(ports) >= 3  # the API, HAProxy's stats and metrics, Ray's own
+    assert service.proc is not None
+    started = time.monotonic()
+    if how == "SIGTERM three times":
+        for _ in range(3):
+            service.proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(service.proc.pid, signal.SIGINT)
+    assert service.proc.wait(timeout=STOP_WITHIN) == 0
+    assert still_running(processes, timeout=max(STOP_WITHIN - (time.monotonic() - started), 0.1)) == []
+    assert sorted(p for p in ports if not port_is_free(p)) == []
