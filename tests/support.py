@@ -102,10 +102,14 @@ def still_running(processes: list[psutil.Process], timeout: float = 10.0) -> lis
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` now: nothing binds it but connections in TIME_WAIT, which a
+    listener with SO_REUSEADDR (as servers set it) does not wait for."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("0.0.0.0", port))
+            return True
         except OSError:
-            return False
-    return True
+            pass
+    held = [c for c in psutil.net_connections(kind="inet") if c.laddr and c.laddr.port == port]
+    return all(c.status == psutil.CONN_TIME_WAIT for c in held)

@@ -37,6 +37,20 @@ def listening_ports(processes: list[psutil.Process]) -> set[int]:
     return ports
 
 
+def holders(port: int) -> list[str]:
+    """Who listens on ``port`` now (for the failure message)."""
+    out = []
+    for c in psutil.net_connections(kind="inet"):
+        if c.laddr and c.laddr.port == port and c.pid:
+            try:
+                out.append(f"{c.status} {c.pid} {' '.join(psutil.Process(c.pid).cmdline())[:100]}")
+            except psutil.NoSuchProcess:
+                out.append(f"{c.status} {c.pid} (gone)")
+        elif c.laddr and c.laddr.port == port:
+            out.append(f"{c.status} (no pid)")
+    return out
+
+
 @pytest.mark.parametrize("how", ["SIGTERM three times", "Ctrl-C to the process group"])
 def test_a_stop_leaves_no_process_and_no_port_behind(service: Service, how: str) -> None:
     http = service.start()
@@ -58,4 +72,4 @@ def test_a_stop_leaves_no_process_and_no_port_behind(service: Service, how: str)
         os.killpg(service.proc.pid, signal.SIGINT)
     assert service.proc.wait(timeout=STOP_WITHIN) == 0
     assert still_running(processes, timeout=max(STOP_WITHIN - (time.monotonic() - started), 0.1)) == []
-    assert sorted(p for p in ports if not port_is_free(p)) == []
+    assert {p: holders(p) for p in ports if not port_is_free(p)} == {}
