@@ -167,7 +167,7 @@ async def rebuild(dsn: str) -> int:
     return 0
 
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class _Stop(BaseException):
@@ -175,6 +175,7 @@ class _Stop(BaseException):
 
 
 def _stop_now(*_: object) -> None:
+    _on_signals(signal.SIG_IGN)  # a second signal must not interrupt the stop this one starts
     raise _Stop
 
 
@@ -192,7 +193,7 @@ def serve(settings: Settings) -> int:
         runtime.start_actors()
         runtime.start_serve()
         print_banner(settings, runtime)
-        _on_signals(lambda *_: stop.set())
+        _on_signals(lambda *_: (_on_signals(signal.SIG_IGN), stop.set()))
         while not stop.wait(1.0):
             pass
         print("commerce: stopping", flush=True)

@@ -134,7 +134,7 @@ class Runtime:
             context = ray.init(address=self.settings.ray_address, namespace=self.settings.namespace, runtime_env=env)
         else:
             self._ray_started = True  # before it returns: a stop that interrupts it still stops what it started
-            context = ray.init(namespace=self.settings.namespace, include_dashboard=True,
+            context = ray.init(address="local", namespace=self.settings.namespace, include_dashboard=True,
                                dashboard_host=self.settings.dashboard_host,
                                dashboard_port=self.settings.dashboard_port, runtime_env=env)
             self._ray_started = True

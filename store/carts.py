@@ -199,6 +199,10 @@ class RedisCartStore:
                                                              str(cart_id)]))
         return self._result(cart_id, result, None)
 
+    async def forget(self, cart_id: uuid.UUID) -> None:
+        """Drop the cart's copy (it went another way than its durable record, which is put back next)."""
+        await self._call(lambda: self.redis.delete(_key(cart_id)))
+
     async def restore(self, cart: Cart, now: dt.datetime) -> bool:
         """Put a cart back from its durable record; False when it is in Redis already or has expired."""
         ttl = int((cart.expires_at - now).total_seconds())

@@ -21,9 +21,10 @@ import asyncpg
 from domain.cart import Cart, CartLine, CartStatus
 from domain.errors import NotFound
 from store.carts import RedisCartStore
-from store.errors import postgres_errors
+from store.errors import ConcurrencyConflict, postgres_errors
 
 T = TypeVar("T")
+CHANGE_ATTEMPTS = 3
 
 
 class CartJournal:
@@ -32,19 +33,31 @@ class CartJournal:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def save(self, cart: Cart) -> None:
+    async def save(self, cart: Cart, now: dt.datetime) -> bool:
+        """Record the cart's new state if it follows the recorded one (its next version, or a cart the record
+        does not know or has seen expire). False when it does not: the copy in Redis went another way (an
+        older copy came back after a failover, or a change that was answered with an error never got
+        here) and must be put back from the record before the change is made again."""
         lines = [{"product_id": str(x.product_id), "quantity": x.quantity, "unit_price": str(x.unit_price)}
                  for x in cart.lines]
         with postgres_errors():
-            await self.pool.execute(
-                """INSERT INTO carts (cart_id, customer_id, status, order_id, lines, created_at, updated_at,
-                                      expires_at, version)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                   ON CONFLICT (cart_id) DO UPDATE SET status = $3, order_id = $4, lines = $5, updated_at = $7,
-                       expires_at = $8, version = $9
-                   WHERE carts.version < $9""",
-                cart.id, cart.customer_id, cart.status.value, cart.order_id, json.dumps(lines), cart.created_at,
-                cart.updated_at, cart.expires_at, cart.version)
+            async with self.pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    "SELECT version, status, order_id, lines, expires_at FROM carts WHERE cart_id = $1 FOR UPDATE",
+                    cart.id)
+                if row is not None and row["expires_at"] > now and row["version"] != cart.version - 1:
+                    same = (row["version"], row["status"], row["order_id"], json.loads(row["lines"])) == (
+                        cart.version, cart.status.value, cart.order_id, lines)
+                    return same  # saved already (a repeated no-op), or another lineage
+                await conn.execute(
+                    """INSERT INTO carts (cart_id, customer_id, status, order_id, lines, created_at, updated_at,
+                                          expires_at, version)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                       ON CONFLICT (cart_id) DO UPDATE SET customer_id = $2, status = $3, order_id = $4, lines = $5,
+                           created_at = $6, updated_at = $7, expires_at = $8, version = $9""",
+                    cart.id, cart.customer_id, cart.status.value, cart.order_id, json.dumps(lines), cart.created_at,
+                    cart.updated_at, cart.expires_at, cart.version)
+        return True
 
     async def load(self, cart_id: uuid.UUID) -> Cart | None:
         with postgres_errors():
@@ -88,40 +101,53 @@ class DurableCartStore:
     async def create(self, cart_id: uuid.UUID, customer_id: uuid.UUID, now: dt.datetime) -> Cart:
         """A new cart; a cart made before under this id (a retried request) comes back as it was."""
         record = await self.journal.load(cart_id)
-        if record is not None and await self.redis.restore(record, now):
+        if record is not None and record.expires_at > now:
+            await self.redis.restore(record, now)
             return await self.redis.get(cart_id, customer_id)
-        return await self._saved(await self.redis.create(cart_id, customer_id, now))
+        return await self._change(cart_id, lambda: self.redis.create(cart_id, customer_id, now))
 
     async def get(self, cart_id: uuid.UUID, owner: uuid.UUID | None = None) -> Cart:
         return await self._restoring(cart_id, lambda: self.redis.get(cart_id, owner))
 
     async def set_line(self, cart_id: uuid.UUID, product_id: uuid.UUID, quantity: int, unit_price: Decimal,
                        now: dt.datetime, operation: str = "set_item", owner: uuid.UUID | None = None) -> Cart:
-        return await self._saved(await self._restoring(cart_id, lambda: self.redis.set_line(
-            cart_id, product_id, quantity, unit_price, now, operation, owner)))
+        return await self._change(cart_id, lambda: self.redis.set_line(
+            cart_id, product_id, quantity, unit_price, now, operation, owner))
 
     async def begin_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID, now: dt.datetime,
                              owner: uuid.UUID | None = None) -> Cart:
-        return await self._saved(await self._restoring(
-            cart_id, lambda: self.redis.begin_checkout(cart_id, order_id, now, owner)))
+        return await self._change(cart_id, lambda: self.redis.begin_checkout(cart_id, order_id, now, owner))
 
     async def finish_checkout(self, cart_id: uuid.UUID) -> Cart:
-        return await self._saved(await self._restoring(cart_id, lambda: self.redis.finish_checkout(cart_id)))
+        return await self._change(cart_id, lambda: self.redis.finish_checkout(cart_id))
 
     async def abort_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID) -> Cart:
-        return await self._saved(await self._restoring(
-            cart_id, lambda: self.redis.abort_checkout(cart_id, order_id)))
+        return await self._change(cart_id, lambda: self.redis.abort_checkout(cart_id, order_id))
 
-    async def _saved(self, cart: Cart) -> Cart:
-        await self.journal.save(cart)
-        return cart
+    async def _change(self, cart_id: uuid.UUID, operation: Callable[[], Awaitable[Cart]]) -> Cart:
+        """Make a change in Redis and record it; answered only once it is recorded. A copy in Redis that went
+        another way than the record is put back from the record, and the change made again on it."""
+        for _ in range(CHANGE_ATTEMPTS):
+            cart = await self._restoring(cart_id, operation)
+            if await self.journal.save(cart, dt.datetime.now(dt.UTC)):
+                return cart
+            await self._reset(cart_id)
+        raise ConcurrencyConflict(cart_id, -1)
+
+    async def _reset(self, cart_id: uuid.UUID) -> None:
+        record = await self.journal.load(cart_id)
+        await self.redis.forget(cart_id)
+        if record is not None:
+            await self.redis.restore(record, dt.datetime.now(dt.UTC))
 
     async def _restoring(self, cart_id: uuid.UUID, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run ``operation``; when the cart is not in Redis but its record is, restore it and run it again."""
+        """Run ``operation``; when the cart is not in Redis but its record is, restore it and run it again
+        (also when another request restored it first)."""
         try:
             return await operation()
         except NotFound:
             record = await self.journal.load(cart_id)
-            if record is None or not await self.redis.restore(record, dt.datetime.now(dt.UTC)):
+            if record is None or record.expires_at <= dt.datetime.now(dt.UTC):
                 raise
+            await self.redis.restore(record, dt.datetime.now(dt.UTC))
         return await operation()

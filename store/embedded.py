@@ -27,10 +27,23 @@ class EmbeddedPostgres:
         from pgserver.postgres_server import get_server
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
+        self._forget_dead_holders()
         # 'stop': the server stops when this process lets go of it (stop() below, or at exit).
         self._server = get_server(self.pgdata, cleanup_mode="stop")
         uri: str = self._server.get_uri()
         return uri
+
+    def _forget_dead_holders(self) -> None:
+        """pgserver stops the server when the last process that holds it lets go, by a list of pids in the data
+        directory; a holder killed (a power cut, SIGKILL) stays on that list and the server would never stop."""
+        import json
+
+        import psutil
+
+        holders = self.pgdata / ".handle_pids.json"
+        if holders.exists():
+            alive = [pid for pid in json.loads(holders.read_text() or "[]") if psutil.pid_exists(pid)]
+            holders.write_text(json.dumps(alive))
 
     def stop(self) -> None:
         if self._server is None:
@@ -58,10 +71,14 @@ class EmbeddedRedis:
         return self._process.pid if self._process else self._running_pid()
 
     def _running_pid(self) -> int | None:
+        """The pid in the pid file, if that process is this Redis (after a crash the pid may be another's)."""
+        import psutil
+
         try:
             pid = int(self.pidfile.read_text().strip())
-            os.kill(pid, 0)
-        except (OSError, ValueError):
+            if "redis" not in " ".join(psutil.Process(pid).cmdline()):
+                return None
+        except (OSError, ValueError, psutil.Error):
             return None
         return pid
 

@@ -3,6 +3,7 @@ unchanged on its next use, and a checked-out cart stays checked out and names th
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
@@ -51,6 +52,7 @@ async def test_a_cart_lost_with_redis_comes_back_unchanged_and_checks_out_once(
     first = await http.post(f"/api/v1/cart/{cart['id']}/checkout", json=body, headers=alice)
     assert first.status_code == 202
     await flushall(redis)
+    assert (await http.get(f"/api/v1/cart/{cart['id']}", headers=alice)).json()["status"] == "CHECKED_OUT"
     second = await http.post(f"/api/v1/cart/{cart['id']}/checkout", json={**body, "payment_token": "tok_flaky"},
                              headers=alice)
     assert second.status_code == 202 and second.json()["order_id"] == first.json()["order_id"]
@@ -69,12 +71,61 @@ async def test_a_cart_lost_with_redis_comes_back_unchanged_and_checks_out_once(
     assert len(charges) == 1
 
 
+async def test_a_change_made_after_a_restore_survives_the_next_loss(service_over_embedded: Deployment) -> None:
+    http, redis = service_over_embedded.http, service_over_embedded.redis
+    mug = await product(http, "29.99")
+    _, alice = customer_headers()
+    cart = (await http.post("/api/v1/cart", headers=alice)).json()
+    await flushall(redis)
+    changed = (await http.put(f"/api/v1/cart/{cart['id']}/items", json={"product_id": mug, "quantity": 4},
+                              headers=alice)).json()
+    await flushall(redis)
+    assert (await http.get(f"/api/v1/cart/{cart['id']}", headers=alice)).json() == changed
+
+
+async def test_an_older_copy_coming_back_in_redis_does_not_swallow_acknowledged_changes(
+        service_over_embedded: Deployment) -> None:
+    """A failover to a replica that missed the latest writes brings back an older copy of the cart; the next
+    change is made on the recorded state, not on that copy."""
+    http, redis = service_over_embedded.http, service_over_embedded.redis
+    mug, pen, cup = await product(http, "29.99"), await product(http, "1.50"), await product(http, "5.00")
+    _, alice = customer_headers()
+    cart = (await http.post("/api/v1/cart", headers=alice)).json()
+    key = f"cart:{cart['id']}"
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        await http.put(f"/api/v1/cart/{cart['id']}/items", json={"product_id": mug, "quantity": 1}, headers=alice)
+        older = await client.dump(key)
+        await http.put(f"/api/v1/cart/{cart['id']}/items", json={"product_id": pen, "quantity": 2}, headers=alice)
+        await client.restore(key, 3_600_000, older, replace=True)  # the failover's copy: the pen is missing
+    finally:
+        await client.aclose()
+    after = (await http.put(f"/api/v1/cart/{cart['id']}/items", json={"product_id": cup, "quantity": 3},
+                            headers=alice)).json()
+    assert {(x["product_id"], x["quantity"]) for x in after["items"]} == {(mug, 1), (pen, 2), (cup, 3)}
+    await flushall(redis)
+    assert (await http.get(f"/api/v1/cart/{cart['id']}", headers=alice)).json()["items"] == after["items"]
+
+
+async def test_requests_arriving_together_after_a_loss_all_find_the_cart(service_over_embedded: Deployment) -> None:
+    http, redis = service_over_embedded.http, service_over_embedded.redis
+    mug = await product(http, "29.99")
+    _, alice = customer_headers()
+    cart = (await http.post("/api/v1/cart", headers=alice)).json()
+    await flushall(redis)
+    answers = await asyncio.gather(*[http.get(f"/api/v1/cart/{cart['id']}", headers=alice) for _ in range(5)],
+                                   http.put(f"/api/v1/cart/{cart['id']}/items",
+                                            json={"product_id": mug, "quantity": 1}, headers=alice))
+    assert [a.status_code for a in answers] == [200] * 6
+
+
 async def test_a_cart_that_expired_is_not_brought_back(service_over_embedded: Deployment) -> None:
     http, redis = service_over_embedded.http, service_over_embedded.redis
     _, alice = customer_headers()
     cart = (await http.post("/api/v1/cart", headers=alice)).json()
     pool = (await serve_app.Replica.services_provider().get()).pool
-    await pool.execute("UPDATE carts SET expires_at = NOW() - interval '1 second' WHERE cart_id = $1",
-                       uuid.UUID(cart["id"]))
+    expired = await pool.execute("UPDATE carts SET expires_at = NOW() - interval '1 second' WHERE cart_id = $1",
+                                 uuid.UUID(cart["id"]))
+    assert expired == "UPDATE 1"  # the cart was recorded when it was made
     await flushall(redis)
     assert (await http.get(f"/api/v1/cart/{cart['id']}", headers=alice)).status_code == 404
