@@ -27,7 +27,7 @@ from domain import inventory as inv
 from domain.errors import DomainError
 from store import repository as repo
 from store.errors import ConcurrencyConflict, StoreUnavailable
-from store.event_store import CommandContext, PostgresEventStore, StreamAppend, build_records, create_pool
+from store.event_store import SERVICE, CommandContext, PostgresEventStore, StreamAppend, build_records, create_pool
 
 MAX_DECIDE_ATTEMPTS = 20
 EXPIRY_INTERVAL = 1.0
@@ -65,7 +65,7 @@ class InventoryShard(Shard):
         super().__init__(settings, index)
 
     async def _start(self) -> None:
-        pool = await create_pool(self.settings.database_url or "", self.settings.database_pool_size)
+        pool = await create_pool(self.settings.database_url or "", self.settings.database_pool_size, SERVICE)
         self.store = PostgresEventStore(pool)
         self.host = repo_host(self.store, self.settings)
         self._tasks = [asyncio.create_task(self._expiry_loop()), asyncio.create_task(self._passivation_loop())]

@@ -34,7 +34,7 @@ from domain import saga as sg
 from domain.errors import NotFound
 from store import repository as repo
 from store.errors import ConcurrencyConflict, DuplicateCommand, StoreUnavailable
-from store.event_store import CommandContext, PostgresEventStore, StreamAppend, create_pool, event_id
+from store.event_store import SERVICE, CommandContext, PostgresEventStore, StreamAppend, create_pool, event_id
 from store.ledger import ProviderLedger
 from store.sagas import SagaStore
 
@@ -89,7 +89,7 @@ class OrderShard(Shard):
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def _start(self) -> None:
-        pool = await create_pool(self.settings.database_url or "", self.settings.database_pool_size)
+        pool = await create_pool(self.settings.database_url or "", self.settings.database_pool_size, SERVICE)
         self.store = PostgresEventStore(pool)
         self.sagas = SagaStore(self.store)
         ledger = ProviderLedger(self.store)

@@ -23,7 +23,7 @@ from actors.base import ServiceActor
 from actors.client import ActorDirectory
 from commerce.settings import Settings
 from store.durable_carts import CartJournal
-from store.event_store import PostgresEventStore, create_pool
+from store.event_store import SERVICE, PostgresEventStore, create_pool
 from store.idempotency import IdempotencyStore
 from store.projections import ProjectionRunner, all_projections
 from store.reservations import DirectReservations
@@ -44,7 +44,7 @@ class Projector(ServiceActor):
         super().__init__(settings)
 
     async def _start(self) -> None:
-        pool = await create_pool(self.settings.database_url or "", 4)
+        pool = await create_pool(self.settings.database_url or "", 4, SERVICE)
         self.store = PostgresEventStore(pool)
         self.runners = [ProjectionRunner(self.store, p) for p in all_projections()]
         self.directory = ActorDirectory(self.settings.namespace, self.settings.order_shards,

@@ -87,7 +87,8 @@ def with_database(settings: Settings, command: str, action: str | None, apply: b
 
 async def repair(dsn: str, apply: bool) -> int:
     from store.event_store import create_pool
-    from store.repair import plan
+    from store.projections import ProjectionFailed, RebuildInProgress
+    from store.repair import RepairRefused, plan
     from store.repair import repair as run_repair
     from store.verify import find_problems
 
@@ -105,7 +106,11 @@ async def repair(dsn: str, apply: bool) -> int:
         if not apply:
             print("dry run: nothing was changed; run again with --apply to make the repairs marked '-'")
             return 1
-        remaining = await run_repair(pool, lambda step: print(f"done: {step.action}"))
+        try:
+            remaining = await run_repair(pool, lambda step: print(f"done: {step.action}"))
+        except (RebuildInProgress, ProjectionFailed, RepairRefused) as e:
+            print(f"commerce: repair stopped: {e}", file=sys.stderr)
+            return 1
     finally:
         await pool.close()
     if remaining:

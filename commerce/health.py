@@ -49,9 +49,10 @@ async def check_health(provider: ServicesProvider) -> dict[str, Any]:
         if version != LATEST:
             raise RuntimeError(f"schema at version {version}, expected {LATEST}")
         status = await call(svc.actors.projector, "status", timeout=5.0)
-        broken = {name: p["error"] for name, p in status.items() if p["error"]}
+        broken = {name: f"{p['error']} (at event {p.get('failed_event_id')})" for name, p in status.items()
+                  if p["error"]}
         if broken:
-            raise RuntimeError(f"projections stopped: {broken}")
+            raise RuntimeError(f"projections parked: {broken}")
         return {"schema_version": version, "projections": status}
 
     async def sagas() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from actors.client import ActorDirectory, InventoryClient, OrderClient
 from commerce.settings import Settings
 from store.carts import RedisCartStore
 from store.durable_carts import CartJournal, DurableCartStore
-from store.event_store import PostgresEventStore, create_pool
+from store.event_store import SERVICE, PostgresEventStore, create_pool
 from store.idempotency import IdempotencyStore
 from store.ratelimit import RateLimiter
 from store.reservations import DirectReservations
@@ -52,7 +52,7 @@ class ServicesProvider:
 
     async def _connect(self) -> Services:
         s = self.settings
-        pool = await create_pool(s.database_url or "", s.database_pool_size)
+        pool = await create_pool(s.database_url or "", s.database_pool_size, SERVICE)
         events = PostgresEventStore(pool)
         redis_carts = RedisCartStore.from_url(s.redis_url or "", s.cart_ttl, s.redis_max_connections)
         return Services(

@@ -132,10 +132,15 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
+SERVICE = "commerce-service"  # the application name of the running service's connections
+
+
+async def create_pool(dsn: str, size: int, application_name: str = "commerce-tool") -> asyncpg.Pool:
+    """A pool whose connections name their application, so that tools can tell whether the service runs."""
     with postgres_errors():
         pool: asyncpg.Pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, init=init_connection,
-                                                       command_timeout=60)
+                                                       command_timeout=60,
+                                                       server_settings={"application_name": application_name})
     return pool
 
 

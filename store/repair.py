@@ -17,7 +17,7 @@ import asyncpg
 
 from domain import saga as sg
 from store import repository as repo
-from store.event_store import PostgresEventStore, record_from_row
+from store.event_store import SERVICE, PostgresEventStore, record_from_row
 from store.projections import rebuild
 from store.sagas import SagaStore
 from store.verify import Kind, Problem, find_problems
@@ -70,7 +70,14 @@ async def plan(pool: asyncpg.Pool, problems: list[Problem]) -> list[Step]:
 
 
 async def _set_aside(pool: asyncpg.Pool, p: Problem) -> Step:
-    """Quarantine an event the code cannot read, if it is the last of its stream (no gap follows)."""
+    """Quarantine an event the code cannot read, if it is the last of its stream (no gap follows) and the
+    service is stopped (it could append after it meanwhile, or hold the event's effect in memory)."""
+    running = await pool.fetchval(
+        """SELECT COUNT(*) FROM pg_stat_activity
+           WHERE datname = current_database() AND application_name = $1""", SERVICE)
+    if running:
+        return Step(f"cannot fix while the service runs ({running} of its connections are open): stop it, then "
+                    f"repair again", (p,), None)
     row = await pool.fetchrow(
         """SELECT e.id, e.aggregate_id, e.version,
                   (SELECT MAX(version) FROM events x WHERE x.aggregate_id = e.aggregate_id) AS last
@@ -89,11 +96,24 @@ async def _nothing(pool: asyncpg.Pool) -> None:
 
 
 async def _quarantine(pool: asyncpg.Pool, event_id: uuid.UUID) -> None:
+    """Move the event aside, with the snapshots that may hold its effect; checked again in the transaction."""
     async with pool.acquire() as conn, conn.transaction():
+        moved = await conn.fetchrow(
+            """DELETE FROM events e WHERE e.id = $1
+                 AND e.version = (SELECT MAX(version) FROM events x WHERE x.aggregate_id = e.aggregate_id)
+               RETURNING *""", event_id)
+        if moved is None:
+            raise RepairRefused(f"event {event_id} is no longer the last of its stream; nothing was moved")
+        columns = list(moved.keys())
         await conn.execute(
-            """INSERT INTO events_quarantine SELECT *, NOW() FROM events WHERE id = $1
-               ON CONFLICT (id) DO NOTHING""", event_id)
-        await conn.execute("DELETE FROM events WHERE id = $1", event_id)
+            f"INSERT INTO events_quarantine ({', '.join(columns)}) VALUES "
+            f"({', '.join(f'${i + 1}' for i in range(len(columns)))}) ON CONFLICT (id) DO NOTHING", *moved.values())
+        await conn.execute("DELETE FROM snapshots WHERE aggregate_id = $1 AND version >= $2",
+                           moved["aggregate_id"], moved["version"])
+
+
+class RepairRefused(Exception):
+    """A repair found the store changed since it was planned and did nothing."""
 
 
 async def _rebuild(pool: asyncpg.Pool) -> None:

@@ -199,14 +199,20 @@ async def test_an_expired_reservation_returns_its_stock_and_records_an_event(
 async def test_a_reservation_of_a_sku_no_longer_in_memory_expires_too(
         inventory: InventoryClient, actor_store: PostgresEventStore, actor_settings: Any) -> None:
     pid = await stocked(inventory, on_hand=4)
-    await inventory.reserve(pid, uuid.uuid4(), 3, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2), "test")
-    shard = ActorRef(inventory_shard_name(shard_of(pid, actor_settings.inventory_shards)), actor_settings.namespace)
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=8)
+    await inventory.reserve(pid, uuid.uuid4(), 3, expires, "test")
+    index = shard_of(pid, actor_settings.inventory_shards)
+    shard = ActorRef(inventory_shard_name(index), actor_settings.namespace)
     try:
         await call(shard, "set_max_active", 1)
-        while (await call(shard, "locate", pid))["active"]:  # other SKUs of the shard push it out of memory
+        for _ in range(200):  # other SKUs of the shard push it out of memory
+            if not (await call(shard, "locate", pid))["active"]:
+                break
             other = await stocked(inventory)
-            if shard_of(other, actor_settings.inventory_shards) == shard_of(pid, actor_settings.inventory_shards):
+            if shard_of(other, actor_settings.inventory_shards) == index:
                 await inventory.get_stock(other)
+        assert not (await call(shard, "locate", pid))["active"]
+        assert dt.datetime.now(dt.UTC) < expires  # out of memory before it was due: the sweep in memory cannot see it
         types = await eventually(lambda: event_types(actor_store, pid), lambda t: t[-1] == "ReservationExpired",
                                  timeout=30)
         assert types.count("ReservationExpired") == 1

@@ -40,7 +40,7 @@ async def actors_with(servers: Servers, **timeouts: float) -> AsyncIterator[tupl
 
 @pytest.fixture
 async def short_saga(servers: Servers, ray_session: None) -> AsyncIterator[Any]:
-    async for deployed in actors_with(servers, saga_timeout=2.0):
+    async for deployed in actors_with(servers, saga_timeout=5.0):
         yield deployed
 
 
@@ -60,7 +60,7 @@ async def ledger(store: PostgresEventStore, saga_id: str) -> list[tuple[str, str
 async def test_a_saga_past_its_timeout_compensates_and_its_slow_charge_never_lands(short_saga: Any) -> None:
     orders, inventory, store = short_saga
     pid = await stocked(inventory, on_hand=5)
-    order_id = await place(orders, pid, token="tok_slow")  # the charge takes 30 s; the saga may take 2
+    order_id = await place(orders, pid, token="tok_slow")  # the charge takes 30 s; the saga may take 5
     order = await settled(orders, order_id, timeout=60)
     assert (order["status"], order["reason"]) == ("CANCELLED", "saga timed out")
     assert await ledger(store, order["saga_id"]) == [("charge", "voided")]

@@ -200,3 +200,31 @@ async def test_a_gap_in_a_stream_is_reported_as_beyond_repair_and_nothing_change
     code, out = await cli(dsn, "events", "repair", "--apply")
     assert code == 1 and "cannot fix" in out and "backup" in out
     assert await events_of(store) == before
+
+
+async def test_repair_sets_nothing_aside_while_the_service_runs(fresh: tuple[str, PostgresEventStore]) -> None:
+    from store.event_store import SERVICE
+
+    dsn, store = fresh
+    order_id, *_ = await three_orders(store)
+    await store.pool.execute("UPDATE events SET event_type = 'OrderTeleported' WHERE aggregate_id = $1 AND version = 4",
+                             order_id)
+    service = await create_pool(dsn, 1, SERVICE)  # a connection of the running service
+    try:
+        code, out = await cli(dsn, "events", "repair", "--apply")
+    finally:
+        await service.close()
+    assert code == 1 and "while the service runs" in out
+    assert await store.pool.fetchval("SELECT COUNT(*) FROM events_quarantine") == 0
+    assert await store.pool.fetchval("SELECT COUNT(*) FROM events WHERE aggregate_id = $1", order_id) == 4
+
+
+async def test_verify_does_not_count_what_the_projector_has_not_reached_yet(
+        fresh: tuple[str, PostgresEventStore]) -> None:
+    _, store = fresh
+    await three_orders(store)  # projected
+    order_id = uuid.uuid4()
+    line = o.OrderLine(uuid.uuid4(), 1, Decimal("3.00"))
+    created = o.OrderCreated(order_id, uuid.uuid4(), (line,), Decimal("3.00"), uuid.uuid4(), ADDRESS, "tok")
+    await store.append([StreamAppend(order_id, o.AGGREGATE_TYPE, 0, [created])], CommandContext.new(order_id, NOW))
+    assert await verify(store.pool) == []  # not projected yet: lag, not damage

@@ -77,8 +77,7 @@ async def test_all_checks_pass_when_nothing_is_parked() -> None:
 
 
 async def test_a_parked_projection_fails_the_event_store_check_naming_the_event() -> None:
-    parked = {"order_views": {**HEALTHY["order_views"], "error": "order_views stopped at event 7f3e: KeyError",
-                              "failed_event_id": "7f3e"}}
+    parked = {"order_views": {**HEALTHY["order_views"], "error": "KeyError: 'lines'", "failed_event_id": "7f3e"}}
     report = await check_health(Provider(services(parked, {})))  # type: ignore[arg-type]
     assert report["status"] == "fail" and report["checks"]["event_store"]["status"] == "fail"
     assert "7f3e" in report["checks"]["event_store"]["error"]
