@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import os
 import uuid
 from typing import Any, ClassVar
 
@@ -45,6 +46,7 @@ class Shard(ServiceActor):
     """A shard hosting entities: passivation timer, the cap knob and the common metrics."""
 
     KIND: ClassVar[str]
+    KIND_NAME: ClassVar[str]  # as the admin API names it
     host: EntityHost[Any]
     metrics: m.OrderMetrics | m.InventoryMetrics
 
@@ -63,6 +65,18 @@ class Shard(ServiceActor):
         self.host.max_active = max(limit, 1)
         self.host.peak_active = self.host.active
         return await self.stats()
+
+    async def describe(self) -> dict[str, Any]:
+        """Where this shard runs and how busy it is (an operator's view; restarts come from Ray's actor table)."""
+        await self.start()
+        context = ray.get_runtime_context()
+        return {"kind": self.KIND_NAME, "shard": self.index, "actor_id": context.get_actor_id(),
+                "node_id": context.get_node_id(), "pid": os.getpid(), "active_entities": self.host.active,
+                "max_active_entities": self.host.max_active, "mailbox_depth": self.host.waiting,
+                **await self.workload()}
+
+    async def workload(self) -> dict[str, int]:
+        return {"sagas_running": 0, "conflicts": 0}
 
     async def locate(self, entity_id: uuid.UUID) -> dict[str, Any]:
         """Whether the entity is in this shard's memory now (an operator's "where is entity X")."""

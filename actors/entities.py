@@ -49,6 +49,7 @@ class EntityHost(Generic[T]):
         self._changed = asyncio.Condition()
         self.peak_active = 0
         self.activations = 0
+        self.waiting = 0  # commands waiting for an entity's mailbox (the shard's mailbox depth)
 
     @property
     def active(self) -> int:
@@ -65,7 +66,11 @@ class EntityHost(Generic[T]):
         """The entity with its mailbox held: the caller is the only one working on it."""
         while True:
             ent = await self._activate(entity_id)
-            await ent.lock.acquire()
+            self.waiting += 1
+            try:
+                await ent.lock.acquire()
+            finally:
+                self.waiting -= 1
             if self._entities.get(entity_id) is ent:
                 break
             ent.lock.release()  # passivated while we waited for it: activate afresh

@@ -58,6 +58,7 @@ class Queued:
 
 class InventoryShard(Shard):
     KIND = "sku"
+    KIND_NAME = "inventory"
 
     def __init__(self, settings: Settings, index: int) -> None:
         self.metrics = m.InventoryMetrics()
@@ -262,6 +263,9 @@ class InventoryShard(Shard):
 
     async def stats(self) -> dict[str, Any]:
         return {**await super().stats(), "conflicts": self.metrics.conflicts._value.get()}
+
+    async def workload(self) -> dict[str, int]:
+        return {"sagas_running": 0, "conflicts": int(self.metrics.conflicts._value.get())}
 
 
 def repo_host(store: PostgresEventStore, settings: Settings) -> EntityHost[inv.Sku | None]:

@@ -77,6 +77,7 @@ def order_view(order: o.Order) -> dict[str, Any]:
 
 class OrderShard(Shard):
     KIND = "order"
+    KIND_NAME = "order"
 
     def __init__(self, settings: Settings, index: int) -> None:
         self.policy = settings.saga_policy
@@ -359,3 +360,6 @@ class OrderShard(Shard):
 
     async def stats(self) -> dict[str, Any]:
         return {**await super().stats(), "sagas_running": len(self._drivers)}
+
+    async def workload(self) -> dict[str, int]:
+        return {"sagas_running": len(self._drivers), "conflicts": 0}

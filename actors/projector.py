@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import time
 from typing import Any
 
+import ray
 from prometheus_client import CollectorRegistry, Gauge
 
 from actors import metrics as m
@@ -71,6 +73,13 @@ class Projector(ServiceActor):
                     await DirectReservations(self.store.pool).purge()  # reservation ids past a sale's return window
                     await CartJournal(self.store.pool).purge(dt.datetime.now(dt.UTC))  # carts expired in Redis too
                     last_purge = time.monotonic()
+
+    async def describe(self) -> dict[str, Any]:
+        await self.start()
+        context = ray.get_runtime_context()
+        return {"kind": "projector", "shard": 0, "actor_id": context.get_actor_id(), "node_id": context.get_node_id(),
+                "pid": os.getpid(), "active_entities": 0, "max_active_entities": 0, "mailbox_depth": 0,
+                "sagas_running": 0, "conflicts": 0}
 
     async def ping(self) -> dict[str, Any]:
         await self.start()

@@ -207,7 +207,9 @@ def serve(settings: Settings) -> int:
         print("commerce: stopping before it was ready", flush=True)
         return 0
     finally:
-        _on_signals(signal.SIG_IGN)  # signals repeated while stopping must not cut the stop short
+        # Signals repeated while stopping must not cut the stop short: held back, whatever handler Ray's own
+        # shutdown puts in place meanwhile. The process ends after the stop; they are never delivered.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         runtime.stop()
         print("commerce: stopped", flush=True)
 

@@ -11,9 +11,7 @@ import dataclasses
 import logging
 import os
 import secrets
-import signal
 import stat
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -171,11 +169,11 @@ class Runtime:
             servers = {self._redis.pid} if self._redis else set()  # stopped in order below
             ours = [p for p in _descendants() if p.pid not in servers]  # taken late: HAProxy may have reloaded
             if ray.is_initialized():
-                _keeping_signal_handlers(ray.shutdown)
+                ray.shutdown()
             _terminate(ours)
         elif ray.is_initialized():
             self._leave_cluster()
-            _keeping_signal_handlers(ray.shutdown)  # disconnects this driver; the cluster stays
+            ray.shutdown()  # disconnects this driver; the cluster stays
         self._ray_started = self._serve_started = self._actors_started = False
         if self._redis:
             self._redis.stop()
@@ -194,21 +192,6 @@ class Runtime:
             from actors.deploy import remove_actors
 
             remove_actors(self.settings)  # ours only; their state is in PostgreSQL
-
-
-def _keeping_signal_handlers(action: Any) -> None:
-    """Run ``action`` (Ray's shutdown puts back the default SIGTERM handler) and keep the caller's handlers:
-    a signal that arrives while the stop goes on must not cut it short."""
-    if threading.current_thread() is not threading.main_thread():
-        action()
-        return
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        action()
-    finally:
-        for sig, handler in handlers.items():
-            if handler is not None:  # None: not set from Python; nothing to put back
-                signal.signal(sig, handler)
 
 
 def _descendants() -> list[Any]:

@@ -290,7 +290,35 @@ class SagaStep(View):
 
 class SagaDetail(SagaSummary):
     reason: str | None = Field(description="Why the saga compensates or failed; null while nothing went wrong")
+    next_attempt_at: dt.datetime | SkipJsonSchema[None] = Field(default=None, description="When a retry is waiting")
     steps: list[SagaStep] = Field(description="The step history, oldest first")
+
+
+class ActorView(View):
+    kind: Literal["order", "inventory", "projector"]
+    shard: Count
+    actor_id: str
+    node_id: str
+    pid: int
+    restarts: int = Field(description="How often Ray restarted it; -1 when Ray does not say")
+    active_entities: Count
+    max_active_entities: Count
+    mailbox_depth: Count = Field(description="Commands waiting for an entity's mailbox")
+    sagas_running: Count
+    conflicts: Count = Field(description="Optimistic-concurrency conflicts its SKUs met")
+
+
+class ActorList(View):
+    items: list[ActorView]
+
+
+class Location(View):
+    entity_id: uuid.UUID
+    kind: Literal["order", "inventory"]
+    shard: Count
+    actor_id: str
+    node_id: str
+    active: bool = Field(description="In the shard's memory now")
 
 
 class SagaAccepted(View):

@@ -92,6 +92,9 @@ class EventStore(Protocol):
 
     async def save_snapshot(self, snapshot: Snapshot) -> None: ...
 
+    async def aggregate_type(self, aggregate_id: uuid.UUID) -> str | None:
+        """The kind of aggregate this id names, or None when it has no events."""
+
     async def load_snapshot(self, aggregate_id: uuid.UUID) -> Snapshot | None: ...
 
     async def contains(self, event_id: uuid.UUID) -> bool:
@@ -244,6 +247,13 @@ class PostgresEventStore:
                    ON CONFLICT (aggregate_id) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state,
                    created_at = NOW() WHERE snapshots.version < EXCLUDED.version""",
                 snapshot.aggregate_id, snapshot.aggregate_type, snapshot.version, snapshot.state)
+
+    async def aggregate_type(self, aggregate_id: uuid.UUID) -> str | None:
+        """The kind of aggregate this id names, or None when it has no events."""
+        with postgres_errors():
+            kind: str | None = await self.pool.fetchval(
+                "SELECT aggregate_type FROM events WHERE aggregate_id = $1 AND version = 1", aggregate_id)
+        return kind
 
     async def load_snapshot(self, aggregate_id: uuid.UUID) -> Snapshot | None:
         with postgres_errors():

@@ -37,6 +37,10 @@ class InMemoryEventStore:
                 stored.append(r)
             return stored
 
+    async def aggregate_type(self, aggregate_id: uuid.UUID) -> str | None:
+        stream = self._streams.get(aggregate_id)
+        return stream[0].aggregate_type if stream else None
+
     async def load_stream(self, aggregate_id: uuid.UUID, after_version: int = 0) -> list[ev.Recorded]:
         return [r for r in self._streams.get(aggregate_id, []) if r.version > after_version]
 

@@ -74,15 +74,18 @@ class SagaStore:
         return {**dict(row), "steps": [dict(s) for s in steps]}
 
     async def list(self, *, status: str | None, order_id: uuid.UUID | None, limit: int,
-                   cursor: tuple[Any, uuid.UUID] | None) -> list[dict[str, Any]]:
+                   cursor: tuple[Any, uuid.UUID] | None, stuck_for: float | None = None) -> list[dict[str, Any]]:
+        """Sagas newest first; with ``stuck_for``, only unfinished ones that have not moved for that long."""
         with postgres_errors():
             rows = await self.events.pool.fetch(
                 """SELECT saga_id, saga_type, order_id, status, current_step, attempts, created_at, updated_at
                    FROM sagas
                    WHERE ($1::varchar IS NULL OR status = $1) AND ($2::uuid IS NULL OR order_id = $2)
                      AND ($3::timestamptz IS NULL OR (created_at, saga_id) < ($3, $4))
+                     AND ($6::float8 IS NULL OR (status IN ('RUNNING', 'COMPENSATING', 'FAILED')
+                                                 AND updated_at < NOW() - make_interval(secs => $6)))
                    ORDER BY created_at DESC, saga_id DESC LIMIT $5""",
-                status, order_id, cursor[0] if cursor else None, cursor[1] if cursor else None, limit)
+                status, order_id, cursor[0] if cursor else None, cursor[1] if cursor else None, limit, stuck_for)
         return [dict(r) for r in rows]
 
     async def counts(self) -> dict[str, int]:

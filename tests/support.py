@@ -88,6 +88,15 @@ def service_processes(pid: int, data_dir: Path) -> list[psutil.Process]:
     return list(found.values())
 
 
+def kill_all(processes: list[psutil.Process]) -> None:
+    """SIGKILL every one of them at once, as a power cut would (some die with their parents first)."""
+    for p in processes:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            continue
+
+
 def still_running(processes: list[psutil.Process], timeout: float = 10.0) -> list[str]:
     """The processes that have not exited within ``timeout`` seconds (a zombie counts as exited)."""
     _, alive = psutil.wait_procs(processes, timeout=timeout)

@@ -245,3 +245,39 @@ async def test_a_request_reaching_a_killed_shard_is_retried_or_refused_never_hun
         assert first.headers["retry-after"]
     again = await eventually(lambda: http.get(f"{API}/orders/{order_id}"), lambda r: r.status_code == 200)
     assert again.json()["status"] == "CONFIRMED"
+
+
+async def test_admin_actors_lists_every_shard_with_its_placement(http: httpx.AsyncClient,
+                                                                  actor_settings: object) -> None:
+    items = (await http.get(f"{API}/admin/actors")).json()["items"]
+    kinds = sorted((a["kind"], a["shard"]) for a in items)
+    shards = (actor_settings.order_shards, actor_settings.inventory_shards)  # type: ignore[attr-defined]
+    assert kinds == sorted([("order", i) for i in range(shards[0])] + [("inventory", i) for i in range(shards[1])]
+                           + [("projector", 0)])
+    assert all(a["node_id"] and a["actor_id"] and a["pid"] > 0 and a["restarts"] >= 0 for a in items)
+    assert len({a["actor_id"] for a in items}) == len(items)
+
+
+async def test_admin_locates_an_order_and_a_sku_on_their_shards(http: httpx.AsyncClient) -> None:
+    pid = await product(http)
+    order_id = (await place(http, order_body(pid))).json()["order_id"]
+    actors = {a["actor_id"]: a for a in (await http.get(f"{API}/admin/actors")).json()["items"]}
+    for entity, kind in ((order_id, "order"), (pid, "inventory")):
+        found = (await http.get(f"{API}/admin/actors/locate", params={"entity_id": entity})).json()
+        assert (found["kind"], found["active"]) == (kind, True)
+        assert actors[found["actor_id"]]["kind"] == kind and actors[found["actor_id"]]["shard"] == found["shard"]
+    unknown = await http.get(f"{API}/admin/actors/locate", params={"entity_id": str(uuid.uuid4())})
+    assert unknown.status_code == 404
+
+
+async def test_admin_finds_sagas_that_have_not_moved_for_a_while(http: httpx.AsyncClient) -> None:
+    pid = await product(http)
+    slow = (await place(http, order_body(pid, token="tok_slow"))).json()
+    await eventually(lambda: saga(http, slow["saga_id"]), lambda s: s.get("current_step") == "process_payment")
+    stuck = await eventually(
+        lambda: http.get(f"{API}/admin/sagas", params={"stuck_for": 1, "order_id": slow["order_id"]}),
+        lambda r: len(r.json()["items"]) == 1, timeout=20)
+    assert stuck.json()["items"][0]["saga_id"] == slow["saga_id"]
+    moving = await http.get(f"{API}/admin/sagas", params={"stuck_for": 3600, "order_id": slow["order_id"]})
+    assert moving.json()["items"] == []
+    assert (await http.post(f"{API}/admin/sagas/{slow['saga_id']}/compensate")).status_code == 202

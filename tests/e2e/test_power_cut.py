@@ -4,7 +4,6 @@ is lost, every saga finishes, each confirmed order was charged once, and the eve
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import uuid
@@ -17,7 +16,7 @@ import pytest
 
 from tests.e2e.helpers import ADDRESS, API
 from tests.e2e.test_restart import Service, wait_for
-from tests.support import still_running
+from tests.support import kill_all, still_running
 
 TERMINAL = ("CONFIRMED", "CANCELLED")
 
@@ -47,8 +46,7 @@ def test_after_a_power_cut_nothing_acknowledged_is_lost_and_every_saga_finishes(
     statuses = [http.get(f"{API}/orders/{o['order_id']}").json()["status"] for o in acknowledged]
     assert any(s not in TERMINAL for s in statuses)  # the cut comes with sagas in flight
     processes = service.processes()
-    for p in processes:
-        p.send_signal(signal.SIGKILL)
+    kill_all(processes)
     http.close()
     assert still_running(processes) == []  # (this reaps them too: the service's exit status is gone with it)
 
