@@ -9,6 +9,7 @@ import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response, Security
@@ -21,7 +22,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors import metrics as m
-from actors.client import ServiceUnavailable
+from actors.client import ServiceUnavailable, call
 from commerce import schemas as api
 from commerce.auth import Forbidden, InvalidCredentials, Principal, Role, Verifier
 from commerce.http import (
@@ -516,9 +517,14 @@ def saga_summary(row: dict[str, Any]) -> dict[str, Any]:
     **api.problems(*CALLER, notes={
         422: "Invalid query parameters, or a cursor this service did not hand out (invalid-cursor)"})})
 async def list_sagas(status: str | None = Query(None, pattern="^(RUNNING|COMPLETED|COMPENSATING|COMPENSATED|FAILED)$"),
-                     order_id: uuid.UUID | None = None, limit: int = Query(50, ge=1, le=500),
+                     order_id: uuid.UUID | None = None,
+                     stuck_for: float | None = Query(None, ge=0, le=10**9,
+                                                     description="Only unfinished sagas that have not moved for "
+                                                                 "this many seconds"),
+                     limit: int = Query(50, ge=1, le=500),
                      cursor: str | None = Query(None, max_length=500), svc: Services = Svc) -> dict[str, Any]:
-    rows = await svc.sagas.list(status=status, order_id=order_id, limit=limit + 1, cursor=queries.decode_cursor(cursor))
+    rows = await svc.sagas.list(status=status, order_id=order_id, limit=limit + 1, cursor=queries.decode_cursor(cursor),
+                                stuck_for=stuck_for)
     next_cursor = queries.encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["saga_id"]) if len(rows) > limit else None
     return {"items": [saga_summary(r) for r in rows[:limit]], "next_cursor": next_cursor}
 
@@ -538,7 +544,33 @@ async def get_saga(saga_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
     saga = await _saga(svc, saga_id)
     steps = [{"step": s["step"], "action": s["action"], "outcome": s["outcome"], "attempt": s["attempt"],
               "at": s["at"].isoformat(), **({"error": s["error"]} if s["error"] else {})} for s in saga["steps"]]
-    return {**saga_summary(saga), "reason": saga["saga_data"].get("reason"), "steps": steps}
+    retry_at = saga["saga_data"].get("retry_at") if saga["status"] in ("RUNNING", "COMPENSATING") else None
+    return {**saga_summary(saga), "reason": saga["saga_data"].get("reason"), "steps": steps,
+            **({"next_attempt_at": retry_at} if retry_at else {})}
+
+
+@app.get(f"{API}/admin/actors", dependencies=[Admin], tags=["admin"], response_model=Any, responses={
+    200: api.answer(api.ActorList, "Every actor of the service, where it runs and how busy it is"),
+    **api.problems(401, 403, 429, 503)})
+async def list_actors(svc: Services = Svc) -> dict[str, Any]:
+    """The shard actors and the projector (admin): placement on nodes, restarts, entities, mailboxes."""
+    return {"items": await svc.actors.describe()}
+
+
+@app.get(f"{API}/admin/actors/locate", dependencies=[Admin], tags=["admin"], response_model=Any, responses={
+    200: api.answer(api.Location, "The shard that hosts the order or SKU, and whether it is in memory now"),
+    **api.problems(*CALLER, notes={404: "No order or SKU has this id"})})
+async def locate_entity(entity_id: uuid.UUID, svc: Services = Svc) -> dict[str, Any]:
+    """Where an order or a SKU lives (admin): its shard actor and node, and whether it is active."""
+    kind = await svc.events.aggregate_type(entity_id)
+    if kind not in (order.AGGREGATE_TYPE, inventory.AGGREGATE_TYPE):
+        raise errors.NotFound(f"no order or SKU {entity_id}")
+    name = "order" if kind == order.AGGREGATE_TYPE else "inventory"
+    shard = svc.actors.shard_of(name, entity_id)
+    where = await call(shard, "describe", timeout=10.0)
+    found = await call(shard, "locate", entity_id, timeout=10.0)
+    return {"entity_id": str(entity_id), "kind": name, "shard": where["shard"], "actor_id": where["actor_id"],
+            "node_id": where["node_id"], "active": found["active"]}
 
 
 @app.post(f"{API}/admin/sagas/{{saga_id}}/retry", status_code=202, tags=["admin"], responses={
@@ -630,6 +662,35 @@ async def metrics(svc: Services = Svc) -> Response:
     texts = [t for t in (await svc.actors.each("metrics_text")).values() if isinstance(t, str)]
     texts.append(await service_metrics(svc, now(), ABANDONED_AFTER))
     return PlainTextResponse(m.merge(texts), media_type="text/plain; version=0.0.4")
+
+
+# --- operator console: static files of commerce/console, no build step, nothing fetched elsewhere ---
+
+CONSOLE_DIR = Path(api.__file__).resolve().parent / "console"  # commerce/console, shipped as package data
+CONSOLE_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+CONSOLE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+               "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+CONSOLE_HEADERS = {"Content-Security-Policy": CONSOLE_CSP, "X-Content-Type-Options": "nosniff",
+                   "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+
+
+def _console_file(name: str) -> Response:
+    path = CONSOLE_DIR / name
+    if name.startswith(".") or path.suffix not in CONSOLE_TYPES or not path.is_file():
+        raise StarletteHTTPException(404, "no such console file")
+    return Response(path.read_bytes(), media_type=CONSOLE_TYPES[path.suffix], headers=CONSOLE_HEADERS)
+
+
+@app.api_route("/console", methods=["GET", "HEAD"], include_in_schema=False)
+async def console() -> Response:
+    """The operator console (a static page; the admin token is entered in the page)."""
+    return _console_file("index.html")
+
+
+@app.api_route("/console/{name}", methods=["GET", "HEAD"], include_in_schema=False)
+async def console_file(name: str) -> Response:
+    return _console_file(name)
 
 
 # --- Serve --------------------------------------------------------------------------------------
