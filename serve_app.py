@@ -659,9 +659,9 @@ def _is_admin(header: str) -> bool:
 async def metrics(svc: Services = Svc) -> Response:
     from commerce.health import service_metrics
 
-    texts = [t for t in (await svc.actors.each("metrics_text")).values() if isinstance(t, str)]
-    texts.append(await service_metrics(svc, now(), ABANDONED_AFTER))
-    return PlainTextResponse(m.merge(texts), media_type="text/plain; version=0.0.4")
+    per_actor = await m.actor_families(svc.actors)
+    service = await service_metrics(svc, now(), ABANDONED_AFTER)
+    return PlainTextResponse(m.exposition(per_actor, service), media_type=m.MEDIA_TYPE)
 
 
 # --- operator console: static files of commerce/console, no build step, nothing fetched elsewhere ---

@@ -83,6 +83,9 @@ class Shard(ServiceActor):
         await self.start()
         return {"shard": self.index, "kind": self.KIND, "active": self.host.is_active(entity_id)}
 
+    async def metrics_samples(self) -> list[m.Family]:
+        return await m.shard_samples(self)
+
     async def metrics_text(self) -> str:
         await self.start()
         self.metrics.active_entities.labels(self.KIND).set(self.host.active)

@@ -95,6 +95,9 @@ class Projector(ServiceActor):
             self.lag_seconds.labels(r.projection.name).set(status["lag_seconds"])
         return out
 
+    async def metrics_samples(self) -> list[m.Family]:
+        return await m.projector_samples(self)
+
     async def metrics_text(self) -> str:
         await self.status()
         return m.render(self.registry)

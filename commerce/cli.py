@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import threading
+import traceback
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -185,11 +187,17 @@ def _stop_now(*_: object) -> None:
 
 
 def serve(settings: Settings) -> int:
-    """Run the service until SIGINT or SIGTERM, then stop everything it started."""
+    """Run the service until SIGINT, SIGTERM or SIGHUP, then stop everything it started and exit.
+
+    The process ends with ``os._exit``: Ray's exit handler would disconnect from a cluster that is gone by
+    then, and Ray's core worker puts back the default SIGTERM handling while it disconnects, so a signal
+    repeated at that moment would end the process before the stop is done.
+    """
     from commerce.runtime import Runtime
 
     runtime = Runtime(settings)
     stop = threading.Event()
+    code = 1
     _on_signals(_stop_now)  # a stop while starting unwinds into the orderly stop below
     try:
         settings = runtime.prepare()
@@ -202,16 +210,21 @@ def serve(settings: Settings) -> int:
         while not stop.wait(1.0):
             pass
         print("commerce: stopping", flush=True)
-        return 0
+        code = 0
     except _Stop:
         print("commerce: stopping before it was ready", flush=True)
-        return 0
+        code = 0
+    except SettingsError as e:
+        print(f"commerce: configuration error: {e}", file=sys.stderr, flush=True)
+        code = 2
+    except BaseException:
+        traceback.print_exc()
     finally:
-        # Signals repeated while stopping must not cut the stop short: held back, whatever handler Ray's own
-        # shutdown puts in place meanwhile. The process ends after the stop; they are never delivered.
-        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        _on_signals(signal.SIG_IGN)  # signals repeated while stopping must not cut the stop short
         runtime.stop()
         print("commerce: stopped", flush=True)
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _on_signals(handler: Any) -> None:

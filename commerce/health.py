@@ -6,11 +6,10 @@ import asyncio
 import datetime as dt
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-
 from actors import metrics as m
 from actors.client import call
 from commerce.services import Services, ServicesProvider
+from domain.saga import SagaStatus
 from store import queries
 from store.migrations import LATEST, current_version
 
@@ -81,27 +80,32 @@ async def check_health(provider: ServicesProvider) -> dict[str, Any]:
     return {"status": "ok" if ok else "fail", "checks": checks}
 
 
-async def service_metrics(svc: Services, now: dt.datetime, abandoned_after: float) -> str:
+async def service_metrics(svc: Services, now: dt.datetime, abandoned_after: float) -> list[m.Family]:
     """Figures kept in PostgreSQL and Redis: sagas by status, carts, stock, for the KPIs."""
-    registry = CollectorRegistry()
-    sagas = Gauge("commerce_sagas", "Sagas by status", ["status"], registry=registry)
-    for status, n in (await svc.sagas.counts()).items():
-        sagas.labels(status).set(n)
-    Gauge("commerce_saga_oldest_unfinished_seconds", "Age of the oldest saga not in a terminal state",
-          registry=registry).set(await svc.sagas.oldest_unfinished_age())
+    saga_counts = await svc.sagas.counts()
+    oldest = await svc.sagas.oldest_unfinished_age()
     carts = await svc.carts.stats(now, abandoned_after)
-    ops = Counter("commerce_cart_operations", "Cart operations by kind", ["operation"], registry=registry)
-    for operation, n in carts["operations"].items():
-        ops.labels(operation).inc(n)
-    Counter("commerce_carts_created", "Carts created", registry=registry).inc(carts["created"])
-    Counter("commerce_carts_checked_out", "Carts checked out", registry=registry).inc(carts["checked_out"])
-    Gauge("commerce_carts_abandoned", f"Open carts idle for more than {abandoned_after:.0f}s",
-          registry=registry).set(carts["abandoned"])
-    Gauge("commerce_carts_open", "Carts not checked out", registry=registry).set(carts["open"])
     stock = await queries.inventory_totals(svc.pool)
-    Gauge("commerce_inventory_units_sold", "Units sold net of returns (read model)", registry=registry).set(stock["sold"])
-    Gauge("commerce_inventory_on_hand_units", "Units on hand over all SKUs (read model)",
-          registry=registry).set(stock["on_hand"])
-    Gauge("commerce_inventory_reserved_units", "Units reserved over all SKUs (read model)",
-          registry=registry).set(stock["reserved"])
-    return m.render(registry)
+    return service_families(saga_counts, oldest, carts, stock, abandoned_after)
+
+
+def service_families(saga_counts: dict[str, int], oldest_unfinished: float, carts: dict[str, Any],
+                     stock: dict[str, int], abandoned_after: float) -> list[m.Family]:
+    """The service-wide families of /metrics (no ``shard`` label): every saga status, 0 when none is in it."""
+    sagas = {s.value: saga_counts.get(s.value, 0) for s in SagaStatus} | saga_counts
+    return [
+        m.by_label("gauge", "commerce_sagas", "Sagas by status", "status", sagas),
+        m.single("gauge", "commerce_saga_oldest_unfinished_seconds", "Age of the oldest saga not in a terminal state",
+                 oldest_unfinished),
+        m.by_label("counter", "commerce_cart_operations", "Cart operations by kind", "operation", carts["operations"]),
+        m.single("counter", "commerce_carts_created", "Carts created", carts["created"]),
+        m.single("counter", "commerce_carts_checked_out", "Carts checked out", carts["checked_out"]),
+        m.single("gauge", "commerce_carts_abandoned", f"Open carts idle for more than {abandoned_after:.0f}s",
+                 carts["abandoned"]),
+        m.single("gauge", "commerce_carts_open", "Carts not checked out", carts["open"]),
+        m.single("gauge", "commerce_inventory_units_sold_net", "Units sold net of returns (read model)", stock["sold"]),
+        m.single("gauge", "commerce_inventory_on_hand_units", "Units on hand over all SKUs (read model)",
+                 stock["on_hand"]),
+        m.single("gauge", "commerce_inventory_reserved_units", "Units reserved over all SKUs (read model)",
+                 stock["reserved"]),
+    ]

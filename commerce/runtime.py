@@ -158,19 +158,18 @@ class Runtime:
     def stop(self) -> None:
         """Stop what this runtime started, and nothing else.
 
-        On a Ray it started itself, the whole local cluster goes: Ray's processes, then whatever of them
-        outlived Ray (Serve's HAProxy is a child of a Ray worker and survives it), by process id. Serve's
-        own orderly shutdown is skipped there: it waits 30 s for its controller, and its state dies
-        with the cluster anyway. On a cluster it joined, only this application and these actors go.
+        On a Ray it started itself, the whole local cluster goes, by process id: Ray's processes and whatever
+        would outlive them (Serve's HAProxy is a child of a Ray worker). Serve's own orderly shutdown is
+        skipped there: it waits 30 s for its controller, and its state dies with the cluster anyway. On a
+        cluster it joined, only this application and these actors go.
         """
         import ray
 
         if self._ray_started:
+            # The local cluster's processes are ours: stopped by pid (Serve's HAProxy among them, which would
+            # outlive Ray), without ray.shutdown(), which resets the driver's SIGTERM handling meanwhile.
             servers = {self._redis.pid} if self._redis else set()  # stopped in order below
-            ours = [p for p in _descendants() if p.pid not in servers]  # taken late: HAProxy may have reloaded
-            if ray.is_initialized():
-                ray.shutdown()
-            _terminate(ours)
+            _terminate([p for p in _descendants() if p.pid not in servers])
         elif ray.is_initialized():
             self._leave_cluster()
             ray.shutdown()  # disconnects this driver; the cluster stays

@@ -9,10 +9,11 @@ and the TTL it has left; a checked-out cart stays checked out. Records of expire
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -33,7 +34,16 @@ class CartJournal:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def save(self, cart: Cart, now: dt.datetime) -> bool:
+    @contextlib.asynccontextmanager
+    async def changing(self, cart_id: uuid.UUID) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction holding the cart's lock: changes of one cart are made and recorded one at a time, so
+        the record follows Redis change by change."""
+        with postgres_errors():
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(cart_id))
+                yield conn
+
+    async def save(self, conn: asyncpg.Connection, cart: Cart, now: dt.datetime) -> bool:
         """Record the cart's new state if it follows the recorded one (its next version, or a cart the record
         does not know or has seen expire). False when it does not: the copy in Redis went another way (an
         older copy came back after a failover, or a change that was answered with an error never got
@@ -41,27 +51,25 @@ class CartJournal:
         lines = [{"product_id": str(x.product_id), "quantity": x.quantity, "unit_price": str(x.unit_price)}
                  for x in cart.lines]
         with postgres_errors():
-            async with self.pool.acquire() as conn, conn.transaction():
-                row = await conn.fetchrow(
-                    "SELECT version, status, order_id, lines, expires_at FROM carts WHERE cart_id = $1 FOR UPDATE",
-                    cart.id)
-                if row is not None and row["expires_at"] > now and row["version"] != cart.version - 1:
-                    same = (row["version"], row["status"], row["order_id"], json.loads(row["lines"])) == (
-                        cart.version, cart.status.value, cart.order_id, lines)
-                    return same  # saved already (a repeated no-op), or another lineage
-                await conn.execute(
-                    """INSERT INTO carts (cart_id, customer_id, status, order_id, lines, created_at, updated_at,
-                                          expires_at, version)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                       ON CONFLICT (cart_id) DO UPDATE SET customer_id = $2, status = $3, order_id = $4, lines = $5,
-                           created_at = $6, updated_at = $7, expires_at = $8, version = $9""",
-                    cart.id, cart.customer_id, cart.status.value, cart.order_id, json.dumps(lines), cart.created_at,
-                    cart.updated_at, cart.expires_at, cart.version)
+            row = await conn.fetchrow("SELECT version, status, order_id, lines, expires_at FROM carts WHERE cart_id = $1",
+                                      cart.id)
+            if row is not None and row["expires_at"] > now and row["version"] != cart.version - 1:
+                same = (row["version"], row["status"], row["order_id"], json.loads(row["lines"])) == (
+                    cart.version, cart.status.value, cart.order_id, lines)
+                return same  # saved already (a repeated no-op), or another lineage
+            await conn.execute(
+                """INSERT INTO carts (cart_id, customer_id, status, order_id, lines, created_at, updated_at,
+                                      expires_at, version)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                   ON CONFLICT (cart_id) DO UPDATE SET customer_id = $2, status = $3, order_id = $4, lines = $5,
+                       created_at = $6, updated_at = $7, expires_at = $8, version = $9""",
+                cart.id, cart.customer_id, cart.status.value, cart.order_id, json.dumps(lines), cart.created_at,
+                cart.updated_at, cart.expires_at, cart.version)
         return True
 
-    async def load(self, cart_id: uuid.UUID) -> Cart | None:
+    async def load(self, cart_id: uuid.UUID, conn: asyncpg.Connection | None = None) -> Cart | None:
         with postgres_errors():
-            row = await self.pool.fetchrow("SELECT * FROM carts WHERE cart_id = $1", cart_id)
+            row = await (conn or self.pool).fetchrow("SELECT * FROM carts WHERE cart_id = $1", cart_id)
         return None if row is None else _cart(row)
 
     async def purge(self, now: dt.datetime) -> int:
@@ -69,6 +77,11 @@ class CartJournal:
         with postgres_errors():
             status = await self.pool.execute("DELETE FROM carts WHERE expires_at <= $1", now)
         return int(status.split()[-1])
+
+
+def _lock_key(cart_id: uuid.UUID) -> int:
+    """A 64-bit advisory lock key of its own for each cart."""
+    return int.from_bytes(cart_id.bytes[:8], "big", signed=True)
 
 
 def _cart(row: asyncpg.Record) -> Cart:
@@ -125,20 +138,19 @@ class DurableCartStore:
         return await self._change(cart_id, lambda: self.redis.abort_checkout(cart_id, order_id))
 
     async def _change(self, cart_id: uuid.UUID, operation: Callable[[], Awaitable[Cart]]) -> Cart:
-        """Make a change in Redis and record it; answered only once it is recorded. A copy in Redis that went
-        another way than the record is put back from the record, and the change made again on it."""
-        for _ in range(CHANGE_ATTEMPTS):
-            cart = await self._restoring(cart_id, operation)
-            if await self.journal.save(cart, dt.datetime.now(dt.UTC)):
-                return cart
-            await self._reset(cart_id)
+        """Make a change in Redis and record it, holding the cart's lock; answered only once it is recorded. A
+        copy in Redis that went another way than the record is put back from the record, and the change made
+        again on it."""
+        async with self.journal.changing(cart_id) as conn:
+            for _ in range(CHANGE_ATTEMPTS):
+                cart = await self._restoring(cart_id, operation)
+                if await self.journal.save(conn, cart, dt.datetime.now(dt.UTC)):
+                    return cart
+                record = await self.journal.load(cart_id, conn)
+                await self.redis.forget(cart_id)
+                if record is not None:
+                    await self.redis.restore(record, dt.datetime.now(dt.UTC))
         raise ConcurrencyConflict(cart_id, -1)
-
-    async def _reset(self, cart_id: uuid.UUID) -> None:
-        record = await self.journal.load(cart_id)
-        await self.redis.forget(cart_id)
-        if record is not None:
-            await self.redis.restore(record, dt.datetime.now(dt.UTC))
 
     async def _restoring(self, cart_id: uuid.UUID, operation: Callable[[], Awaitable[T]]) -> T:
         """Run ``operation``; when the cart is not in Redis but its record is, restore it and run it again

@@ -211,7 +211,8 @@ class PostgresEventStore:
         sql = f"""
             SELECT {_COLUMNS}, transaction_id::text AS transaction_id FROM events
             WHERE (transaction_id, position) > (
-                    COALESCE((SELECT transaction_id FROM events WHERE position = $1), '0'::xid8), $1)
+                    COALESCE((SELECT transaction_id FROM events WHERE position <= $1 ORDER BY position DESC LIMIT 1),
+                             '0'::xid8), $1)
               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
             ORDER BY transaction_id, position
             LIMIT $2"""
@@ -225,7 +226,8 @@ class PostgresEventStore:
         sql = f"""
             SELECT {_COLUMNS} FROM events
             WHERE (transaction_id, position) > (
-                    COALESCE((SELECT transaction_id FROM events WHERE position = $1), '0'::xid8), $1)
+                    COALESCE((SELECT transaction_id FROM events WHERE position <= $1 ORDER BY position DESC LIMIT 1),
+                             '0'::xid8), $1)
               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
               AND ($2::uuid IS NULL OR aggregate_id = $2)
               AND ($3::varchar IS NULL OR aggregate_type = $3)
