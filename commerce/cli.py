@@ -116,12 +116,16 @@ async def repair(dsn: str, apply: bool) -> int:
     finally:
         await pool.close()
     if remaining:
-        print(f"{len(remaining)} problem(s) remain:")
-        for p in remaining:
-            print(f"  - {p}")
+        _list_problems(f"{len(remaining)} problem(s) remain:", remaining)
         return 1
     print("repaired: the event store verifies clean")
     return 0
+
+
+def _list_problems(header: str, problems: Sequence[object]) -> None:
+    print(header)
+    for p in problems:
+        print(f"  - {p}")
 
 
 async def verify(dsn: str) -> int:
@@ -134,9 +138,7 @@ async def verify(dsn: str) -> int:
     finally:
         await pool.close()
     if problems:
-        print(f"event store verification found {len(problems)} problem(s):")
-        for p in problems:
-            print(f"  - {p}")
+        _list_problems(f"event store verification found {len(problems)} problem(s):", problems)
         return 1
     print("event store verified: streams contiguous, every event decodes, read models and sagas match")
     return 0
