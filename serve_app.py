@@ -29,6 +29,7 @@ from commerce.http import (
     KNOWN_ERRORS,
     TITLES,
     BodyGuard,
+    ProblemInstance,
     RateLimited,
     Work,
     error_response,
@@ -75,6 +76,7 @@ app = CommerceAPI(
     redoc_url=None,
 )
 app.add_middleware(BodyGuard, limit=64 * 1024)
+app.add_middleware(ProblemInstance)  # outermost: the body guard's answers name their request too
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -696,7 +698,9 @@ async def console_file(name: str) -> Response:
 # --- Serve --------------------------------------------------------------------------------------
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)
+# JSON logs: Serve adds each request's id, route and application to every line a replica writes.
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200,
+                  logging_config={"encoding": "JSON", "log_level": "INFO"})
 @serve.ingress(app)
 class CommerceIngress:
     def __init__(self, settings: Settings) -> None:

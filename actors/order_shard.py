@@ -312,7 +312,8 @@ class OrderShard(Shard):
             await asyncio.sleep(1.0)
             return True
         except Exception:
-            log.exception("saga of order %s: step failed unexpectedly; retrying", order_id)
+            log.exception("saga of order %s: step failed unexpectedly; retrying", order_id,
+                          extra={"correlation_id": str(order_id)})
             await asyncio.sleep(1.0)
             return True
 

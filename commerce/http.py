@@ -174,6 +174,68 @@ class BodyGuard:
         return problem(413, "body-too-large", f"the request body exceeds {self.limit} bytes")
 
 
+class ProblemInstance:
+    """Every problem response names its request (RFC 9457 ``instance``): its path and the id under which
+    the replica's JSON logs record it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        instance = f"{scope.get('path', '')}#request={request_id(scope)}"
+        start: Message | None = None
+        body: list[bytes] = []
+
+        async def rewrite(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                if not _is_problem(message):
+                    await send(message)
+                return
+            if start is None or not _is_problem(start):
+                await send(message)
+                return
+            body.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            payload = _named(b"".join(body), instance)
+            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+        await self.app(scope, receive, rewrite)
+
+
+def _is_problem(start: Message) -> bool:
+    return any(k.lower() == b"content-type" and v.startswith(PROBLEM.encode()) for k, v in start["headers"])
+
+
+def request_id(scope: Scope) -> str:
+    """The id Serve gives the request (its JSON logs carry it as ``request_id``); outside Serve, the
+    caller's X-Request-ID or a new one."""
+    from ray.serve.context import _get_serve_request_context  # Serve's request context: no public accessor
+
+    serve_id = _get_serve_request_context().request_id
+    if serve_id:
+        return str(serve_id)
+    header = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")[:100]
+    return header or uuid.uuid4().hex
+
+
+def _named(body: bytes, instance: str) -> bytes:
+    try:
+        problem_body = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(problem_body, dict) and "instance" not in problem_body:
+        problem_body["instance"] = instance
+    return json.dumps(problem_body, separators=(",", ":")).encode()
+
+
 # --- idempotency ----------------------------------------------------------------------------------
 
 Work = Callable[[uuid.UUID | None], Awaitable[JSONResponse]]

@@ -380,6 +380,7 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
+    instance: str = Field(description="The request this answer is for: its path and its X-Request-ID")
 
 
 class FieldError(BaseModel):

@@ -281,3 +281,14 @@ async def test_admin_finds_sagas_that_have_not_moved_for_a_while(http: httpx.Asy
     moving = await http.get(f"{API}/admin/sagas", params={"stuck_for": 3600, "order_id": slow["order_id"]})
     assert moving.json()["items"] == []
     assert (await http.post(f"{API}/admin/sagas/{slow['saga_id']}/compensate")).status_code == 202
+
+
+async def test_every_problem_names_its_request(http: httpx.AsyncClient) -> None:
+    r = await http.get(f"{API}/orders/{uuid.uuid4()}")
+    path, _, request_id = r.json()["instance"].partition("#request=")
+    assert r.status_code == 404 and path == r.request.url.path and request_id
+    too_large = await http.post(f"{API}/orders", content=b"{" + b" " * 70_000 + b"}",
+                                headers={"content-type": "application/json"})
+    assert too_large.status_code == 413 and too_large.json()["instance"].startswith(f"{API}/orders#request=")
+    again = await http.get(f"{API}/orders/{uuid.uuid4()}")
+    assert again.json()["instance"] != r.json()["instance"]  # each request is named apart

@@ -198,7 +198,7 @@ def test_every_reference_resolves_and_the_problem_schemas_are_there(doc: dict[st
     for ref in set(refs(doc)):
         assert resolve(doc, {"$ref": ref}), ref
     problem = resolve(doc, {"$ref": "#/components/schemas/Problem"})
-    assert set(problem["required"]) == {"type", "title", "status", "detail"}
+    assert set(problem["required"]) == {"type", "title", "status", "detail", "instance"}
 
 
 # --- what the routes return, over fakes -------------------------------------------------------------
