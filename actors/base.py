@@ -12,6 +12,7 @@ import ray
 
 from actors import metrics as m
 from actors.entities import EntityHost
+from actors.watch import Watch
 from commerce.settings import Settings
 
 
@@ -20,6 +21,7 @@ class ServiceActor(abc.ABC):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.watch = Watch(type(self).__name__)
         self._started: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
@@ -58,6 +60,10 @@ class Shard(ServiceActor):
         while True:
             await asyncio.sleep(max(self.settings.passivate_after / 4, 1.0))
             await self.host.passivate_idle(self.settings.passivate_after)
+
+    def failing(self) -> dict[str, str]:
+        """Background work failing again and again: the shard's own, and its entities' snapshots."""
+        return {**self.watch.failing(), **self.host.watch.failing()}
 
     async def set_max_active(self, limit: int) -> dict[str, Any]:
         """Change the cap on entities in memory (an operator knob); resets the peak gauge."""

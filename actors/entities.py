@@ -16,6 +16,8 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
+from actors.watch import Watch
+
 T = TypeVar("T")
 
 
@@ -49,7 +51,8 @@ class EntityHost(Generic[T]):
         self._changed = asyncio.Condition()
         self.peak_active = 0
         self.activations = 0
-        self.waiting = 0  # commands waiting for an entity's mailbox (the shard's mailbox depth)
+        self.waiting = 0
+        self.watch = Watch("entities")  # commands waiting for an entity's mailbox (the shard's mailbox depth)
 
     @property
     def active(self) -> int:
@@ -127,14 +130,12 @@ class EntityHost(Generic[T]):
     async def _passivate(self, ent: Entity[T]) -> None:
         del self._entities[ent.id]
         if self._version(ent.state) > ent.snapshot_version:
-            with contextlib.suppress(Exception):  # a snapshot is an optimisation; events stay the truth
-                await self._snapshot(ent.state)
+            await self.watch.run("writing snapshots", lambda: self._snapshot(ent.state))  # events stay the truth
 
     async def _maybe_snapshot(self, ent: Entity[T]) -> None:
         if self._version(ent.state) - ent.snapshot_version >= self.snapshot_every:
             ent.snapshot_version = self._version(ent.state)
-            with contextlib.suppress(Exception):
-                await self._snapshot(ent.state)
+            await self.watch.run("writing snapshots", lambda: self._snapshot(ent.state))
 
     async def passivate_idle(self, idle_for: float) -> int:
         """Passivate every entity idle for ``idle_for`` seconds; returns how many."""

@@ -8,7 +8,6 @@ reloads the SKU and decides again. A timer expires reservations whose time has c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import uuid
@@ -73,7 +72,7 @@ class InventoryShard(Shard):
 
     async def ping(self) -> dict[str, Any]:
         await self.start()
-        return {"shard": self.index, "active": self.host.active}
+        return {"shard": self.index, "active": self.host.active, "failing": self.failing()}
 
     async def _decide(self, product_id: uuid.UUID, decide: Callable[[inv.Sku | None], list[ev.DomainEvent]],
                       ctx: CommandContext) -> tuple[inv.Sku | None, list[ev.Recorded]]:
@@ -258,8 +257,7 @@ class InventoryShard(Shard):
     async def _expiry_loop(self) -> None:
         while True:
             await asyncio.sleep(EXPIRY_INTERVAL)
-            with contextlib.suppress(Exception):
-                await self.expire_due()
+            await self.watch.run("expiring reservations", self.expire_due)
 
     async def stats(self) -> dict[str, Any]:
         return {**await super().stats(), "conflicts": self.metrics.conflicts._value.get()}

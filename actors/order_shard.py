@@ -126,12 +126,12 @@ class OrderShard(Shard):
     async def _rescan_loop(self) -> None:
         while True:
             await asyncio.sleep(RESCAN_INTERVAL)
-            with contextlib.suppress(Exception):
-                await self._resume_unfinished(include_failed=False)
+            await self.watch.run("resuming unfinished sagas", lambda: self._resume_unfinished(include_failed=False))
 
     async def ping(self) -> dict[str, Any]:
         await self.start()
-        return {"shard": self.index, "active": self.host.active, "sagas_running": len(self._drivers)}
+        return {"shard": self.index, "active": self.host.active, "sagas_running": len(self._drivers),
+                "failing": self.failing()}
 
     # --- commands -------------------------------------------------------------------------------
 

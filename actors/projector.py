@@ -11,7 +11,6 @@ runner applies nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import os
 import time
@@ -65,14 +64,14 @@ class Projector(ServiceActor):
         last_purge = 0.0
         while True:
             await asyncio.sleep(SUPERVISE_INTERVAL)
-            with contextlib.suppress(Exception):
-                await self.directory.each("ping")
-            if time.monotonic() - last_purge > PURGE_INTERVAL:
-                with contextlib.suppress(Exception):
-                    await IdempotencyStore(self.store).purge()  # keys older than their retention
-                    await DirectReservations(self.store.pool).purge()  # reservation ids past a sale's return window
-                    await CartJournal(self.store.pool).purge(dt.datetime.now(dt.UTC))  # carts expired in Redis too
-                    last_purge = time.monotonic()
+            await self.watch.run("pinging the shards", lambda: self.directory.each("ping"))
+            if time.monotonic() - last_purge > PURGE_INTERVAL and await self.watch.run("purging", self._purge):
+                last_purge = time.monotonic()
+
+    async def _purge(self) -> None:
+        await IdempotencyStore(self.store).purge()  # keys older than their retention
+        await DirectReservations(self.store.pool).purge()  # reservation ids past a sale's return window
+        await CartJournal(self.store.pool).purge(dt.datetime.now(dt.UTC))  # carts expired in Redis too
 
     async def describe(self) -> dict[str, Any]:
         await self.start()
@@ -83,7 +82,7 @@ class Projector(ServiceActor):
 
     async def ping(self) -> dict[str, Any]:
         await self.start()
-        return {"projections": await self.status()}
+        return {"projections": await self.status(), "failing": self.watch.failing()}
 
     async def status(self) -> dict[str, Any]:
         """Each projection's position, lag, error and the id of the event it is parked on (for /health)."""

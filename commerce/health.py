@@ -71,6 +71,9 @@ async def check_health(provider: ServicesProvider) -> dict[str, Any]:
         down = [name for name, r in results.items() if isinstance(r, Exception)]
         if down:
             raise RuntimeError(f"actors not answering: {down}")
+        failing = {name: r["failing"] for name, r in results.items() if isinstance(r, dict) and r.get("failing")}
+        if failing:
+            raise RuntimeError(f"background work failing: {failing}")
         return {"count": len(results)}
 
     names = ("postgres", "redis", "event_store", "sagas", "actors")

@@ -333,5 +333,5 @@ async def _session_lock(conn: asyncpg.Connection, key: int, *, wait: bool) -> As
         yield
     finally:
         # a broken connection took its session locks with it, and the pool unlocks all on release anyway
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
             await conn.execute("SELECT pg_advisory_unlock($1)", key)

@@ -1,0 +1,43 @@
+"""Background work whose failures are seen: counted, logged once per change of state, and reported by
+the actor's ``ping`` (so ``/health``) while they persist. Nothing here swallows an error silently."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+PERSISTS_AFTER = 3  # consecutive failures before a task counts as failing in health
+
+
+class Watch:
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.failures: Counter[str] = Counter()  # every failure, by task
+        self._streak: Counter[str] = Counter()
+        self._last: dict[str, str] = {}
+
+    async def run(self, task: str, step: Callable[[], Awaitable[object]]) -> bool:
+        """Run one round of ``task``; True when it succeeded."""
+        try:
+            await step()
+        except Exception as e:  # counted and logged below, reported while it persists
+            self.fail(task, e)
+            return False
+        if self._last.pop(task, None) is not None:
+            log.info("%s: %s works again", self.owner, task)
+        self._streak.pop(task, None)
+        return True
+
+    def fail(self, task: str, e: BaseException) -> None:
+        text = f"{type(e).__name__}: {e}"[:300]
+        self.failures[task] += 1
+        self._streak[task] += 1
+        if self._last.get(task) != text:
+            log.warning("%s: %s failed: %s", self.owner, task, text)
+        self._last[task] = text
+
+    def failing(self) -> dict[str, str]:
+        """The tasks that have failed several times in a row, with their last error."""
+        return {task: self._last[task] for task, n in self._streak.items() if n >= PERSISTS_AFTER}
