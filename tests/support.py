@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -23,10 +25,26 @@ SESSION_SERVE_PORTS = {
 }
 
 
+# Ports handed out come from below the kernel's ephemeral range (32768-60999 by default): a port picked
+# there can be taken as the local end of some outgoing connection before its server gets to bind it.
+_PORTS = range(20000, 30000)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, from outside the ephemeral range, not handed out before in this process."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for port in rng.sample(_PORTS, len(_PORTS)):
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port between 20000 and 30000")
 
 
 def with_database(dsn: str, name: str) -> str:
