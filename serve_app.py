@@ -23,14 +23,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors import metrics as m
 from actors.client import ServiceUnavailable, call
+from commerce import logs
 from commerce import schemas as api
 from commerce.auth import Forbidden, InvalidCredentials, Principal, Role, Verifier
 from commerce.http import (
     KNOWN_ERRORS,
     TITLES,
     BodyGuard,
-    ProblemInstance,
     RateLimited,
+    RequestRecord,
     Work,
     error_response,
     idempotent,
@@ -76,7 +77,7 @@ app = CommerceAPI(
     redoc_url=None,
 )
 app.add_middleware(BodyGuard, limit=64 * 1024)
-app.add_middleware(ProblemInstance)  # outermost: the body guard's answers name their request too
+app.add_middleware(RequestRecord)  # outermost: the body guard's answers name their request too
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -124,6 +125,7 @@ class Replica:
 
     @classmethod
     def configure(cls, settings: Settings) -> None:
+        logs.install()
         cls.settings = settings
         cls.provider = ServicesProvider(settings)
         cls.verifier = Verifier(settings)
@@ -377,6 +379,7 @@ async def checkout(cart_id: uuid.UUID, body: api.Checkout, request: Request, who
         cart = await svc.carts.begin_checkout(cart_id, cart_domain.checkout_order_id(cart_id), now(),
                                               owner_filter(who))
         order_id = cart.order_id or cart_domain.checkout_order_id(cart_id)
+        logs.correlate(order_id)
         try:
             placed = await svc.orders.create_order(
                 order_id, cart.customer_id, [(x.product_id, x.quantity) for x in cart.lines],
@@ -408,6 +411,7 @@ async def create_order(body: api.CreateOrder, request: Request, who: Principal =
 
     async def work(derived: uuid.UUID | None) -> JSONResponse:
         order_id = derived or uuid.uuid4()
+        logs.correlate(order_id)
         items = [(item.product_id, item.quantity) for item in body.items]  # the order merges repeated products
         placed = await svc.orders.create_order(order_id, customer_id, items,
                                                body.shipping_address.model_dump(), body.payment_token)
@@ -535,6 +539,7 @@ async def _saga(svc: Services, saga_id: uuid.UUID) -> dict[str, Any]:
     saga = await svc.sagas.get(saga_id)
     if saga is None:
         raise errors.NotFound(f"unknown saga {saga_id}")
+    logs.correlate(saga["order_id"])
     return saga
 
 

@@ -13,6 +13,7 @@ import ray
 from actors import metrics as m
 from actors.entities import EntityHost
 from actors.watch import Watch
+from commerce import logs
 from commerce.settings import Settings
 
 
@@ -20,6 +21,7 @@ class ServiceActor(abc.ABC):
     """An actor that starts (connects, recovers) on its own, right after Ray creates or restarts it."""
 
     def __init__(self, settings: Settings) -> None:
+        logs.install()
         self.settings = settings
         self.watch = Watch(type(self).__name__)
         self._started: asyncio.Task[None] | None = None

@@ -26,6 +26,7 @@ from actors.providers import SimulatedPayments, SimulatedShipping
 from actors.routing import shard_of
 from actors.saga_steps import StepRunner
 from actors.wire import returns_result
+from commerce import logs
 from commerce.settings import Settings
 from domain import events as ev
 from domain import fulfilment as ff
@@ -271,6 +272,7 @@ class OrderShard(Shard):
             event.set()
 
     async def _drive(self, order_id: uuid.UUID) -> None:
+        logs.bind(order_id)  # this task's own context: every line of this saga's run names its order
         try:
             while await self._step(order_id):
                 pass
@@ -312,8 +314,7 @@ class OrderShard(Shard):
             await asyncio.sleep(1.0)
             return True
         except Exception:
-            log.exception("saga of order %s: step failed unexpectedly; retrying", order_id,
-                          extra={"correlation_id": str(order_id)})
+            log.exception("saga of order %s: step failed unexpectedly; retrying", order_id)
             await asyncio.sleep(1.0)
             return True
 
@@ -347,6 +348,12 @@ class OrderShard(Shard):
         order_events = (ff.order_events_for(order, action.step, action.action, result.effective, data,
                                             saga.reason or "cancelled") if result.ok else [])
         await self._record(ent, saga_events, order_events)
+        outcome = "succeeded" if result.ok else "failed"
+        log.log(logging.INFO if result.ok else logging.WARNING, "saga %s of order %s: %s %s attempt %d %s%s",
+                saga.saga_id, order.order_id, action.action.value, action.step, action.attempt, outcome,
+                f": {result.error}" if result.error else "",
+                extra={"saga_id": str(saga.saga_id), "step": action.step, "action": action.action.value,
+                       "attempt": action.attempt, "outcome": outcome, "error": result.error})
 
     async def _sleep(self, order_id: uuid.UUID, until: dt.datetime) -> None:
         event = self._wake.setdefault(order_id, asyncio.Event())

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,6 +18,7 @@ from ray.exceptions import RayActorError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.client import ServiceUnavailable
+from commerce import logs
 from commerce.auth import Forbidden, InvalidCredentials, Principal
 from domain import cart, errors, inventory, order
 from store import queries
@@ -24,6 +27,8 @@ from store.idempotency import IdempotencyStore, KeyInFlight, KeyReused, StoredRe
 
 PROBLEM = "application/problem+json"
 PROBLEM_BASE = "https://commerce.example/problems/"
+# The ingress's own lines go where Serve writes its replicas' JSON logs (a child of Serve's logger).
+log = logging.getLogger("ray.serve").getChild("commerce")
 TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
           409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
           429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
@@ -174,9 +179,11 @@ class BodyGuard:
         return problem(413, "body-too-large", f"the request body exceeds {self.limit} bytes")
 
 
-class ProblemInstance:
-    """Every problem response names its request (RFC 9457 ``instance``): its path and the id under which
-    the replica's JSON logs record it."""
+class RequestRecord:
+    """Names every request: a problem answer gets an RFC 9457 ``instance`` (its path and the id under
+    which the replica's JSON logs record the request), and the request is correlated with the order it
+    concerns. A command (any method but GET and HEAD) and every problem answer get a log line of their own,
+    which carries both ids."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -185,12 +192,16 @@ class ProblemInstance:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        instance = f"{scope.get('path', '')}#request={request_id(scope)}"
+        path = scope.get("path", "")
+        instance = f"{path}#request={request_id(scope)}"
+        found = _ORDER_PATH.match(path)
+        token = logs.bind(found.group(1) if found else None)
         start: Message | None = None
         body: list[bytes] = []
+        kind = ""
 
         async def rewrite(message: Message) -> None:
-            nonlocal start
+            nonlocal start, kind
             if message["type"] == "http.response.start":
                 start = message
                 if not _is_problem(message):
@@ -202,12 +213,23 @@ class ProblemInstance:
             body.append(message.get("body", b""))
             if message.get("more_body", False):
                 return
-            payload = _named(b"".join(body), instance)
+            payload, kind = _named(b"".join(body), instance)
             headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
             await send({**start, "headers": [*headers, (b"content-length", str(len(payload)).encode())]})
             await send({"type": "http.response.body", "body": payload, "more_body": False})
 
-        await self.app(scope, receive, rewrite)
+        try:
+            await self.app(scope, receive, rewrite)
+        finally:
+            status = start["status"] if start else 500
+            if scope.get("method") not in ("GET", "HEAD") or status >= 400:
+                log.log(logging.WARNING if status >= 500 else logging.INFO, "%s %s: %d%s", scope.get("method"),
+                        path, status, f" {kind}" if kind else "",
+                        extra={"status": status, "problem": kind or None, "instance": instance})
+            logs.unbind(token)
+
+
+_ORDER_PATH = re.compile(r"^/api/v1/orders/([0-9a-fA-F-]{36})(?:/|$)")
 
 
 def _is_problem(start: Message) -> bool:
@@ -226,14 +248,17 @@ def request_id(scope: Scope) -> str:
     return header or uuid.uuid4().hex
 
 
-def _named(body: bytes, instance: str) -> bytes:
+def _named(body: bytes, instance: str) -> tuple[bytes, str]:
+    """The problem with its ``instance``, and its kind (the end of its ``type``)."""
     try:
         problem_body = json.loads(body)
     except ValueError:
-        return body
-    if isinstance(problem_body, dict) and "instance" not in problem_body:
-        problem_body["instance"] = instance
-    return json.dumps(problem_body, separators=(",", ":")).encode()
+        return body, ""
+    if not isinstance(problem_body, dict):
+        return body, ""
+    problem_body.setdefault("instance", instance)
+    kind = str(problem_body.get("type", "")).removeprefix(PROBLEM_BASE)
+    return json.dumps(problem_body, separators=(",", ":")).encode(), kind
 
 
 # --- idempotency ----------------------------------------------------------------------------------

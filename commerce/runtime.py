@@ -15,13 +15,17 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from commerce import logs
 from commerce.settings import Settings, SettingsError
 from store.embedded import EmbeddedPostgres, EmbeddedRedis
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "commerce"
-SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# Serve's HAProxy ingress and its throughput settings, except that replicas write each log line as it comes
+# (the throughput setting would hold up to 1,000 lines in memory, so a quiet service's logs show nothing).
+SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+             "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": os.environ.get("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "1")}
 
 
 async def run_migrations(database_url: str) -> list[int]:
@@ -131,12 +135,14 @@ class Runtime:
             return
         env = {"env_vars": dict(SERVE_ENV)}
         if self.settings.ray_address:
-            context = ray.init(address=self.settings.ray_address, namespace=self.settings.namespace, runtime_env=env)
+            context = ray.init(address=self.settings.ray_address, namespace=self.settings.namespace, runtime_env=env,
+                               logging_config=logs.ray_logging())
         else:
             self._ray_started = True  # before it returns: a stop that interrupts it still stops what it started
             context = ray.init(address="local", namespace=self.settings.namespace, include_dashboard=True,
                                dashboard_host=self.settings.dashboard_host,
-                               dashboard_port=self.settings.dashboard_port, runtime_env=env)
+                               dashboard_port=self.settings.dashboard_port, runtime_env=env,
+                               logging_config=logs.ray_logging())
             self._ray_started = True
         self.dashboard_url = context.dashboard_url or ""
 

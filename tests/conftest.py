@@ -21,26 +21,27 @@ def servers() -> Iterator[Servers]:
 
 
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    """One local Ray for the whole session (starting it takes seconds)."""
+def ray_session() -> Iterator[Path]:
+    """One local Ray for the whole session (starting it takes seconds); yields the folder of its logs."""
     import os
 
     import ray
 
+    from commerce import logs
     from commerce.runtime import SERVE_ENV
 
     os.environ.update(SERVE_ENV)
     for name in SERVE_FIXED_PORTS:
         os.environ[name] = str(free_port())  # not the fixed defaults: another Serve may be running here
     os.environ.update(SESSION_SERVE_PORTS)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": dict(SERVE_ENV)})
-    yield
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                       runtime_env={"env_vars": dict(SERVE_ENV)}, logging_config=logs.ray_logging())
+    yield Path(context.address_info["session_dir"]) / "logs"
     ray.shutdown()
 
 
 @pytest.fixture(scope="session")
-async def actor_settings(servers: Servers, ray_session: None) -> AsyncIterator[object]:
+async def actor_settings(servers: Servers, ray_session: Path) -> AsyncIterator[object]:
     """The service's actors on the session's Ray, over a database of their own."""
     import asyncio
 

@@ -44,7 +44,7 @@ class Deployment:
 
 
 @pytest.fixture
-async def service_over_embedded(tmp_path: Path, ray_session: None) -> AsyncIterator[Deployment]:
+async def service_over_embedded(tmp_path: Path, ray_session: Path) -> AsyncIterator[Deployment]:
     """The HTTP app in-process over actors on the session's Ray, over a PostgreSQL and a Redis of its own,
     which a test may stop, restart or flush."""
     import serve_app

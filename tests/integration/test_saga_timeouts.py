@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,13 +40,13 @@ async def actors_with(servers: Servers, **timeouts: float) -> AsyncIterator[tupl
 
 
 @pytest.fixture
-async def short_saga(servers: Servers, ray_session: None) -> AsyncIterator[Any]:
+async def short_saga(servers: Servers, ray_session: Path) -> AsyncIterator[Any]:
     async for deployed in actors_with(servers, saga_timeout=5.0):
         yield deployed
 
 
 @pytest.fixture
-async def short_compensation(servers: Servers, ray_session: None) -> AsyncIterator[Any]:
+async def short_compensation(servers: Servers, ray_session: Path) -> AsyncIterator[Any]:
     async for deployed in actors_with(servers, saga_compensation_timeout=0.001, saga_retry_delay=0.05):
         yield deployed
 
