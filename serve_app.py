@@ -126,6 +126,7 @@ class Replica:
     @classmethod
     def configure(cls, settings: Settings) -> None:
         logs.install()
+        logs.flush_every("ray.serve", 1.0)
         cls.settings = settings
         cls.provider = ServicesProvider(settings)
         cls.verifier = Verifier(settings)
@@ -425,6 +426,7 @@ async def owned_order(svc: Services, who: Principal, order_id: uuid.UUID) -> dic
     view = await svc.orders.get_order(order_id)
     if not who.is_admin and view["customer_id"] != str(who.customer_id):
         raise errors.NotFound(f"unknown order {order_id}")
+    logs.correlate(order_id)  # the caller's own order: the request's lines belong to its story
     return view
 
 

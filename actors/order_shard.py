@@ -342,12 +342,18 @@ class OrderShard(Shard):
             return
         expected = (True, action.step, action.action, action.attempt)
         if (saga.in_flight, saga.current_step, saga.phase, saga.attempt) != expected:
-            return  # the saga moved on (an operator compensated meanwhile): this outcome is stale
+            # The saga moved on (an operator compensated meanwhile): this outcome is stale.
+            log.warning("saga %s of order %s: %s %s attempt %d came back after the saga moved on; not recorded",
+                        saga.saga_id, order.order_id, action.action.value, action.step, action.attempt,
+                        extra={"saga_id": str(saga.saga_id), "step": action.step, "action": action.action.value,
+                               "attempt": action.attempt, "outcome": "stale", "error": result.error})
+            return
         saga_events = sg.with_next_attempt(saga.saga_id, saga, sg.decide_outcome(saga, action, result, now(), self.policy),
                                            now(), self.policy)
         order_events = (ff.order_events_for(order, action.step, action.action, result.effective, data,
                                             saga.reason or "cancelled") if result.ok else [])
-        await self._record(ent, saga_events, order_events)
+        if not await self._record(ent, saga_events, order_events):
+            return  # another write came first; the step's outcome is decided again from the state reloaded
         outcome = "succeeded" if result.ok else "failed"
         log.log(logging.INFO if result.ok else logging.WARNING, "saga %s of order %s: %s %s attempt %d %s%s",
                 saga.saga_id, order.order_id, action.action.value, action.step, action.attempt, outcome,

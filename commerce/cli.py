@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="commerce", description="Commerce service: orders, carts, inventory.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the service (Ray, actors, HTTP API)")
+    serve_cmd = sub.add_parser("serve", help="run the service (Ray, actors, HTTP API)")
+    serve_cmd.add_argument("--address", help="join this Ray cluster (host:port, or auto for the one this node "
+                           "belongs to) instead of starting a local Ray; as RAY_ADDRESS")
     sub.add_parser("migrate", help="apply database migrations")
     events = sub.add_parser("events", help="event store tools").add_subparsers(dest="action", required=True)
     events.add_parser("verify", help="check streams, event types, read models and sagas")
@@ -40,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         if args.command == "serve":
+            if args.address:
+                settings = dataclasses.replace(settings, ray_address=args.address)
             return serve(settings)
         if args.command == "token":
             return print_token(settings, args)

@@ -7,10 +7,10 @@ import hashlib
 import hmac
 import json
 import logging
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -181,9 +181,10 @@ class BodyGuard:
 
 class RequestRecord:
     """Names every request: a problem answer gets an RFC 9457 ``instance`` (its path and the id under
-    which the replica's JSON logs record the request), and the request is correlated with the order it
-    concerns. A command (any method but GET and HEAD) and every problem answer get a log line of their own,
-    which carries both ids."""
+    which the replica's JSON logs record the request). A command (POST, PUT, PATCH, DELETE) and every
+    problem answer get a log line of their own, which carries the request id and, once a route has said
+    which order the request concerns (``logs.correlate``), the correlation id. An exception no handler
+    took becomes a 500 problem here, with its ``instance`` and its traceback in the log."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -193,12 +194,12 @@ class RequestRecord:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        instance = f"{path}#request={request_id(scope)}"
-        found = _ORDER_PATH.match(path)
-        token = logs.bind(found.group(1) if found else None)
+        instance = f"{quote(path)[:500]}#request={quote(request_id(scope), safe='')[:200]}"
+        token = logs.bind()
         start: Message | None = None
         body: list[bytes] = []
         kind = ""
+        failure: BaseException | None = None
 
         async def rewrite(message: Message) -> None:
             nonlocal start, kind
@@ -220,16 +221,35 @@ class RequestRecord:
 
         try:
             await self.app(scope, receive, rewrite)
+        except Exception as e:
+            failure = e
+            if start is not None:
+                raise  # the answer has begun: nothing else can be said
+            await error_response(e)(scope, receive, rewrite)
+        except BaseException as e:  # cancelled: the client went away, or the request timed out
+            failure = e
+            raise
         finally:
-            status = start["status"] if start else 500
-            if scope.get("method") not in ("GET", "HEAD") or status >= 400:
-                log.log(logging.WARNING if status >= 500 else logging.INFO, "%s %s: %d%s", scope.get("method"),
-                        path, status, f" {kind}" if kind else "",
-                        extra={"status": status, "problem": kind or None, "instance": instance})
-            logs.unbind(token)
+            try:
+                _log_request(scope, path, start, kind, instance, failure)
+            finally:
+                logs.unbind(token)
 
 
-_ORDER_PATH = re.compile(r"^/api/v1/orders/([0-9a-fA-F-]{36})(?:/|$)")
+def _log_request(scope: Scope, path: str, start: Message | None, kind: str, instance: str,
+                 failure: BaseException | None) -> None:
+    if start is None:
+        log.info("%s %s: cancelled before an answer", scope.get("method"), path,
+                 extra={"status": None, "problem": None, "instance": instance})
+        return
+    status = int(start["status"])
+    if scope.get("method") in _COMMANDS or status >= 400:
+        log.log(logging.ERROR if status >= 500 else logging.INFO, "%s %s: %d%s", scope.get("method"), path, status,
+                f" {kind}" if kind else "", extra={"status": status, "problem": kind or None, "instance": instance},
+                exc_info=failure if isinstance(failure, Exception) else None)
+
+
+_COMMANDS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def _is_problem(start: Message) -> bool:

@@ -6,13 +6,16 @@ or a saga step concerns (DESIGN.md: the correlation id is the order). Serve adds
 lines its replicas write during a request; it is the id a problem answer's ``instance`` names.
 
 The id is kept in a holder bound per request or per saga: a route that learns the order only when it
-has placed it fills the holder in, and the lines written after that carry it.
+has placed it fills the holder in, and the lines written after that carry it. Pass it by ``bind`` or
+``correlate``, never as ``extra={"correlation_id": ...}``: logging refuses an extra field the record has.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import logging.handlers
+import threading
 from typing import Any
 
 import ray
@@ -20,6 +23,7 @@ import ray
 FIELD = "correlation_id"
 _bound: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("commerce_correlation", default=None)
 _installed = False
+_flushing: set[str] = set()
 
 
 def ray_logging() -> ray.LoggingConfig:
@@ -66,3 +70,21 @@ def install() -> None:
         return rec
 
     logging.setLogRecordFactory(record)
+
+
+def flush_every(logger_name: str, seconds: float) -> None:
+    """Flush the buffering handlers of this logger every ``seconds`` (once per process): Serve's replicas
+    hold up to 1,000 lines in memory for throughput, so a quiet service's lines would never reach the file.
+    A thread, not a task: the replica's event loop may be busy, and a flush must not wait for it."""
+    if logger_name in _flushing:
+        return
+    _flushing.add(logger_name)
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(seconds):
+            for handler in logging.getLogger(logger_name).handlers:
+                if isinstance(handler, logging.handlers.MemoryHandler):
+                    handler.flush()
+
+    threading.Thread(target=run, name=f"flush {logger_name} logs", daemon=True).start()

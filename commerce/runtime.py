@@ -22,10 +22,9 @@ from store.embedded import EmbeddedPostgres, EmbeddedRedis
 log = logging.getLogger(__name__)
 
 APP_NAME = "commerce"
-# Serve's HAProxy ingress and its throughput settings, except that replicas write each log line as it comes
-# (the throughput setting would hold up to 1,000 lines in memory, so a quiet service's logs show nothing).
-SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-             "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": os.environ.get("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "1")}
+# Serve's HAProxy ingress and its throughput settings (replicas buffer their log lines; the ingress flushes
+# them every second, see commerce.logs).
+SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
 async def run_migrations(database_url: str) -> list[int]:
@@ -113,6 +112,10 @@ class Runtime:
         server secret is checked against the one the database knows.
         """
         s = self.settings
+        if s.ray_address and not (s.database_url and (s.redis_url or not redis)):
+            # Servers embedded in this process's machine would not be reachable from the cluster's other nodes.
+            raise SettingsError("on a Ray cluster (RAY_ADDRESS or --address) the service needs COMMERCE_DATABASE_URL "
+                                "and COMMERCE_REDIS_URL: it starts no servers of its own there")
         changes: dict[str, Any] = {}
         if not s.database_url:
             self._pg = EmbeddedPostgres(s.data_dir)
@@ -136,13 +139,13 @@ class Runtime:
         env = {"env_vars": dict(SERVE_ENV)}
         if self.settings.ray_address:
             context = ray.init(address=self.settings.ray_address, namespace=self.settings.namespace, runtime_env=env,
-                               logging_config=logs.ray_logging())
+                               logging_config=logs.ray_logging(), log_to_driver=False)
         else:
             self._ray_started = True  # before it returns: a stop that interrupts it still stops what it started
             context = ray.init(address="local", namespace=self.settings.namespace, include_dashboard=True,
                                dashboard_host=self.settings.dashboard_host,
                                dashboard_port=self.settings.dashboard_port, runtime_env=env,
-                               logging_config=logs.ray_logging())
+                               logging_config=logs.ray_logging(), log_to_driver=False)
             self._ray_started = True
         self.dashboard_url = context.dashboard_url or ""
 

@@ -4,6 +4,7 @@ and the Redis cart store. Built lazily inside the replica, never at import."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 
 import asyncpg
@@ -47,7 +48,9 @@ class ServicesProvider:
             return self._services
         async with self._lock:
             if self._services is None:
-                self._services = await self._connect()
+                # In a context of its own: the tasks and callbacks the clients start must not inherit the
+                # first request's (its correlation id would mark their log lines for good).
+                self._services = await asyncio.create_task(self._connect(), context=contextvars.Context())
         return self._services
 
     async def _connect(self) -> Services:
