@@ -1,0 +1,149 @@
+"""The service on a Ray cluster of three nodes, joined as an operator joins it (``commerce serve
+--address``): shards and replicas spread over the nodes, a node lost under load loses nothing and
+oversells nothing, and stopping the service leaves the cluster's other applications running."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.cluster.conftest import ADMIN, Cluster, JoinedService
+from tests.e2e.helpers import ADDRESS, API
+from tests.integration.ray_support import eventually
+
+STOCK = 30
+
+
+@pytest.fixture
+async def http(joined: JoinedService) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=joined.base, timeout=60, headers=ADMIN) as client:
+        yield client
+
+
+async def placement(http: httpx.AsyncClient) -> list[dict[str, Any]]:
+    r = await http.get(f"{API}/admin/actors")
+    assert r.status_code == 200, r.text
+    return r.json()["items"]  # type: ignore[no-any-return]
+
+
+async def test_shards_and_replicas_spread_over_the_nodes(cluster: Cluster, http: httpx.AsyncClient) -> None:
+    actors = await placement(http)
+    assert Counter(a["kind"] for a in actors) == {"order": 3, "inventory": 3, "projector": 1}
+    nodes = {a["node_id"] for a in actors}  # SPREAD is Ray's best effort: on two nodes at least
+    assert len(nodes) >= 2 and nodes <= {cluster.head, *cluster.workers}
+    replicas = cluster.actors("CommerceIngress")
+    assert len(replicas) == 2 and len({r["node_id"] for r in replicas}) == 2
+
+
+async def place_until_accepted(http: httpx.AsyncClient, body: dict[str, Any], seen: Counter[str]) -> dict[str, Any]:
+    """Place an order as a careful client does: one Idempotency-Key, sent again after a 503, a lost
+    connection, or a 409 request-in-progress (the key is held by an attempt lost with its node, until
+    the key's claim goes stale), until the service answers."""
+    key = str(uuid.uuid4())
+    deadline = asyncio.get_running_loop().time() + 240
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            r = await http.post(f"{API}/orders", json=body, headers={"Idempotency-Key": key})
+        except httpx.TransportError as e:
+            seen[type(e).__name__] += 1
+            await asyncio.sleep(0.5)
+            continue
+        kind = r.json().get("type", "").rpartition("/")[2] if r.status_code >= 400 else ""
+        seen[f"{r.status_code} {kind}".strip()] += 1
+        if r.status_code == 202:
+            return {**r.json(), "lines": body["items"]}
+        assert r.status_code == 503 or kind == "request-in-progress", r.text
+        await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+    raise AssertionError(f"order never accepted: {seen}")
+
+
+async def test_a_node_lost_under_load_loses_no_order_and_oversells_nothing(
+        cluster: Cluster, joined: JoinedService, http: httpx.AsyncClient) -> None:
+    before = await placement(http)
+    lost = cluster.workers[0]
+    assert any(a["node_id"] == lost for a in before)  # the node holds shards: losing it matters
+    rng = random.Random(11)
+    skus = []
+    for _ in range(3):
+        pid = str(uuid.uuid4())
+        r = await http.put(f"{API}/inventory/{pid}", json={"on_hand": STOCK, "price": "2.00"})
+        assert r.status_code == 200, r.text
+        skus.append(pid)
+    bodies = [{"customer_id": str(uuid.uuid4()), "payment_token": rng.choice(["tok_visa"] * 4 + ["tok_flaky"]),
+               "items": [{"product_id": pid, "quantity": rng.randint(1, 3)} for pid in rng.sample(skus, 2)],
+               "shipping_address": ADDRESS} for _ in range(60)]
+    seen: Counter[str] = Counter()
+    accepted: list[dict[str, Any]] = []
+    queue = list(bodies)
+
+    async def client() -> None:
+        while queue:
+            accepted.append(await place_until_accepted(http, queue.pop(), seen))
+
+    async def lose_the_node() -> None:
+        await eventually(lambda: asyncio.sleep(0, len(accepted)), lambda n: n >= 15, timeout=120, interval=0.1)
+        await asyncio.to_thread(cluster.remove, 0)
+
+    await asyncio.gather(lose_the_node(), *(client() for _ in range(8)))
+    assert len(accepted) == len(bodies), seen
+
+    async def statuses() -> list[str]:
+        got = await asyncio.gather(*[http.get(f"{API}/orders/{o['order_id']}") for o in accepted])
+        return [g.json().get("status", str(g.status_code)) for g in got]
+
+    final = await eventually(statuses, lambda s: set(s) <= {"CONFIRMED", "CANCELLED"}, timeout=300, interval=1.0)
+    confirmed = [o for o, s in zip(accepted, final, strict=True) if s == "CONFIRMED"]
+    assert confirmed  # 60 orders of up to 6 units over 90: some are confirmed, the rest find no stock
+    sold: Counter[str] = Counter()
+    for o in confirmed:
+        for line in o["lines"]:
+            sold[line["product_id"]] += line["quantity"]
+    for pid in skus:
+        stock = (await http.get(f"{API}/inventory/{pid}")).json()
+        assert (stock["on_hand"], stock["reserved"]) == (STOCK - sold[pid], 0), pid
+
+    conn = await asyncpg.connect(joined.env["COMMERCE_DATABASE_URL"])
+    try:
+        unfinished = await conn.fetchval(
+            "SELECT COUNT(*) FROM sagas WHERE status NOT IN ('COMPLETED', 'COMPENSATED')")
+        charges = await conn.fetch(
+            """SELECT s.order_id, COUNT(*) AS n FROM sagas s
+               JOIN provider_ledger l ON l.provider = 'payments' AND l.operation = 'charge'
+                                     AND l.status = 'succeeded' AND l.key LIKE s.saga_id::text || ':%'
+               GROUP BY s.order_id""")
+    finally:
+        await conn.close()
+    assert unfinished == 0
+    assert {str(r["order_id"]): r["n"] for r in charges} == {o["order_id"]: 1 for o in confirmed}
+
+    after = await placement(http)  # the lost node's shards live on the nodes that remain
+    assert len(after) == len(before) and {a["node_id"] for a in after} <= {cluster.head, cluster.workers[1]}
+
+
+async def test_stopping_the_service_leaves_the_clusters_other_applications_running(
+        cluster: Cluster, joined: JoinedService) -> None:
+    deployed = subprocess.run([sys.executable, "-m", "tests.cluster.other_app", cluster.address],
+                              capture_output=True, text=True, timeout=180)
+    assert deployed.returncode == 0, deployed.stderr[-2000:]
+    async with httpx.AsyncClient(base_url=joined.base, timeout=30) as http:
+        other = await eventually(lambda: http.get("/other"), lambda r: r.status_code == 200, timeout=60)
+        assert other.text == "other"
+
+        assert await asyncio.to_thread(joined.stop, signal.SIGTERM) == 0
+        assert "commerce: stopped" in joined.log.read_text()
+        assert cluster.actors("OrderShard") == cluster.actors("InventoryShard") == []
+        assert cluster.actors("CommerceIngress") == []
+        still = await eventually(lambda: http.get("/other"), lambda r: r.status_code == 200, timeout=30)
+        assert still.text == "other"
+        assert (await http.get(f"{API}/catalog")).status_code == 404  # this application is gone
