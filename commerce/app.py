@@ -3,7 +3,8 @@
 
 Serve validates the config's ``args`` with ``AppArgs`` (this module keeps its annotations evaluated, so
 Serve sees the pydantic model) and calls ``app_builder`` on the cluster. Everything else comes from the
-``COMMERCE_*`` environment, as for ``commerce serve``: the config's ``runtime_env`` sets it. On a cluster
+``COMMERCE_*`` environment, as for ``commerce serve``: the nodes' (``ray start``'s) for secrets, the
+config's ``runtime_env`` for the rest (Serve shows a runtime_env to whoever reads the config). On a cluster
 nothing is embedded and nothing is generated: the builder refuses to build without the database, Redis
 and the secrets, since each node would otherwise make up its own.
 """
@@ -19,7 +20,8 @@ from commerce.settings import Settings, SettingsError, load_settings
 
 
 class AppArgs(BaseModel):
-    """What a Serve config's ``args`` may set (each also a ``COMMERCE_*`` variable)."""
+    """What a Serve config's ``args`` may set, over the ``COMMERCE_*`` environment. Keep the shard counts
+    and the namespace of a running deployment: another value starts another set of actors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -40,7 +42,8 @@ def cluster_settings(args: AppArgs) -> Settings:
         ("COMMERCE_JWT_SECRET or COMMERCE_JWT_PUBLIC_KEY", settings.jwt_secret or settings.jwt_public_key),
     ) if not value]
     if missing:
-        raise SettingsError(f"a Serve deployment of the service needs {', '.join(missing)} in its runtime_env")
+        raise SettingsError(f"a Serve deployment of the service needs {', '.join(missing)} in the environment of "
+                            "its nodes (ray start) or of its runtime_env")
     return settings
 
 

@@ -152,8 +152,8 @@ class Runtime:
     def start_actors(self) -> None:
         from actors.deploy import deploy_actors
 
+        self._actors_started = True  # before: a start cut short still removes what it made
         deploy_actors(self.settings)
-        self._actors_started = True
 
     def start_serve(self) -> None:
         from ray import serve
@@ -161,8 +161,8 @@ class Runtime:
         from serve_app import build_app
 
         serve.start(http_options={"host": self.settings.host, "port": self.settings.port})
+        self._serve_started = True  # before: a start cut short still deletes the application
         serve.run(build_app(self.settings), name=APP_NAME, route_prefix="/")
-        self._serve_started = True
 
     def stop(self) -> None:
         """Stop what this runtime started, and nothing else.

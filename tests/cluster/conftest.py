@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
+import select
 import signal
 import subprocess
 import sys
@@ -25,19 +27,42 @@ ADMIN_TOKEN = "cluster-test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+def serve_ports() -> dict[str, str]:
+    """Ports of its own for the cluster's Serve (its controller and proxies take them from their nodes'
+    environment): the session's Serve may run on this machine too."""
+    return {**{name: str(free_port()) for name in SERVE_FIXED_PORTS},
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "32000", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "32499",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "42000", "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "42499"}
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    """This process's environment without the service's and Ray's variables (the session's Ray sets some)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(("COMMERCE_", "RAY_"))}, **extra}
+
+
 class Cluster:
     """``tests/cluster/host.py`` in a process of its own: a head and two worker nodes."""
 
-    def __init__(self) -> None:
+    def __init__(self, folder: Path) -> None:
+        # Token authentication, as cluster.yaml runs it, with a token of this cluster's own (mode 0600).
+        token = folder / "ray_auth_token"
+        token.touch(mode=0o600)
+        token.write_text(secrets.token_hex(32))
+        self.env = {**serve_ports(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.host", "2"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, start_new_session=True)
-        started = self._answer()
+                                     stdout=subprocess.PIPE, text=True, start_new_session=True,
+                                     env=clean_environment(**self.env))
+        started = self._answer(timeout=120)
         self.address: str = started["address"]
         self.head: str = started["head"]
         self.workers: list[str] = started["workers"]
 
-    def _answer(self) -> Any:
+    def _answer(self, timeout: float = 60.0) -> Any:
         assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise RuntimeError(f"the cluster host did not answer within {timeout}s")
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"the cluster host exited ({self.proc.wait()})")
@@ -74,15 +99,12 @@ class JoinedService:
     def __init__(self, cluster: Cluster, database_url: str, redis_url: str, log: Path, **env: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("COMMERCE_", "RAY_"))}
+        self.env = clean_environment(**cluster.env)
         self.env.update(COMMERCE_DATABASE_URL=database_url, COMMERCE_REDIS_URL=redis_url,
                         COMMERCE_PORT=str(self.port), COMMERCE_ADMIN_TOKEN=ADMIN_TOKEN,
                         COMMERCE_JWT_SECRET=TEST_JWT_SECRET, COMMERCE_DATA_DIR=str(log.parent / "data"),
                         COMMERCE_NAMESPACE=f"cluster-{uuid.uuid4().hex[:6]}", COMMERCE_REPLICAS="2",
                         COMMERCE_ORDER_SHARDS="3", COMMERCE_INVENTORY_SHARDS="3", COMMERCE_SAGA_RETRY_DELAY="0.2",
-                        **{name: str(free_port()) for name in SERVE_FIXED_PORTS},
-                        RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT="32000", RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT="32499",
-                        RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT="42000", RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT="42499",
                         **env)
         self.log = log
         with log.open("ab") as out:
@@ -118,8 +140,8 @@ class JoinedService:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
     yield c
     c.stop()
 

@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.cluster.conftest import ADMIN, Cluster, JoinedService
+from tests.cluster.conftest import ADMIN, Cluster, JoinedService, clean_environment
 from tests.e2e.helpers import ADDRESS, API
 from tests.integration.ray_support import eventually
 
@@ -59,7 +59,8 @@ async def place_until_accepted(http: httpx.AsyncClient, body: dict[str, Any], se
             seen[type(e).__name__] += 1
             await asyncio.sleep(0.5)
             continue
-        kind = r.json().get("type", "").rpartition("/")[2] if r.status_code >= 400 else ""
+        problem = r.status_code >= 400 and r.headers.get("content-type", "").startswith("application/problem+json")
+        kind = r.json().get("type", "").rpartition("/")[2] if problem else r.text[:80] if r.status_code >= 400 else ""
         seen[f"{r.status_code} {kind}".strip()] += 1
         if r.status_code == 202:
             return {**r.json(), "lines": body["items"]}
@@ -71,8 +72,15 @@ async def place_until_accepted(http: httpx.AsyncClient, body: dict[str, Any], se
 async def test_a_node_lost_under_load_loses_no_order_and_oversells_nothing(
         cluster: Cluster, joined: JoinedService, http: httpx.AsyncClient) -> None:
     before = await placement(http)
-    lost = cluster.workers[0]
-    assert any(a["node_id"] == lost for a in before)  # the node holds shards: losing it matters
+    replicas = {r["node_id"] for r in cluster.actors("CommerceIngress")}
+
+    def weight(worker: int) -> tuple[bool, int]:  # a node with a replica and the most shards
+        node = cluster.workers[worker]
+        return node in replicas, sum(a["node_id"] == node and a["kind"] != "projector" for a in before)
+
+    doomed = max(range(len(cluster.workers)), key=weight)
+    kept = cluster.workers[1 - doomed]
+    assert weight(doomed)[1] >= 1  # the node holds shards: losing it matters
     rng = random.Random(11)
     skus = []
     for _ in range(3):
@@ -91,12 +99,16 @@ async def test_a_node_lost_under_load_loses_no_order_and_oversells_nothing(
         while queue:
             accepted.append(await place_until_accepted(http, queue.pop(), seen))
 
+    at_removal: list[int] = []
+
     async def lose_the_node() -> None:
         await eventually(lambda: asyncio.sleep(0, len(accepted)), lambda n: n >= 15, timeout=120, interval=0.1)
-        await asyncio.to_thread(cluster.remove, 0)
+        at_removal.append(len(accepted))
+        await asyncio.to_thread(cluster.remove, doomed)
 
     await asyncio.gather(lose_the_node(), *(client() for _ in range(8)))
     assert len(accepted) == len(bodies), seen
+    assert at_removal[0] < len(bodies)  # orders were still coming in when the node went
 
     async def statuses() -> list[str]:
         got = await asyncio.gather(*[http.get(f"{API}/orders/{o['order_id']}") for o in accepted])
@@ -128,13 +140,16 @@ async def test_a_node_lost_under_load_loses_no_order_and_oversells_nothing(
     assert {str(r["order_id"]): r["n"] for r in charges} == {o["order_id"]: 1 for o in confirmed}
 
     after = await placement(http)  # the lost node's shards live on the nodes that remain
-    assert len(after) == len(before) and {a["node_id"] for a in after} <= {cluster.head, cluster.workers[1]}
+    assert len(after) == len(before) and {a["node_id"] for a in after} <= {cluster.head, kept}
+    replaced = await eventually(lambda: asyncio.to_thread(cluster.actors, "CommerceIngress"),
+                                lambda r: len(r) == 2, timeout=120, interval=1.0)  # Serve replaced its replica
+    assert {r["node_id"] for r in replaced} <= {cluster.head, kept}
 
 
 async def test_stopping_the_service_leaves_the_clusters_other_applications_running(
         cluster: Cluster, joined: JoinedService) -> None:
     deployed = subprocess.run([sys.executable, "-m", "tests.cluster.other_app", cluster.address],
-                              capture_output=True, text=True, timeout=180)
+                              capture_output=True, text=True, timeout=180, env=clean_environment(**cluster.env))
     assert deployed.returncode == 0, deployed.stderr[-2000:]
     async with httpx.AsyncClient(base_url=joined.base, timeout=30) as http:
         other = await eventually(lambda: http.get("/other"), lambda r: r.status_code == 200, timeout=60)

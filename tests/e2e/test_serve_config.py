@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from pydantic import ValidationError
 from ray import serve
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary  # what serve deploy calls
 from ray.serve._private.utils import import_attr
@@ -45,9 +46,9 @@ def test_the_config_s_args_are_checked_by_the_builder_s_model() -> None:
     app = config_app()
     assert app.import_path == "commerce.app:app_builder"
     assert AppArgs.model_validate(app.args).order_shards == 4
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError, match="shards"):
         call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), {**app.args, "shards": 3})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError, match="replicas"):
         call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), {**app.args, "replicas": 0})
 
 
@@ -70,9 +71,10 @@ async def test_the_example_config_deploys_a_service_that_takes_orders(
                         "COMMERCE_NAMESPACE": namespace}.items():
         monkeypatch.setenv(name, value)
     args = {**app.args, "replicas": 1, "order_shards": 2, "inventory_shards": 2}  # a small machine
-    built = await asyncio.to_thread(call_user_app_builder_with_args_if_necessary, import_attr(app.import_path), args)
     name, prefix = "commerce-from-config", "/from-config"
     try:
+        built = await asyncio.to_thread(call_user_app_builder_with_args_if_necessary, import_attr(app.import_path),
+                                        args)
         await asyncio.to_thread(serve.run, built, name=name, route_prefix=prefix)
         async with httpx.AsyncClient(base_url=f"{api}{prefix}", timeout=30,
                                      headers={"Authorization": f"Bearer {TOKEN}"}) as http:
@@ -91,7 +93,11 @@ async def test_the_example_config_deploys_a_service_that_takes_orders(
         from actors.deploy import remove_actors
         from commerce.app import cluster_settings
 
-        await asyncio.to_thread(serve.delete, name)
-        settings = cluster_settings(AppArgs.model_validate(args))
-        await asyncio.to_thread(remove_actors, dataclasses.replace(settings, namespace=namespace))
-        await drop_database(servers.database_url, dsn)
+        try:
+            await asyncio.to_thread(serve.delete, name)
+        finally:
+            try:
+                settings = cluster_settings(AppArgs.model_validate(args))
+                await asyncio.to_thread(remove_actors, dataclasses.replace(settings, namespace=namespace))
+            finally:
+                await drop_database(servers.database_url, dsn)

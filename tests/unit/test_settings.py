@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from commerce.settings import SettingsError, load_settings
+from commerce.settings import Settings, SettingsError, load_settings
 
 
 def test_defaults_follow_the_api_contract() -> None:
@@ -33,3 +33,14 @@ def test_environment_overrides_the_yaml_file_which_overrides_defaults(tmp_path: 
 def test_a_bad_value_fails_with_its_name(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         load_settings({name: value})
+
+
+@pytest.mark.parametrize("missing", ["database_url", "redis_url"])
+def test_joining_a_cluster_starts_no_embedded_server(tmp_path: Path, missing: str) -> None:
+    from commerce.runtime import Runtime
+
+    urls = {"database_url": "postgresql://db.internal/commerce", "redis_url": "redis://redis.internal:6379/0"}
+    settings = Settings(ray_address="auto", data_dir=tmp_path, **{**urls, missing: None})
+    with pytest.raises(SettingsError, match="COMMERCE_DATABASE_URL and COMMERCE_REDIS_URL"):
+        Runtime(settings).prepare()
+    assert list(tmp_path.iterdir()) == []  # nothing was started or written
