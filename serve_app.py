@@ -706,14 +706,29 @@ async def console_file(name: str) -> Response:
 
 
 # JSON logs: Serve adds each request's id, route and application to every line a replica writes.
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200,
-                  logging_config={"encoding": "JSON", "log_level": "INFO"})
+@serve.deployment(max_ongoing_requests=200, logging_config={"encoding": "JSON", "log_level": "INFO"})
 @serve.ingress(app)
 class CommerceIngress:
     def __init__(self, settings: Settings) -> None:
         Replica.configure(settings)
 
 
+# Serve adds replicas when each has more requests under way than this, down to ``replicas`` when idle.
+TARGET_ONGOING_REQUESTS = 64
+
+
+def ingress(settings: Settings) -> Any:
+    """The ingress deployment: a fixed number of replicas, or autoscaled up to ``max_replicas``."""
+    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": settings.replica_cpus}}
+    if settings.max_replicas and settings.max_replicas > settings.replicas:
+        options["autoscaling_config"] = {"min_replicas": settings.replicas, "initial_replicas": settings.replicas,
+                                         "max_replicas": settings.max_replicas,
+                                         "target_ongoing_requests": TARGET_ONGOING_REQUESTS}
+    else:
+        options["num_replicas"] = settings.replicas
+    return CommerceIngress.options(**options)
+
+
 def build_app(settings: Settings) -> Any:
     """The Serve application for these settings."""
-    return CommerceIngress.options(num_replicas=settings.replicas).bind(settings)
+    return ingress(settings).bind(settings)

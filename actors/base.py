@@ -74,6 +74,10 @@ class Shard(ServiceActor):
         self.host.peak_active = self.host.active
         return await self.stats()
 
+    async def layout(self) -> dict[str, int]:
+        """The shard counts this actor was made with (another start must not mix its own with them)."""
+        return {"order_shards": self.settings.order_shards, "inventory_shards": self.settings.inventory_shards}
+
     async def describe(self) -> dict[str, Any]:
         """Where this shard runs and how busy it is (an operator's view; restarts come from Ray's actor table)."""
         await self.start()

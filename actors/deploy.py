@@ -1,4 +1,5 @@
-"""Creating the service's actors: named, detached, restarted by Ray after a crash, spread over nodes."""
+"""Creating the service's actors: named, detached, restarted by Ray after a crash, spread over nodes,
+each reserving a fraction of a CPU so that Ray's placement and its autoscaler count them."""
 
 from __future__ import annotations
 
@@ -10,26 +11,43 @@ from actors.inventory_shard import InventoryShard
 from actors.order_shard import OrderShard
 from actors.projector import Projector
 from actors.routing import PROJECTOR_NAME, inventory_shard_name, order_shard_name
-from commerce.settings import Settings
+from commerce.settings import Settings, SettingsError
 
 
-def actor_options(name: str, namespace: str) -> dict[str, Any]:
+def actor_options(name: str, namespace: str, cpus: float) -> dict[str, Any]:
     return {
         "name": name, "namespace": namespace, "lifetime": "detached", "get_if_exists": True,
-        "max_restarts": -1, "max_task_retries": 3, "num_cpus": 0, "scheduling_strategy": "SPREAD",
+        "max_restarts": -1, "max_task_retries": 3, "num_cpus": cpus, "scheduling_strategy": "SPREAD",
         "max_concurrency": 10_000,
     }
 
 
+def check_layout(settings: Settings) -> None:
+    """Refuse to start next to shards made with other counts: found by name, they would be used with the
+    counts they were made with, and the entities and sagas they route would not match this start's."""
+    for name in (order_shard_name(0), inventory_shard_name(0)):
+        try:
+            running = ray.get_actor(name, namespace=settings.namespace)
+        except ValueError:
+            continue
+        layout = ray.get(running.layout.remote())
+        wanted = {"order_shards": settings.order_shards, "inventory_shards": settings.inventory_shards}
+        if layout != wanted:
+            raise SettingsError(
+                f"shard actors made with {layout} run in namespace {settings.namespace!r}, and this start asks for "
+                f"{wanted}: stop the service that runs them (or remove them, see docs/operations.md), then start")
+
+
 def deploy_actors(settings: Settings) -> list[Any]:
     """Create (or find) every shard and the projector, and wait until each has started."""
-    ns = settings.namespace
+    check_layout(settings)
+    ns, cpus = settings.namespace, settings.shard_cpus
     handles = [
-        *[ray.remote(InventoryShard).options(**actor_options(inventory_shard_name(i), ns)).remote(settings, i)
+        *[ray.remote(InventoryShard).options(**actor_options(inventory_shard_name(i), ns, cpus)).remote(settings, i)
           for i in range(settings.inventory_shards)],
-        *[ray.remote(OrderShard).options(**actor_options(order_shard_name(i), ns)).remote(settings, i)
+        *[ray.remote(OrderShard).options(**actor_options(order_shard_name(i), ns, cpus)).remote(settings, i)
           for i in range(settings.order_shards)],
-        ray.remote(Projector).options(**actor_options(PROJECTOR_NAME, ns)).remote(settings),
+        ray.remote(Projector).options(**actor_options(PROJECTOR_NAME, ns, cpus)).remote(settings),
     ]
     ray.get([h.start.remote() for h in handles])
     return handles

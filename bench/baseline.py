@@ -18,6 +18,7 @@ from ray import serve
 
 from actors.client import ActorRef, call
 from actors.deploy import actor_options
+from commerce.settings import Settings
 
 APP_NAME = "baseline"
 ROUTE_PREFIX = "/baseline"
@@ -48,7 +49,7 @@ async def ping() -> dict[str, str]:
     return {"status": await call(Replica.echo, "ping")}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)  # as serve_app.CommerceIngress
+@serve.deployment(ray_actor_options={"num_cpus": Settings().replica_cpus}, max_ongoing_requests=200)  # as the ingress
 @serve.ingress(app)
 class BaselineIngress:
     def __init__(self, namespace: str) -> None:
@@ -57,7 +58,7 @@ class BaselineIngress:
 
 def deploy_baseline(namespace: str, replicas: int) -> None:
     """Start the actor and the baseline application on the running Serve instance (serve.start first)."""
-    echo: Any = ray.remote(Echo).options(**actor_options(ACTOR_NAME, namespace)).remote()
+    echo: Any = ray.remote(Echo).options(**actor_options(ACTOR_NAME, namespace, Settings().shard_cpus)).remote()
     ray.get(echo.ping.remote())
     # A name of its own: serve.run without one leaves no other application running (Ray's docs).
     serve.run(BaselineIngress.options(num_replicas=replicas).bind(namespace), name=APP_NAME,

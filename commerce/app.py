@@ -20,12 +20,15 @@ from commerce.settings import Settings, SettingsError, load_settings
 
 
 class AppArgs(BaseModel):
-    """What a Serve config's ``args`` may set, over the ``COMMERCE_*`` environment. Keep the shard counts
-    and the namespace of a running deployment: another value starts another set of actors."""
+    """What a Serve config's ``args`` may set, over the ``COMMERCE_*`` environment. Other shard counts than
+    the running shards' are refused at build; another namespace starts another set of actors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     replicas: int | None = Field(None, ge=1, description="HTTP replicas (COMMERCE_REPLICAS)")
+    max_replicas: int | None = Field(None, ge=1, description="above replicas: Serve autoscales up to it")
+    shard_cpus: float | None = Field(None, ge=0, le=64, description="CPUs each shard actor reserves")
+    replica_cpus: float | None = Field(None, ge=0, le=64, description="CPUs each HTTP replica reserves")
     order_shards: int | None = Field(None, ge=1, description="order shard actors (COMMERCE_ORDER_SHARDS)")
     inventory_shards: int | None = Field(None, ge=1, description="inventory shard actors")
     max_active_entities: int | None = Field(None, ge=1, description="entities one shard keeps in memory")

@@ -46,6 +46,9 @@ class Settings:
     order_shards: int = 4
     inventory_shards: int = 4
     replicas: int = 1
+    max_replicas: int | None = None  # above replicas: Serve scales the replicas between the two
+    shard_cpus: float = 0.1  # what each shard actor reserves, so that placement and the autoscaler see it
+    replica_cpus: float = 0.1
     max_active_entities: int = 1000
     passivate_after: float = 300.0
     snapshot_every: int = 50
@@ -53,6 +56,10 @@ class Settings:
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
     request_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise SettingsError(f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas})")
 
     def derived_key(self, purpose: str) -> bytes:
         """A key for one purpose (ids derived from idempotency keys, order reservations), derived from the
@@ -85,6 +92,13 @@ def _positive_float(v: str) -> float:
     x = float(v)
     if not x > 0 or x == float("inf"):
         raise ValueError("must be a number > 0")
+    return x
+
+
+def _cpus(v: str) -> float:
+    x = float(v)
+    if not 0 <= x <= 64:
+        raise ValueError("must be a number of CPUs from 0 to 64 (fractions allowed)")
     return x
 
 
@@ -125,6 +139,9 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "COMMERCE_ORDER_SHARDS": ("order_shards", _positive_int),
     "COMMERCE_INVENTORY_SHARDS": ("inventory_shards", _positive_int),
     "COMMERCE_REPLICAS": ("replicas", _positive_int),
+    "COMMERCE_MAX_REPLICAS": ("max_replicas", _positive_int),
+    "COMMERCE_SHARD_CPUS": ("shard_cpus", _cpus),
+    "COMMERCE_REPLICA_CPUS": ("replica_cpus", _cpus),
     "COMMERCE_MAX_ACTIVE_ENTITIES": ("max_active_entities", _positive_int),
     "COMMERCE_PASSIVATE_AFTER": ("passivate_after", _non_negative_float),
     "COMMERCE_SNAPSHOT_EVERY": ("snapshot_every", _positive_int),

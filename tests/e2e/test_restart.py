@@ -1,4 +1,5 @@
-"""``commerce serve`` on embedded defaults, stopped and started again: nothing is lost, sagas finish."""
+"""``commerce serve`` on embedded defaults, stopped and started again with other shard counts (the
+offline resharding procedure): nothing is lost, every entity is found on its new shard, sagas finish."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import httpx
 import psutil
 import pytest
 
+from actors.routing import shard_of
 from tests.e2e.helpers import ADDRESS, API
 from tests.support import SERVE_FIXED_PORTS, free_port, port_is_free, service_processes, still_running
 
@@ -102,7 +105,8 @@ def service(tmp_path: Path) -> Iterator[Service]:
     s.close()
 
 
-def test_orders_carts_and_stock_survive_a_restart_and_sagas_in_flight_finish(service: Service, tmp_path: Path) -> None:
+def test_orders_carts_and_stock_survive_a_restart_with_other_shard_counts_and_sagas_in_flight_finish(
+        service: Service, tmp_path: Path) -> None:
     http = service.start()
     pid = str(uuid.uuid4())
     assert http.put(f"{API}/inventory/{pid}", json={"on_hand": 10, "price": "5.00"}, headers=ADMIN).status_code == 200
@@ -124,7 +128,13 @@ def test_orders_carts_and_stock_survive_a_restart_and_sagas_in_flight_finish(ser
     assert still_running(processes) == []
     assert all(port_is_free(port) for port in service.ports())
 
+    service.env.update(COMMERCE_ORDER_SHARDS="3", COMMERCE_INVENTORY_SHARDS="2")  # were 1 and 1
     http = service.start()
+    kinds = Counter(a["kind"] for a in http.get(f"{API}/admin/actors", headers=ADMIN).json()["items"])
+    assert kinds == {"order": 3, "inventory": 2, "projector": 1}
+    for entity, count in ((slow["order_id"], 3), (pid, 2)):  # each entity is served by its new shard
+        where = http.get(f"{API}/admin/actors/locate", params={"entity_id": entity}, headers=ADMIN).json()
+        assert where["shard"] == shard_of(uuid.UUID(entity), count)
     assert http.get(f"{API}/orders/{confirmed}").json()["status"] == "CONFIRMED"
     assert [x["quantity"] for x in http.get(f"{API}/cart/{cart['id']}").json()["items"]] == [3]
     finished = wait_for(lambda: http.get(f"{API}/orders/{slow['order_id']}").json()["status"],

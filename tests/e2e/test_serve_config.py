@@ -70,7 +70,9 @@ async def test_the_example_config_deploys_a_service_that_takes_orders(
                         "COMMERCE_SERVER_SECRET": "config-server-secret-0123456789", "COMMERCE_JWT_SECRET": TEST_JWT_SECRET,
                         "COMMERCE_NAMESPACE": namespace}.items():
         monkeypatch.setenv(name, value)
-    args = {**app.args, "replicas": 1, "order_shards": 2, "inventory_shards": 2}  # a small machine
+    # A small machine: fewer shards, small CPU reservations; Serve autoscales between 1 and 2 replicas.
+    args = {**app.args, "replicas": 1, "max_replicas": 2, "order_shards": 2, "inventory_shards": 2,
+            "shard_cpus": 0.01, "replica_cpus": 0.01}
     name, prefix = "commerce-from-config", "/from-config"
     try:
         built = await asyncio.to_thread(call_user_app_builder_with_args_if_necessary, import_attr(app.import_path),

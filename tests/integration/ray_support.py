@@ -21,6 +21,7 @@ def test_settings(database_url: str, redis_url: str, **overrides: Any) -> Settin
         order_shards=2, inventory_shards=2, saga_retry_delay=0.05, admin_token="test-admin-token", saga_timeout=120.0,
         jwt_secret=TEST_JWT_SECRET, server_secret="test-server-secret-0123456789abcdef",
         saga_compensation_timeout=5.0, snapshot_every=10, passivate_after=600.0, request_timeout=30.0,
+        shard_cpus=0.01, replica_cpus=0.01,  # many sets of actors share the session's two CPUs
     )
     return dataclasses.replace(base, **overrides)
 

@@ -44,3 +44,18 @@ def test_joining_a_cluster_starts_no_embedded_server(tmp_path: Path, missing: st
     with pytest.raises(SettingsError, match="COMMERCE_DATABASE_URL and COMMERCE_REDIS_URL"):
         Runtime(settings).prepare()
     assert list(tmp_path.iterdir()) == []  # nothing was started or written
+
+
+def test_replicas_are_fixed_or_autoscaled_and_reserve_their_cpus() -> None:
+    from serve_app import TARGET_ONGOING_REQUESTS, ingress
+
+    fixed = ingress(load_settings({"COMMERCE_REPLICAS": "3", "COMMERCE_REPLICA_CPUS": "0.5"}))
+    assert fixed.num_replicas == 3 and fixed.ray_actor_options["num_cpus"] == 0.5
+    scaled = ingress(load_settings({"COMMERCE_REPLICAS": "2", "COMMERCE_MAX_REPLICAS": "6"}))
+    autoscaling = scaled._deployment_config.autoscaling_config  # Serve has no public accessor for it
+    assert (autoscaling.min_replicas, autoscaling.max_replicas) == (2, 6)
+    assert autoscaling.target_ongoing_requests == TARGET_ONGOING_REQUESTS
+    with pytest.raises(SettingsError, match="max_replicas"):
+        load_settings({"COMMERCE_REPLICAS": "4", "COMMERCE_MAX_REPLICAS": "2"})
+    with pytest.raises(SettingsError, match="COMMERCE_SHARD_CPUS"):
+        load_settings({"COMMERCE_SHARD_CPUS": "-1"})
