@@ -12,17 +12,21 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+import yaml
 
-from tests.cluster.conftest import ADMIN, Cluster, JoinedService, clean_environment
-from tests.e2e.helpers import ADDRESS, API
-from tests.integration.ray_support import eventually
+from tests.cluster.conftest import ADMIN, ADMIN_TOKEN, Cluster, JoinedService, clean_environment
+from tests.e2e.helpers import ADDRESS, API, order_status
+from tests.integration.ray_support import TEST_JWT_SECRET, eventually
+from tests.support import Servers, create_database, drop_database
 
 STOCK = 30
+CONFIG = Path(__file__).parents[2] / "deploy" / "serve-config.yaml"
 
 
 @pytest.fixture
@@ -162,3 +166,61 @@ async def test_stopping_the_service_leaves_the_clusters_other_applications_runni
         still = await eventually(lambda: http.get("/other"), lambda r: r.status_code == 200, timeout=30)
         assert still.text == "other"
         assert (await http.get(f"{API}/catalog")).status_code == 404  # this application is gone
+
+
+async def test_the_example_serve_config_deploys_the_service_on_the_cluster(
+        cluster: Cluster, joined: JoinedService, servers: Servers, tmp_path: Path) -> None:
+    """``serve run deploy/serve-config.yaml --non-blocking``, the config's way (its builder runs in
+    Serve's build task on the cluster, with the config's runtime_env), after the stop above: this
+    machine's servers and secrets in the environment, counts and CPU reservations for a small machine."""
+    config = yaml.safe_load(CONFIG.read_text())
+    app = config["applications"][0]
+    dsn = await create_database(servers.database_url, "commerce_config")
+    namespace = f"config-{uuid.uuid4().hex[:6]}"
+    app["runtime_env"]["env_vars"].update(
+        COMMERCE_DATABASE_URL=dsn, COMMERCE_REDIS_URL=servers.redis_url, COMMERCE_ADMIN_TOKEN=ADMIN_TOKEN,
+        COMMERCE_SERVER_SECRET="cluster-config-secret-0123456789", COMMERCE_JWT_SECRET=TEST_JWT_SECRET,
+        COMMERCE_NAMESPACE=namespace)
+    app["args"].update(replicas=1, max_replicas=2, order_shards=2, inventory_shards=2, shard_cpus=0.05,
+                       replica_cpus=0.05)
+    path = tmp_path / "serve-config.yaml"
+    path.touch(mode=0o600)
+    path.write_text(yaml.safe_dump(config))
+    env = clean_environment(**cluster.env)
+    serve_cli = str(Path(sys.executable).parent / "serve")
+    try:
+        deployed = await asyncio.to_thread(
+            subprocess.run, [serve_cli, "run", str(path), "--address", cluster.address, "--non-blocking"],
+            capture_output=True, text=True, timeout=300, env=env)
+        assert deployed.returncode == 0, deployed.stderr[-3000:]
+        async with httpx.AsyncClient(base_url=joined.base, timeout=60, headers=ADMIN) as http:
+            await eventually(lambda: http.get("/health"), lambda r: r.status_code == 200, timeout=180, interval=1.0)
+            pid = str(uuid.uuid4())
+            assert (await http.put(f"{API}/inventory/{pid}", json={"on_hand": 2, "price": "1.00"})).status_code == 200
+            placed = await http.post(f"{API}/orders", json={
+                "customer_id": str(uuid.uuid4()), "items": [{"product_id": pid, "quantity": 2}],
+                "payment_token": "tok_visa", "shipping_address": ADDRESS})
+            assert placed.status_code == 202, placed.text
+            await order_status(http, placed.json()["order_id"], {"CONFIRMED"})
+            kinds = Counter(a["kind"] for a in await placement(http))
+            assert kinds == {"order": 2, "inventory": 2, "projector": 1}  # the config's args reached the actors
+        still = await asyncio.to_thread(httpx.get, f"{joined.base}/other")
+        assert still.text == "other"  # the other team's application is untouched
+    finally:
+        removed = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", REMOVE], capture_output=True,
+                                          text=True, timeout=180, env={**env, "COMMERCE_NAMESPACE": namespace,
+                                                                       "RAY_ADDRESS": cluster.address})
+        assert removed.returncode == 0, removed.stderr[-2000:]
+        await drop_database(servers.database_url, dsn)
+
+
+# What an operator runs to take the deployment down: the application, then its detached actors.
+REMOVE = """
+import ray
+from ray import serve
+from actors.deploy import remove_actors
+from commerce.settings import load_settings
+ray.init()
+serve.delete("commerce")
+remove_actors(load_settings())
+"""
