@@ -13,6 +13,8 @@ from actors.projector import Projector
 from actors.routing import PROJECTOR_NAME, inventory_shard_name, order_shard_name
 from commerce.settings import Settings, SettingsError
 
+START_TIMEOUT = 300.0
+
 
 def actor_options(name: str, namespace: str, cpus: float) -> dict[str, Any]:
     return {
@@ -49,7 +51,8 @@ def deploy_actors(settings: Settings) -> list[Any]:
           for i in range(settings.order_shards)],
         ray.remote(Projector).options(**actor_options(PROJECTOR_NAME, ns, cpus)).remote(settings),
     ]
-    ray.get([h.start.remote() for h in handles])
+    # A shard that cannot start (its database unreachable from its node) fails the start, not hangs it.
+    ray.get([h.start.remote() for h in handles], timeout=START_TIMEOUT)
     return handles
 
 

@@ -152,8 +152,19 @@ class Runtime:
     def start_actors(self) -> None:
         from actors.deploy import deploy_actors
 
+        if self.settings.ray_address:
+            self._refuse_a_second_instance()
         self._actors_started = True  # before: a start cut short still removes what it made
         deploy_actors(self.settings)
+
+    def _refuse_a_second_instance(self) -> None:
+        """On a shared cluster, an application of this name belongs to another instance (or to one that did not
+        stop cleanly): starting would replace it and, at the stop, remove the actors it uses."""
+        from ray import serve
+
+        if APP_NAME in serve.status().applications:
+            raise SettingsError(f"a Serve application named {APP_NAME!r} already runs on this cluster (another instance, "
+                                f"or a `serve deploy`); stop it, or `serve delete {APP_NAME}` if it is left over")
 
     def start_serve(self) -> None:
         from ray import serve

@@ -104,8 +104,8 @@ class JoinedService:
                         COMMERCE_PORT=str(self.port), COMMERCE_ADMIN_TOKEN=ADMIN_TOKEN,
                         COMMERCE_JWT_SECRET=TEST_JWT_SECRET, COMMERCE_DATA_DIR=str(log.parent / "data"),
                         COMMERCE_NAMESPACE=f"cluster-{uuid.uuid4().hex[:6]}", COMMERCE_REPLICAS="2",
-                        COMMERCE_ORDER_SHARDS="3", COMMERCE_INVENTORY_SHARDS="3", COMMERCE_SAGA_RETRY_DELAY="0.2",
-                        **env)
+                        COMMERCE_ORDER_SHARDS="3", COMMERCE_INVENTORY_SHARDS="3", COMMERCE_SAGA_RETRY_DELAY="0.2")
+        self.env.update(env)
         self.log = log
         with log.open("ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "commerce.cli", "serve", "--address", cluster.address],

@@ -50,6 +50,17 @@ async def test_shards_and_replicas_spread_over_the_nodes(cluster: Cluster, http:
     assert len(replicas) == 2 and len({r["node_id"] for r in replicas}) == 2
 
 
+async def test_a_second_instance_on_the_same_cluster_is_refused_and_changes_nothing(
+        cluster: Cluster, joined: JoinedService, http: httpx.AsyncClient) -> None:
+    before = await placement(http)
+    second = JoinedService(cluster, joined.env["COMMERCE_DATABASE_URL"], joined.env["COMMERCE_REDIS_URL"],
+                           joined.log.parent / "second.log", COMMERCE_NAMESPACE=joined.env["COMMERCE_NAMESPACE"])
+    assert await asyncio.to_thread(second.proc.wait, 180) == 2  # a configuration error
+    assert "already runs on this cluster" in second.log.read_text()
+    after = await placement(http)  # the first instance's actors are the same, and it still answers
+    assert sorted(a["actor_id"] for a in after) == sorted(a["actor_id"] for a in before)
+
+
 async def place_until_accepted(http: httpx.AsyncClient, body: dict[str, Any], seen: Counter[str]) -> dict[str, Any]:
     """Place an order as a careful client does: one Idempotency-Key, sent again after a 503, a lost
     connection, or a 409 request-in-progress (the key is held by an attempt lost with its node, until
