@@ -32,20 +32,20 @@ class StepRunner:
         self.payments = payments
         self.shipping = shipping
         self.reservation_ttl = reservation_ttl
-        self._steps: dict[str, Callable[[o.Order, sg.Saga, sg.RunStep], Awaitable[Outcome]]] = {
-            "reserve_inventory": self.reserve_inventory,
-            "process_payment": self.process_payment,
-            "create_shipment": self.create_shipment,
-            "confirm_order": self.confirm_order,
-            "release_inventory": self.release_inventory,
-            "refund_payment": self.refund_payment,
-            "cancel_shipment": self.cancel_shipment,
-            sg.CANCEL_ORDER: self.cancel_order,
+        self._steps: dict[sg.Step, Callable[[o.Order, sg.Saga, sg.RunStep], Awaitable[Outcome]]] = {
+            sg.Step.RESERVE_INVENTORY: self.reserve_inventory,
+            sg.Step.PROCESS_PAYMENT: self.process_payment,
+            sg.Step.CREATE_SHIPMENT: self.create_shipment,
+            sg.Step.CONFIRM_ORDER: self.confirm_order,
+            sg.Step.RELEASE_INVENTORY: self.release_inventory,
+            sg.Step.REFUND_PAYMENT: self.refund_payment,
+            sg.Step.CANCEL_SHIPMENT: self.cancel_shipment,
+            sg.Step.CANCEL_ORDER: self.cancel_order,
         }
 
     async def run(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
         try:
-            return await self._steps[action.step](order, saga, action)
+            return await self._steps[sg.Step(action.step)](order, saga, action)
         except _BUSINESS as e:
             return sg.StepResult(False, retryable=False, error=str(e)), ff.StepData()
         except (StoreUnavailable, ServiceUnavailable, TimeoutError, OSError) as e:
@@ -94,23 +94,23 @@ class StepRunner:
                 continue
 
     async def process_payment(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
-        result = await self.payments.charge(ff.step_key(saga.saga_id, "process_payment"), order.payment_token,
+        result = await self.payments.charge(ff.step_key(saga.saga_id, sg.Step.PROCESS_PAYMENT), order.payment_token,
                                             order.total_amount, action.run)
         return _result(result), ff.StepData(payment_id=result.reference)
 
     async def refund_payment(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
-        result = await self.payments.refund(ff.step_key(saga.saga_id, "process_payment"),
-                                            ff.step_key(saga.saga_id, "refund_payment"), action.run)
+        result = await self.payments.refund(ff.step_key(saga.saga_id, sg.Step.PROCESS_PAYMENT),
+                                            ff.step_key(saga.saga_id, sg.Step.REFUND_PAYMENT), action.run)
         return _result(result), ff.StepData(payment_id=result.reference)
 
     async def create_shipment(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
-        result = await self.shipping.create(ff.step_key(saga.saga_id, "create_shipment"), order.order_id,
+        result = await self.shipping.create(ff.step_key(saga.saga_id, sg.Step.CREATE_SHIPMENT), order.order_id,
                                             order.shipping_address, action.run)
         return _result(result), ff.StepData(shipment_id=result.reference)
 
     async def cancel_shipment(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
-        result = await self.shipping.cancel(ff.step_key(saga.saga_id, "create_shipment"),
-                                            ff.step_key(saga.saga_id, "cancel_shipment"), action.run)
+        result = await self.shipping.cancel(ff.step_key(saga.saga_id, sg.Step.CREATE_SHIPMENT),
+                                            ff.step_key(saga.saga_id, sg.Step.CANCEL_SHIPMENT), action.run)
         return _result(result), ff.StepData(shipment_id=result.reference)
 
     async def cancel_order(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:

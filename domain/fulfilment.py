@@ -7,10 +7,11 @@ import dataclasses
 import hashlib
 import hmac
 import uuid
+from collections.abc import Callable
 
 from domain import order as o
 from domain.events import DomainEvent
-from domain.saga import CANCEL_ORDER, Phase
+from domain.saga import STEPS, Phase, Step
 
 
 def step_key(saga_id: uuid.UUID, step: str) -> str:
@@ -54,28 +55,31 @@ class StepData:
 
 
 def order_events_for(order: o.Order, step: str, action: Phase, effective: bool, data: StepData, reason: str) -> list[DomainEvent]:
-    """The order events that record a successful step or compensation."""
+    """The order events that record a successful step or compensation; a step no saga runs is an error."""
+    done = Step(step)
     if action is Phase.EXECUTE:
-        if step == "reserve_inventory":
-            return [o.InventoryReserved(data.reservations)]
-        if step == "process_payment":
-            return [o.PaymentProcessed(data.payment_id or "", order.total_amount)]
-        if step == "create_shipment":
-            return [o.ShipmentCreated(data.shipment_id or "")]
-        if step == "confirm_order":
-            return [o.OrderConfirmed()]
-        return []
-    if step == CANCEL_ORDER:
+        if done not in STEPS:
+            raise ValueError(f"{done} is not a step the saga executes")
+        return [_EXECUTED[done](order, data)]
+    if done is Step.CANCEL_ORDER:
         return [] if order.status is o.OrderStatus.CANCELLED else [o.OrderCancelled(reason)]
-    if not effective:
-        return []
-    if step == "cancel_shipment":
-        return [o.ShipmentCancelled(data.shipment_id or order.shipment_id or "")]
-    if step == "refund_payment":
-        return [o.PaymentRefunded(data.payment_id or order.payment_id or "", order.total_amount)]
-    if step == "release_inventory":
-        return [o.InventoryReleased(order.reservations)]
-    return []
+    if done not in _COMPENSATED:
+        raise ValueError(f"{done} is not a compensation")
+    return [_COMPENSATED[done](order, data)] if effective else []
+
+
+_EXECUTED: dict[Step, Callable[[o.Order, StepData], DomainEvent]] = {
+    Step.RESERVE_INVENTORY: lambda order, data: o.InventoryReserved(data.reservations),
+    Step.PROCESS_PAYMENT: lambda order, data: o.PaymentProcessed(data.payment_id or "", order.total_amount),
+    Step.CREATE_SHIPMENT: lambda order, data: o.ShipmentCreated(data.shipment_id or ""),
+    Step.CONFIRM_ORDER: lambda order, data: o.OrderConfirmed(),
+}
+_COMPENSATED: dict[Step, Callable[[o.Order, StepData], DomainEvent]] = {
+    Step.CANCEL_SHIPMENT: lambda order, data: o.ShipmentCancelled(data.shipment_id or order.shipment_id or ""),
+    Step.REFUND_PAYMENT: lambda order, data: o.PaymentRefunded(data.payment_id or order.payment_id or "",
+                                                               order.total_amount),
+    Step.RELEASE_INVENTORY: lambda order, data: o.InventoryReleased(order.reservations),
+}
 
 
 def order_events_for_compensation(order: o.Order, reason: str) -> list[DomainEvent]:

@@ -20,13 +20,27 @@ from domain.events import DomainEvent, Metadata, Recorded, event
 AGGREGATE_TYPE = "OrderFulfillmentSaga"
 SAGA_TYPE = "order_fulfillment"
 
-STEPS = ("reserve_inventory", "process_payment", "create_shipment", "confirm_order")
+class Step(enum.StrEnum):
+    """Every step the saga runs, as its events name it: the forward steps, their compensations, and the
+    cancel that ends a compensation."""
+
+    RESERVE_INVENTORY = "reserve_inventory"
+    PROCESS_PAYMENT = "process_payment"
+    CREATE_SHIPMENT = "create_shipment"
+    CONFIRM_ORDER = "confirm_order"
+    RELEASE_INVENTORY = "release_inventory"
+    REFUND_PAYMENT = "refund_payment"
+    CANCEL_SHIPMENT = "cancel_shipment"
+    CANCEL_ORDER = "cancel_order"
+
+
+STEPS = (Step.RESERVE_INVENTORY, Step.PROCESS_PAYMENT, Step.CREATE_SHIPMENT, Step.CONFIRM_ORDER)
 COMPENSATION = {
-    "reserve_inventory": "release_inventory",
-    "process_payment": "refund_payment",
-    "create_shipment": "cancel_shipment",
+    Step.RESERVE_INVENTORY: Step.RELEASE_INVENTORY,
+    Step.PROCESS_PAYMENT: Step.REFUND_PAYMENT,
+    Step.CREATE_SHIPMENT: Step.CANCEL_SHIPMENT,
 }
-CANCEL_ORDER = "cancel_order"
+CANCEL_ORDER = Step.CANCEL_ORDER
 
 
 class SagaStatus(enum.StrEnum):
@@ -170,7 +184,7 @@ class Saga:
         return next((s for s in compensation_plan(self) if s not in self.compensated), None)
 
 
-def compensation_plan(saga: Saga) -> list[str]:
+def compensation_plan(saga: Saga) -> list[Step]:
     """Compensations of every attempted step, newest first, then the order's cancellation."""
     undo = [COMPENSATION[s] for s in reversed(STEPS) if s in saga.attempted and s in COMPENSATION]
     return undo + [CANCEL_ORDER]

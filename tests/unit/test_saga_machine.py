@@ -151,3 +151,19 @@ def test_an_outcome_carries_the_write_ahead_of_the_next_step_when_it_can_start_a
     retry = sg.with_next_attempt(SAGA_ID, run.saga, sg.decide_outcome(
         run.saga, first, sg.StepResult(False, retryable=True, error="x"), NOW, POLICY), NOW, POLICY)
     assert [type(e).__name__ for e in retry] == ["StepFailed"]
+
+
+def test_every_step_is_named_once_and_a_step_no_saga_runs_is_refused_loudly() -> None:
+    from actors.saga_steps import StepRunner
+    from domain import order as o
+    from domain.fulfilment import StepData, step_key
+
+    runner = StepRunner(None, None, None, 1.0, b"key")  # type: ignore[arg-type]
+    assert set(runner._steps) == set(sg.Step)  # every step has the call that runs it
+    assert set(sg.STEPS) | set(sg.COMPENSATION.values()) | {sg.CANCEL_ORDER} == set(sg.Step)
+    assert step_key(SAGA_ID, sg.Step.PROCESS_PAYMENT) == f"{SAGA_ID}:process_payment"  # keys as before
+    order = o.Order.__new__(o.Order)
+    with pytest.raises(ValueError):
+        order_events_for(order, "reserve_inventroy", sg.Phase.EXECUTE, True, StepData(), "x")  # a typo
+    with pytest.raises(ValueError):
+        order_events_for(order, sg.Step.REFUND_PAYMENT, sg.Phase.EXECUTE, True, StepData(), "x")
