@@ -14,6 +14,7 @@ from actors.routing import PROJECTOR_NAME, inventory_shard_name, order_shard_nam
 from commerce.settings import Settings, SettingsError
 
 START_TIMEOUT = 300.0
+LAYOUT_TIMEOUT = 60.0
 
 
 def actor_options(name: str, namespace: str, cpus: float) -> dict[str, Any]:
@@ -32,7 +33,11 @@ def check_layout(settings: Settings) -> None:
             running = ray.get_actor(name, namespace=settings.namespace)
         except ValueError:
             continue
-        layout = ray.get(running.layout.remote())
+        try:
+            layout = ray.get(running.layout.remote(), timeout=LAYOUT_TIMEOUT)
+        except (ray.exceptions.RayError, AttributeError) as e:  # not answering, or made by an older release
+            raise SettingsError(f"{name} runs in namespace {settings.namespace!r} but cannot say its shard counts "
+                                f"({type(e).__name__}); remove the service's actors (docs/operations.md), then start") from e
         wanted = {"order_shards": settings.order_shards, "inventory_shards": settings.inventory_shards}
         if layout != wanted:
             raise SettingsError(

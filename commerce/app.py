@@ -1,5 +1,7 @@
-"""The Serve application, built the Ray way: ``serve run commerce.app:app_builder``, a Serve config file
-(``deploy/serve-config.yaml``, for ``serve deploy`` and KubeRay's RayService) or ``serve.run``.
+"""The Serve application, built the Ray way: a Serve config file (``deploy/serve-config.yaml``, for
+``serve deploy``, ``serve run`` and KubeRay's RayService). The builder starts actors, so it must run on
+the cluster: through a config (Serve's build task), not ``serve run commerce.app:app_builder``, which
+calls it in the CLI's process before connecting.
 
 Serve validates the config's ``args`` with ``AppArgs`` (this module keeps its annotations evaluated, so
 Serve sees the pydantic model) and calls ``app_builder`` on the cluster. Everything else comes from the

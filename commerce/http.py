@@ -314,7 +314,8 @@ async def idempotent(request: Request, store: IdempotencyStore, secret: bytes, c
         headers = {**stored.headers, "Idempotent-Replayed": "true"}
         return JSONResponse(stored.body, stored.status, headers=headers, media_type=stored.headers.get("content-type"))
     try:
-        response = await work(derived_id(secret, scope, key))
+        async with store.held(scope, key):
+            response = await work(derived_id(secret, scope, key))
     except Exception as e:
         response = error_response(e)
     except BaseException:

@@ -150,10 +150,11 @@ class Runtime:
         self.dashboard_url = context.dashboard_url or ""
 
     def start_actors(self) -> None:
-        from actors.deploy import deploy_actors
+        from actors.deploy import check_layout, deploy_actors
 
         if self.settings.ray_address:
             self._refuse_a_second_instance()
+        check_layout(self.settings)  # a refused start must not remove, at its stop, the actors it refused
         self._actors_started = True  # before: a start cut short still removes what it made
         deploy_actors(self.settings)
 
@@ -171,7 +172,8 @@ class Runtime:
 
         from serve_app import build_app
 
-        serve.start(http_options={"host": self.settings.host, "port": self.settings.port})
+        serve.start(http_options={"host": self.settings.host, "port": self.settings.port},
+                    proxy_location=self.settings.proxy_location)
         self._serve_started = True  # before: a start cut short still deletes the application
         serve.run(build_app(self.settings), name=APP_NAME, route_prefix="/")
 

@@ -49,6 +49,7 @@ class Settings:
     max_replicas: int | None = None  # above replicas: Serve scales the replicas between the two
     shard_cpus: float = 0.1  # what each shard actor reserves, so that placement and the autoscaler see it
     replica_cpus: float = 0.1
+    proxy_location: str = "EveryNode"  # Serve's: where its HTTP proxy runs (EveryNode, HeadOnly, Disabled)
     max_active_entities: int = 1000
     passivate_after: float = 300.0
     snapshot_every: int = 50
@@ -102,6 +103,12 @@ def _cpus(v: str) -> float:
     return x
 
 
+def _one_of(v: str, allowed: tuple[str, ...]) -> str:
+    if v not in allowed:
+        raise ValueError(f"must be one of {', '.join(allowed)}")
+    return v
+
+
 def _port(v: str) -> int:
     n = int(v)
     if not 1 <= n <= 65535:
@@ -142,6 +149,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "COMMERCE_MAX_REPLICAS": ("max_replicas", _positive_int),
     "COMMERCE_SHARD_CPUS": ("shard_cpus", _cpus),
     "COMMERCE_REPLICA_CPUS": ("replica_cpus", _cpus),
+    "COMMERCE_PROXY_LOCATION": ("proxy_location", lambda v: _one_of(v, ("EveryNode", "HeadOnly", "Disabled"))),
     "COMMERCE_MAX_ACTIVE_ENTITIES": ("max_active_entities", _positive_int),
     "COMMERCE_PASSIVATE_AFTER": ("passivate_after", _non_negative_float),
     "COMMERCE_SNAPSHOT_EVERY": ("snapshot_every", _positive_int),

@@ -1,20 +1,27 @@
 """Idempotency keys of HTTP POSTs: the first response is stored and replayed for the same key and body.
 
-A key is claimed before the work starts. A second request with the key while the first is still in
-flight is told to retry; a claim left behind by a crash is taken over after ``stale_after`` seconds
-(the work itself is idempotent, its ids derive from the key). Server errors are not stored, so a
+A key is claimed before the work starts, and the request that holds the claim renews it while it works
+(``held``). A second request with the key while the first is still in flight is told to retry; a claim
+that nobody renews any more (its request died with its process or node) is taken over ``stale_after``
+seconds after its last renewal (the work itself is idempotent, its ids derive from the key). Server errors are not stored, so a
 retry after a 503 does the work again. Keys are kept for ``keep_hours`` (at least 24).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from store.errors import postgres_errors
 from store.event_store import PostgresEventStore
+
+log = logging.getLogger(__name__)
 
 
 class KeyReused(Exception):
@@ -41,7 +48,7 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
 
 
 class IdempotencyStore:
-    def __init__(self, events: PostgresEventStore, stale_after: float = 60.0, keep_hours: float = 48.0) -> None:
+    def __init__(self, events: PostgresEventStore, stale_after: float = 15.0, keep_hours: float = 48.0) -> None:
         self.pool = events.pool
         self.stale_after = stale_after
         self.keep_hours = max(keep_hours, 24.0)
@@ -68,6 +75,27 @@ class IdempotencyStore:
         if row["status"] is None:
             raise KeyInFlight(key)
         return StoredResponse(row["status"], row["body"], row["headers"] or {})
+
+    @contextlib.asynccontextmanager
+    async def held(self, scope: str, key: str) -> AsyncIterator[None]:
+        """Keep the claim of a request at work fresh, three times per ``stale_after``."""
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.stale_after / 3)
+                try:
+                    await self.pool.execute(
+                        """UPDATE idempotency_keys SET created_at = NOW()
+                           WHERE scope = $1 AND key = $2 AND status IS NULL""", scope, key)
+                except Exception as e:  # the next turn tries again; the claim lasts stale_after meanwhile
+                    log.warning("an idempotency claim could not be renewed: %s: %s", type(e).__name__, e)
+
+        task = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def complete(self, scope: str, key: str, response: StoredResponse) -> None:
         with postgres_errors():

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from tests.e2e.helpers import API
@@ -83,6 +84,11 @@ class Cluster:
         return [a for a in self._ask("actors") if class_part in a["class_name"] and a["state"] == "ALIVE"]
 
     def stop(self) -> None:
+        """Quit the cluster, then end whatever of its processes outlived it (Serve's HAProxy would)."""
+        try:
+            started = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            started = []
         if self.proc.poll() is None:
             with contextlib.suppress(OSError, RuntimeError, ValueError):
                 self._ask("quit")
@@ -90,6 +96,9 @@ class Cluster:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
+        for p in started:  # by pid: each was started by this cluster
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
 
 
 class JoinedService:
@@ -104,7 +113,9 @@ class JoinedService:
                         COMMERCE_PORT=str(self.port), COMMERCE_ADMIN_TOKEN=ADMIN_TOKEN,
                         COMMERCE_JWT_SECRET=TEST_JWT_SECRET, COMMERCE_DATA_DIR=str(log.parent / "data"),
                         COMMERCE_NAMESPACE=f"cluster-{uuid.uuid4().hex[:6]}", COMMERCE_REPLICAS="2",
-                        COMMERCE_ORDER_SHARDS="3", COMMERCE_INVENTORY_SHARDS="3", COMMERCE_SAGA_RETRY_DELAY="0.2")
+                        COMMERCE_ORDER_SHARDS="3", COMMERCE_INVENTORY_SHARDS="3", COMMERCE_SAGA_RETRY_DELAY="0.2",
+                        # One proxy, on the head: the nodes share this machine's ports.
+                        COMMERCE_PROXY_LOCATION="HeadOnly")
         self.env.update(env)
         self.log = log
         with log.open("ab") as out:

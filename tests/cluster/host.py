@@ -16,7 +16,7 @@ from ray.cluster_utils import Cluster
 
 def main() -> None:
     workers = int(sys.argv[1])
-    # Each node has one CPU; the service's actors ask for none, so every node can host them.
+    # Each node has one CPU; the service's actors and replicas reserve a tenth of one each.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     nodes = [cluster.add_node(num_cpus=1) for _ in range(workers)]
     cluster.wait_for_nodes()

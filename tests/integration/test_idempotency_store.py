@@ -9,6 +9,7 @@ import pytest
 
 from store.event_store import PostgresEventStore
 from store.idempotency import IdempotencyStore, KeyInFlight, KeyReused, StoredResponse, fingerprint
+from tests.integration.ray_support import eventually
 
 SCOPE = "customer:{} POST /api/v1/cart"
 FIRST = fingerprint("POST", "/api/v1/cart", b'{"a": 1}')
@@ -179,3 +180,22 @@ async def test_purge_keeps_keys_for_a_day_at_least(event_store: PostgresEventSto
         await age(event_store, scope, key, hours * 3600)
     await store.purge()
     assert await stored_keys(event_store, scope) == {"younger"}
+
+
+async def test_a_claim_its_request_keeps_renewing_is_not_taken_over(event_store: PostgresEventStore) -> None:
+    store = IdempotencyStore(event_store, stale_after=0.6)
+    scope, key = fresh()
+    await store.claim(scope, key, FIRST)
+    async with store.held(scope, key):  # the request is still at work
+        await age(event_store, scope, key, 20)
+
+        async def renewed() -> bool:
+            return bool(await event_store.pool.fetchval(
+                "SELECT created_at > NOW() - interval '1 second' FROM idempotency_keys WHERE scope = $1 AND key = $2",
+                scope, key))
+
+        await eventually(renewed, bool, timeout=10)
+        with pytest.raises(KeyInFlight):
+            await store.claim(scope, key, FIRST)
+    await age(event_store, scope, key, 20)  # its request is gone: nobody renews the claim
+    assert await store.claim(scope, key, FIRST) is None

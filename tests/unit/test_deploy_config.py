@@ -20,7 +20,9 @@ def test_the_serve_config_and_the_rayservice_deploy_the_same_valid_application()
     assert embedded == config
     app = ServeDeploySchema.model_validate(embedded).applications[0]
     assert app.import_path == "commerce.app:app_builder" and AppArgs.model_validate(app.args).max_replicas == 6
-    assert service["spec"]["rayClusterConfig"]["rayVersion"] == __import__("ray").__version__
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == __import__("ray").__version__
+    assert cluster["authOptions"] == {"mode": "token"}  # the dashboard it exposes to the operator is guarded
 
 
 def test_no_secret_is_written_in_the_deployment_files() -> None:
