@@ -29,9 +29,24 @@ STOCK = 30
 CONFIG = Path(__file__).parents[2] / "deploy" / "serve-config.yaml"
 
 
+class RetryingReads(httpx.AsyncHTTPTransport):
+    """Sends an idempotent request again when the server closed a kept-alive connection under it, as HTTP
+    clients may (RFC 9110, 9.2.2): Serve reloads its HAProxy when a replica moves, and the old process
+    closes its idle connections. A POST is sent again by its caller, with its Idempotency-Key."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(3):
+            try:
+                return await super().handle_async_request(request)
+            except httpx.RemoteProtocolError:
+                if request.method not in ("GET", "HEAD", "PUT", "DELETE") or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
 @pytest.fixture
 async def http(joined: JoinedService) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=joined.base, timeout=60, headers=ADMIN) as client:
+    async with httpx.AsyncClient(base_url=joined.base, timeout=60, headers=ADMIN, transport=RetryingReads()) as client:
         yield client
 
 
@@ -178,7 +193,7 @@ async def test_stopping_the_service_leaves_the_clusters_other_applications_runni
     deployed = subprocess.run([sys.executable, "-m", "tests.cluster.other_app", cluster.address],
                               capture_output=True, text=True, timeout=180, env=clean_environment(**cluster.env))
     assert deployed.returncode == 0, deployed.stderr[-2000:]
-    async with httpx.AsyncClient(base_url=joined.base, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=joined.base, timeout=30, transport=RetryingReads()) as http:
         other = await eventually(lambda: http.get("/other"), lambda r: r.status_code == 200, timeout=60)
         assert other.text == "other"
 
@@ -220,7 +235,8 @@ async def test_the_example_serve_config_deploys_the_service_on_the_cluster(
             subprocess.run, [serve_cli, "run", str(path), "--address", cluster.address, "--non-blocking"],
             capture_output=True, text=True, timeout=300, env=env)
         assert deployed.returncode == 0, deployed.stderr[-3000:]
-        async with httpx.AsyncClient(base_url=f"{joined.base}/config", timeout=60, headers=ADMIN) as http:
+        async with httpx.AsyncClient(base_url=f"{joined.base}/config", timeout=60, headers=ADMIN,
+                                     transport=RetryingReads()) as http:
             await eventually(lambda: http.get("/health"), lambda r: r.status_code == 200, timeout=180, interval=1.0)
             pid = str(uuid.uuid4())
             assert (await http.put(f"{API}/inventory/{pid}", json={"on_hand": 2, "price": "1.00"})).status_code == 200

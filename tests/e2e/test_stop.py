@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from tests.e2e.helpers import ADDRESS, API
-from tests.e2e.test_restart import Service
+from tests.e2e.test_restart import Service, wait_for
 from tests.support import port_is_free, still_running
 
 STOP_WITHIN = 10.0
@@ -35,6 +35,11 @@ def listening_ports(processes: list[psutil.Process]) -> set[int]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return ports
+
+
+def snapshot(service: Service) -> tuple[list[psutil.Process], set[int]]:
+    processes = service.processes()
+    return processes, listening_ports(processes)
 
 
 def holders(port: int) -> list[str]:
@@ -60,9 +65,9 @@ def test_a_stop_leaves_no_process_and_no_port_behind(service: Service, how: str)
             "payment_token": "tok_visa", "shipping_address": ADDRESS}
     assert http.post(f"{API}/orders", json=body).status_code == 202
     http.close()
-    processes = service.processes()
-    ports = listening_ports(processes)
-    assert service.port in ports and len(ports) >= 3  # the API, HAProxy's stats and metrics, Ray's own
+    # The API, HAProxy's stats and metrics, Ray's own. Serve may be reloading its HAProxy right now (the new
+    # process takes the listeners over from the old one): the processes are looked at again until one holds them.
+    processes, ports = wait_for(lambda: snapshot(service), lambda pp: service.port in pp[1] and len(pp[1]) >= 3, 30)
     assert service.proc is not None
     started = time.monotonic()
     if how == "SIGTERM three times":
