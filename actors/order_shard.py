@@ -200,7 +200,8 @@ class OrderShard(Shard):
             return
         events = decide(self._saga(ent))
         ctx = CommandContext.new(ent.id, now(), command_id=command_id)
-        if events and not await self._record(ent, events, ctx=ctx):
+        decision = ff.implied(self._order(ent), events)
+        if events and not await self._record(ent, decision.saga_events, decision.order_events, ctx=ctx):
             raise ConcurrencyConflict(ent.id, -1)
         task = self._inflight.get(ent.id)
         if task is not None and any(isinstance(e, sg.CompensationStarted) for e in events):
@@ -223,11 +224,8 @@ class OrderShard(Shard):
                       order_events: list[ev.DomainEvent] | None = None, ctx: CommandContext | None = None) -> bool:
         """Append saga and order events atomically; False (state reloaded) when another write came first."""
         state = ent.state
-        order_events = list(order_events or [])
-        if state.order is not None and any(isinstance(e, sg.CompensationStarted) for e in saga_events):
-            reason = next(e.reason for e in saga_events if isinstance(e, sg.CompensationStarted))
-            order_events += ff.order_events_for_compensation(state.order, reason)
-        others = [StreamAppend(ent.id, o.AGGREGATE_TYPE, state.order.version if state.order else 0, order_events)]
+        others = [StreamAppend(ent.id, o.AGGREGATE_TYPE, state.order.version if state.order else 0,
+                               list(order_events or []))]
         try:
             saga, records = await self.sagas.record(ctx or CommandContext.new(ent.id, now()), state.saga,
                                                     saga_id_of(ent.id), saga_events, others)
@@ -291,8 +289,9 @@ class OrderShard(Shard):
                 if isinstance(action, sg.Idle):
                     return False
                 if isinstance(action, sg.TimedOut):
-                    await self._record(ent, sg.with_next_attempt(saga.saga_id, saga, sg.decide_timeout(saga), now(),
-                                                                 self.policy))
+                    timed_out = ff.implied(order, sg.with_next_attempt(saga.saga_id, saga, sg.decide_timeout(saga),
+                                                                       now(), self.policy))
+                    await self._record(ent, timed_out.saga_events, timed_out.order_events)
                     return True
                 # An attempt already written ahead (with the previous outcome, or before a crash) is not written again.
                 if (isinstance(action, sg.RunStep) and not saga.in_flight
@@ -340,19 +339,14 @@ class OrderShard(Shard):
         saga, order = ent.state.saga, ent.state.order
         if saga is None or order is None:
             return
-        expected = (True, action.step, action.action, action.attempt)
-        if (saga.in_flight, saga.current_step, saga.phase, saga.attempt) != expected:
-            # The saga moved on (an operator compensated meanwhile): this outcome is stale.
+        decision = ff.decide_outcome(order, saga, action, result, data, now(), self.policy)
+        if decision.stale:
             log.warning("saga %s of order %s: %s %s attempt %d came back after the saga moved on; not recorded",
                         saga.saga_id, order.order_id, action.action.value, action.step, action.attempt,
                         extra={"saga_id": str(saga.saga_id), "step": action.step, "action": action.action.value,
                                "attempt": action.attempt, "outcome": "stale", "error": result.error})
             return
-        saga_events = sg.with_next_attempt(saga.saga_id, saga, sg.decide_outcome(saga, action, result, now(), self.policy),
-                                           now(), self.policy)
-        order_events = (ff.order_events_for(order, action.step, action.action, result.effective, data,
-                                            saga.reason or "cancelled") if result.ok else [])
-        if not await self._record(ent, saga_events, order_events):
+        if not await self._record(ent, decision.saga_events, decision.order_events):
             return  # another write came first; the step's outcome is decided again from the state reloaded
         outcome = "succeeded" if result.ok else "failed"
         log.log(logging.INFO if result.ok else logging.WARNING, "saga %s of order %s: %s %s attempt %d %s%s",

@@ -4,12 +4,14 @@ that record each step's outcome."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import hmac
 import uuid
 from collections.abc import Callable
 
 from domain import order as o
+from domain import saga as sg
 from domain.events import DomainEvent
 from domain.saga import STEPS, Phase, Step
 
@@ -87,3 +89,37 @@ def order_events_for_compensation(order: o.Order, reason: str) -> list[DomainEve
     if order.status in (o.OrderStatus.COMPENSATING, o.OrderStatus.CANCELLED):
         return []
     return [o.OrderCompensationStarted(reason)]
+
+
+# --- decisions of the process manager --------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    """What to record, atomically: the saga's events and the order's events they imply. ``stale`` when a
+    step's outcome came back after the saga moved on (an operator compensated meanwhile): nothing is."""
+
+    saga_events: list[DomainEvent]
+    order_events: list[DomainEvent]
+    stale: bool = False
+
+
+def implied(order: o.Order, saga_events: list[DomainEvent], order_events: list[DomainEvent] | None = None) -> Decision:
+    """The saga's events with what they imply for the order: a compensation that starts shows on it."""
+    started = next((e for e in saga_events if isinstance(e, sg.CompensationStarted)), None)
+    more = order_events_for_compensation(order, started.reason) if started is not None else []
+    return Decision(list(saga_events), [*(order_events or []), *more])
+
+
+def decide_outcome(order: o.Order, saga: sg.Saga, action: sg.RunStep, result: sg.StepResult, data: StepData,
+                   now: dt.datetime, policy: sg.SagaPolicy) -> Decision:
+    """A step's outcome: the saga's events (with the next step written ahead when it can start at once),
+    the order events of a step that succeeded, and those of a compensation the outcome starts."""
+    expected = (True, action.step, action.action, action.attempt)
+    if (saga.in_flight, saga.current_step, saga.phase, saga.attempt) != expected:
+        return Decision([], [], stale=True)
+    saga_events = sg.with_next_attempt(saga.saga_id, saga, sg.decide_outcome(saga, action, result, now, policy),
+                                       now, policy)
+    done = (order_events_for(order, action.step, action.action, result.effective, data, saga.reason or "cancelled")
+            if result.ok else [])
+    return implied(order, saga_events, done)

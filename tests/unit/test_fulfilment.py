@@ -1,0 +1,86 @@
+"""The process manager's decisions (domain.fulfilment): what a step's outcome, a timeout or an operator's
+command records for the saga and the order, with no Ray, no store and a fixed clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from domain import fulfilment as ff
+from domain import order as o
+from domain import saga as sg
+from domain.events import DomainEvent, Metadata, Recorded
+from tests.unit.test_order_domain import created, given
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+POLICY = sg.SagaPolicy(retry_attempts=2, retry_delay=5.0, timeout=300.0, compensation_timeout=60.0)
+
+
+def saga_after(*batches: list[DomainEvent]) -> sg.Saga:
+    saga, version, saga_id = None, 0, uuid.uuid4()
+    for events in batches:
+        for e in events:
+            version += 1
+            saga = sg.evolve(saga, Recorded(saga_id, sg.AGGREGATE_TYPE, version, e,
+                                            Metadata(uuid.uuid4(), uuid.uuid4(), saga_id, None, NOW)))
+    assert saga is not None
+    return saga
+
+
+def started() -> tuple[o.Order, sg.Saga, sg.RunStep]:
+    """An order whose saga has written its first attempt (reserve_inventory) ahead."""
+    order = given(created())
+    assert order is not None
+    saga = saga_after(sg.with_next_attempt(order.saga_id, None, sg.decide_start(order.saga_id, order.order_id, NOW,
+                                                                                 POLICY), NOW, POLICY))
+    action = sg.next_action(saga, NOW, POLICY)
+    assert isinstance(action, sg.RunStep) and action.step is sg.Step.RESERVE_INVENTORY and saga.in_flight
+    return order, saga, action
+
+
+def names(events: list[DomainEvent]) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+def test_a_step_that_succeeds_records_its_order_event_and_writes_the_next_step_ahead() -> None:
+    order, saga, action = started()
+    held = (o.ReservedLine(order.lines[0].product_id, uuid.uuid4(), order.lines[0].quantity),)
+    decision = ff.decide_outcome(order, saga, action, sg.StepResult(True), ff.StepData(reservations=held), NOW, POLICY)
+    assert not decision.stale
+    assert names(decision.saga_events) == ["StepSucceeded", "StepAttempted"]
+    assert decision.saga_events[-1] == sg.StepAttempted(sg.Step.PROCESS_PAYMENT, sg.Phase.EXECUTE, 1, 1)
+    assert decision.order_events == [o.InventoryReserved(held)]
+
+
+def test_a_business_failure_starts_compensation_on_the_saga_and_on_the_order() -> None:
+    order, saga, action = started()
+    failed = sg.StepResult(False, retryable=False, error="insufficient stock")
+    decision = ff.decide_outcome(order, saga, action, failed, ff.StepData(), NOW, POLICY)
+    assert "CompensationStarted" in names(decision.saga_events)
+    assert names(decision.order_events) == ["OrderCompensationStarted"]  # nothing reserved: no step event
+
+
+def test_a_retryable_failure_records_only_the_failure() -> None:
+    order, saga, action = started()
+    decision = ff.decide_outcome(order, saga, action, sg.StepResult(False, retryable=True, error="down"),
+                                 ff.StepData(), NOW, POLICY)
+    assert names(decision.saga_events) == ["StepFailed"] and decision.order_events == []
+
+
+def test_an_outcome_that_comes_back_after_the_saga_moved_on_is_stale() -> None:
+    order, saga, action = started()
+    moved = saga_after(sg.with_next_attempt(order.saga_id, None, sg.decide_start(order.saga_id, order.order_id, NOW,
+                                                                                  POLICY), NOW, POLICY),
+                       sg.decide_compensate(saga, "operator"))
+    decision = ff.decide_outcome(order, moved, action, sg.StepResult(True), ff.StepData(), NOW, POLICY)
+    assert decision == ff.Decision([], [], stale=True)
+
+
+def test_an_operator_compensation_shows_on_the_order_once() -> None:
+    order, saga, _ = started()
+    decision = ff.implied(order, sg.decide_compensate(saga, "changed my mind"))
+    assert decision.order_events == [o.OrderCompensationStarted("changed my mind")]
+    compensating = o.evolve(order, Recorded(order.order_id, o.AGGREGATE_TYPE, order.version + 1,
+                                            decision.order_events[0],
+                                            Metadata(uuid.uuid4(), uuid.uuid4(), order.order_id, None, NOW)))
+    assert ff.implied(compensating, sg.decide_compensate(saga, "again")).order_events == []  # already shows
