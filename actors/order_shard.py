@@ -84,6 +84,7 @@ class OrderShard(Shard):
         self.policy = settings.saga_policy
         self.metrics = m.OrderMetrics()
         self._drivers: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._raising: dict[uuid.UUID, int] = {}  # failures in a row of the engine's own work, per order
         self._inflight: dict[uuid.UUID, asyncio.Task[Any]] = {}
         self._wake: dict[uuid.UUID, asyncio.Event] = {}
         super().__init__(settings, index)
@@ -277,6 +278,7 @@ class OrderShard(Shard):
         finally:
             if self._drivers.get(order_id) is asyncio.current_task():
                 del self._drivers[order_id]
+                self._raising.pop(order_id, None)
 
     async def _step(self, order_id: uuid.UUID) -> bool:
         """Take the saga one step further; False when there is nothing left to do for now."""
@@ -308,14 +310,35 @@ class OrderShard(Shard):
                 return True
             async with self.host.entity(order_id) as ent:
                 await self._record_outcome(ent, action, result, data)
+            self._raising.pop(order_id, None)
             return True
         except StoreUnavailable:
             await asyncio.sleep(1.0)
             return True
-        except Exception:
-            log.exception("saga of order %s: step failed unexpectedly; retrying", order_id)
-            await asyncio.sleep(1.0)
-            return True
+        except Exception as e:
+            return await self._engine_failed(order_id, e)
+
+    async def _engine_failed(self, order_id: uuid.UUID, error: Exception) -> bool:
+        """The engine's own work on this saga raised (not a step's call: those are outcomes). Back off, with a
+        jitter fixed by the saga id; after PARK_AFTER_FAILURES in a row, park the saga for an operator."""
+        failures = self._raising[order_id] = self._raising.get(order_id, 0) + 1
+        text = f"{type(error).__name__}: {error}"
+        if failures == 1:
+            log.exception("saga of order %s: the engine failed (%s); retrying with backoff", order_id, text)
+        if failures >= sg.PARK_AFTER_FAILURES:
+            try:
+                async with self.host.entity(order_id) as ent:
+                    saga = self._saga(ent)
+                    events = sg.decide_park(saga, f"the engine failed {failures} times in a row: {text}")
+                    if not events or await self._record(ent, events):
+                        log.error("saga %s of order %s: parked for an operator after %d failures of the engine: %s",
+                                  saga.saga_id, order_id, failures, text)
+                        self._raising.pop(order_id, None)
+                        return False
+            except Exception as again:  # parking needs the store too: keep backing off
+                log.warning("saga of order %s: could not be parked (%s: %s)", order_id, type(again).__name__, again)
+        await asyncio.sleep(sg.engine_backoff(saga_id_of(order_id), failures))
+        return True
 
     async def _call(self, order_id: uuid.UUID, order: o.Order, saga: sg.Saga,
                     action: sg.RunStep) -> tuple[sg.StepResult | None, ff.StepData]:
