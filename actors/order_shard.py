@@ -1,20 +1,18 @@
 """The order shard: a Ray actor hosting many orders, each with its fulfilment saga.
 
-An order and its saga form one entity with one mailbox. The saga engine drives the pure saga state
-machine: it writes the attempt before each external call (write-ahead), makes the call outside the
-mailbox, and records the outcome (saga events, the sagas row and the order's events) in one
-transaction. On start it resumes every unfinished saga it owns.
+An order and its saga form one entity with one mailbox. Commands go: decide (domain), then record
+(saga events, the sagas row and the order's events in one transaction). The saga engine
+(``actors.saga_engine``) drives each unfinished saga; on start the shard resumes every one it owns.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
 from typing import Any
 
@@ -24,9 +22,10 @@ from actors.client import InventoryClient
 from actors.entities import Entity, EntityHost
 from actors.providers import SimulatedPayments, SimulatedShipping
 from actors.routing import shard_of
+from actors.saga_engine import OrderEntity, SagaEngine
 from actors.saga_steps import StepRunner
+from actors.views import order_view
 from actors.wire import returns_result
-from commerce import logs
 from commerce.settings import Settings
 from domain import events as ev
 from domain import fulfilment as ff
@@ -53,27 +52,21 @@ def saga_id_of(order_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(SAGA_NAMESPACE, str(order_id))
 
 
-@dataclasses.dataclass(slots=True)
-class OrderEntity:
-    order: o.Order | None
-    saga: sg.Saga | None
+class _Orders:
+    """What the saga engine sees of the shard: an order with its mailbox held, the store, the providers."""
 
-    @property
-    def version(self) -> int:
-        return (self.order.version if self.order else 0) + (self.saga.version if self.saga else 0)
+    def __init__(self, shard: OrderShard) -> None:
+        self.shard = shard
 
+    def entity(self, order_id: uuid.UUID) -> AbstractAsyncContextManager[Entity[OrderEntity]]:
+        return self.shard.host.entity(order_id)
 
-def order_view(order: o.Order) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "order_id": str(order.order_id), "customer_id": str(order.customer_id), "status": order.status.value,
-        "items": [{"product_id": str(x.product_id), "quantity": x.quantity, "unit_price": str(x.unit_price)}
-                  for x in order.lines],
-        "total_amount": str(order.total_amount), "created_at": order.created_at.isoformat(),
-        "updated_at": order.updated_at.isoformat(), "version": order.version, "saga_id": str(order.saga_id),
-    }
-    if order.reason:
-        view["reason"] = order.reason
-    return view
+    async def record(self, ent: Entity[OrderEntity], saga_events: list[ev.DomainEvent],
+                     order_events: list[ev.DomainEvent]) -> bool:
+        return await self.shard._record(ent, saga_events, order_events)
+
+    async def run_step(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> tuple[sg.StepResult, ff.StepData]:
+        return await self.shard.steps.run(order, saga, action)
 
 
 class OrderShard(Shard):
@@ -83,10 +76,7 @@ class OrderShard(Shard):
     def __init__(self, settings: Settings, index: int) -> None:
         self.policy = settings.saga_policy
         self.metrics = m.OrderMetrics()
-        self._drivers: dict[uuid.UUID, asyncio.Task[None]] = {}
-        self._raising: dict[uuid.UUID, int] = {}  # failures in a row of the engine's own work, per order
-        self._inflight: dict[uuid.UUID, asyncio.Task[Any]] = {}
-        self._wake: dict[uuid.UUID, asyncio.Event] = {}
+        self.engine = SagaEngine(_Orders(self), self.policy, saga_id_of)
         super().__init__(settings, index)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -123,7 +113,7 @@ class OrderShard(Shard):
     async def _resume_unfinished(self, include_failed: bool) -> None:
         for _, order_id in await self.sagas.unfinished(include_failed):
             if shard_of(order_id, self.settings.order_shards) == self.index:
-                self._ensure_driver(order_id)
+                self.engine.drive(order_id)
 
     async def _rescan_loop(self) -> None:
         while True:
@@ -132,7 +122,7 @@ class OrderShard(Shard):
 
     async def ping(self) -> dict[str, Any]:
         await self.start()
-        return {"shard": self.index, "active": self.host.active, "sagas_running": len(self._drivers),
+        return {"shard": self.index, "active": self.host.active, "sagas_running": len(self.engine.drivers),
                 "failing": self.failing()}
 
     # --- commands -------------------------------------------------------------------------------
@@ -155,7 +145,7 @@ class OrderShard(Shard):
                 if not recorded and ent.state.order is None:
                     raise StoreUnavailable("order could not be recorded")
             order = ent.state.order
-        self._ensure_driver(order_id)
+        self.engine.drive(order_id)
         return {"order_id": str(order_id), "status": order.status.value, "saga_id": str(order.saga_id)}
 
     @returns_result
@@ -204,11 +194,8 @@ class OrderShard(Shard):
         decision = ff.implied(self._order(ent), events)
         if events and not await self._record(ent, decision.saga_events, decision.order_events, ctx=ctx):
             raise ConcurrencyConflict(ent.id, -1)
-        task = self._inflight.get(ent.id)
-        if task is not None and any(isinstance(e, sg.CompensationStarted) for e in events):
-            task.cancel()  # the call's compensation runs next; its key voids a late success
-        self._wakeup(ent.id)
-        self._ensure_driver(ent.id)
+        self.engine.wake(ent.id, cancel_call=any(isinstance(e, sg.CompensationStarted) for e in events))
+        self.engine.drive(ent.id)
 
     @staticmethod
     def _order(ent: Entity[OrderEntity]) -> o.Order:
@@ -258,139 +245,10 @@ class OrderShard(Shard):
                 outcome = "succeeded" if isinstance(e, sg.StepSucceeded) else "failed"
                 self.metrics.saga_steps.labels(e.step, e.action.value, outcome).inc()
 
-    # --- the saga engine ------------------------------------------------------------------------
-
-    def _ensure_driver(self, order_id: uuid.UUID) -> None:
-        task = self._drivers.get(order_id)
-        if task is None or task.done():
-            self._drivers[order_id] = asyncio.create_task(self._drive(order_id))
-
-    def _wakeup(self, order_id: uuid.UUID) -> None:
-        event = self._wake.get(order_id)
-        if event is not None:
-            event.set()
-
-    async def _drive(self, order_id: uuid.UUID) -> None:
-        logs.bind(order_id)  # this task's own context: every line of this saga's run names its order
-        try:
-            while await self._step(order_id):
-                pass
-        finally:
-            if self._drivers.get(order_id) is asyncio.current_task():
-                del self._drivers[order_id]
-                self._raising.pop(order_id, None)
-
-    async def _step(self, order_id: uuid.UUID) -> bool:
-        """Take the saga one step further; False when there is nothing left to do for now."""
-        try:
-            async with self.host.entity(order_id) as ent:
-                if ent.state.saga is None or ent.state.order is None:
-                    return False
-                saga, order = ent.state.saga, ent.state.order
-                action = sg.next_action(saga, now(), self.policy)
-                if isinstance(action, sg.Idle):
-                    return False
-                if isinstance(action, sg.TimedOut):
-                    timed_out = ff.implied(order, sg.with_next_attempt(saga.saga_id, saga, sg.decide_timeout(saga),
-                                                                       now(), self.policy))
-                    await self._record(ent, timed_out.saga_events, timed_out.order_events)
-                    return True
-                # An attempt already written ahead (with the previous outcome, or before a crash) is not written again.
-                if (isinstance(action, sg.RunStep) and not saga.in_flight
-                        and not await self._record(ent, sg.decide_attempt(saga, action))):
-                    return True
-                saga = ent.state.saga
-            if isinstance(action, sg.Wait):
-                await self._sleep(order_id, action.until)
-                return True
-            if not isinstance(action, sg.RunStep):
-                return False
-            result, data = await self._call(order_id, order, saga, action)
-            if result is None:
-                return True
-            async with self.host.entity(order_id) as ent:
-                await self._record_outcome(ent, action, result, data)
-            self._raising.pop(order_id, None)
-            return True
-        except StoreUnavailable:
-            await asyncio.sleep(1.0)
-            return True
-        except Exception as e:
-            return await self._engine_failed(order_id, e)
-
-    async def _engine_failed(self, order_id: uuid.UUID, error: Exception) -> bool:
-        """The engine's own work on this saga raised (not a step's call: those are outcomes). Back off, with a
-        jitter fixed by the saga id; after PARK_AFTER_FAILURES in a row, park the saga for an operator."""
-        failures = self._raising[order_id] = self._raising.get(order_id, 0) + 1
-        text = f"{type(error).__name__}: {error}"
-        if failures == 1:
-            log.exception("saga of order %s: the engine failed (%s); retrying with backoff", order_id, text)
-        if failures >= sg.PARK_AFTER_FAILURES:
-            try:
-                async with self.host.entity(order_id) as ent:
-                    saga = self._saga(ent)
-                    events = sg.decide_park(saga, f"the engine failed {failures} times in a row: {text}")
-                    if not events or await self._record(ent, events):
-                        log.error("saga %s of order %s: parked for an operator after %d failures of the engine: %s",
-                                  saga.saga_id, order_id, failures, text)
-                        self._raising.pop(order_id, None)
-                        return False
-            except Exception as again:  # parking needs the store too: keep backing off
-                log.warning("saga of order %s: could not be parked (%s: %s)", order_id, type(again).__name__, again)
-        await asyncio.sleep(sg.engine_backoff(saga_id_of(order_id), failures))
-        return True
-
-    async def _call(self, order_id: uuid.UUID, order: o.Order, saga: sg.Saga,
-                    action: sg.RunStep) -> tuple[sg.StepResult | None, ff.StepData]:
-        task = asyncio.create_task(asyncio.wait_for(self.steps.run(order, saga, action), max(action.timeout, 0.001)))
-        self._inflight[order_id] = task
-        try:
-            await asyncio.wait({task})
-        finally:
-            self._inflight.pop(order_id, None)
-        if task.cancelled():
-            return None, ff.StepData()
-        exc = task.exception()
-        if isinstance(exc, TimeoutError):
-            return sg.StepResult(False, retryable=True, error=f"{action.step} timed out"), ff.StepData()
-        if exc is not None:
-            return sg.StepResult(False, retryable=True, error=f"{type(exc).__name__}: {exc}"), ff.StepData()
-        return task.result()
-
-    async def _record_outcome(self, ent: Entity[OrderEntity], action: sg.RunStep, result: sg.StepResult,
-                              data: ff.StepData) -> None:
-        saga, order = ent.state.saga, ent.state.order
-        if saga is None or order is None:
-            return
-        decision = ff.decide_outcome(order, saga, action, result, data, now(), self.policy)
-        if decision.stale:
-            log.warning("saga %s of order %s: %s %s attempt %d came back after the saga moved on; not recorded",
-                        saga.saga_id, order.order_id, action.action.value, action.step, action.attempt,
-                        extra={"saga_id": str(saga.saga_id), "step": action.step, "action": action.action.value,
-                               "attempt": action.attempt, "outcome": "stale", "error": result.error})
-            return
-        if not await self._record(ent, decision.saga_events, decision.order_events):
-            return  # another write came first; the step's outcome is decided again from the state reloaded
-        outcome = "succeeded" if result.ok else "failed"
-        log.log(logging.INFO if result.ok else logging.WARNING, "saga %s of order %s: %s %s attempt %d %s%s",
-                saga.saga_id, order.order_id, action.action.value, action.step, action.attempt, outcome,
-                f": {result.error}" if result.error else "",
-                extra={"saga_id": str(saga.saga_id), "step": action.step, "action": action.action.value,
-                       "attempt": action.attempt, "outcome": outcome, "error": result.error})
-
-    async def _sleep(self, order_id: uuid.UUID, until: dt.datetime) -> None:
-        event = self._wake.setdefault(order_id, asyncio.Event())
-        event.clear()
-        delay = (until - now()).total_seconds()
-        if delay > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), delay)
-        self._wake.pop(order_id, None)
-
     # --- observability --------------------------------------------------------------------------
 
     async def stats(self) -> dict[str, Any]:
-        return {**await super().stats(), "sagas_running": len(self._drivers)}
+        return {**await super().stats(), "sagas_running": len(self.engine.drivers)}
 
     async def workload(self) -> dict[str, int]:
-        return {"sagas_running": len(self._drivers), "conflicts": 0}
+        return {"sagas_running": len(self.engine.drivers), "conflicts": 0}

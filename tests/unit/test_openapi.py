@@ -23,7 +23,7 @@ from starlette.requests import Request
 
 import serve_app
 from actors.inventory_shard import reservation_view, stock_view
-from actors.order_shard import order_view
+from actors.views import order_view
 from commerce import schemas as api
 from commerce.auth import ADMIN_TOKEN, Principal, Role
 from commerce.settings import Settings

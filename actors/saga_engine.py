@@ -1,0 +1,222 @@
+"""The saga engine: one driver task per unfinished saga, taking it through the pure state machine.
+
+For each step it writes the attempt ahead (before the call), makes the call outside the order's mailbox,
+and records the outcome that ``domain.fulfilment`` decides, saga and order events in one transaction. It
+sleeps until a retry is due (an operator's command wakes it), compensates a saga past its deadline, and
+backs off, then parks for an operator, a saga on which its own work keeps raising. The shard that hosts
+the orders gives it access to an order (``SagaHost``); the clock is given too, so that tests can run it
+on a clock of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from commerce import logs
+from domain import fulfilment as ff
+from domain import order as o
+from domain import saga as sg
+from domain.events import DomainEvent
+from store.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+STORE_RETRY = 1.0  # seconds to wait when the store is unavailable
+
+
+@dataclasses.dataclass(slots=True)
+class OrderEntity:
+    """An order and its saga: one entity, one mailbox."""
+
+    order: o.Order | None
+    saga: sg.Saga | None
+
+    @property
+    def version(self) -> int:
+        return (self.order.version if self.order else 0) + (self.saga.version if self.saga else 0)
+
+
+class Held(Protocol):
+    """An order entity whose mailbox the engine holds."""
+
+    id: uuid.UUID
+    state: OrderEntity
+
+
+class SagaHost(Protocol):
+    def entity(self, order_id: uuid.UUID) -> AbstractAsyncContextManager[Any]:
+        """The order's entity (a ``Held``), with its mailbox held."""
+
+    async def record(self, ent: Any, saga_events: list[DomainEvent], order_events: list[DomainEvent]) -> bool:
+        """Append atomically; False (state reloaded) when another write came first."""
+
+    async def run_step(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> tuple[sg.StepResult, ff.StepData]:
+        """The external call behind a step."""
+
+
+class Clock:
+    """Wall time and real sleeps."""
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def wait(self, event: asyncio.Event, seconds: float) -> None:
+        """Until ``event`` is set or ``seconds`` have passed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+
+
+class SagaEngine:
+    def __init__(self, host: SagaHost, policy: sg.SagaPolicy, saga_id_of: Callable[[uuid.UUID], uuid.UUID],
+                 clock: Clock | None = None) -> None:
+        self.host = host
+        self.policy = policy
+        self.saga_id_of = saga_id_of
+        self.clock = clock or Clock()
+        self.drivers: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._raising: dict[uuid.UUID, int] = {}  # failures in a row of the engine's own work, per order
+        self._inflight: dict[uuid.UUID, asyncio.Task[Any]] = {}
+        self._wake: dict[uuid.UUID, asyncio.Event] = {}
+
+    def drive(self, order_id: uuid.UUID) -> asyncio.Task[None]:
+        """The order's saga driver, started unless it runs."""
+        task = self.drivers.get(order_id)
+        if task is None or task.done():
+            task = self.drivers[order_id] = asyncio.create_task(self._drive(order_id))
+        return task
+
+    def wake(self, order_id: uuid.UUID, cancel_call: bool = False) -> None:
+        """Something changed (an operator's command): look again now; with ``cancel_call``, abandon the call
+        under way (its compensation runs next, and the key it used voids a late success)."""
+        task = self._inflight.get(order_id)
+        if cancel_call and task is not None:
+            task.cancel()
+        event = self._wake.get(order_id)
+        if event is not None:
+            event.set()
+
+    async def _drive(self, order_id: uuid.UUID) -> None:
+        logs.bind(order_id)  # this task's own context: every line of this saga's run names its order
+        try:
+            while await self._step(order_id):
+                pass
+        finally:
+            if self.drivers.get(order_id) is asyncio.current_task():
+                del self.drivers[order_id]
+                self._raising.pop(order_id, None)
+
+    async def _step(self, order_id: uuid.UUID) -> bool:
+        """Take the saga one step further; False when there is nothing left to do for now."""
+        try:
+            async with self.host.entity(order_id) as ent:
+                if ent.state.saga is None or ent.state.order is None:
+                    return False
+                saga, order = ent.state.saga, ent.state.order
+                at = self.clock.now()
+                action = sg.next_action(saga, at, self.policy)
+                if isinstance(action, sg.Idle):
+                    return False
+                if isinstance(action, sg.TimedOut):
+                    timed_out = ff.implied(order, sg.with_next_attempt(saga.saga_id, saga, sg.decide_timeout(saga),
+                                                                       at, self.policy))
+                    await self.host.record(ent, timed_out.saga_events, timed_out.order_events)
+                    return True
+                # An attempt already written ahead (with the previous outcome, or before a crash) is not written again.
+                if (isinstance(action, sg.RunStep) and not saga.in_flight
+                        and not await self.host.record(ent, sg.decide_attempt(saga, action), [])):
+                    return True
+                saga = ent.state.saga
+            if isinstance(action, sg.Wait):
+                await self._sleep(order_id, action.until)
+                return True
+            if not isinstance(action, sg.RunStep):
+                return False
+            result, data = await self._call(order_id, order, saga, action)
+            if result is None:
+                return True
+            async with self.host.entity(order_id) as ent:
+                await self._record_outcome(ent, action, result, data)
+            self._raising.pop(order_id, None)
+            return True
+        except StoreUnavailable:
+            await self.clock.sleep(STORE_RETRY)
+            return True
+        except Exception as e:
+            return await self._failed(order_id, e)
+
+    async def _call(self, order_id: uuid.UUID, order: o.Order, saga: sg.Saga,
+                    action: sg.RunStep) -> tuple[sg.StepResult | None, ff.StepData]:
+        call: Awaitable[tuple[sg.StepResult, ff.StepData]] = self.host.run_step(order, saga, action)
+        task = asyncio.create_task(asyncio.wait_for(call, max(action.timeout, 0.001)))
+        self._inflight[order_id] = task
+        try:
+            await asyncio.wait({task})
+        finally:
+            self._inflight.pop(order_id, None)
+        if task.cancelled():
+            return None, ff.StepData()
+        exc = task.exception()
+        if isinstance(exc, TimeoutError):
+            return sg.StepResult(False, retryable=True, error=f"{action.step} timed out"), ff.StepData()
+        if exc is not None:
+            return sg.StepResult(False, retryable=True, error=f"{type(exc).__name__}: {exc}"), ff.StepData()
+        return task.result()
+
+    async def _record_outcome(self, ent: Held, action: sg.RunStep, result: sg.StepResult, data: ff.StepData) -> None:
+        saga, order = ent.state.saga, ent.state.order
+        if saga is None or order is None:
+            return
+        decision = ff.decide_outcome(order, saga, action, result, data, self.clock.now(), self.policy)
+        fields = {"saga_id": str(saga.saga_id), "step": action.step, "action": action.action.value,
+                  "attempt": action.attempt, "error": result.error}
+        if decision.stale:
+            log.warning("saga %s of order %s: %s %s attempt %d came back after the saga moved on; not recorded",
+                        saga.saga_id, order.order_id, action.action.value, action.step, action.attempt,
+                        extra={**fields, "outcome": "stale"})
+            return
+        if not await self.host.record(ent, decision.saga_events, decision.order_events):
+            return  # another write came first; the step's outcome is decided again from the state reloaded
+        outcome = "succeeded" if result.ok else "failed"
+        log.log(logging.INFO if result.ok else logging.WARNING, "saga %s of order %s: %s %s attempt %d %s%s",
+                saga.saga_id, order.order_id, action.action.value, action.step, action.attempt, outcome,
+                f": {result.error}" if result.error else "", extra={**fields, "outcome": outcome})
+
+    async def _sleep(self, order_id: uuid.UUID, until: dt.datetime) -> None:
+        event = self._wake.setdefault(order_id, asyncio.Event())
+        event.clear()
+        delay = (until - self.clock.now()).total_seconds()
+        if delay > 0:
+            await self.clock.wait(event, delay)
+        self._wake.pop(order_id, None)
+
+    async def _failed(self, order_id: uuid.UUID, error: Exception) -> bool:
+        """The engine's own work on this saga raised (a step's call cannot: its errors are outcomes). Back
+        off with a jitter fixed by the saga id; after PARK_AFTER_FAILURES in a row, park it for an operator."""
+        failures = self._raising[order_id] = self._raising.get(order_id, 0) + 1
+        text = f"{type(error).__name__}: {error}"
+        if failures == 1:
+            log.exception("saga of order %s: the engine failed (%s); retrying with backoff", order_id, text)
+        if failures >= sg.PARK_AFTER_FAILURES:
+            try:
+                async with self.host.entity(order_id) as ent:
+                    saga = ent.state.saga
+                    events = sg.decide_park(saga, f"the engine failed {failures} times in a row: {text}") if saga else []
+                    if not events or await self.host.record(ent, events, []):
+                        log.error("saga of order %s: parked for an operator after %d failures of the engine: %s",
+                                  order_id, failures, text)
+                        self._raising.pop(order_id, None)
+                        return False
+            except Exception as again:  # parking needs the store too: keep backing off
+                log.warning("saga of order %s: could not be parked (%s: %s)", order_id, type(again).__name__, again)
+        await self.clock.sleep(sg.engine_backoff(self.saga_id_of(order_id), failures))
+        return True
