@@ -1,0 +1,161 @@
+"""The entities of a shard (actors/entities.py): one load per activation, one command at a time per
+entity, a cap on entities in memory with passivation (and a snapshot when the state moved on)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+
+import pytest
+
+from actors.entities import EntityHost
+
+
+@dataclasses.dataclass
+class Counter:
+    entity_id: uuid.UUID
+    version: int = 0
+
+
+class Store:
+    def __init__(self, fail_loads: int = 0) -> None:
+        self.loads: list[uuid.UUID] = []
+        self.snapshots: list[tuple[uuid.UUID, int]] = []
+        self.fail_loads = fail_loads
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def load(self, entity_id: uuid.UUID) -> Counter:
+        self.loads.append(entity_id)
+        await self.gate.wait()
+        if self.fail_loads:
+            self.fail_loads -= 1
+            raise ConnectionError("the store is down")
+        return Counter(entity_id)
+
+    async def snapshot(self, state: Counter) -> None:
+        self.snapshots.append((state.entity_id, state.version))
+
+
+def host(store: Store, max_active: int = 10, snapshot_every: int = 100) -> EntityHost[Counter]:
+    return EntityHost(store.load, store.snapshot, lambda c: c.version, max_active, snapshot_every)
+
+
+async def test_callers_that_arrive_together_share_one_load() -> None:
+    store = Store()
+    store.gate.clear()
+    h, a = host(store), uuid.uuid4()
+
+    async def touch() -> None:
+        async with h.entity(a) as ent:
+            ent.state.version += 1
+
+    callers = [asyncio.create_task(touch()) for _ in range(5)]
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.gather(*callers)
+    assert store.loads == [a] and h.active == 1
+    async with h.entity(a) as ent:
+        assert ent.state.version == 5
+
+
+async def test_commands_to_one_entity_run_one_at_a_time() -> None:
+    h, a = host(Store()), uuid.uuid4()
+    trace: list[str] = []
+
+    async def command(name: str) -> None:
+        async with h.entity(a):
+            trace.append(f"{name} in")
+            await asyncio.sleep(0)  # another command could slip in here if the mailbox let it
+            trace.append(f"{name} out")
+
+    await asyncio.gather(command("x"), command("y"), command("z"))
+    assert all(trace[i].split()[0] == trace[i + 1].split()[0] for i in range(0, len(trace), 2))
+
+
+async def test_the_cap_passivates_the_least_recently_used_idle_entity_with_its_snapshot() -> None:
+    store = Store()
+    h = host(store, max_active=2)
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with h.entity(a) as ent:
+        ent.state.version = 3  # moved on since it was loaded
+    async with h.entity(b):
+        pass
+    async with h.entity(c):
+        pass
+    assert not h.is_active(a) and h.is_active(b) and h.is_active(c) and h.active == 2
+    assert store.snapshots == [(a, 3)]
+    async with h.entity(a) as ent:  # back from the store (the snapshot's job in a real shard)
+        assert ent.state.version == 0
+    assert store.snapshots == [(a, 3)]  # b left without a snapshot: nothing had changed
+
+
+async def test_when_every_entity_is_busy_an_activation_waits_for_one_to_be_free() -> None:
+    h = host(Store(), max_active=1)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    release = asyncio.Event()
+
+    async def busy() -> None:
+        async with h.entity(a):
+            await release.wait()
+
+    holder = asyncio.create_task(busy())
+    await asyncio.sleep(0)
+
+    async def other() -> bool:
+        async with h.entity(b):
+            return h.is_active(a)
+
+    waiting = asyncio.create_task(other())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiting.done() and h.is_active(a)
+    release.set()
+    assert await waiting is False  # a was passivated to make room once it was free
+    await holder
+
+
+async def test_a_failed_load_reaches_every_caller_and_the_next_call_loads_again() -> None:
+    store = Store(fail_loads=1)
+    store.gate.clear()
+    h, a = host(store), uuid.uuid4()
+
+    async def touch() -> None:
+        async with h.entity(a):
+            pass
+
+    callers = [asyncio.create_task(touch()) for _ in range(3)]
+    await asyncio.sleep(0)
+    store.gate.set()
+    results = await asyncio.gather(*callers, return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results) and store.loads == [a]
+    await touch()
+    assert store.loads == [a, a] and h.is_active(a)
+
+
+async def test_idle_entities_are_passivated_and_a_snapshot_is_written_every_n_versions() -> None:
+    store = Store()
+    h = host(store, snapshot_every=2)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    for _ in range(3):
+        async with h.entity(a) as ent:
+            ent.state.version += 1
+    assert store.snapshots == [(a, 2)]  # every second version
+    async with h.entity(b):
+        pass
+    assert await h.passivate_idle(0.0) == 2 and h.active == 0
+    assert store.snapshots == [(a, 2), (a, 3)]  # a moved on since its last snapshot; b did not
+
+
+@pytest.mark.parametrize("cap", [1, 3])
+async def test_the_cap_is_never_exceeded(cap: int) -> None:
+    h = host(Store(), max_active=cap)
+
+    async def touch(entity_id: uuid.UUID) -> None:
+        async with h.entity(entity_id):
+            assert h.active <= cap
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(touch(uuid.uuid4()) for _ in range(20)))
+    assert h.active <= cap and h.peak_active <= cap
