@@ -76,7 +76,7 @@ class OrderShard(Shard):
     def __init__(self, settings: Settings, index: int) -> None:
         self.policy = settings.saga_policy
         self.metrics = m.OrderMetrics()
-        self.engine = SagaEngine(_Orders(self), self.policy, saga_id_of)
+        self.engine = SagaEngine(_Orders(self), self.policy)
         super().__init__(settings, index)
 
     # --- lifecycle ------------------------------------------------------------------------------

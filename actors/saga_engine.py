@@ -16,16 +16,18 @@ import dataclasses
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
+
+import asyncpg
 
 from commerce import logs
 from domain import fulfilment as ff
 from domain import order as o
 from domain import saga as sg
 from domain.events import DomainEvent
-from store.errors import StoreUnavailable
+from store.errors import StoreError
 
 log = logging.getLogger(__name__)
 STORE_RETRY = 1.0  # seconds to wait when the store is unavailable
@@ -77,11 +79,9 @@ class Clock:
 
 
 class SagaEngine:
-    def __init__(self, host: SagaHost, policy: sg.SagaPolicy, saga_id_of: Callable[[uuid.UUID], uuid.UUID],
-                 clock: Clock | None = None) -> None:
+    def __init__(self, host: SagaHost, policy: sg.SagaPolicy, clock: Clock | None = None) -> None:
         self.host = host
         self.policy = policy
-        self.saga_id_of = saga_id_of
         self.clock = clock or Clock()
         self.drivers: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._raising: dict[uuid.UUID, int] = {}  # failures in a row of the engine's own work, per order
@@ -101,6 +101,7 @@ class SagaEngine:
         task = self._inflight.get(order_id)
         if cancel_call and task is not None:
             task.cancel()
+        self._raising.pop(order_id, None)  # an operator acted: the engine's failures count from here
         event = self._wake.get(order_id)
         if event is not None:
             event.set()
@@ -118,41 +119,46 @@ class SagaEngine:
     async def _step(self, order_id: uuid.UUID) -> bool:
         """Take the saga one step further; False when there is nothing left to do for now."""
         try:
-            async with self.host.entity(order_id) as ent:
-                if ent.state.saga is None or ent.state.order is None:
-                    return False
-                saga, order = ent.state.saga, ent.state.order
-                at = self.clock.now()
-                action = sg.next_action(saga, at, self.policy)
-                if isinstance(action, sg.Idle):
-                    return False
-                if isinstance(action, sg.TimedOut):
-                    timed_out = ff.implied(order, sg.with_next_attempt(saga.saga_id, saga, sg.decide_timeout(saga),
-                                                                       at, self.policy))
-                    await self.host.record(ent, timed_out.saga_events, timed_out.order_events)
-                    return True
-                # An attempt already written ahead (with the previous outcome, or before a crash) is not written again.
-                if (isinstance(action, sg.RunStep) and not saga.in_flight
-                        and not await self.host.record(ent, sg.decide_attempt(saga, action), [])):
-                    return True
-                saga = ent.state.saga
-            if isinstance(action, sg.Wait):
-                await self._sleep(order_id, action.until)
-                return True
-            if not isinstance(action, sg.RunStep):
-                return False
-            result, data = await self._call(order_id, order, saga, action)
-            if result is None:
-                return True
-            async with self.host.entity(order_id) as ent:
-                await self._record_outcome(ent, action, result, data)
-            self._raising.pop(order_id, None)
-            return True
-        except StoreUnavailable:
-            await self.clock.sleep(STORE_RETRY)
+            going = await self._advance(order_id)
+        except (StoreError, asyncpg.PostgresError, OSError) as e:  # the store's trouble, not the engine's
+            log.debug("saga of order %s: the store failed (%s: %s); retrying", order_id, type(e).__name__, e)
+            await self._pause(order_id, STORE_RETRY)
             return True
         except Exception as e:
             return await self._failed(order_id, e)
+        self._raising.pop(order_id, None)  # a pass without failure: the count of failures in a row starts over
+        return going
+
+    async def _advance(self, order_id: uuid.UUID) -> bool:
+        async with self.host.entity(order_id) as ent:
+            if ent.state.saga is None or ent.state.order is None:
+                return False
+            saga, order = ent.state.saga, ent.state.order
+            at = self.clock.now()
+            action = sg.next_action(saga, at, self.policy)
+            if isinstance(action, sg.Idle):
+                return False
+            if isinstance(action, sg.TimedOut):
+                timed_out = ff.implied(order, sg.with_next_attempt(saga.saga_id, saga, sg.decide_timeout(saga),
+                                                                   at, self.policy))
+                await self.host.record(ent, timed_out.saga_events, timed_out.order_events)
+                return True
+            # An attempt already written ahead (with the previous outcome, or before a crash) is not written again.
+            if (isinstance(action, sg.RunStep) and not saga.in_flight
+                    and not await self.host.record(ent, sg.decide_attempt(saga, action), [])):
+                return True
+            saga = ent.state.saga
+        if isinstance(action, sg.Wait):
+            await self._sleep(order_id, action.until)
+            return True
+        if not isinstance(action, sg.RunStep):
+            return False
+        result, data = await self._call(order_id, order, saga, action)
+        if result is None:
+            return True
+        async with self.host.entity(order_id) as ent:
+            await self._record_outcome(ent, action, result, data)
+        return True
 
     async def _call(self, order_id: uuid.UUID, order: o.Order, saga: sg.Saga,
                     action: sg.RunStep) -> tuple[sg.StepResult | None, ff.StepData]:
@@ -200,23 +206,32 @@ class SagaEngine:
         self._wake.pop(order_id, None)
 
     async def _failed(self, order_id: uuid.UUID, error: Exception) -> bool:
-        """The engine's own work on this saga raised (a step's call cannot: its errors are outcomes). Back
-        off with a jitter fixed by the saga id; after PARK_AFTER_FAILURES in a row, park it for an operator."""
+        """The engine's own work on this saga raised (a step's call cannot: its errors are outcomes, and the
+        store's trouble is waited out). Back off with a jitter the order fixes; after STUCK_AFTER_FAILURES in
+        a row, give up on going forward: a saga still executing is compensated, a compensation is parked."""
         failures = self._raising[order_id] = self._raising.get(order_id, 0) + 1
         text = f"{type(error).__name__}: {error}"
-        if failures == 1:
-            log.exception("saga of order %s: the engine failed (%s); retrying with backoff", order_id, text)
-        if failures >= sg.PARK_AFTER_FAILURES:
+        log.warning("saga of order %s: the engine failed (%d in a row): %s", order_id, failures, text,
+                    exc_info=error if failures == 1 else None)
+        if failures >= sg.STUCK_AFTER_FAILURES:
             try:
                 async with self.host.entity(order_id) as ent:
-                    saga = ent.state.saga
-                    events = sg.decide_park(saga, f"the engine failed {failures} times in a row: {text}") if saga else []
-                    if not events or await self.host.record(ent, events, []):
-                        log.error("saga of order %s: parked for an operator after %d failures of the engine: %s",
-                                  order_id, failures, text)
-                        self._raising.pop(order_id, None)
-                        return False
-            except Exception as again:  # parking needs the store too: keep backing off
-                log.warning("saga of order %s: could not be parked (%s: %s)", order_id, type(again).__name__, again)
-        await self.clock.sleep(sg.engine_backoff(self.saga_id_of(order_id), failures))
+                    saga, order = ent.state.saga, ent.state.order
+                    events = sg.decide_stuck(saga, f"the engine failed {failures} times in a row: {text}") if saga else []
+                    if events and order is not None:
+                        given_up = ff.implied(order, events)
+                        if await self.host.record(ent, given_up.saga_events, given_up.order_events):
+                            parked = any(isinstance(e, sg.SagaParked) for e in events)
+                            log.error("saga of order %s: %s after %d failures of the engine: %s", order_id,
+                                      "parked for an operator" if parked else "compensating", failures, text)
+                            self._raising.pop(order_id, None)
+                            return not parked
+            except Exception as again:  # giving up needs the store too: keep backing off
+                log.warning("saga of order %s: could not give up on it (%s: %s)", order_id, type(again).__name__,
+                            again)
+        await self._pause(order_id, sg.engine_backoff(order_id, failures))
         return True
+
+    async def _pause(self, order_id: uuid.UUID, seconds: float) -> None:
+        """Wait ``seconds``, or less if an operator's command wakes the saga."""
+        await self._sleep(order_id, self.clock.now() + dt.timedelta(seconds=seconds))

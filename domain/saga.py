@@ -278,24 +278,27 @@ def decide_outcome(saga: Saga, action: RunStep, result: StepResult, now: dt.date
     return [failed, SagaParked(action.step, action.action, error)]
 
 
-def decide_park(saga: Saga, error: str) -> list[DomainEvent]:
-    """The engine itself cannot take the saga further (its own work keeps raising): park it for an operator,
-    who retries or compensates it. A step written ahead is recorded as failed first."""
+def decide_stuck(saga: Saga, error: str) -> list[DomainEvent]:
+    """The engine itself cannot take the saga further (its own work keeps raising). A saga still executing
+    is compensated, as a failed step would have it; a compensation that cannot go on is parked for an
+    operator, who retries or compensates it. A step written ahead is recorded as failed first."""
     if saga.status in TERMINAL or saga.status is SagaStatus.FAILED:
         return []
     step = saga.current_step or ""
-    failed = [StepFailed(step, saga.phase, saga.attempt, error, None)] if saga.in_flight else []
+    failed: list[DomainEvent] = [StepFailed(step, saga.phase, saga.attempt, error, None)] if saga.in_flight else []
+    if saga.phase is Phase.EXECUTE:
+        return [*failed, CompensationStarted(f"the saga could not go on: {error}")]
     return [*failed, SagaParked(step, saga.phase, error)]
 
 
-# The engine parks a saga after this many failures in a row of its own work (not of a step's call).
-PARK_AFTER_FAILURES = 8
+# The engine gives up on its own work for a saga after this many failures in a row (see decide_stuck).
+STUCK_AFTER_FAILURES = 8
 
 
-def engine_backoff(saga_id: uuid.UUID, failures: int, base: float = 1.0, cap: float = 300.0) -> float:
-    """Seconds to wait after the engine's ``failures``-th failure in a row on this saga: doubling up to
-    ``cap``, stretched by up to half by a jitter that the saga id fixes (sagas failing together spread out)."""
-    jitter = (saga_id.int % 1000) / 2000
+def engine_backoff(order_id: uuid.UUID, failures: int, base: float = 1.0, cap: float = 300.0) -> float:
+    """Seconds to wait after the engine's ``failures``-th failure in a row on an order's saga: doubling up
+    to ``cap``, stretched by up to half by a jitter the order fixes (sagas failing together spread out)."""
+    jitter = (order_id.int % 1000) / 2000
     return float(min(cap, base * 2.0 ** max(failures - 1, 0)) * (1 + jitter))
 
 

@@ -86,25 +86,29 @@ def test_an_operator_compensation_shows_on_the_order_once() -> None:
     assert ff.implied(compensating, sg.decide_compensate(saga, "again")).order_events == []  # already shows
 
 
-def test_a_saga_the_engine_cannot_take_further_is_parked_for_an_operator() -> None:
+def test_a_saga_the_engine_cannot_take_further_is_compensated_or_parked() -> None:
     order, saga, action = started()  # its first step is written ahead
-    parked = saga_after(sg.with_next_attempt(order.saga_id, None, sg.decide_start(order.saga_id, order.order_id, NOW,
-                                                                                   POLICY), NOW, POLICY),
-                        sg.decide_park(saga, "the engine failed 8 times in a row: boom"))
-    assert parked.status is sg.SagaStatus.FAILED and not parked.in_flight
-    assert parked.last_error == "the engine failed 8 times in a row: boom"
-    assert sg.decide_park(parked, "again") == []  # parked already: nothing more
-    resumed = saga_after(sg.with_next_attempt(order.saga_id, None, sg.decide_start(order.saga_id, order.order_id, NOW,
-                                                                                    POLICY), NOW, POLICY),
-                         sg.decide_park(saga, "boom"), sg.decide_retry(parked))
-    again = sg.next_action(resumed, NOW, POLICY)  # an operator's retry runs the step again, as a new run
-    assert isinstance(again, sg.RunStep) and again.step is sg.Step.RESERVE_INVENTORY and again.run == 2
+    start = sg.with_next_attempt(order.saga_id, None, sg.decide_start(order.saga_id, order.order_id, NOW, POLICY),
+                                 NOW, POLICY)
+    forward = sg.decide_stuck(saga, "boom")  # still executing: compensate, as a failed step would
+    assert names(forward) == ["StepFailed", "CompensationStarted"]
+    assert names(ff.implied(order, forward).order_events) == ["OrderCompensationStarted"]
+    compensating = saga_after(start, forward)
+    assert compensating.status is sg.SagaStatus.COMPENSATING and not compensating.in_flight
+    backward = sg.decide_stuck(compensating, "boom again")  # a compensation that cannot go on waits for an operator
+    assert names(backward) == ["SagaParked"]
+    parked = saga_after(start, forward, backward)
+    assert parked.status is sg.SagaStatus.FAILED and parked.last_error == "boom again"
+    assert sg.decide_stuck(parked, "again") == []  # parked already: nothing more
+    resumed = saga_after(start, forward, backward, sg.decide_retry(parked))
+    again = sg.next_action(resumed, NOW, POLICY)  # an operator's retry runs the compensation again, as a new run
+    assert isinstance(again, sg.RunStep) and again.action is sg.Phase.COMPENSATE and again.run == 2
 
 
-def test_the_engine_backs_off_doubling_with_a_jitter_fixed_by_the_saga() -> None:
+def test_the_engine_backs_off_doubling_with_a_jitter_fixed_by_the_order() -> None:
     one, other = uuid.UUID(int=1), uuid.UUID(int=999)
     waits = [sg.engine_backoff(one, n) for n in range(1, 12)]
     assert waits[:4] == [1.0005, 2.001, 4.002, 8.004] and waits[-1] == 300 * 1.0005  # doubling, then capped
-    assert sg.engine_backoff(one, 3) == sg.engine_backoff(one, 3)  # the same saga waits the same
-    assert sg.engine_backoff(other, 3) > sg.engine_backoff(one, 3)  # another saga waits apart from it
+    assert sg.engine_backoff(one, 3) == sg.engine_backoff(one, 3)  # the same order waits the same
+    assert sg.engine_backoff(other, 3) > sg.engine_backoff(one, 3)  # another order waits apart from it
     assert all(1.0 <= sg.engine_backoff(uuid.uuid4(), 1) < 1.5 for _ in range(100))

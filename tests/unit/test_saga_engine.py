@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -24,20 +25,23 @@ Provider = Callable[[sg.RunStep], sg.StepResult]
 class FakeClock(Clock):
     """Time moves only when the engine waits, by exactly what it waits."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: bool = False) -> None:
         self.at = START
-        self.slept: list[float] = []  # backoffs of the engine's own failures
-        self.waited: list[float] = []  # waits for a step's retry
+        self.hold = hold  # waits last until something wakes the saga (time does not pass by itself)
+        self.waiting = asyncio.Event()
+        self.waited: list[float] = []  # what the engine waited for: a step's retry, or its own backoff
 
     def now(self) -> dt.datetime:
         return self.at
 
     async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.at += dt.timedelta(seconds=seconds)
-        await asyncio.sleep(0)
+        raise AssertionError("the engine waits so that a command can wake it")
 
     async def wait(self, event: asyncio.Event, seconds: float) -> None:
+        if self.hold:
+            self.waiting.set()
+            await event.wait()
+            return
         if not event.is_set():
             self.waited.append(seconds)
             self.at += dt.timedelta(seconds=seconds)
@@ -55,12 +59,13 @@ class Orders:
     """A SagaHost in memory: events are applied as the store would fold them."""
 
     def __init__(self, clock: FakeClock, providers: dict[sg.Step, Provider] | None = None,
-                 failing_records: int = 0) -> None:
+                 failing: Callable[[list[DomainEvent]], bool] = lambda events: False) -> None:
         self.clock = clock
         self.providers = providers or {}
-        self.failing_records = failing_records
+        self.failing = failing  # which writes raise, as a bug in the engine's own work would
         self.entities: dict[uuid.UUID, Held] = {}
         self.calls: list[tuple[sg.Step, int]] = []
+        self.order_events: list[str] = []
 
     def place(self, policy: sg.SagaPolicy) -> uuid.UUID:
         order = given(created())
@@ -78,10 +83,10 @@ class Orders:
             yield held
 
     async def record(self, ent: Held, saga_events: list[DomainEvent], order_events: list[DomainEvent]) -> bool:
-        if self.failing_records and not any(isinstance(e, sg.SagaParked) for e in saga_events):
-            self.failing_records -= 1
+        if self.failing(saga_events):
             raise RuntimeError("a bug in the engine's own work")
         self._apply(ent, saga_events, order_events)
+        self.order_events += [type(e).__name__ for e in order_events]
         return True
 
     async def run_step(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> tuple[sg.StepResult, ff.StepData]:
@@ -116,8 +121,20 @@ def fails(times: int, retryable: bool = True) -> Provider:
 
 
 def engine(orders: Orders, policy: sg.SagaPolicy) -> SagaEngine:
-    return SagaEngine(orders, policy, lambda order_id: orders.entities[order_id].state.order.saga_id,  # type: ignore[union-attr]
-                      clock=orders.clock)
+    return SagaEngine(orders, policy, clock=orders.clock)
+
+
+def attempts_of(step: sg.Step, times: int | None = None) -> Callable[[list[DomainEvent]], bool]:
+    """Writes that carry an attempt of ``step`` fail (the first ``times`` of them, or all): the outcome of
+    the step before it, which writes that attempt ahead."""
+    left = {"n": times if times is not None else 10**9}
+
+    def failing(events: list[DomainEvent]) -> bool:
+        hit = any(isinstance(e, sg.StepAttempted) and e.step == step for e in events) and left["n"] > 0
+        left["n"] -= hit
+        return hit
+
+    return failing
 
 
 def state(orders: Orders, order_id: uuid.UUID) -> tuple[o.Order, sg.Saga]:
@@ -170,20 +187,54 @@ async def test_a_compensation_that_fails_for_good_parks_the_saga_for_an_operator
     assert [a for s, a in orders.calls if s is sg.Step.REFUND_PAYMENT] == [1, 2, 3]
 
 
-async def test_when_its_own_work_keeps_failing_the_engine_backs_off_with_jitter_then_parks_the_saga() -> None:
-    orders = Orders(FakeClock(), failing_records=100)
-    order_id = orders.place(POLICY)
-    saga_id = state(orders, order_id)[1].saga_id
-    await engine(orders, POLICY).drive(order_id)  # ends: the saga waits for an operator
-    saga = state(orders, order_id)[1]
-    assert saga.status is sg.SagaStatus.FAILED and "the engine failed 8 times in a row" in (saga.last_error or "")
-    expected = [sg.engine_backoff(saga_id, n) for n in range(1, sg.PARK_AFTER_FAILURES)]
-    assert orders.clock.slept == pytest.approx(expected) and expected[1] == 2 * expected[0]
-
-
-async def test_the_engine_recovers_when_its_own_work_fails_only_for_a_while() -> None:
-    orders = Orders(FakeClock(), failing_records=3)
+async def test_when_its_own_work_keeps_failing_forward_the_engine_backs_off_then_compensates() -> None:
+    orders = Orders(FakeClock(), failing=attempts_of(sg.Step.PROCESS_PAYMENT))
     order_id = orders.place(POLICY)
     await engine(orders, POLICY).drive(order_id)
-    assert state(orders, order_id)[1].status is sg.SagaStatus.COMPLETED
-    assert len(orders.clock.slept) == 3
+    order, saga = state(orders, order_id)
+    assert saga.status is sg.SagaStatus.COMPENSATED and "the engine failed 8 times in a row" in (saga.reason or "")
+    assert order.status is o.OrderStatus.CANCELLED
+    # The reservation's outcome was never recorded; the compensation gives back what the order may hold.
+    assert orders.order_events == ["OrderCompensationStarted", "InventoryReleased", "OrderCancelled"]
+    backoffs = [sg.engine_backoff(order_id, n) for n in range(1, sg.STUCK_AFTER_FAILURES)]
+    assert orders.clock.waited == pytest.approx(backoffs) and backoffs[1] == 2 * backoffs[0]
+
+
+async def test_a_compensation_the_engine_cannot_carry_on_is_parked_for_an_operator() -> None:
+    orders = Orders(FakeClock(), {sg.Step.CREATE_SHIPMENT: fails(1, retryable=False)},
+                    failing=attempts_of(sg.Step.REFUND_PAYMENT))
+    order_id = orders.place(POLICY)
+    await engine(orders, POLICY).drive(order_id)  # ends: the saga waits for an operator
+    order, saga = state(orders, order_id)
+    assert saga.status is sg.SagaStatus.FAILED and saga.current_step == sg.Step.CANCEL_SHIPMENT
+    assert not saga.in_flight  # the attempt written ahead is recorded as failed
+    assert "the engine failed 8 times in a row" in (saga.last_error or "")
+    assert order.status is o.OrderStatus.COMPENSATING
+
+
+async def test_failures_count_in_a_row_only() -> None:
+    payment, confirm = attempts_of(sg.Step.PROCESS_PAYMENT, 7), attempts_of(sg.Step.CONFIRM_ORDER, 7)
+    patient = dataclasses.replace(POLICY, timeout=3600.0)  # the backoffs take minutes; the deadline is not tested
+    orders = Orders(FakeClock(), failing=lambda events: payment(events) or confirm(events))
+    order_id = orders.place(patient)
+    await engine(orders, patient).drive(order_id)  # 7 failures, progress, 7 more: never 8 in a row
+    assert state(orders, order_id)[1].status is sg.SagaStatus.COMPLETED and len(orders.clock.waited) == 14
+
+
+async def test_an_operators_compensation_wakes_a_saga_waiting_for_a_retry() -> None:
+    orders = Orders(FakeClock(hold=True), {sg.Step.PROCESS_PAYMENT: fails(10)})
+    order_id = orders.place(POLICY)
+    eng = engine(orders, POLICY)
+    driver = eng.drive(order_id)
+    await orders.clock.waiting.wait()  # the payment failed; the saga waits for its retry
+    async with orders.entity(order_id) as ent:
+        order, saga = state(orders, order_id)
+        command = ff.implied(order, sg.decide_compensate(saga, "changed my mind"))
+        assert await orders.record(ent, command.saga_events, command.order_events)
+    eng.wake(order_id)
+    orders.clock.hold = False
+    await asyncio.wait_for(driver, 10)  # woken, it does not wait for the retry
+    order, saga = state(orders, order_id)
+    assert saga.status is sg.SagaStatus.COMPENSATED and saga.reason == "changed my mind"
+    assert order.status is o.OrderStatus.CANCELLED and orders.clock.at == START  # no retry was waited for
+    assert [a for s, a in orders.calls if s is sg.Step.PROCESS_PAYMENT] == [1]
