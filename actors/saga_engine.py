@@ -2,10 +2,10 @@
 
 For each step it writes the attempt ahead (before the call), makes the call outside the order's mailbox,
 and records the outcome that ``domain.fulfilment`` decides, saga and order events in one transaction. It
-sleeps until a retry is due (an operator's command wakes it), compensates a saga past its deadline, and
-backs off, then parks for an operator, a saga on which its own work keeps raising. The shard that hosts
-the orders gives it access to an order (``SagaHost``); the clock is given too, so that tests can run it
-on a clock of their own.
+sleeps until a retry is due (an operator's command wakes it) and compensates a saga past its deadline.
+When its own work on a saga keeps raising, it backs off, then gives up going forward: it compensates a
+saga still executing and parks a compensation for an operator. The shard that hosts the orders gives
+it access to an order (``SagaHost``); the clock is given too, so that tests can run it on their own.
 """
 
 from __future__ import annotations
