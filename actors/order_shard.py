@@ -194,7 +194,8 @@ class OrderShard(Shard):
         decision = ff.implied(self._order(ent), events)
         if events and not await self._record(ent, decision.saga_events, decision.order_events, ctx=ctx):
             raise ConcurrencyConflict(ent.id, -1)
-        self.engine.wake(ent.id, cancel_call=any(isinstance(e, sg.CompensationStarted) for e in events))
+        if events:  # a command that changed nothing must not cut the engine's backoff short
+            self.engine.wake(ent.id, cancel_call=any(isinstance(e, sg.CompensationStarted) for e in events))
         self.engine.drive(ent.id)
 
     @staticmethod

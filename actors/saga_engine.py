@@ -27,10 +27,18 @@ from domain import fulfilment as ff
 from domain import order as o
 from domain import saga as sg
 from domain.events import DomainEvent
-from store.errors import StoreError
+from store.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 STORE_RETRY = 1.0  # seconds to wait when the store is unavailable
+# What passes by itself: an outage, a failover, a conflict between transactions. Any other error, of the
+# store's or not, would come back on every try: it counts toward giving up on the saga.
+TRANSIENT_STORE_ERRORS = (
+    StoreUnavailable, asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.QueryCanceledError, asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.TooManyConnectionsError, asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
 
 
 @dataclasses.dataclass(slots=True)
@@ -120,7 +128,7 @@ class SagaEngine:
         """Take the saga one step further; False when there is nothing left to do for now."""
         try:
             going = await self._advance(order_id)
-        except (StoreError, asyncpg.PostgresError, OSError) as e:  # the store's trouble, not the engine's
+        except TRANSIENT_STORE_ERRORS as e:  # the store's passing trouble, not the engine's: waited out
             log.debug("saga of order %s: the store failed (%s: %s); retrying", order_id, type(e).__name__, e)
             await self._pause(order_id, STORE_RETRY)
             return True
@@ -214,23 +222,36 @@ class SagaEngine:
         log.warning("saga of order %s: the engine failed (%d in a row): %s", order_id, failures, text,
                     exc_info=error if failures == 1 else None)
         if failures >= sg.STUCK_AFTER_FAILURES:
-            try:
-                async with self.host.entity(order_id) as ent:
-                    saga, order = ent.state.saga, ent.state.order
-                    events = sg.decide_stuck(saga, f"the engine failed {failures} times in a row: {text}") if saga else []
-                    if events and order is not None:
-                        given_up = ff.implied(order, events)
-                        if await self.host.record(ent, given_up.saga_events, given_up.order_events):
-                            parked = any(isinstance(e, sg.SagaParked) for e in events)
-                            log.error("saga of order %s: %s after %d failures of the engine: %s", order_id,
-                                      "parked for an operator" if parked else "compensating", failures, text)
-                            self._raising.pop(order_id, None)
-                            return not parked
-            except Exception as again:  # giving up needs the store too: keep backing off
-                log.warning("saga of order %s: could not give up on it (%s: %s)", order_id, type(again).__name__,
-                            again)
+            reason = f"the engine failed {failures} times in a row: {text}"
+            for compensate in (True, False):  # if even starting the compensation fails, park the saga
+                try:
+                    given_up = await self._give_up(order_id, failures, reason, compensate)
+                except Exception as again:  # giving up needs the store too
+                    log.warning("saga of order %s: could not give up on it (%s: %s)", order_id,
+                                type(again).__name__, again)
+                    continue
+                # None: the saga moved on meanwhile (a command came first); look at it again at once.
+                return True if given_up is None else given_up
         await self._pause(order_id, sg.engine_backoff(order_id, failures))
         return True
+
+    async def _give_up(self, order_id: uuid.UUID, failures: int, reason: str, compensate: bool) -> bool | None:
+        """Compensate or park the saga; whether its driver goes on, or None when there is nothing to give up
+        (it moved on meanwhile: an operator's or a customer's command came first, and the engine tries again)."""
+        async with self.host.entity(order_id) as ent:
+            saga, order = ent.state.saga, ent.state.order
+            if self._raising.get(order_id) != failures or saga is None or order is None:
+                return None
+            events = sg.decide_stuck(saga, reason, compensate)
+            if not events:
+                return None
+            given_up = ff.implied(order, events)
+            if not await self.host.record(ent, given_up.saga_events, given_up.order_events):
+                return None
+        parked = any(isinstance(e, sg.SagaParked) for e in events)
+        log.error("saga of order %s: %s, %s", order_id, "parked for an operator" if parked else "compensating", reason)
+        self._raising.pop(order_id, None)
+        return not parked
 
     async def _pause(self, order_id: uuid.UUID, seconds: float) -> None:
         """Wait ``seconds``, or less if an operator's command wakes the saga."""

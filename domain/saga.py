@@ -278,15 +278,16 @@ def decide_outcome(saga: Saga, action: RunStep, result: StepResult, now: dt.date
     return [failed, SagaParked(action.step, action.action, error)]
 
 
-def decide_stuck(saga: Saga, error: str) -> list[DomainEvent]:
+def decide_stuck(saga: Saga, error: str, compensate: bool = True) -> list[DomainEvent]:
     """The engine itself cannot take the saga further (its own work keeps raising). A saga still executing
-    is compensated, as a failed step would have it; a compensation that cannot go on is parked for an
-    operator, who retries or compensates it. A step written ahead is recorded as failed first."""
+    is compensated, as a failed step would have it; a compensation that cannot go on (or, with
+    ``compensate`` False, any saga) is parked for an operator, who retries or compensates it. A step
+    written ahead is recorded as failed first."""
     if saga.status in TERMINAL or saga.status is SagaStatus.FAILED:
         return []
     step = saga.current_step or ""
     failed: list[DomainEvent] = [StepFailed(step, saga.phase, saga.attempt, error, None)] if saga.in_flight else []
-    if saga.phase is Phase.EXECUTE:
+    if compensate and saga.phase is Phase.EXECUTE:
         return [*failed, CompensationStarted(f"the saga could not go on: {error}")]
     return [*failed, SagaParked(step, saga.phase, error)]
 

@@ -9,6 +9,7 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Callable
 
+import asyncpg
 import pytest
 
 from actors.saga_engine import Clock, OrderEntity, SagaEngine
@@ -63,6 +64,7 @@ class Orders:
         self.clock = clock
         self.providers = providers or {}
         self.failing = failing  # which writes raise, as a bug in the engine's own work would
+        self.error: Callable[[], Exception] = lambda: RuntimeError("a bug in the engine's own work")
         self.entities: dict[uuid.UUID, Held] = {}
         self.calls: list[tuple[sg.Step, int]] = []
         self.order_events: list[str] = []
@@ -84,7 +86,7 @@ class Orders:
 
     async def record(self, ent: Held, saga_events: list[DomainEvent], order_events: list[DomainEvent]) -> bool:
         if self.failing(saga_events):
-            raise RuntimeError("a bug in the engine's own work")
+            raise self.error()
         self._apply(ent, saga_events, order_events)
         self.order_events += [type(e).__name__ for e in order_events]
         return True
@@ -238,3 +240,37 @@ async def test_an_operators_compensation_wakes_a_saga_waiting_for_a_retry() -> N
     assert saga.status is sg.SagaStatus.COMPENSATED and saga.reason == "changed my mind"
     assert order.status is o.OrderStatus.CANCELLED and orders.clock.at == START  # no retry was waited for
     assert [a for s, a in orders.calls if s is sg.Step.PROCESS_PAYMENT] == [1]
+
+
+async def test_the_stores_passing_trouble_is_waited_out_and_never_counted() -> None:
+    orders = Orders(FakeClock(), failing=attempts_of(sg.Step.PROCESS_PAYMENT, times=12))
+    orders.error = lambda: asyncpg.exceptions.SerializationError("could not serialize access")
+    order_id = orders.place(POLICY)
+    await engine(orders, POLICY).drive(order_id)  # 12 conflicts in a row: more than 8, and no giving up
+    assert state(orders, order_id)[1].status is sg.SagaStatus.COMPLETED and orders.clock.waited == [1.0] * 12
+
+
+async def test_an_error_of_the_store_that_comes_back_every_time_counts() -> None:
+    orders = Orders(FakeClock(), failing=attempts_of(sg.Step.PROCESS_PAYMENT))
+    orders.error = lambda: asyncpg.exceptions.UndefinedColumnError('column "x" does not exist')
+    order_id = orders.place(POLICY)
+    await engine(orders, POLICY).drive(order_id)
+    assert state(orders, order_id)[1].status is sg.SagaStatus.COMPENSATED
+
+
+async def test_an_operators_compensation_wakes_a_saga_from_the_engines_backoff() -> None:
+    orders = Orders(FakeClock(hold=True), failing=attempts_of(sg.Step.PROCESS_PAYMENT))
+    order_id = orders.place(POLICY)
+    eng = engine(orders, POLICY)
+    driver = eng.drive(order_id)
+    await orders.clock.waiting.wait()  # the engine failed once and backs off
+    async with orders.entity(order_id) as ent:
+        order, saga = state(orders, order_id)
+        command = ff.implied(order, sg.decide_compensate(saga, "changed my mind"))
+        assert await orders.record(ent, command.saga_events, command.order_events)
+    eng.wake(order_id)
+    orders.clock.hold = False
+    await asyncio.wait_for(driver, 10)
+    saga = state(orders, order_id)[1]
+    assert saga.status is sg.SagaStatus.COMPENSATED and saga.reason == "changed my mind"
+    assert orders.clock.at == START  # the backoff was cut short
