@@ -94,7 +94,8 @@ class SagaEngine:
         self.drivers: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._raising: dict[uuid.UUID, int] = {}  # failures in a row of the engine's own work, per order
         self._inflight: dict[uuid.UUID, asyncio.Task[Any]] = {}
-        self._wake: dict[uuid.UUID, asyncio.Event] = {}
+        self._wake: dict[uuid.UUID, asyncio.Event] = {}  # set by a command; cleared as a pass reads the saga
+        self._cancel_next: set[uuid.UUID] = set()  # a compensation came before the call it voids had started
 
     def drive(self, order_id: uuid.UUID) -> asyncio.Task[None]:
         """The order's saga driver, started unless it runs."""
@@ -109,10 +110,12 @@ class SagaEngine:
         task = self._inflight.get(order_id)
         if cancel_call and task is not None:
             task.cancel()
+        elif cancel_call:  # decided, not started yet: it must not start
+            self._cancel_next.add(order_id)
         self._raising.pop(order_id, None)  # an operator acted: the engine's failures count from here
-        event = self._wake.get(order_id)
-        if event is not None:
-            event.set()
+        # Kept set until the next pass reads the saga: a command that lands after a pass decided to wait, but
+        # before it waits, is not lost.
+        self._wake.setdefault(order_id, asyncio.Event()).set()
 
     async def _drive(self, order_id: uuid.UUID) -> None:
         logs.bind(order_id)  # this task's own context: every line of this saga's run names its order
@@ -123,6 +126,8 @@ class SagaEngine:
             if self.drivers.get(order_id) is asyncio.current_task():
                 del self.drivers[order_id]
                 self._raising.pop(order_id, None)
+                self._wake.pop(order_id, None)
+                self._cancel_next.discard(order_id)
 
     async def _step(self, order_id: uuid.UUID) -> bool:
         """Take the saga one step further; False when there is nothing left to do for now."""
@@ -139,6 +144,9 @@ class SagaEngine:
 
     async def _advance(self, order_id: uuid.UUID) -> bool:
         async with self.host.entity(order_id) as ent:
+            # What this pass reads of the saga includes every command so far: their wake-ups are spent.
+            self._wake.setdefault(order_id, asyncio.Event()).clear()
+            self._cancel_next.discard(order_id)
             if ent.state.saga is None or ent.state.order is None:
                 return False
             saga, order = ent.state.saga, ent.state.order
@@ -170,6 +178,9 @@ class SagaEngine:
 
     async def _call(self, order_id: uuid.UUID, order: o.Order, saga: sg.Saga,
                     action: sg.RunStep) -> tuple[sg.StepResult | None, ff.StepData]:
+        if order_id in self._cancel_next:  # compensated after this pass decided the call: it is not made
+            self._cancel_next.discard(order_id)
+            return None, ff.StepData()
         call: Awaitable[tuple[sg.StepResult, ff.StepData]] = self.host.run_step(order, saga, action)
         task = asyncio.create_task(asyncio.wait_for(call, max(action.timeout, 0.001)))
         self._inflight[order_id] = task
@@ -207,11 +218,9 @@ class SagaEngine:
 
     async def _sleep(self, order_id: uuid.UUID, until: dt.datetime) -> None:
         event = self._wake.setdefault(order_id, asyncio.Event())
-        event.clear()
         delay = (until - self.clock.now()).total_seconds()
-        if delay > 0:
+        if delay > 0 and not event.is_set():
             await self.clock.wait(event, delay)
-        self._wake.pop(order_id, None)
 
     async def _failed(self, order_id: uuid.UUID, error: Exception) -> bool:
         """The engine's own work on this saga raised (a step's call cannot: its errors are outcomes, and the

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -68,6 +68,8 @@ class Orders:
         self.entities: dict[uuid.UUID, Held] = {}
         self.calls: list[tuple[sg.Step, int]] = []
         self.order_events: list[str] = []
+        self.between: Callable[[], Awaitable[None]] | None = None  # runs once, in a gap the tests choose
+        self.releases_to_gap = 0
 
     def place(self, policy: sg.SagaPolicy) -> uuid.UUID:
         order = given(created())
@@ -83,6 +85,11 @@ class Orders:
         held = self.entities[order_id]
         async with held.lock:
             yield held
+        # The shard's mailbox, too, is free before the driver goes on (EntityHost writes a snapshot then).
+        if self.releases_to_gap:
+            self.releases_to_gap -= 1
+            if not self.releases_to_gap and self.between is not None:
+                await self.between()
 
     async def record(self, ent: Held, saga_events: list[DomainEvent], order_events: list[DomainEvent]) -> bool:
         if self.failing(saga_events):
@@ -274,3 +281,46 @@ async def test_an_operators_compensation_wakes_a_saga_from_the_engines_backoff()
     saga = state(orders, order_id)[1]
     assert saga.status is sg.SagaStatus.COMPENSATED and saga.reason == "changed my mind"
     assert orders.clock.at == START  # the backoff was cut short
+
+
+async def test_a_command_that_lands_between_a_decision_to_wait_and_the_wait_is_not_lost() -> None:
+    orders = Orders(FakeClock(hold=True), {sg.Step.PROCESS_PAYMENT: fails(10)})
+    order_id = orders.place(POLICY)
+    eng = engine(orders, POLICY)
+
+    async def customer_cancels() -> None:
+        async with orders.entity(order_id) as ent:
+            order, saga = state(orders, order_id)
+            command = ff.implied(order, sg.decide_compensate(saga, "changed my mind"))
+            assert await orders.record(ent, command.saga_events, command.order_events)
+        eng.wake(order_id, cancel_call=True)
+
+    orders.between = customer_cancels
+    # Releases of the order: the pass that calls reserve_inventory, its outcome (payment written ahead), the
+    # pass that calls process_payment, its failed outcome, then the pass that decides to wait for the retry.
+    orders.releases_to_gap = 5
+    await asyncio.wait_for(eng.drive(order_id), 10)  # a lost wake-up would wait for the retry forever here
+    order, saga = state(orders, order_id)
+    assert saga.status is sg.SagaStatus.COMPENSATED and saga.reason == "changed my mind"
+    assert [a for s, a in orders.calls if s is sg.Step.PROCESS_PAYMENT] == [1]
+
+
+async def test_a_call_decided_before_a_compensation_landed_is_not_made() -> None:
+    orders = Orders(FakeClock())
+    order_id = orders.place(POLICY)
+    eng = engine(orders, POLICY)
+
+    async def operator_compensates() -> None:
+        async with orders.entity(order_id) as ent:
+            order, saga = state(orders, order_id)
+            command = ff.implied(order, sg.decide_compensate(saga, "operator"))
+            assert await orders.record(ent, command.saga_events, command.order_events)
+        eng.wake(order_id, cancel_call=True)
+
+    orders.between = operator_compensates
+    # Releases of the order: the pass that calls reserve_inventory, its outcome (payment written ahead), then
+    # the pass that decides to call process_payment.
+    orders.releases_to_gap = 3
+    await asyncio.wait_for(eng.drive(order_id), 10)
+    assert state(orders, order_id)[1].status is sg.SagaStatus.COMPENSATED
+    assert sg.Step.PROCESS_PAYMENT not in [s for s, _ in orders.calls]  # never charged
