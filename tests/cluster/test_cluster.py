@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.cluster.conftest import ADMIN, ADMIN_TOKEN, Cluster, JoinedService, clean_environment
-from tests.e2e.helpers import ADDRESS, API, order_status
+from tests.e2e.helpers import ADDRESS, API, confirmed_order
 from tests.integration.ray_support import TEST_JWT_SECRET, eventually
 from tests.support import Servers, create_database, drop_database
 
@@ -238,13 +238,7 @@ async def test_the_example_serve_config_deploys_the_service_on_the_cluster(
         async with httpx.AsyncClient(base_url=f"{joined.base}/config", timeout=60, headers=ADMIN,
                                      transport=RetryingReads()) as http:
             await eventually(lambda: http.get("/health"), lambda r: r.status_code == 200, timeout=180, interval=1.0)
-            pid = str(uuid.uuid4())
-            assert (await http.put(f"{API}/inventory/{pid}", json={"on_hand": 2, "price": "1.00"})).status_code == 200
-            placed = await http.post(f"{API}/orders", json={
-                "customer_id": str(uuid.uuid4()), "items": [{"product_id": pid, "quantity": 2}],
-                "payment_token": "tok_visa", "shipping_address": ADDRESS})
-            assert placed.status_code == 202, placed.text
-            await order_status(http, placed.json()["order_id"], {"CONFIRMED"})
+            await confirmed_order(http, on_hand=2, quantity=2)
             kinds = Counter(a["kind"] for a in await placement(http))
             assert kinds == {"order": 2, "inventory": 2, "projector": 1}  # the config's args reached the actors
     finally:

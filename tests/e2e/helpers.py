@@ -46,3 +46,14 @@ async def saga(http: httpx.AsyncClient, saga_id: str) -> dict[str, Any]:
 
 async def saga_status(http: httpx.AsyncClient, saga_id: str, statuses: set[str], timeout: float = 60.0) -> dict[str, Any]:
     return await eventually(lambda: saga(http, saga_id), lambda s: s.get("status") in statuses, timeout)
+
+
+async def confirmed_order(http: httpx.AsyncClient, on_hand: int, quantity: int) -> str:
+    """Stock a new product and have an order for it confirmed, with the client's own credentials (an
+    admin's); returns the product's id."""
+    pid = str(uuid.uuid4())
+    assert (await http.put(f"{API}/inventory/{pid}", json={"on_hand": on_hand, "price": "1.00"})).status_code == 200
+    placed = await http.post(f"{API}/orders", json=order_body(pid, quantity))
+    assert placed.status_code == 202, placed.text
+    await order_status(http, placed.json()["order_id"], {"CONFIRMED"})
+    return pid

@@ -21,7 +21,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from commerce.app import AppArgs
 from commerce.settings import SettingsError
-from tests.e2e.helpers import ADDRESS, API, order_status
+from tests.e2e.helpers import API, confirmed_order
 from tests.integration.ray_support import TEST_JWT_SECRET, eventually
 from tests.support import Servers, create_database, drop_database
 
@@ -81,13 +81,7 @@ async def test_the_example_config_deploys_a_service_that_takes_orders(
         async with httpx.AsyncClient(base_url=f"{api}{prefix}", timeout=30,
                                      headers={"Authorization": f"Bearer {TOKEN}"}) as http:
             await eventually(lambda: http.get("/health"), lambda r: r.status_code == 200, timeout=60)
-            pid = str(uuid.uuid4())
-            assert (await http.put(f"{API}/inventory/{pid}", json={"on_hand": 3, "price": "4.00"})).status_code == 200
-            placed = await http.post(f"{API}/orders", json={
-                "customer_id": str(uuid.uuid4()), "items": [{"product_id": pid, "quantity": 2}],
-                "payment_token": "tok_visa", "shipping_address": ADDRESS})
-            assert placed.status_code == 202, placed.text
-            await order_status(http, placed.json()["order_id"], {"CONFIRMED"})
+            pid = await confirmed_order(http, on_hand=3, quantity=2)
             assert (await http.get(f"{API}/inventory/{pid}")).json()["on_hand"] == 1
             actors = (await http.get(f"{API}/admin/actors")).json()["items"]
             assert len([a for a in actors if a["kind"] == "order"]) == 2  # the args reached the actors

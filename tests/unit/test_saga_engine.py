@@ -152,6 +152,15 @@ def state(orders: Orders, order_id: uuid.UUID) -> tuple[o.Order, sg.Saga]:
     return ent.order, ent.saga
 
 
+async def compensated_by_hand(orders: Orders, eng: SagaEngine, order_id: uuid.UUID, reason: str) -> None:
+    """What the order shard does for an operator's compensate or a customer's cancel."""
+    async with orders.entity(order_id) as ent:
+        order, saga = state(orders, order_id)
+        command = ff.implied(order, sg.decide_compensate(saga, reason))
+        assert await orders.record(ent, command.saga_events, command.order_events)
+    eng.wake(order_id, cancel_call=True)
+
+
 POLICY = sg.SagaPolicy(retry_attempts=3, retry_delay=5.0, timeout=300.0, compensation_timeout=60.0)
 
 
@@ -236,11 +245,7 @@ async def test_an_operators_compensation_wakes_a_saga_waiting_for_a_retry() -> N
     eng = engine(orders, POLICY)
     driver = eng.drive(order_id)
     await orders.clock.waiting.wait()  # the payment failed; the saga waits for its retry
-    async with orders.entity(order_id) as ent:
-        order, saga = state(orders, order_id)
-        command = ff.implied(order, sg.decide_compensate(saga, "changed my mind"))
-        assert await orders.record(ent, command.saga_events, command.order_events)
-    eng.wake(order_id)
+    await compensated_by_hand(orders, eng, order_id, "changed my mind")
     orders.clock.hold = False
     await asyncio.wait_for(driver, 10)  # woken, it does not wait for the retry
     order, saga = state(orders, order_id)
@@ -271,11 +276,7 @@ async def test_an_operators_compensation_wakes_a_saga_from_the_engines_backoff()
     eng = engine(orders, POLICY)
     driver = eng.drive(order_id)
     await orders.clock.waiting.wait()  # the engine failed once and backs off
-    async with orders.entity(order_id) as ent:
-        order, saga = state(orders, order_id)
-        command = ff.implied(order, sg.decide_compensate(saga, "changed my mind"))
-        assert await orders.record(ent, command.saga_events, command.order_events)
-    eng.wake(order_id)
+    await compensated_by_hand(orders, eng, order_id, "changed my mind")
     orders.clock.hold = False
     await asyncio.wait_for(driver, 10)
     saga = state(orders, order_id)[1]
@@ -288,14 +289,7 @@ async def test_a_command_that_lands_between_a_decision_to_wait_and_the_wait_is_n
     order_id = orders.place(POLICY)
     eng = engine(orders, POLICY)
 
-    async def customer_cancels() -> None:
-        async with orders.entity(order_id) as ent:
-            order, saga = state(orders, order_id)
-            command = ff.implied(order, sg.decide_compensate(saga, "changed my mind"))
-            assert await orders.record(ent, command.saga_events, command.order_events)
-        eng.wake(order_id, cancel_call=True)
-
-    orders.between = customer_cancels
+    orders.between = lambda: compensated_by_hand(orders, eng, order_id, "changed my mind")
     # Releases of the order: the pass that calls reserve_inventory, its outcome (payment written ahead), the
     # pass that calls process_payment, its failed outcome, then the pass that decides to wait for the retry.
     orders.releases_to_gap = 5
@@ -310,14 +304,7 @@ async def test_a_call_decided_before_a_compensation_landed_is_not_made() -> None
     order_id = orders.place(POLICY)
     eng = engine(orders, POLICY)
 
-    async def operator_compensates() -> None:
-        async with orders.entity(order_id) as ent:
-            order, saga = state(orders, order_id)
-            command = ff.implied(order, sg.decide_compensate(saga, "operator"))
-            assert await orders.record(ent, command.saga_events, command.order_events)
-        eng.wake(order_id, cancel_call=True)
-
-    orders.between = operator_compensates
+    orders.between = lambda: compensated_by_hand(orders, eng, order_id, "operator")
     # Releases of the order: the pass that calls reserve_inventory, its outcome (payment written ahead), then
     # the pass that decides to call process_payment.
     orders.releases_to_gap = 3
