@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors import metrics as m
 from actors.client import ServiceUnavailable, call
-from commerce import logs
+from commerce import exposition, logs
 from commerce import schemas as api
 from commerce.auth import Forbidden, InvalidCredentials, Principal, Role, Verifier
 from commerce.http import (
@@ -668,9 +668,9 @@ def _is_admin(header: str) -> bool:
 async def metrics(svc: Services = Svc) -> Response:
     from commerce.health import service_metrics
 
-    per_actor = await m.actor_families(svc.actors)
+    per_actor = await exposition.actor_families(svc.actors)
     service = await service_metrics(svc, now(), ABANDONED_AFTER)
-    return PlainTextResponse(m.exposition(per_actor, service), media_type=m.MEDIA_TYPE)
+    return PlainTextResponse(exposition.exposition(per_actor, service), media_type=m.MEDIA_TYPE)
 
 
 # --- operator console: static files of commerce/console, no build step, nothing fetched elsewhere ---

@@ -6,7 +6,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from actors.metrics import merge
+from commerce.exposition import merge
 from domain import events as ev
 from domain import inventory as inv
 

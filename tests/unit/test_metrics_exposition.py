@@ -29,6 +29,7 @@ from actors.order_shard import OrderShard
 from actors.projector import Projector
 from actors.routing import PROJECTOR_NAME, inventory_shard_name, order_shard_name
 from actors.wire import unwrap
+from commerce import exposition as ex
 from commerce.health import service_families
 from commerce.settings import Settings
 from domain import saga as sg
@@ -119,17 +120,17 @@ async def fake_scrape() -> Scrape:
     """The exposition of two order shards, an inventory shard and the projector, with the service-wide figures,
     through the same functions /metrics uses."""
     actors: dict[str, list[m.Family]] = {
-        m.shard_label(order_shard_name(0)): await m.shard_samples(order_shard(0, 5)),
-        m.shard_label(order_shard_name(1)): await m.shard_samples(order_shard(1, 2)),
-        m.shard_label(inventory_shard_name(0)): await m.shard_samples(await inventory_shard()),
-        m.shard_label(PROJECTOR_NAME): await m.projector_samples(projector()),
+        ex.shard_label(order_shard_name(0)): await m.shard_samples(order_shard(0, 5)),
+        ex.shard_label(order_shard_name(1)): await m.shard_samples(order_shard(1, 2)),
+        ex.shard_label(inventory_shard_name(0)): await m.shard_samples(await inventory_shard()),
+        ex.shard_label(PROJECTOR_NAME): await m.projector_samples(projector()),
     }
     service = service_families(
         {"RUNNING": 2, "COMPLETED": 4, "COMPENSATED": 1, "FAILED": 1}, 12.5,
         {"operations": {"create": 6, "set_item": 9, "remove_item": 2, "checkout": 4},
          "created": 6, "checked_out": 4, "abandoned": 1, "open": 2},
         {"sold": 3, "on_hand": 7, "reserved": 0, "skus": 1}, 24 * 3600.0)
-    return Scrape(m.exposition(actors, service).decode(), actors, service)
+    return Scrape(ex.exposition(actors, service).decode(), actors, service)
 
 
 @pytest.fixture
@@ -249,11 +250,11 @@ def test_a_name_used_twice_is_refused() -> None:
     counter = m.single("counter", "commerce_inventory_units_sold", "Units committed to orders", 3)
     gauge = m.single("gauge", "commerce_inventory_units_sold", "Units sold net of returns", 2)
     with pytest.raises(ValueError, match="both an actor's counter and a service-wide gauge"):
-        list(m.Collector({"inventory-0": [counter]}, [gauge]).collect())
+        list(ex.Collector({"inventory-0": [counter]}, [gauge]).collect())
     with pytest.raises(ValueError, match="both a counter and a gauge"):
-        list(m.Collector({"inventory-0": [counter], "inventory-1": [gauge]}).collect())
+        list(ex.Collector({"inventory-0": [counter], "inventory-1": [gauge]}).collect())
     with pytest.raises(ValueError, match="written by both"):
-        list(m.Collector({"inventory-0": [counter]}, [m.single("gauge", "commerce_inventory_units_sold_total", "x", 2)]).collect())
+        list(ex.Collector({"inventory-0": [counter]}, [m.single("gauge", "commerce_inventory_units_sold_total", "x", 2)]).collect())
 
 
 async def test_samples_cross_ray_as_plain_data_and_equal_what_the_text_says() -> None:
@@ -279,5 +280,5 @@ async def test_actors_without_metrics_samples_are_read_through_their_text(monkey
 
     monkeypatch.setattr("actors.client.call", call)
     refs = [types.SimpleNamespace(name=n) for n in (order_shard_name(0), order_shard_name(1), PROJECTOR_NAME)]
-    found = await m.actor_families(types.SimpleNamespace(all=refs, timeout=1.0))  # type: ignore[arg-type]
+    found = await ex.actor_families(types.SimpleNamespace(all=refs, timeout=1.0))  # type: ignore[arg-type]
     assert found == {"order-0": samples, "order-1": samples}
