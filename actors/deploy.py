@@ -45,9 +45,11 @@ def check_layout(settings: Settings) -> None:
                 f"{wanted}: stop the service that runs them (or remove them, see docs/operations.md), then start")
 
 
-def deploy_actors(settings: Settings) -> list[Any]:
-    """Create (or find) every shard and the projector, and wait until each has started."""
-    check_layout(settings)
+def deploy_actors(settings: Settings, check: bool = True) -> list[Any]:
+    """Create (or find) every shard and the projector, and wait until each has started; ``check`` False when
+    the caller has checked the layout itself."""
+    if check:
+        check_layout(settings)
     ns, cpus = settings.namespace, settings.shard_cpus
     handles = [
         *[ray.remote(InventoryShard).options(**actor_options(inventory_shard_name(i), ns, cpus)).remote(settings, i)

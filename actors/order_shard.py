@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -38,7 +37,6 @@ from store.event_store import SERVICE, CommandContext, PostgresEventStore, Strea
 from store.ledger import ProviderLedger
 from store.sagas import SagaStore
 
-log = logging.getLogger(__name__)
 SAGA_NAMESPACE = uuid.UUID("0b7f6a53-8a59-4d7e-9c43-2f5d1c9a8e60")
 RESCAN_INTERVAL = 5.0
 

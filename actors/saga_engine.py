@@ -77,9 +77,6 @@ class Clock:
     def now(self) -> dt.datetime:
         return dt.datetime.now(dt.UTC)
 
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
     async def wait(self, event: asyncio.Event, seconds: float) -> None:
         """Until ``event`` is set or ``seconds`` have passed."""
         with contextlib.suppress(TimeoutError):

@@ -95,7 +95,7 @@ async def service_metrics(svc: Services, now: dt.datetime, abandoned_after: floa
 def service_families(saga_counts: dict[str, int], oldest_unfinished: float, carts: dict[str, Any],
                      stock: dict[str, int], abandoned_after: float) -> list[m.Family]:
     """The service-wide families of /metrics (no ``shard`` label): every saga status, 0 when none is in it."""
-    sagas = {s.value: saga_counts.get(s.value, 0) for s in SagaStatus} | saga_counts
+    sagas = {s.value: 0 for s in SagaStatus} | saga_counts
     return [
         m.by_label("gauge", "commerce_sagas", "Sagas by status", "status", sagas),
         m.single("gauge", "commerce_saga_oldest_unfinished_seconds", "Age of the oldest saga not in a terminal state",

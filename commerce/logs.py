@@ -49,11 +49,6 @@ def correlate(correlation_id: object) -> None:
         holder[FIELD] = str(correlation_id)
 
 
-def correlation_id() -> str | None:
-    holder = _bound.get()
-    return holder.get(FIELD) if holder else None
-
-
 def install() -> None:
     """Make every log record of this process carry the bound correlation id (once per process)."""
     global _installed

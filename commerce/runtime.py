@@ -156,7 +156,7 @@ class Runtime:
             self._refuse_a_second_instance()
         check_layout(self.settings)  # a refused start must not remove, at its stop, the actors it refused
         self._actors_started = True  # before: a start cut short still removes what it made
-        deploy_actors(self.settings)
+        deploy_actors(self.settings, check=False)
 
     def _refuse_a_second_instance(self) -> None:
         """On a shared cluster, an application of this name belongs to another instance (or to one that did not

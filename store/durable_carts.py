@@ -143,7 +143,7 @@ class DurableCartStore:
         again on it."""
         async with self.journal.changing(cart_id) as conn:
             for _ in range(CHANGE_ATTEMPTS):
-                cart = await self._restoring(cart_id, operation)
+                cart = await self._restoring(cart_id, operation, conn)
                 if await self.journal.save(conn, cart, dt.datetime.now(dt.UTC)):
                     return cart
                 record = await self.journal.load(cart_id, conn)
@@ -152,13 +152,15 @@ class DurableCartStore:
                     await self.redis.restore(record, dt.datetime.now(dt.UTC))
         raise ConcurrencyConflict(cart_id, -1)
 
-    async def _restoring(self, cart_id: uuid.UUID, operation: Callable[[], Awaitable[T]]) -> T:
+    async def _restoring(self, cart_id: uuid.UUID, operation: Callable[[], Awaitable[T]],
+                         conn: asyncpg.Connection | None = None) -> T:
         """Run ``operation``; when the cart is not in Redis but its record is, restore it and run it again
-        (also when another request restored it first)."""
+        (also when another request restored it first). ``conn``: the connection that holds the cart's lock,
+        if any, so the record is read on it rather than on a second one."""
         try:
             return await operation()
         except NotFound:
-            record = await self.journal.load(cart_id)
+            record = await self.journal.load(cart_id, conn)
             if record is None or record.expires_at <= dt.datetime.now(dt.UTC):
                 raise
             await self.redis.restore(record, dt.datetime.now(dt.UTC))

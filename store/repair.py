@@ -48,7 +48,9 @@ async def plan(pool: asyncpg.Pool, problems: list[Problem]) -> list[Step]:
     by_kind = {kind: tuple(p for p in problems if p.kind is kind) for kind in Kind}
     for kind in (Kind.GAP, Kind.BAD_STREAM):
         steps += [Step(f"cannot fix: {_CANNOT[kind]}", (p,), None) for p in by_kind[kind]]
-    set_aside = [await _set_aside(pool, p) for p in (*by_kind[Kind.UNKNOWN_TYPE], *by_kind[Kind.UNDECODABLE])]
+    unreadable = (*by_kind[Kind.UNKNOWN_TYPE], *by_kind[Kind.UNDECODABLE])
+    running = await _service_connections(pool) if unreadable else 0
+    set_aside = [await _set_aside(pool, p, running) for p in unreadable]
     steps += set_aside
     blocker = next((s.problems[0] for s in set_aside if not s.safe), None)
     checkpoints = by_kind[Kind.CHECKPOINT_AHEAD]
@@ -69,12 +71,16 @@ async def plan(pool: asyncpg.Pool, problems: list[Problem]) -> list[Step]:
     return steps
 
 
-async def _set_aside(pool: asyncpg.Pool, p: Problem) -> Step:
-    """Quarantine an event the code cannot read, if it is the last of its stream (no gap follows) and the
-    service is stopped (it could append after it meanwhile, or hold the event's effect in memory)."""
-    running = await pool.fetchval(
+async def _service_connections(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval(
         """SELECT COUNT(*) FROM pg_stat_activity
-           WHERE datname = current_database() AND application_name = $1""", SERVICE)
+           WHERE datname = current_database() AND application_name = $1""", SERVICE))
+
+
+async def _set_aside(pool: asyncpg.Pool, p: Problem, running: int) -> Step:
+    """Quarantine an event the code cannot read, if it is the last of its stream (no gap follows) and the
+    service is stopped (``running``: its open connections; it could append after the event meanwhile, or
+    hold the event's effect in memory)."""
     if running:
         return Step(f"cannot fix while the service runs ({running} of its connections are open): stop it, then "
                     f"repair again", (p,), None)

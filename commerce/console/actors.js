@@ -1,6 +1,7 @@
 // Actors: every shard actor with a link to its page in the Ray dashboard, and "where is entity X".
 
 import { getJSON, query } from "./api.js";
+import { repeat } from "./poll.js";
 import { el, fields, link, replace, table, text } from "./render.js";
 
 const DASHBOARD_KEY = "commerce.console.dashboard";
@@ -41,8 +42,6 @@ export function render(root, ctx) {
     el("section", { class: "panel" }, list),
     el("section", { class: "panel" }, el("h3", {}, "Locate an entity"), locateForm, located));
 
-  let timer = null;
-  let stopped = false;
   let items = [];
 
   function draw() {
@@ -70,22 +69,12 @@ export function render(root, ctx) {
     }), el("p", { class: "muted" }, `${items.length} actors; refreshes every ${REFRESH_MS / 1000} s.`));
   }
 
-  async function refresh() {
-    try {
-      const answer = await getJSON("/api/v1/admin/actors");
-      if (stopped) return;
-      if (JSON.stringify(answer.items) !== JSON.stringify(items) || !list.querySelector("table")) {
-        items = answer.items; // drawn again only when something changed
-        draw();
-      }
-      root.dataset.state = "ready";
-      ctx.clearError();
-    } catch (error) {
-      if (stopped) return;
-      root.dataset.state = "error";
-      ctx.fail(error);
-    } finally {
-      if (!stopped) timer = setTimeout(refresh, REFRESH_MS);
+  async function refresh(stopped) {
+    const answer = await getJSON("/api/v1/admin/actors");
+    if (stopped()) return;
+    if (JSON.stringify(answer.items) !== JSON.stringify(items) || !list.querySelector("table")) {
+      items = answer.items; // drawn again only when something changed
+      draw();
     }
   }
 
@@ -108,20 +97,17 @@ export function render(root, ctx) {
     located.dataset.state = "loading";
     try {
       const answer = await getJSON(query("/api/v1/admin/actors/locate", { entity_id: id }));
-      if (stopped) return;
+      if (loop.stopped()) return;
       replace(located, fields(Object.entries(answer).map(([key, value]) => [key, text(value), `locate-${key}`])));
       located.dataset.state = "ready";
     } catch (error) {
-      if (stopped) return;
+      if (loop.stopped()) return;
       located.dataset.state = "error";
       replace(located, el("p", { class: "error-text" }, error.message));
       if (error.status === 401) ctx.fail(error);
     }
   });
 
-  refresh();
-  return () => {
-    stopped = true;
-    clearTimeout(timer);
-  };
+  const loop = repeat(root, ctx, REFRESH_MS, refresh);
+  return loop.stop;
 }

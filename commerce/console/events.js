@@ -1,6 +1,7 @@
 // Events: a tail of the event store, newest first, following next_position, with filters.
 
 import { getJSON, query } from "./api.js";
+import { repeat } from "./poll.js";
 import { el, replace, table, text, time } from "./render.js";
 
 const EVENTS = "/api/v1/admin/events";
@@ -58,8 +59,7 @@ export function render(root, ctx) {
   let rows = [];
   let cursor = null;
   let paused = false;
-  let timer = null;
-  let stopped = false;
+  let loop = null;
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -70,7 +70,7 @@ export function render(root, ctx) {
   pause.addEventListener("click", () => {
     paused = !paused;
     pause.textContent = paused ? "Resume" : "Pause";
-    if (!paused) poll();
+    if (!paused) loop.again();
   });
 
   function draw() {
@@ -89,41 +89,26 @@ export function render(root, ctx) {
     }));
   }
 
-  async function poll() {
-    clearTimeout(timer);
-    if (stopped || paused) return;
-    try {
-      if (cursor === null) {
-        const start = p.get("from");
-        cursor = start !== null && start !== "" ? Math.max(0, Number(start) || 0) : Math.max(0, (await endPosition(filters)) - BACKLOG);
-      }
-      const before = rows.length ? rows[0].position : null;
-      for (let i = 0; i < PAGES_PER_POLL && !stopped; i += 1) {
-        const answer = await page(filters, cursor, 200);
-        if (stopped) return;
-        if (answer.items.length) {
-          cursor = answer.items.at(-1).position;
-          rows = [...answer.items.slice().reverse(), ...rows].slice(0, KEEP);
-        }
-        if (answer.next_position === null || answer.next_position === undefined) break;
-        cursor = answer.next_position;
-      }
-      if (!list.firstChild || (rows.length && rows[0].position !== before)) draw(); // only when new events came
-      status.textContent = `Following after position ${cursor}; polled ${new Date().toLocaleTimeString(undefined, { hour12: false })}; newest first, last ${KEEP} kept.`;
-      root.dataset.state = "ready";
-      ctx.clearError();
-    } catch (error) {
-      if (stopped) return;
-      root.dataset.state = "error";
-      ctx.fail(error);
-    } finally {
-      if (!stopped && !paused) timer = setTimeout(poll, POLL_MS);
+  async function poll(stopped) {
+    if (cursor === null) {
+      const start = p.get("from");
+      cursor = start !== null && start !== "" ? Math.max(0, Number(start) || 0) : Math.max(0, (await endPosition(filters)) - BACKLOG);
     }
+    const before = rows.length ? rows[0].position : null;
+    for (let i = 0; i < PAGES_PER_POLL && !stopped(); i += 1) {
+      const answer = await page(filters, cursor, 200);
+      if (stopped()) return;
+      if (answer.items.length) {
+        cursor = answer.items.at(-1).position;
+        rows = [...answer.items.slice().reverse(), ...rows].slice(0, KEEP);
+      }
+      if (answer.next_position === null || answer.next_position === undefined) break;
+      cursor = answer.next_position;
+    }
+    if (!list.firstChild || (rows.length && rows[0].position !== before)) draw(); // only when new events came
+    status.textContent = `Following after position ${cursor}; polled ${new Date().toLocaleTimeString(undefined, { hour12: false })}; newest first, last ${KEEP} kept.`;
   }
 
-  poll();
-  return () => {
-    stopped = true;
-    clearTimeout(timer);
-  };
+  loop = repeat(root, ctx, POLL_MS, poll, { paused: () => paused });
+  return loop.stop;
 }

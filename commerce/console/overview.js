@@ -3,6 +3,7 @@
 
 import { getHealth, getJSON, getText, query } from "./api.js";
 import { byLabel, parseMetrics, total } from "./metrics.js";
+import { repeat } from "./poll.js";
 import { badge, el, fields, page, replace, seconds, table, text, time } from "./render.js";
 
 const STATUSES = ["RUNNING", "COMPENSATING", "FAILED", "COMPENSATED", "COMPLETED"];
@@ -82,101 +83,84 @@ export function render(root, ctx) {
     el("section", { class: "panel" }, el("h3", {}, "Projections"), projectionBox),
     el("section", { class: "panel" }, el("h3", {}, "Health checks"), healthBox));
 
-  let timer = null;
-  let stopped = false;
+  async function refresh(stopped) {
+    const [health, metricsText, failed] = await Promise.all([
+      getHealth(),
+      getText("/metrics").catch((error) => error),
+      getJSON(query("/api/v1/admin/sagas", { status: "FAILED", limit: FAILED_SHOWN })),
+    ]);
+    if (stopped()) return;
+    const metrics = typeof metricsText === "string" ? parseMetrics(metricsText) : null;
+    const sagasNow = sagaFigures(health, metrics);
 
-  async function refresh() {
-    try {
-      const [health, metricsText, failed] = await Promise.all([
-        getHealth(),
-        getText("/metrics").catch((error) => error),
-        getJSON(query("/api/v1/admin/sagas", { status: "FAILED", limit: FAILED_SHOWN })),
-      ]);
-      if (stopped) return;
-      const metrics = typeof metricsText === "string" ? parseMetrics(metricsText) : null;
-      const sagasNow = sagaFigures(health, metrics);
-
-      replace(statusBox,
-        sagasNow.counts
-          ? table({
-            testid: "saga-counts",
-            columns: [
-              { title: "Status", cell: (s) => page(`sagas?status=${s}`, s) },
-              { title: "Sagas", cell: (s) => el("span", { testid: `saga-count-${s}` }, String(sagasNow.counts[s] || 0)) },
-            ],
-            rows: STATUSES,
-          })
-          : el("p", { testid: "saga-counts-missing" }, "Not available: neither /health nor /metrics gave saga counts."),
-        sagasNow.source ? el("p", { class: "muted" }, `From ${sagasNow.source}.`) : null);
-
-      const created = metrics ? total(metrics, "commerce_orders_total", { status: "created" }) : null;
-      replace(kpiBox, fields([
-        ["Oldest unfinished saga", sagasNow.oldest === null ? "not available" : sagasNow.oldest > 0 ? seconds(sagasNow.oldest) : "none unfinished", "oldest-unfinished"],
-        ["Orders per hour", metrics ? ordersPerHour(created, Date.now()) : `not available: ${metricsText.message}`, "orders-per-hour"],
-        ["Saga success rate", successRate(sagasNow.counts), "saga-success-rate"],
-        ["Orders created / confirmed / cancelled (since the actors started)", metrics
-          ? ["created", "confirmed", "cancelled"].map((s) => text(total(metrics, "commerce_orders_total", { status: s }))).join(" / ")
-          : "not available", "order-totals"],
-      ], "kpis"));
-
-      const more = failed.next_cursor ? page("sagas?status=FAILED", `more than ${FAILED_SHOWN}: see them all`) : null;
-      replace(failedBox,
-        el("p", {}, "Waiting: ", el("strong", { testid: "failed-count" }, text(sagasNow.waiting ?? failed.items.length)), " ", more),
-        table({
-          testid: "failed-sagas", rowTestid: "failed-saga", rowData: (s) => ({ sagaId: s.saga_id }),
-          empty: "No saga waits for an operator.",
+    replace(statusBox,
+      sagasNow.counts
+        ? table({
+          testid: "saga-counts",
           columns: [
-            { title: "Saga", cell: (s) => page(`sagas/${encodeURIComponent(s.saga_id)}`, s.saga_id) },
-            { title: "Order", cell: (s) => s.order_id },
-            { title: "Step", cell: (s) => s.current_step },
-            { title: "Attempts", cell: (s) => s.attempts },
-            { title: "Since", cell: (s) => time(s.updated_at) },
+            { title: "Status", cell: (s) => page(`sagas?status=${s}`, s) },
+            { title: "Sagas", cell: (s) => el("span", { testid: `saga-count-${s}` }, String(sagasNow.counts[s] || 0)) },
           ],
-          rows: failed.items,
-        }));
+          rows: STATUSES,
+        })
+        : el("p", { testid: "saga-counts-missing" }, "Not available: neither /health nor /metrics gave saga counts."),
+      sagasNow.source ? el("p", { class: "muted" }, `From ${sagasNow.source}.`) : null);
 
-      replace(projectionBox, table({
-        testid: "projections", rowTestid: "projection", rowData: (p) => ({ projection: p.name }),
-        empty: "Not available: no projection details in /health or /metrics.",
+    const created = metrics ? total(metrics, "commerce_orders_total", { status: "created" }) : null;
+    replace(kpiBox, fields([
+      ["Oldest unfinished saga", sagasNow.oldest === null ? "not available" : sagasNow.oldest > 0 ? seconds(sagasNow.oldest) : "none unfinished", "oldest-unfinished"],
+      ["Orders per hour", metrics ? ordersPerHour(created, Date.now()) : `not available: ${metricsText.message}`, "orders-per-hour"],
+      ["Saga success rate", successRate(sagasNow.counts), "saga-success-rate"],
+      ["Orders created / confirmed / cancelled (since the actors started)", metrics
+        ? ["created", "confirmed", "cancelled"].map((s) => text(total(metrics, "commerce_orders_total", { status: s }))).join(" / ")
+        : "not available", "order-totals"],
+    ], "kpis"));
+
+    const more = failed.next_cursor ? page("sagas?status=FAILED", `more than ${FAILED_SHOWN}: see them all`) : null;
+    replace(failedBox,
+      el("p", {}, "Waiting: ", el("strong", { testid: "failed-count" }, text(sagasNow.waiting ?? failed.items.length)), " ", more),
+      table({
+        testid: "failed-sagas", rowTestid: "failed-saga", rowData: (s) => ({ sagaId: s.saga_id }),
+        empty: "No saga waits for an operator.",
         columns: [
-          { title: "Projection", cell: (p) => p.name },
-          { title: "Position", cell: (p) => p.position },
-          { title: "Lag (events)", cell: (p) => p.lag_events },
-          { title: "Lag", cell: (p) => (p.lag_seconds === undefined || p.lag_seconds === null ? "—" : seconds(p.lag_seconds)) },
-          { title: "Paused", cell: (p) => (p.paused === undefined ? "—" : p.paused ? "yes" : "no") },
-          { title: "Parked error", cell: (p) => (p.error ? el("span", { class: "error-text" }, text(p.error)) : "none") },
-          { title: "Parked at event", cell: (p) => p.failed_event_id },
+          { title: "Saga", cell: (s) => page(`sagas/${encodeURIComponent(s.saga_id)}`, s.saga_id) },
+          { title: "Order", cell: (s) => s.order_id },
+          { title: "Step", cell: (s) => s.current_step },
+          { title: "Attempts", cell: (s) => s.attempts },
+          { title: "Since", cell: (s) => time(s.updated_at) },
         ],
-        rows: projectionRows(health, metrics),
+        rows: failed.items,
       }));
 
-      replace(healthBox,
-        el("p", {}, "Service: ", badge(health.status, "health-status")),
-        table({
-          testid: "health-checks", rowTestid: "health-check", rowData: ([name, c]) => ({ check: name, status: c.status }),
-          columns: [
-            { title: "Check", cell: ([name]) => name },
-            { title: "Status", cell: ([, c]) => badge(c.status) },
-            { title: "Details", cell: ([, c]) => checkDetails(c) },
-          ],
-          rows: Object.entries(health.checks),
-        }));
+    replace(projectionBox, table({
+      testid: "projections", rowTestid: "projection", rowData: (p) => ({ projection: p.name }),
+      empty: "Not available: no projection details in /health or /metrics.",
+      columns: [
+        { title: "Projection", cell: (p) => p.name },
+        { title: "Position", cell: (p) => p.position },
+        { title: "Lag (events)", cell: (p) => p.lag_events },
+        { title: "Lag", cell: (p) => (p.lag_seconds === undefined || p.lag_seconds === null ? "—" : seconds(p.lag_seconds)) },
+        { title: "Paused", cell: (p) => (p.paused === undefined ? "—" : p.paused ? "yes" : "no") },
+        { title: "Parked error", cell: (p) => (p.error ? el("span", { class: "error-text" }, text(p.error)) : "none") },
+        { title: "Parked at event", cell: (p) => p.failed_event_id },
+      ],
+      rows: projectionRows(health, metrics),
+    }));
 
-      updated.textContent = `Updated ${new Date().toLocaleTimeString(undefined, { hour12: false })}; refreshes every ${REFRESH_MS / 1000} s.`;
-      root.dataset.state = "ready";
-      ctx.clearError();
-    } catch (error) {
-      if (stopped) return;
-      root.dataset.state = "error";
-      ctx.fail(error);
-    } finally {
-      if (!stopped) timer = setTimeout(refresh, REFRESH_MS);
-    }
+    replace(healthBox,
+      el("p", {}, "Service: ", badge(health.status, "health-status")),
+      table({
+        testid: "health-checks", rowTestid: "health-check", rowData: ([name, c]) => ({ check: name, status: c.status }),
+        columns: [
+          { title: "Check", cell: ([name]) => name },
+          { title: "Status", cell: ([, c]) => badge(c.status) },
+          { title: "Details", cell: ([, c]) => checkDetails(c) },
+        ],
+        rows: Object.entries(health.checks),
+      }));
+
+    updated.textContent = `Updated ${new Date().toLocaleTimeString(undefined, { hour12: false })}; refreshes every ${REFRESH_MS / 1000} s.`;
   }
 
-  refresh();
-  return () => {
-    stopped = true;
-    clearTimeout(timer);
-  };
+  return repeat(root, ctx, REFRESH_MS, refresh).stop;
 }

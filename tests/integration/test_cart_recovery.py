@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -34,12 +35,17 @@ async def product(http: httpx.AsyncClient, price: str) -> str:
     return pid
 
 
+async def new_cart(http: httpx.AsyncClient) -> tuple[dict[str, Any], dict[str, str]]:
+    """A new customer's new cart, and the headers that authenticate the customer."""
+    _, headers = customer_headers()
+    return (await http.post("/api/v1/cart", headers=headers)).json(), headers
+
+
 async def test_a_cart_lost_with_redis_comes_back_unchanged_and_checks_out_once(
         service_over_embedded: Deployment) -> None:
     http, redis = service_over_embedded.http, service_over_embedded.redis
     mug, pen = await product(http, "29.99"), await product(http, "1.50")
-    _, alice = customer_headers()
-    cart = (await http.post("/api/v1/cart", headers=alice)).json()
+    cart, alice = await new_cart(http)
     await http.put(f"/api/v1/cart/{cart['id']}/items", json={"product_id": mug, "quantity": 2}, headers=alice)
     before = (await http.put(f"/api/v1/cart/{cart['id']}/items", json={"product_id": pen, "quantity": 3},
                              headers=alice)).json()
@@ -74,8 +80,7 @@ async def test_a_cart_lost_with_redis_comes_back_unchanged_and_checks_out_once(
 async def test_a_change_made_after_a_restore_survives_the_next_loss(service_over_embedded: Deployment) -> None:
     http, redis = service_over_embedded.http, service_over_embedded.redis
     mug = await product(http, "29.99")
-    _, alice = customer_headers()
-    cart = (await http.post("/api/v1/cart", headers=alice)).json()
+    cart, alice = await new_cart(http)
     await flushall(redis)
     changed = (await http.put(f"/api/v1/cart/{cart['id']}/items", json={"product_id": mug, "quantity": 4},
                               headers=alice)).json()
@@ -89,8 +94,7 @@ async def test_an_older_copy_coming_back_in_redis_does_not_swallow_acknowledged_
     change is made on the recorded state, not on that copy."""
     http, redis = service_over_embedded.http, service_over_embedded.redis
     mug, pen, cup = await product(http, "29.99"), await product(http, "1.50"), await product(http, "5.00")
-    _, alice = customer_headers()
-    cart = (await http.post("/api/v1/cart", headers=alice)).json()
+    cart, alice = await new_cart(http)
     key = f"cart:{cart['id']}"
     client = aioredis.Redis.from_url(redis.url)
     try:
@@ -110,8 +114,7 @@ async def test_an_older_copy_coming_back_in_redis_does_not_swallow_acknowledged_
 async def test_requests_arriving_together_after_a_loss_all_find_the_cart(service_over_embedded: Deployment) -> None:
     http, redis = service_over_embedded.http, service_over_embedded.redis
     mug = await product(http, "29.99")
-    _, alice = customer_headers()
-    cart = (await http.post("/api/v1/cart", headers=alice)).json()
+    cart, alice = await new_cart(http)
     await flushall(redis)
     answers = await asyncio.gather(*[http.get(f"/api/v1/cart/{cart['id']}", headers=alice) for _ in range(5)],
                                    http.put(f"/api/v1/cart/{cart['id']}/items",
@@ -121,8 +124,7 @@ async def test_requests_arriving_together_after_a_loss_all_find_the_cart(service
 
 async def test_a_cart_that_expired_is_not_brought_back(service_over_embedded: Deployment) -> None:
     http, redis = service_over_embedded.http, service_over_embedded.redis
-    _, alice = customer_headers()
-    cart = (await http.post("/api/v1/cart", headers=alice)).json()
+    cart, alice = await new_cart(http)
     pool = (await serve_app.Replica.services_provider().get()).pool
     expired = await pool.execute("UPDATE carts SET expires_at = NOW() - interval '1 second' WHERE cart_id = $1",
                                  uuid.UUID(cart["id"]))

@@ -35,9 +35,6 @@ class FakeClock(Clock):
     def now(self) -> dt.datetime:
         return self.at
 
-    async def sleep(self, seconds: float) -> None:
-        raise AssertionError("the engine waits so that a command can wake it")
-
     async def wait(self, event: asyncio.Event, seconds: float) -> None:
         if self.hold:
             self.waiting.set()
