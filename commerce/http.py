@@ -1,5 +1,5 @@
-"""HTTP plumbing of the ingress: problem+json responses, the error table, the request body guard and
-the Idempotency-Key protocol."""
+"""HTTP plumbing of the ingress: problem+json responses and the error table, who calls (the bearer
+token, the roles a route admits, a customer's request budget) and the Idempotency-Key protocol."""
 
 from __future__ import annotations
 
@@ -10,20 +10,22 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote
 
-from fastapi import Request
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray.exceptions import RayActorError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.client import ServiceUnavailable
-from commerce import logs
-from commerce.auth import Forbidden, InvalidCredentials, Principal
+from commerce.auth import Forbidden, InvalidCredentials, Principal, Role, Verifier
+from commerce.services import Services, ServicesProvider
 from domain import cart, errors, inventory, order
 from store import queries
 from store.errors import ConcurrencyConflict, StoreUnavailable
 from store.idempotency import IdempotencyStore, KeyInFlight, KeyReused, StoredResponse, fingerprint
+from store.ratelimit import retry_after
 
 PROBLEM = "application/problem+json"
 PROBLEM_BASE = "https://commerce.example/problems/"
@@ -115,170 +117,115 @@ def is_final(response: JSONResponse) -> bool:
     return kind not in TRANSIENT
 
 
-# --- the request body -----------------------------------------------------------------------------
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error a route can raise, FastAPI's own (404, 405, validation) and anything else answer with a
+    problem; nothing answers with a stack trace."""
+
+    async def known(request: Request, e: Exception) -> JSONResponse:
+        return error_response(e)
+
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        kinds = {404: "not-found", 405: "method-not-allowed"}
+        detail = e.detail if isinstance(e.detail, str) else TITLES.get(e.status_code, "error")
+        return problem(e.status_code, kinds.get(e.status_code, "http-error"), detail, headers=e.headers)
+
+    async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        errs = e.errors()
+        body_shape = {"json_invalid", "model_attributes_type", "dict_type", "missing"}
+        if any(x.get("type") == "json_invalid" or (tuple(x.get("loc", ())) == ("body",) and x.get("type") in body_shape)
+               for x in errs):
+            return problem(400, "malformed-body", "the body must be a JSON object")
+        fields = [{"loc": [str(p) for p in x.get("loc", ())], "msg": str(x.get("msg", ""))} for x in errs]
+        return problem(422, "validation-error", "the request is not valid", errors=fields)
+
+    for cls in (*KNOWN_ERRORS, Exception):
+        app.add_exception_handler(cls, known)
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, invalid)  # type: ignore[arg-type]
 
 
-class _Refused(Exception):
-    def __init__(self, response: JSONResponse) -> None:
-        self.response = response
+# --- who calls ------------------------------------------------------------------------------------
 
 
-class BodyGuard:
-    """Reads the body before the app sees it: over ``limit`` bytes is a 413, bytes that are not UTF-8
-    a 400. Bodies are small (the limit is 64 KiB), so reading them whole costs nothing."""
+class Gate:
+    """Who calls: the principal a bearer token names, and a customer's request budget, spent on every
+    request its token comes with. The app holds one (``app.state.gate``), with its services."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
+    def __init__(self, verifier: Verifier, provider: ServicesProvider) -> None:
+        self.verifier = verifier
+        self.provider = provider
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def identify(self, request: Request) -> Principal | None:
+        """The caller, or None for an anonymous one. A route open to anyone identifies its caller too: a
+        token that comes along must be valid, and a customer's still counts against its budget."""
+        header = request.headers.get("authorization")
+        if header is None:
+            return None
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise InvalidCredentials("the Authorization header must be 'Bearer <token>'")
+        principal = self.verifier.principal(credentials.strip())
+        if principal.role is Role.CUSTOMER:
+            await self._spend(principal)
+        return principal
+
+    async def _spend(self, principal: Principal) -> None:
+        svc = await self.provider.get()
         try:
-            body = await self._read(scope, receive)
-        except _Refused as refused:
-            await refused.response(scope, receive, send)
-            return
-        delivered = False
+            wait = await svc.rate_limiter.take(principal.key)
+        except StoreUnavailable:
+            return  # without Redis the budget cannot be kept; requests go on (docs/operations.md)
+        if wait > 0:
+            raise RateLimited(retry_after(wait))
 
-        async def replay() -> Message:
-            nonlocal delivered
-            if delivered:
-                return await receive()  # the disconnect, when it comes
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    async def _read(self, scope: Scope, receive: Receive) -> bytes:
-        length = dict(scope.get("headers", [])).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            raise _Refused(self._too_large())
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                raise _Refused(self._too_large())
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+    def is_admin(self, header: str) -> bool:
+        """Whether the Authorization header is an admin's, for a route that answers anyone: never raises."""
+        scheme, _, token = header.partition(" ")
         try:
-            body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Refused(problem(400, "malformed-body", "the body is not UTF-8")) from None
-        return body
-
-    def _too_large(self) -> JSONResponse:
-        return problem(413, "body-too-large", f"the request body exceeds {self.limit} bytes")
+            return scheme.lower() == "bearer" and self.verifier.principal(token.strip()).is_admin
+        except InvalidCredentials:
+            return False
 
 
-class RequestRecord:
-    """Names every request: a problem answer gets an RFC 9457 ``instance`` (its path and the id under
-    which the replica's JSON logs record the request). A command (POST, PUT, PATCH, DELETE) and every
-    problem answer get a log line of their own, which carries the request id and, once a route has said
-    which order the request concerns (``logs.correlate``), the correlation id. An exception no handler
-    took becomes a 500 problem here, with its ``instance`` and its traceback in the log."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope.get("path", "")
-        instance = f"{quote(path)[:500]}#request={quote(request_id(scope), safe='')[:200]}"
-        token = logs.bind()
-        start: Message | None = None
-        body: list[bytes] = []
-        kind = ""
-        failure: BaseException | None = None
-
-        async def rewrite(message: Message) -> None:
-            nonlocal start, kind
-            if message["type"] == "http.response.start":
-                start = message
-                if not _is_problem(message):
-                    await send(message)
-                return
-            if start is None or not _is_problem(start):
-                await send(message)
-                return
-            body.append(message.get("body", b""))
-            if message.get("more_body", False):
-                return
-            payload, kind = _named(b"".join(body), instance)
-            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
-            await send({**start, "headers": [*headers, (b"content-length", str(len(payload)).encode())]})
-            await send({"type": "http.response.body", "body": payload, "more_body": False})
-
-        try:
-            await self.app(scope, receive, rewrite)
-        except Exception as e:
-            failure = e
-            if start is not None:
-                raise  # the answer has begun: nothing else can be said
-            await error_response(e)(scope, receive, rewrite)
-        except BaseException as e:  # cancelled: the client went away, or the request timed out
-            failure = e
-            raise
-        finally:
-            try:
-                _log_request(scope, path, start, kind, instance, failure)
-            finally:
-                logs.unbind(token)
+bearer = HTTPBearer(auto_error=False, description="A customer's or a service's JWT, or the admin token")
+Bearer = Security(bearer)
 
 
-def _log_request(scope: Scope, path: str, start: Message | None, kind: str, instance: str,
-                 failure: BaseException | None) -> None:
-    if start is None:
-        log.info("%s %s: cancelled before an answer", scope.get("method"), path,
-                 extra={"status": None, "problem": None, "instance": instance})
-        return
-    status = int(start["status"])
-    if scope.get("method") in _COMMANDS or status >= 400:
-        log.log(logging.ERROR if status >= 500 else logging.INFO, "%s %s: %d%s", scope.get("method"), path, status,
-                f" {kind}" if kind else "", extra={"status": status, "problem": kind or None, "instance": instance},
-                exc_info=failure if isinstance(failure, Exception) else None)
+async def caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Bearer) -> Principal | None:
+    gate: Gate = request.app.state.gate
+    return await gate.identify(request)
 
 
-_COMMANDS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+async def services(request: Request) -> Services:
+    gate: Gate = request.app.state.gate
+    return await gate.provider.get()
 
 
-def _is_problem(start: Message) -> bool:
-    return any(k.lower() == b"content-type" and v.startswith(PROBLEM.encode()) for k, v in start["headers"])
+Caller = Depends(caller)
 
 
-def request_id(scope: Scope) -> str:
-    """The id Serve gives the request (its JSON logs carry it as ``request_id``); outside Serve, the
-    caller's X-Request-ID or a new one."""
-    from ray.serve.context import _get_serve_request_context  # Serve's request context: no public accessor
+def allow(*roles: Role) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that admits only callers in ``roles``."""
 
-    serve_id = _get_serve_request_context().request_id
-    if serve_id:
-        return str(serve_id)
-    header = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")[:100]
-    return header or uuid.uuid4().hex
+    async def dependency(who: Principal | None = Caller) -> Principal:
+        if who is None:
+            raise InvalidCredentials("this needs a bearer token")
+        if who.role not in roles:
+            raise Forbidden(f"a {who.role} may not do this")
+        return who
+
+    return dependency
 
 
-def _named(body: bytes, instance: str) -> tuple[bytes, str]:
-    """The problem with its ``instance``, and its kind (the end of its ``type``)."""
-    try:
-        problem_body = json.loads(body)
-    except ValueError:
-        return body, ""
-    if not isinstance(problem_body, dict):
-        return body, ""
-    problem_body.setdefault("instance", instance)
-    kind = str(problem_body.get("type", "")).removeprefix(PROBLEM_BASE)
-    return json.dumps(problem_body, separators=(",", ":")).encode(), kind
+Svc = Depends(services)
+Shopper = Depends(allow(Role.CUSTOMER, Role.ADMIN))
+Stockist = Depends(allow(Role.SERVICE, Role.ADMIN))
+Admin = Depends(allow(Role.ADMIN))
+
+
+async def answer(view: Awaitable[dict[str, Any]], status: int = 200, location: str | None = None) -> JSONResponse:
+    """The JSON answer of a use case, with its status and, for what it created, its Location."""
+    return JSONResponse(await view, status, headers={"Location": location} if location else None)
 
 
 # --- idempotency ----------------------------------------------------------------------------------

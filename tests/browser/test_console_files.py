@@ -13,6 +13,8 @@ import httpx
 import pytest
 
 import serve_app
+from commerce.console_files import CONSOLE_TYPES
+from commerce.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSOLE = ROOT / "commerce" / "console"
@@ -23,7 +25,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=serve_app.app), base_url="http://test") as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=serve_app.Ingress(Settings(server_secret="test")).app()), base_url="http://test") as c:
         yield c
 
 
@@ -58,7 +60,7 @@ def test_the_package_ships_every_console_file() -> None:
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["commerce"]
     for name in FILES:
         assert any(fnmatch(f"console/{name}", g) for g in globs), name
-        assert Path(name).suffix in serve_app.CONSOLE_TYPES, name
+        assert Path(name).suffix in CONSOLE_TYPES, name
 
 
 def test_modules_import_only_files_of_the_console() -> None:

@@ -4,6 +4,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -41,6 +42,7 @@ class Deployment:
     http: httpx.AsyncClient
     pg: EmbeddedPostgres
     redis: EmbeddedRedis
+    ingress: Any
 
 
 @pytest.fixture
@@ -56,17 +58,15 @@ async def service_over_embedded(tmp_path: Path, ray_session: Path) -> AsyncItera
     settings = settings_for(pg.start(), rd.start(), order_shards=1, inventory_shards=1, data_dir=tmp_path)
     await run_migrations(settings.database_url or "")
     await asyncio.to_thread(deploy_actors, settings)
-    saved = (serve_app.Replica.settings, serve_app.Replica.provider, serve_app.Replica.verifier)
-    serve_app.Replica.configure(settings)
-    transport = httpx.ASGITransport(app=serve_app.app)
+    ingress = serve_app.Ingress(settings)
+    transport = httpx.ASGITransport(app=ingress.app())
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=ADMIN, timeout=60) as client:
-            yield Deployment(client, pg, rd)
-        services = await serve_app.Replica.services_provider().get()
+            yield Deployment(client, pg, rd, ingress)
+        services = await ingress.provider.get()
         await services.carts.close()
         await services.pool.close()
     finally:
-        serve_app.Replica.settings, serve_app.Replica.provider, serve_app.Replica.verifier = saved
         await asyncio.to_thread(remove_actors, settings)
         rd.stop()
         pg.stop()

@@ -11,7 +11,6 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-import serve_app
 from store.embedded import EmbeddedRedis
 from tests.e2e.conftest import customer_headers
 from tests.integration.conftest import ADDRESS, Deployment
@@ -125,7 +124,7 @@ async def test_requests_arriving_together_after_a_loss_all_find_the_cart(service
 async def test_a_cart_that_expired_is_not_brought_back(service_over_embedded: Deployment) -> None:
     http, redis = service_over_embedded.http, service_over_embedded.redis
     cart, alice = await new_cart(http)
-    pool = (await serve_app.Replica.services_provider().get()).pool
+    pool = (await service_over_embedded.ingress.provider.get()).pool
     expired = await pool.execute("UPDATE carts SET expires_at = NOW() - interval '1 second' WHERE cart_id = $1",
                                  uuid.UUID(cart["id"]))
     assert expired == "UPDATE 1"  # the cart was recorded when it was made

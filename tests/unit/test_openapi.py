@@ -25,6 +25,7 @@ import serve_app
 from actors.inventory_shard import reservation_view, stock_view
 from actors.views import order_view
 from commerce import schemas as api
+from commerce import views
 from commerce.auth import ADMIN_TOKEN, Principal, Role
 from commerce.settings import Settings
 from domain import cart as c
@@ -52,9 +53,12 @@ ANNOTATIONS = {"title", "description", "examples", "default", "deprecated"}
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 
 
+APP = serve_app.Ingress(Settings(server_secret="test")).app()
+
+
 @pytest.fixture(scope="module")
 def doc() -> dict[str, Any]:
-    return copy.deepcopy(serve_app.app.openapi())
+    return copy.deepcopy(APP.openapi())
 
 
 def operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -114,7 +118,7 @@ def test_success_status_codes_are_the_ones_the_routes_answer_with(doc: dict[str,
     for method, path, operation in operations(doc):
         documented = {s for s in operation["responses"] if s.startswith("2")}
         assert documented == SUCCESS.get((method, path), {"200"}), (method, path, documented)
-    for route in serve_app.app.routes:
+    for route in APP.routes:
         if isinstance(route, APIRoute) and route.include_in_schema:
             for method in route.methods or ():
                 documented = doc["paths"][route.path][method.lower()]["responses"]
@@ -300,49 +304,47 @@ def fakes() -> Any:
 
 
 async def test_what_the_routes_return_validates_against_the_documented_schemas(
-        doc: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        doc: dict[str, Any]) -> None:
     svc = fakes()
+    edge = serve_app.Ingress(svc.settings)
     reserve = api.Reserve(quantity=2)
     checked = [
         ("put", "/inventory/{product_id}", 200,
-         await serve_app.set_stock(PRODUCT, api.SetStock(on_hand=100, price="29.99"), who=ADMIN_TOKEN, svc=svc)),
-        ("get", "/inventory/{product_id}", 200, await serve_app.get_stock(PRODUCT, request(), svc=svc)),
+         await edge.set_stock(PRODUCT, api.SetStock(on_hand=100, price="29.99"), who=ADMIN_TOKEN, svc=svc)),
+        ("get", "/inventory/{product_id}", 200, await edge.get_stock(PRODUCT, request(), svc=svc)),
         ("post", "/inventory/{product_id}/reserve", 201,
-         await serve_app.reserve(PRODUCT, reserve, request("POST"), who=ADMIN_TOKEN, svc=svc, idempotency_key=None)),
+         await edge.reserve(PRODUCT, reserve, request("POST"), who=ADMIN_TOKEN, svc=svc, idempotency_key=None)),
         ("post", "/inventory/{product_id}/release", 200,
-         await serve_app.release(PRODUCT, api.Release(reservation_id=RESERVATION), request("POST"), who=ADMIN_TOKEN,
+         await edge.release(PRODUCT, api.Release(reservation_id=RESERVATION), request("POST"), who=ADMIN_TOKEN,
                                  svc=svc, idempotency_key=None)),
         ("post", "/cart", 201,
-         await serve_app.create_cart(request("POST"), None, who=SHOPPER, svc=svc, idempotency_key=None)),
-        ("get", "/cart/{cart_id}", 200, await serve_app.get_cart(CART, who=SHOPPER, svc=svc)),
+         await edge.create_cart(request("POST"), None, who=SHOPPER, svc=svc, idempotency_key=None)),
+        ("get", "/cart/{cart_id}", 200, await edge.get_cart(CART, who=SHOPPER, svc=svc)),
         ("put", "/cart/{cart_id}/items", 200,
-         await serve_app.set_cart_item(CART, api.SetCartItem(product_id=PRODUCT, quantity=3), who=SHOPPER, svc=svc)),
+         await edge.set_cart_item(CART, api.SetCartItem(product_id=PRODUCT, quantity=3), who=SHOPPER, svc=svc)),
         ("delete", "/cart/{cart_id}/items/{product_id}", 200,
-         await serve_app.remove_cart_item(CART, PRODUCT, who=SHOPPER, svc=svc)),
-        ("get", "/orders/{order_id}", 200, await serve_app.get_order(ORDER, who=SHOPPER, svc=svc)),
-        ("get", "/orders", 200, await serve_app.list_orders(customer_id=None, status=None, limit=1, cursor=None,
+         await edge.remove_cart_item(CART, PRODUCT, who=SHOPPER, svc=svc)),
+        ("get", "/orders/{order_id}", 200, await edge.get_order(ORDER, who=SHOPPER, svc=svc)),
+        ("get", "/orders", 200, await edge.list_orders(customer_id=None, status=None, limit=1, cursor=None,
                                                             who=SHOPPER, svc=svc)),
         ("post", "/orders/{order_id}/cancel", 200,
-         await serve_app.cancel_order(ORDER, request("POST"), None, who=SHOPPER, svc=svc, idempotency_key=None)),
-        ("get", "/orders/{order_id}/events", 200, await serve_app.order_events(ORDER, who=SHOPPER, svc=svc)),
-        ("get", "/admin/sagas", 200, await serve_app.list_sagas(status=None, order_id=None, limit=1, cursor=None, svc=svc)),
-        ("get", "/admin/sagas/{saga_id}", 200, await serve_app.get_saga(SAGA, svc=svc)),
-        ("get", "/admin/events", 200, await serve_app.query_events(aggregate_id=None, aggregate_type=None,
+         await edge.cancel_order(ORDER, request("POST"), None, who=SHOPPER, svc=svc, idempotency_key=None)),
+        ("get", "/orders/{order_id}/events", 200, await edge.order_events(ORDER, who=SHOPPER, svc=svc)),
+        ("get", "/admin/sagas", 200, await edge.list_sagas(status=None, order_id=None, limit=1, cursor=None, svc=svc)),
+        ("get", "/admin/sagas/{saga_id}", 200, await edge.get_saga(SAGA, svc=svc)),
+        ("get", "/admin/events", 200, await edge.query_events(aggregate_id=None, aggregate_type=None,
                                                                    event_type=None, after_position=0, limit=1, svc=svc)),
     ]
     for method, path, status, response in checked:
         if isinstance(response, JSONResponse):
             assert response.status_code == status, (method, path)
         conforms(doc, method, f"{API}{path}", status, answered(response))
-    conforms(doc, "get", "/livez", 200, await serve_app.livez())
+    conforms(doc, "get", "/livez", 200, await edge.livez())
 
-    monkeypatch.setattr(serve_app.Replica, "provider", Provider(services(HEALTHY, {"COMPLETED": 1})))
-    monkeypatch.setattr(serve_app.Replica, "verifier", None)
-    health = await serve_app.health(request())
+    health = await serve_app.Ingress(svc.settings, Provider(services(HEALTHY, {"COMPLETED": 1}))).health(request())
     assert health.status_code == 200
     conforms(doc, "get", "/health", 200, answered(health))
-    monkeypatch.setattr(serve_app.Replica, "provider", Provider(services(HEALTHY, {"FAILED": 1})))
-    failing = await serve_app.health(request())
+    failing = await serve_app.Ingress(svc.settings, Provider(services(HEALTHY, {"FAILED": 1}))).health(request())
     assert failing.status_code == 503
     conforms(doc, "get", "/health", 503, answered(failing))
 
@@ -353,7 +355,7 @@ def test_the_schemas_refuse_what_the_routes_must_not_return(doc: dict[str, Any])
     for wrong in ({**view, "status": "active"}, {**view, "price": 29.99}, {**view, "price": "29.9"}):
         with pytest.raises(AssertionError):
             conforms(doc, "get", f"{API}/inventory/{{product_id}}", 200, wrong)
-    cart = serve_app.cart_view(a_cart())
+    cart = views.cart(a_cart())
     with pytest.raises(AssertionError):
         conforms(doc, "get", f"{API}/cart/{{cart_id}}", 200, {**cart, "created_at": NOW.replace(tzinfo=None).isoformat()})
     with pytest.raises(AssertionError):

@@ -10,7 +10,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from commerce.http import PROBLEM, RequestRecord, problem
+from commerce.http import PROBLEM, problem
+from commerce.middleware import RequestRecord
 
 
 def app() -> FastAPI:
