@@ -46,13 +46,13 @@ class Ingress(OperatorRoutes):
     async def set_stock(self, product_id: uuid.UUID, body: api.SetStock, who: Principal = Admin,
                         svc: Services = Svc) -> dict[str, Any]:
         """Set a product's stock on hand, price and name (admin)."""
-        return await svc.inventory.set_stock(product_id, body.on_hand, body.price, body.name)
+        return (await svc.inventory.set_stock(product_id, body.on_hand, body.price, body.name)).json()
 
     @get(f"{API}/inventory/{{product_id}}")
     async def get_stock(self, product_id: uuid.UUID, request: Request, svc: Services = Svc) -> dict[str, Any]:
         """A product's stock status (anyone may read the catalog)."""
         await self.gate.identify(request)
-        return await svc.inventory.get_stock(product_id)
+        return (await svc.inventory.get_stock(product_id)).json()
 
     @post(f"{API}/inventory/{{product_id}}/reserve")
     async def reserve(self, product_id: uuid.UUID, body: api.Reserve, request: Request, who: Principal = Stockist,

@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RaySystemError
+from ray.exceptions import GetTimeoutError, RayActorError, RaySystemError, RayTaskError
 
 from actors.routing import PROJECTOR_NAME, inventory_shard_name, order_shard_name, shard_of
-from actors.wire import unwrap
+from actors.views import Cancelled, OrderView, Placed, ReservationView, SagaState, StockChange, StockView
 from domain import inventory
+from domain.errors import DomainError
+from store.errors import StoreError
 
 
 class ServiceUnavailable(Exception):
@@ -57,6 +60,11 @@ async def call(ref: ActorRef, method: str, *args: Any, timeout: float = 30.0, wi
             if not withdraw:
                 return await asyncio.wait_for(object_ref, timeout)
             return await _await_or_withdraw(object_ref, timeout)
+        except RayTaskError as e:
+            # The method raised: a business outcome (or the store's) is raised here as the actor raised it.
+            if isinstance(e.cause, (DomainError, StoreError)):
+                raise e.cause from None
+            raise
         except (RayActorError, RaySystemError) as e:
             ref.forget()
             if attempt == 1:
@@ -84,32 +92,29 @@ class InventoryClient:
         return self.refs[shard_of(product_id, len(self.refs))]
 
     async def _call(self, product_id: uuid.UUID, method: str, *args: Any, **kwargs: Any) -> Any:
-        return unwrap(await call(self._ref(product_id), method, *args, timeout=self.timeout, withdraw=True, **kwargs))
+        return await call(self._ref(product_id), method, *args, timeout=self.timeout, withdraw=True, **kwargs)
 
-    async def set_stock(self, product_id: uuid.UUID, on_hand: int, price: str, name: str | None) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(product_id, "set_stock", product_id, on_hand, price, name)
+    async def set_stock(self, product_id: uuid.UUID, on_hand: int, price: str, name: str | None) -> StockView:
+        result: StockView = await self._call(product_id, "set_stock", product_id, on_hand, price, name)
         return result
 
-    async def get_stock(self, product_id: uuid.UUID) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(product_id, "get_stock", product_id)
+    async def get_stock(self, product_id: uuid.UUID) -> StockView:
+        result: StockView = await self._call(product_id, "get_stock", product_id)
         return result
 
-    async def catalog(self, product_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+    async def catalog(self, product_ids: list[uuid.UUID]) -> dict[uuid.UUID, StockView]:
         by_shard: dict[int, list[uuid.UUID]] = {}
         for pid in dict.fromkeys(product_ids):
             by_shard.setdefault(shard_of(pid, len(self.refs)), []).append(pid)
         parts = await asyncio.gather(*[
             call(self.refs[i], "catalog", pids, timeout=self.timeout) for i, pids in by_shard.items()])
-        out: dict[uuid.UUID, dict[str, Any]] = {}
-        for part in parts:
-            out.update({uuid.UUID(k): v for k, v in unwrap(part).items()})
-        return out
+        return {pid: stock for part in parts for pid, stock in part.items()}
 
-    async def prices(self, product_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+    async def prices(self, product_ids: list[uuid.UUID]) -> dict[uuid.UUID, Decimal]:
         """Today's price of each product that exists; unknown products are left out."""
-        async def price(pid: uuid.UUID) -> tuple[uuid.UUID, str | None]:
+        async def price(pid: uuid.UUID) -> tuple[uuid.UUID, Decimal | None]:
             try:
-                return pid, (await self.get_stock(pid))["price"]
+                return pid, (await self.get_stock(pid)).price
             except inventory.UnknownProduct:
                 return pid, None
 
@@ -118,27 +123,25 @@ class InventoryClient:
 
     async def reserve(self, product_id: uuid.UUID, reservation_id: uuid.UUID, quantity: int, expires_at: dt.datetime,
                       owner: str, expected_version: int | None = None,
-                      correlation_id: uuid.UUID | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(product_id, "reserve", product_id, reservation_id, quantity,
-                                                  expires_at, owner, expected_version, correlation_id)
+                      correlation_id: uuid.UUID | None = None) -> ReservationView:
+        result: ReservationView = await self._call(product_id, "reserve", product_id, reservation_id, quantity,
+                                                   expires_at, owner, expected_version, correlation_id)
         return result
 
     async def release(self, product_id: uuid.UUID, reservation_id: uuid.UUID, caller: str, admin: bool = False,
-                      correlation_id: uuid.UUID | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(product_id, "release", product_id, reservation_id, caller, admin,
-                                                  correlation_id)
+                      correlation_id: uuid.UUID | None = None) -> StockChange:
+        result: StockChange = await self._call(product_id, "release", product_id, reservation_id, caller, admin,
+                                               correlation_id)
         return result
 
     async def undo(self, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str,
-                   correlation_id: uuid.UUID | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(product_id, "undo", product_id, reservation_id, owner,
-                                                  correlation_id)
+                   correlation_id: uuid.UUID | None = None) -> StockChange:
+        result: StockChange = await self._call(product_id, "undo", product_id, reservation_id, owner, correlation_id)
         return result
 
     async def commit(self, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str,
-                     correlation_id: uuid.UUID | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(product_id, "commit", product_id, reservation_id, owner,
-                                                  correlation_id)
+                     correlation_id: uuid.UUID | None = None) -> StockChange:
+        result: StockChange = await self._call(product_id, "commit", product_id, reservation_id, owner, correlation_id)
         return result
 
 
@@ -148,35 +151,32 @@ class OrderClient:
         self.timeout = timeout
 
     async def _call(self, order_id: uuid.UUID, method: str, *args: Any) -> Any:
-        ref = self.refs[shard_of(order_id, len(self.refs))]
-        return unwrap(await call(ref, method, *args, timeout=self.timeout))
+        return await call(self.refs[shard_of(order_id, len(self.refs))], method, *args, timeout=self.timeout)
 
     async def create_order(self, order_id: uuid.UUID, customer_id: uuid.UUID, items: list[tuple[uuid.UUID, int]],
-                           shipping_address: dict[str, str], payment_token: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(order_id, "create_order", order_id, customer_id, items,
-                                                  shipping_address, payment_token)
+                           shipping_address: dict[str, str], payment_token: str) -> Placed:
+        result: Placed = await self._call(order_id, "create_order", order_id, customer_id, items, shipping_address,
+                                          payment_token)
         return result
 
-    async def get_order(self, order_id: uuid.UUID) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(order_id, "get_order", order_id)
+    async def get_order(self, order_id: uuid.UUID) -> OrderView:
+        result: OrderView = await self._call(order_id, "get_order", order_id)
         return result
 
     # A command id made once per call: Ray's own retries re-send it, so the command applies once.
 
-    async def cancel_order(self, order_id: uuid.UUID, reason: str,
-                           command_id: uuid.UUID | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(order_id, "cancel_order", order_id, reason,
-                                                  command_id or uuid.uuid4())
+    async def cancel_order(self, order_id: uuid.UUID, reason: str, command_id: uuid.UUID | None = None) -> Cancelled:
+        result: Cancelled = await self._call(order_id, "cancel_order", order_id, reason, command_id or uuid.uuid4())
         return result
 
-    async def retry_saga(self, order_id: uuid.UUID, command_id: uuid.UUID | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(order_id, "retry_saga", order_id, command_id or uuid.uuid4())
+    async def retry_saga(self, order_id: uuid.UUID, command_id: uuid.UUID | None = None) -> SagaState:
+        result: SagaState = await self._call(order_id, "retry_saga", order_id, command_id or uuid.uuid4())
         return result
 
     async def compensate_saga(self, order_id: uuid.UUID, reason: str,
-                              command_id: uuid.UUID | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(order_id, "compensate_saga", order_id, reason,
-                                                  command_id or uuid.uuid4())
+                              command_id: uuid.UUID | None = None) -> SagaState:
+        result: SagaState = await self._call(order_id, "compensate_saga", order_id, reason,
+                                             command_id or uuid.uuid4())
         return result
 
 

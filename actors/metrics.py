@@ -14,6 +14,11 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 
+from domain import events as ev
+from domain import inventory as inv
+from domain import order as o
+from domain import saga as sg
+
 SAGA_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 KINDS = ("counter", "gauge", "histogram")
 MEDIA_TYPE = "text/plain; version=0.0.4"  # what generate_latest writes
@@ -35,6 +40,27 @@ class OrderMetrics:
         self.active_entities = Gauge("commerce_active_entities", "Entities in memory", ["kind"],
                                      registry=self.registry)
 
+    def observe(self, order: o.Order | None, saga: sg.Saga | None, records: list[ev.Recorded]) -> None:
+        """Count what an order's and its saga's new events say, given their states after them."""
+        for r in records:
+            e = r.event
+            if isinstance(e, o.OrderCreated):
+                self.orders.labels("created").inc()
+            elif isinstance(e, o.OrderConfirmed):
+                self.orders.labels("confirmed").inc()
+                if order is not None:
+                    self.order_value.inc(float(order.total_amount))
+            elif isinstance(e, o.OrderCancelled):
+                self.orders.labels("cancelled").inc()
+            elif isinstance(e, (sg.SagaCompleted, sg.SagaCompensated)) and saga is not None:
+                self.sagas_finished.labels(saga.status.value).inc()
+                self.saga_duration.labels(saga.status.value).observe((r.at - saga.created_at).total_seconds())
+            elif isinstance(e, sg.SagaParked):
+                self.sagas_finished.labels("FAILED").inc()
+            elif isinstance(e, (sg.StepSucceeded, sg.StepFailed)):
+                outcome = "succeeded" if isinstance(e, sg.StepSucceeded) else "failed"
+                self.saga_steps.labels(e.step, e.action.value, outcome).inc()
+
 
 class InventoryMetrics:
     def __init__(self) -> None:
@@ -48,6 +74,16 @@ class InventoryMetrics:
                                     ["outcome"], registry=self.registry)
         self.active_entities = Gauge("commerce_active_entities", "Entities in memory", ["kind"],
                                      registry=self.registry)
+
+    def count(self, records: list[ev.Recorded]) -> None:
+        """Count the units sold and the reservations' outcomes that a SKU's new events record."""
+        for r in records:
+            e = r.event
+            if isinstance(e, inv.ReservationCommitted):
+                self.units_sold.inc(e.quantity)
+            if isinstance(e, (inv.StockReserved, inv.ReservationReleased, inv.ReservationExpired,
+                              inv.ReservationCommitted, inv.SaleReturned)):
+                self.reservations.labels(type(e).__name__).inc()
 
 
 def render(registry: CollectorRegistry) -> str:

@@ -12,7 +12,6 @@ import datetime as dt
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from decimal import Decimal
 from typing import Any
 
 from actors import metrics as m
@@ -23,8 +22,7 @@ from actors.providers import SimulatedPayments, SimulatedShipping
 from actors.routing import shard_of
 from actors.saga_engine import OrderEntity, SagaEngine
 from actors.saga_steps import StepRunner
-from actors.views import order_view
-from actors.wire import returns_result
+from actors.views import Cancelled, OrderView, Placed, SagaState
 from commerce.settings import Settings
 from domain import events as ev
 from domain import fulfilment as ff
@@ -125,72 +123,70 @@ class OrderShard(Shard):
 
     # --- commands -------------------------------------------------------------------------------
 
-    @returns_result
     async def create_order(self, order_id: uuid.UUID, customer_id: uuid.UUID, items: list[tuple[uuid.UUID, int]],
-                           shipping_address: dict[str, str], payment_token: str) -> dict[str, Any]:
+                           shipping_address: dict[str, str], payment_token: str) -> Placed:
         await self.start()
         catalog = await self.inventory.catalog([pid for pid, _ in items])
-        lines = tuple(o.OrderLine(pid, qty, Decimal(catalog[pid]["price"])) for pid, qty in items)
+        lines = tuple(o.OrderLine(pid, qty, catalog[pid].price) for pid, qty in items)
         saga_id = saga_id_of(order_id)
-        address = o.ShippingAddress(**shipping_address)
         async with self.host.entity(order_id) as ent:
             events = o.decide_create(ent.state.order, order_id=order_id, customer_id=customer_id, lines=lines,
-                                     saga_id=saga_id, shipping_address=address, payment_token=payment_token)
+                                     saga_id=saga_id, shipping_address=o.ShippingAddress(**shipping_address),
+                                     payment_token=payment_token)
             if events:
-                saga_events = sg.with_next_attempt(
-                    saga_id, None, sg.decide_start(saga_id, order_id, now(), self.policy), now(), self.policy)
+                saga_events = sg.with_next_attempt(saga_id, None, sg.decide_start(order_id, now(), self.policy),
+                                                   now(), self.policy)
                 recorded = await self._record(ent, saga_events, events, ctx=CommandContext.new(order_id, now()))
                 if not recorded and ent.state.order is None:
                     raise StoreUnavailable("order could not be recorded")
-            order = ent.state.order
-        self.engine.drive(order_id)
-        return {"order_id": str(order_id), "status": order.status.value, "saga_id": str(order.saga_id)}
-
-    @returns_result
-    async def get_order(self, order_id: uuid.UUID) -> dict[str, Any]:
-        await self.start()
-        async with self.host.entity(order_id) as ent:
-            return order_view(self._order(ent))
-
-    @returns_result
-    async def cancel_order(self, order_id: uuid.UUID, reason: str, command_id: uuid.UUID) -> dict[str, Any]:
-        await self.start()
-        async with self.host.entity(order_id) as ent:
             order = self._order(ent)
+        self.engine.drive(order_id)
+        return Placed(order.order_id, order.status, order.saga_id)
+
+    async def get_order(self, order_id: uuid.UUID) -> OrderView:
+        await self.start()
+        async with self.host.entity(order_id) as ent:
+            return OrderView.of(self._order(ent))
+
+    async def cancel_order(self, order_id: uuid.UUID, reason: str, command_id: uuid.UUID) -> Cancelled:
+        """A customer's cancel; not ``accepted`` when the order was cancelled before."""
+        await self.start()
+        async with self.host.entity(order_id) as ent:
             if await self._applied(ent, command_id):
-                return {"accepted": True, "order": order_view(order)}
-            if not o.ensure_cancellable(order):
-                return {"accepted": False, "order": order_view(order)}
-            await self._saga_command(ent, lambda saga: sg.decide_compensate(saga, reason), command_id)
-            return {"accepted": True, "order": order_view(self._order(ent))}
+                return Cancelled(True, OrderView.of(self._order(ent)))
+            decision = ff.decide_cancel(self._order(ent), self._saga(ent), reason)
+            if not decision.saga_events:
+                return Cancelled(False, OrderView.of(self._order(ent)))
+            await self._saga_command(ent, lambda order, saga: decision, command_id)
+            return Cancelled(True, OrderView.of(self._order(ent)))
 
-    @returns_result
-    async def retry_saga(self, order_id: uuid.UUID, command_id: uuid.UUID) -> dict[str, Any]:
+    async def retry_saga(self, order_id: uuid.UUID, command_id: uuid.UUID) -> SagaState:
         await self.start()
         async with self.host.entity(order_id) as ent:
-            await self._saga_command(ent, sg.decide_retry, command_id)
-            return {"saga_id": str(self._saga(ent).saga_id), "status": self._saga(ent).status.value}
+            await self._saga_command(ent, lambda order, saga: ff.implied(order, sg.decide_retry(saga)), command_id)
+            return SagaState(self._saga(ent).saga_id, self._saga(ent).status)
 
-    @returns_result
-    async def compensate_saga(self, order_id: uuid.UUID, reason: str, command_id: uuid.UUID) -> dict[str, Any]:
+    async def compensate_saga(self, order_id: uuid.UUID, reason: str, command_id: uuid.UUID) -> SagaState:
         await self.start()
         async with self.host.entity(order_id) as ent:
-            await self._saga_command(ent, lambda saga: sg.decide_compensate(saga, reason), command_id)
-            return {"saga_id": str(self._saga(ent).saga_id), "status": self._saga(ent).status.value}
+            await self._saga_command(
+                ent, lambda order, saga: ff.implied(order, sg.decide_compensate(saga, reason)), command_id)
+            return SagaState(self._saga(ent).saga_id, self._saga(ent).status)
 
     async def _applied(self, ent: Entity[OrderEntity], command_id: uuid.UUID) -> bool:
         """Whether this command already reached the saga (a Ray retry or a repeated HTTP request)."""
         saga = self._saga(ent)
         return await self.store.contains(event_id(command_id, saga.saga_id, 0))
 
-    async def _saga_command(self, ent: Entity[OrderEntity], decide: Callable[[sg.Saga], list[ev.DomainEvent]],
+    async def _saga_command(self, ent: Entity[OrderEntity], decide: Callable[[o.Order, sg.Saga], ff.Decision],
                             command_id: uuid.UUID) -> None:
+        """An operator's or a customer's command to the saga: decide, record, and let the engine know."""
         if await self._applied(ent, command_id):
             return
-        events = decide(self._saga(ent))
+        decision = decide(self._order(ent), self._saga(ent))
+        events = decision.saga_events
         ctx = CommandContext.new(ent.id, now(), command_id=command_id)
-        decision = ff.implied(self._order(ent), events)
-        if events and not await self._record(ent, decision.saga_events, decision.order_events, ctx=ctx):
+        if events and not await self._record(ent, events, decision.order_events, ctx=ctx):
             raise ConcurrencyConflict(ent.id, -1)
         if events:  # a command that changed nothing must not cut the engine's backoff short
             self.engine.wake(ent.id, cancel_call=any(isinstance(e, sg.CompensationStarted) for e in events))
@@ -220,29 +216,8 @@ class OrderShard(Shard):
             ent.state = await self._load(ent.id)
             return False
         ent.state = OrderEntity(repo.fold(repo.ORDER, state.order, records), saga)
-        self._observe(ent.state, records)
+        self.metrics.observe(ent.state.order, saga, records)
         return True
-
-    def _observe(self, state: OrderEntity, records: list[ev.Recorded]) -> None:
-        for r in records:
-            e = r.event
-            if isinstance(e, o.OrderCreated):
-                self.metrics.orders.labels("created").inc()
-            elif isinstance(e, o.OrderConfirmed):
-                self.metrics.orders.labels("confirmed").inc()
-                if state.order is not None:
-                    self.metrics.order_value.inc(float(state.order.total_amount))
-            elif isinstance(e, o.OrderCancelled):
-                self.metrics.orders.labels("cancelled").inc()
-            elif isinstance(e, (sg.SagaCompleted, sg.SagaCompensated)) and state.saga is not None:
-                status = state.saga.status.value
-                self.metrics.sagas_finished.labels(status).inc()
-                self.metrics.saga_duration.labels(status).observe((r.at - state.saga.created_at).total_seconds())
-            elif isinstance(e, sg.SagaParked):
-                self.metrics.sagas_finished.labels("FAILED").inc()
-            elif isinstance(e, (sg.StepSucceeded, sg.StepFailed)):
-                outcome = "succeeded" if isinstance(e, sg.StepSucceeded) else "failed"
-                self.metrics.saga_steps.labels(e.step, e.action.value, outcome).inc()
 
     # --- observability --------------------------------------------------------------------------
 

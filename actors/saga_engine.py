@@ -152,13 +152,13 @@ class SagaEngine:
             if isinstance(action, sg.Idle):
                 return False
             if isinstance(action, sg.TimedOut):
-                timed_out = ff.implied(order, sg.with_next_attempt(saga.saga_id, saga, sg.decide_timeout(saga),
+                timed_out = ff.implied(order, sg.with_next_attempt(saga.saga_id, saga, sg.decide_timeout(),
                                                                    at, self.policy))
                 await self.host.record(ent, timed_out.saga_events, timed_out.order_events)
                 return True
             # An attempt already written ahead (with the previous outcome, or before a crash) is not written again.
             if (isinstance(action, sg.RunStep) and not saga.in_flight
-                    and not await self.host.record(ent, sg.decide_attempt(saga, action), [])):
+                    and not await self.host.record(ent, sg.decide_attempt(action), [])):
                 return True
             saga = ent.state.saga
         if isinstance(action, sg.Wait):

@@ -8,7 +8,6 @@ non-retryable results; outages and timeouts as retryable ones.
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Awaitable, Callable
 
 from actors.client import InventoryClient, ServiceUnavailable
@@ -60,11 +59,11 @@ class StepRunner:
             for r in ff.planned_reservations(order, self.reservation_key):
                 got = await self.inventory.reserve(r.product_id, r.reservation_id, r.quantity, expires_at, owner,
                                                    correlation_id=order.order_id)
-                made.append(o.ReservedLine(r.product_id, uuid.UUID(got["reservation_id"]), got["quantity"]))
+                made.append(o.ReservedLine(r.product_id, got.reservation_id, got.quantity))
                 if made[-1] != r:
                     raise inv.ReservationIdConflict(r.reservation_id)
-                if got["status"] != inv.Outcome.ACTIVE:  # a retry after the hold lapsed holds nothing
-                    raise inv.ReservationNotActive(r.reservation_id, got["status"])
+                if got.outcome is not inv.Outcome.ACTIVE:  # a retry after the hold lapsed holds nothing
+                    raise inv.ReservationNotActive(r.reservation_id, got.outcome)
         except _BUSINESS:
             # Give back what this order already holds before the step counts as failed.
             await self._release_all(order)

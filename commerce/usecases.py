@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from actors.client import call
+from actors.views import OrderView, order_json
 from commerce import logs, views
 from commerce.auth import Forbidden, Principal
 from commerce.services import Services
@@ -49,14 +50,14 @@ async def reserve(svc: Services, who: Principal, product_id: uuid.UUID, reservat
     if not await svc.direct_reservations.claim(DirectReservation(reservation_id, product_id, who.key, quantity)):
         raise inventory.ReservationIdConflict(reservation_id)
     expires_at = now() + dt.timedelta(seconds=ttl_seconds or svc.settings.reservation_ttl)
-    r = await svc.inventory.reserve(product_id, reservation_id, quantity, expires_at, who.key, expected_version)
-    return {k: r[k] for k in ("reservation_id", "product_id", "quantity", "expires_at", "version")}
+    reserved = await svc.inventory.reserve(product_id, reservation_id, quantity, expires_at, who.key, expected_version)
+    return reserved.json()
 
 
 async def release(svc: Services, who: Principal, product_id: uuid.UUID, reservation_id: uuid.UUID) -> dict[str, Any]:
     """Release the caller's own reservation (an admin: any direct one); the product's stock after it."""
-    result = await svc.inventory.release(product_id, reservation_id, who.key, who.is_admin)
-    return result["stock"]
+    change = await svc.inventory.release(product_id, reservation_id, who.key, who.is_admin)
+    return change.stock.json()
 
 
 # --- carts ----------------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ async def set_cart_line(svc: Services, who: Principal, cart_id: uuid.UUID, produ
     customer's cart, or one checked out, in the same atomic step."""
     stock = await svc.inventory.get_stock(product_id)  # an unknown product is a 404, for a removal too
     operation = "set_item" if quantity else "remove_item"
-    return views.cart(await svc.carts.set_line(cart_id, product_id, quantity, stock["price"], now(), operation,
+    return views.cart(await svc.carts.set_line(cart_id, product_id, quantity, stock.price, now(), operation,
                                                owner_filter(who)))
 
 
@@ -106,13 +107,13 @@ async def checkout(svc: Services, who: Principal, cart_id: uuid.UUID, shipping_a
 
 async def reorder(svc: Services, who: Principal, order_id: uuid.UUID, cart_id: uuid.UUID) -> dict[str, Any]:
     """A new cart with a past order's lines at today's prices; products that are gone are left out."""
-    past = await owned_order(svc, who, order_id)
-    cart = await svc.carts.create(cart_id, uuid.UUID(past["customer_id"]), now())
-    prices = await svc.inventory.prices([uuid.UUID(x["product_id"]) for x in past["items"]])
-    for item in past["items"]:
-        pid = uuid.UUID(item["product_id"])
-        if pid in prices:
-            cart = await svc.carts.set_line(cart.id, pid, item["quantity"], prices[pid], now(), "set_item")
+    past = await _owned(svc, who, order_id)
+    cart = await svc.carts.create(cart_id, past.customer_id, now())
+    prices = await svc.inventory.prices([line.product_id for line in past.lines])
+    for line in past.lines:
+        if line.product_id in prices:
+            cart = await svc.carts.set_line(cart.id, line.product_id, line.quantity, prices[line.product_id], now(),
+                                            "set_item")
     return views.cart(cart)
 
 
@@ -122,13 +123,17 @@ async def reorder(svc: Services, who: Principal, order_id: uuid.UUID, cart_id: u
 async def place_order(svc: Services, customer_id: uuid.UUID, order_id: uuid.UUID, items: list[tuple[uuid.UUID, int]],
                       shipping_address: dict[str, str], payment_token: str) -> dict[str, Any]:
     logs.correlate(order_id)
-    return await svc.orders.create_order(order_id, customer_id, items, shipping_address, payment_token)
+    return (await svc.orders.create_order(order_id, customer_id, items, shipping_address, payment_token)).json()
 
 
 async def owned_order(svc: Services, who: Principal, order_id: uuid.UUID) -> dict[str, Any]:
     """The order, if the caller may see it: another customer's order is not found."""
+    return (await _owned(svc, who, order_id)).json()
+
+
+async def _owned(svc: Services, who: Principal, order_id: uuid.UUID) -> OrderView:
     view = await svc.orders.get_order(order_id)
-    if not who.is_admin and view["customer_id"] != str(who.customer_id):
+    if not who.is_admin and view.customer_id != who.customer_id:
         raise errors.NotFound(f"unknown order {order_id}")
     logs.correlate(order_id)  # the caller's own order: the request's lines belong to its story
     return view
@@ -137,13 +142,13 @@ async def owned_order(svc: Services, who: Principal, order_id: uuid.UUID) -> dic
 async def cancel_order(svc: Services, who: Principal, order_id: uuid.UUID, reason: str | None,
                        command_id: uuid.UUID | None) -> tuple[bool, dict[str, Any]]:
     """Whether the cancel was accepted now (False: cancelled before), and the order."""
-    await owned_order(svc, who, order_id)
-    result = await svc.orders.cancel_order(order_id, reason or "cancelled by customer", command_id)
-    return result["accepted"], result["order"]
+    await _owned(svc, who, order_id)
+    cancelled = await svc.orders.cancel_order(order_id, reason or "cancelled by customer", command_id)
+    return cancelled.accepted, cancelled.order.json()
 
 
 async def order_events(svc: Services, who: Principal, order_id: uuid.UUID) -> dict[str, Any]:
-    await owned_order(svc, who, order_id)  # before any stream is read: only an order's owner reads it
+    await _owned(svc, who, order_id)  # before any stream is read: only an order's owner reads it
     return {"items": [views.event(r) for r in await svc.events.load_stream(order_id)]}
 
 
@@ -152,9 +157,11 @@ async def list_orders(svc: Services, who: Principal, customer_id: uuid.UUID | No
     """Orders newest first, from the read model: a customer's own; an admin's, anyone's."""
     if not who.is_admin:
         customer_id = acting_for(who, customer_id)
-    items, next_cursor = await queries.list_orders(svc.pool, customer_id=customer_id,
-                                                   status=status.value if status else None, limit=limit, cursor=cursor)
-    return {"items": items, "next_cursor": next_cursor}
+    rows, next_cursor = await queries.list_orders(svc.pool, customer_id=customer_id,
+                                                  status=status.value if status else None, limit=limit, cursor=cursor)
+    return {"items": [order_json(r["order_id"], r["customer_id"], r["status"], r["items"], r["total_amount"],
+                                 r["created_at"], r["updated_at"], r["version"], r["saga_id"], r["reason"])
+                      for r in rows], "next_cursor": next_cursor}
 
 
 # --- operations -----------------------------------------------------------------------------------
@@ -170,13 +177,14 @@ async def saga(svc: Services, saga_id: uuid.UUID) -> dict[str, Any]:
 
 async def retry_saga(svc: Services, saga_id: uuid.UUID, command_id: uuid.UUID | None) -> dict[str, Any]:
     """Resume a FAILED saga from its failed step."""
-    return await svc.orders.retry_saga((await saga(svc, saga_id))["order_id"], command_id)
+    return (await svc.orders.retry_saga((await saga(svc, saga_id))["order_id"], command_id)).json()
 
 
 async def compensate_saga(svc: Services, saga_id: uuid.UUID, reason: str | None,
                           command_id: uuid.UUID | None) -> dict[str, Any]:
     found = await saga(svc, saga_id)
-    return await svc.orders.compensate_saga(found["order_id"], reason or "compensated by an operator", command_id)
+    state = await svc.orders.compensate_saga(found["order_id"], reason or "compensated by an operator", command_id)
+    return state.json()
 
 
 async def list_sagas(svc: Services, status: str | None, order_id: uuid.UUID | None, stuck_for: float | None,

@@ -50,10 +50,6 @@ class UnknownEventType(KeyError):
     """A stored event names a type this code does not know."""
 
 
-def known_event_types() -> frozenset[str]:
-    return frozenset(_EVENT_TYPES)
-
-
 def event_type_of(e: DomainEvent) -> str:
     return type(e).__name__
 

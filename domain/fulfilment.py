@@ -84,13 +84,6 @@ _COMPENSATED: dict[Step, Callable[[o.Order, StepData], DomainEvent]] = {
 }
 
 
-def order_events_for_compensation(order: o.Order, reason: str) -> list[DomainEvent]:
-    """Compensation has started: the order shows COMPENSATING (unless it already does)."""
-    if order.status in (o.OrderStatus.COMPENSATING, o.OrderStatus.CANCELLED):
-        return []
-    return [o.OrderCompensationStarted(reason)]
-
-
 # --- decisions of the process manager --------------------------------------------------------------
 
 
@@ -107,8 +100,17 @@ class Decision:
 def implied(order: o.Order, saga_events: list[DomainEvent], order_events: list[DomainEvent] | None = None) -> Decision:
     """The saga's events with what they imply for the order: a compensation that starts shows on it."""
     started = next((e for e in saga_events if isinstance(e, sg.CompensationStarted)), None)
-    more = order_events_for_compensation(order, started.reason) if started is not None else []
+    more = o.decide_start_compensation(order, started.reason) if started is not None else []
     return Decision(list(saga_events), [*(order_events or []), *more])
+
+
+def decide_cancel(order: o.Order, saga: sg.Saga, reason: str) -> Decision:
+    """A customer's cancel: the saga compensates, and the order shows it. Nothing to record for an order
+    cancelled already; an order that compensates without it refuses the cancel (TransitionForbidden)."""
+    o.ensure_cancellable(order)
+    if order.status is o.OrderStatus.CANCELLED:
+        return Decision([], [])
+    return implied(order, sg.decide_compensate(saga, reason))
 
 
 def decide_outcome(order: o.Order, saga: sg.Saga, action: sg.RunStep, result: sg.StepResult, data: StepData,

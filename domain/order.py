@@ -228,20 +228,18 @@ _CANCELLABLE = frozenset(
 )
 
 
-def ensure_cancellable(state: Order) -> bool:
-    """True when a cancel must start compensation; False when the order is already cancelled."""
-    if state.status is OrderStatus.CANCELLED:
-        return False
-    if state.status not in _CANCELLABLE:
+def ensure_cancellable(state: Order) -> None:
+    """A customer may cancel an order until compensation has started without it (a cancelled order is
+    cancelled already: the cancel has nothing left to do)."""
+    if state.status not in _CANCELLABLE and state.status is not OrderStatus.CANCELLED:
         raise TransitionForbidden(f"order {state.order_id} is {state.status}", state.status)
-    return True
 
 
 def decide_start_compensation(state: Order, reason: str) -> list[DomainEvent]:
-    if state.status is OrderStatus.COMPENSATING:
+    """Compensation has started (a step failed, the saga timed out, someone asked): the order shows
+    COMPENSATING, unless it already does or is cancelled."""
+    if state.status in (OrderStatus.COMPENSATING, OrderStatus.CANCELLED):
         return []
-    if state.status not in _CANCELLABLE:
-        raise TransitionForbidden(f"order {state.order_id} is {state.status}", state.status)
     return [OrderCompensationStarted(reason)]
 
 

@@ -247,15 +247,17 @@ def next_action(saga: Saga, now: dt.datetime, policy: SagaPolicy) -> Action:
     return RunStep(step, saga.phase, attempt, saga.run, timeout)
 
 
-def decide_start(saga_id: uuid.UUID, order_id: uuid.UUID, now: dt.datetime, policy: SagaPolicy) -> list[DomainEvent]:
+def decide_start(order_id: uuid.UUID, now: dt.datetime, policy: SagaPolicy) -> list[DomainEvent]:
+    """An order's fulfilment begins; it must end by the policy's deadline."""
     return [SagaStarted(order_id, now + dt.timedelta(seconds=policy.timeout))]
 
 
-def decide_attempt(saga: Saga, action: RunStep) -> list[DomainEvent]:
+def decide_attempt(action: RunStep) -> list[DomainEvent]:
+    """The attempt is written ahead of its call, so that a crash during the call is seen on resume."""
     return [StepAttempted(action.step, action.action, action.attempt, action.run)]
 
 
-def decide_timeout(saga: Saga) -> list[DomainEvent]:
+def decide_timeout() -> list[DomainEvent]:
     return [CompensationStarted("saga timed out")]
 
 
@@ -341,7 +343,7 @@ def with_next_attempt(saga_id: uuid.UUID, saga: Saga | None, events: list[Domain
     if after is None:
         return events
     action = next_action(after, now, policy)
-    return events + decide_attempt(after, action) if isinstance(action, RunStep) else events
+    return events + decide_attempt(action) if isinstance(action, RunStep) else events
 
 
 # --- evolve -----------------------------------------------------------------------------------

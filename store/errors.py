@@ -7,8 +7,10 @@ from collections.abc import Iterator
 
 import asyncpg
 
+from domain.errors import Remade
 
-class StoreError(Exception):
+
+class StoreError(Remade):
     """Base of the store's errors."""
 
 

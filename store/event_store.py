@@ -47,6 +47,15 @@ class StreamAppend:
     expected_version: int
     events: Sequence[ev.DomainEvent]
     contexts: Sequence[CommandContext] | None = None
+    deadline: Deadline | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Deadline:
+    """When the stream next needs a command (a SKU's next reservation to expire) after an append; None
+    when it needs none. Kept with the events, in the same transaction."""
+
+    due_at: dt.datetime | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -97,6 +106,13 @@ class EventStore(Protocol):
 
     async def load_snapshot(self, aggregate_id: uuid.UUID) -> Snapshot | None: ...
 
+    async def schedule(self, aggregate_id: uuid.UUID, aggregate_type: str, due_at: dt.datetime | None,
+                       version: int) -> None:
+        """Set (None: clear) the stream's deadline as of ``version``; an older version never overwrites it."""
+
+    async def due(self, aggregate_type: str, now: dt.datetime, limit: int = 1000) -> list[uuid.UUID]:
+        """The streams of this type whose deadline has come, earliest first."""
+
     async def contains(self, event_id: uuid.UUID) -> bool:
         """Whether an event with this id was stored (so the command that makes it was applied)."""
 
@@ -128,6 +144,17 @@ INSERT INTO events (id, aggregate_id, aggregate_type, event_type, schema_version
 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::varchar[], $5::int[], $6::jsonb[], $7::jsonb[], $8::int[], $9::timestamptz[])
 RETURNING {_COLUMNS}
 """
+
+
+async def _schedule(c: asyncpg.Connection, aggregate_id: uuid.UUID, aggregate_type: str, due_at: dt.datetime | None,
+                    version: int) -> None:
+    if due_at is None:
+        await c.execute("DELETE FROM deadlines WHERE aggregate_id = $1 AND version <= $2", aggregate_id, version)
+        return
+    await c.execute(
+        """INSERT INTO deadlines (aggregate_id, aggregate_type, due_at, version) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (aggregate_id) DO UPDATE SET due_at = EXCLUDED.due_at, version = EXCLUDED.version
+           WHERE deadlines.version <= EXCLUDED.version""", aggregate_id, aggregate_type, due_at, version)
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -194,6 +221,9 @@ class PostgresEventStore:
             if e.constraint_name == "events_pkey":
                 raise DuplicateCommand(str(records[0].metadata.command_id)) from e
             raise ConcurrencyConflict(records[0].aggregate_id, appends[0].expected_version) from e
+        for a in appends:
+            if a.deadline is not None:
+                await _schedule(c, a.aggregate_id, a.aggregate_type, a.deadline.due_at, a.expected_version + len(a.events))
         return [record_from_row(row) for row in rows]
 
     async def load_stream(self, aggregate_id: uuid.UUID, after_version: int = 0) -> list[ev.Recorded]:
@@ -237,6 +267,19 @@ class PostgresEventStore:
         with postgres_errors():
             rows = await self.pool.fetch(sql, after_position, aggregate_id, aggregate_type, event_type, limit)
         return [record_from_row(r) for r in rows]
+
+    async def schedule(self, aggregate_id: uuid.UUID, aggregate_type: str, due_at: dt.datetime | None,
+                       version: int) -> None:
+        with postgres_errors():
+            async with self.pool.acquire() as c:
+                await _schedule(c, aggregate_id, aggregate_type, due_at, version)
+
+    async def due(self, aggregate_type: str, now: dt.datetime, limit: int = 1000) -> list[uuid.UUID]:
+        with postgres_errors():
+            rows = await self.pool.fetch(
+                "SELECT aggregate_id FROM deadlines WHERE aggregate_type = $1 AND due_at <= $2 ORDER BY due_at LIMIT $3",
+                aggregate_type, now, limit)
+        return [r["aggregate_id"] for r in rows]
 
     async def contains(self, event_id: uuid.UUID) -> bool:
         with postgres_errors():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import uuid
 from collections.abc import Sequence
 
@@ -18,6 +19,7 @@ class InMemoryEventStore:
         self._streams: dict[uuid.UUID, list[ev.Recorded]] = {}
         self._event_ids: set[uuid.UUID] = set()
         self._snapshots: dict[uuid.UUID, Snapshot] = {}
+        self._deadlines: dict[uuid.UUID, tuple[str, dt.datetime, int]] = {}
         self._lock = asyncio.Lock()
 
     async def append(self, appends: Sequence[StreamAppend], ctx: CommandContext) -> list[ev.Recorded]:
@@ -35,7 +37,27 @@ class InMemoryEventStore:
                 self._streams.setdefault(r.aggregate_id, []).append(r)
                 self._event_ids.add(r.metadata.event_id)
                 stored.append(r)
+            for a in appends:
+                if a.deadline is not None:
+                    self._schedule(a.aggregate_id, a.aggregate_type, a.deadline.due_at, a.expected_version + len(a.events))
             return stored
+
+    def _schedule(self, aggregate_id: uuid.UUID, aggregate_type: str, due_at: dt.datetime | None, version: int) -> None:
+        current = self._deadlines.get(aggregate_id)
+        if current is not None and current[2] > version:
+            return
+        if due_at is None:
+            self._deadlines.pop(aggregate_id, None)
+        else:
+            self._deadlines[aggregate_id] = (aggregate_type, due_at, version)
+
+    async def schedule(self, aggregate_id: uuid.UUID, aggregate_type: str, due_at: dt.datetime | None,
+                       version: int) -> None:
+        self._schedule(aggregate_id, aggregate_type, due_at, version)
+
+    async def due(self, aggregate_type: str, now: dt.datetime, limit: int = 1000) -> list[uuid.UUID]:
+        found = sorted((t, aid) for aid, (kind, t, _) in self._deadlines.items() if kind == aggregate_type and t <= now)
+        return [aid for _, aid in found[:limit]]
 
     async def aggregate_type(self, aggregate_id: uuid.UUID) -> str | None:
         stream = self._streams.get(aggregate_id)

@@ -197,6 +197,24 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        7,
+        "deadlines",
+        # A stream's next deadline (a SKU's next reservation to expire), written in the transaction of
+        # the stream's events, so that acting on it never waits on a projection. Filled once from the
+        # projection that served this before.
+        """
+        CREATE TABLE deadlines (
+            aggregate_id UUID PRIMARY KEY,
+            aggregate_type VARCHAR(100) NOT NULL,
+            due_at TIMESTAMPTZ NOT NULL,
+            version INTEGER NOT NULL
+        );
+        CREATE INDEX deadlines_due ON deadlines (aggregate_type, due_at);
+        INSERT INTO deadlines (aggregate_id, aggregate_type, due_at, version)
+            SELECT product_id, 'InventorySku', MIN(expires_at), 0 FROM inventory_reservations GROUP BY product_id;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

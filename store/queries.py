@@ -6,7 +6,6 @@ import base64
 import datetime as dt
 import json
 import uuid
-from typing import Any
 
 import asyncpg
 
@@ -38,20 +37,9 @@ def decode_cursor(cursor: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
         raise BadCursor("cursor is not valid") from e
 
 
-def order_row(row: asyncpg.Record) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "order_id": str(row["order_id"]), "customer_id": str(row["customer_id"]), "status": row["status"],
-        "items": row["items"], "total_amount": str(row["total_amount"]),
-        "created_at": row["created_at"].isoformat(), "updated_at": row["updated_at"].isoformat(),
-        "version": row["version"], "saga_id": str(row["saga_id"]),
-    }
-    if row["reason"]:
-        view["reason"] = row["reason"]
-    return view
-
-
 async def list_orders(pool: asyncpg.Pool, *, customer_id: uuid.UUID | None, status: str | None, limit: int,
-                      cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+                      cursor: str | None) -> tuple[list[asyncpg.Record], str | None]:
+    """A page of ``order_views`` rows, newest first, and the cursor of the next page (None: the last)."""
     after = decode_cursor(cursor)
     with postgres_errors():
         rows = await pool.fetch(
@@ -60,9 +48,8 @@ async def list_orders(pool: asyncpg.Pool, *, customer_id: uuid.UUID | None, stat
                  AND ($3::timestamptz IS NULL OR (created_at, order_id) < ($3, $4))
                ORDER BY created_at DESC, order_id DESC LIMIT $5""",
             customer_id, status, after[0] if after else None, after[1] if after else None, limit + 1)
-    items = [order_row(r) for r in rows[:limit]]
     next_cursor = encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["order_id"]) if len(rows) > limit else None
-    return items, next_cursor
+    return rows[:limit], next_cursor
 
 
 async def inventory_totals(pool: asyncpg.Pool) -> dict[str, int]:

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from actors.client import InventoryClient, OrderClient
 from commerce.settings import Settings
 
 T = TypeVar("T")
@@ -37,3 +38,13 @@ async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bo
         await asyncio.sleep(interval)
         value = await probe()
     return value
+
+
+async def order_of(orders: OrderClient, order_id: uuid.UUID) -> dict[str, Any]:
+    """The order as the API shows it."""
+    return (await orders.get_order(order_id)).json()
+
+
+async def stock_of(inventory: InventoryClient, product_id: uuid.UUID) -> dict[str, Any]:
+    """The product's stock as the API shows it."""
+    return (await inventory.get_stock(product_id)).json()

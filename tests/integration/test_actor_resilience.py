@@ -15,11 +15,11 @@ from actors.client import ActorRef, InventoryClient, OrderClient, call
 from actors.deploy import deploy_actors, remove_actors
 from actors.inventory_shard import InventoryShard
 from actors.routing import inventory_shard_name, order_shard_name, shard_of
-from actors.wire import unwrap
+from actors.views import ReservationView
 from domain import inventory as inv
 from store import repository as repo
 from store.event_store import PostgresEventStore
-from tests.integration.ray_support import eventually
+from tests.integration.ray_support import eventually, order_of, stock_of
 from tests.integration.test_order_saga_actors import ADDRESS, TERMINAL, event_types, stocked
 
 pytestmark = pytest.mark.ray
@@ -33,7 +33,7 @@ async def place_many(orders: OrderClient, pid: uuid.UUID, n: int, token: str = "
 
 
 async def statuses(orders: OrderClient, ids: list[uuid.UUID]) -> list[str]:
-    return [o["status"] for o in await asyncio.gather(*[orders.get_order(i) for i in ids])]
+    return [o["status"] for o in await asyncio.gather(*[order_of(orders, i) for i in ids])]
 
 
 async def all_settled(orders: OrderClient, ids: list[uuid.UUID], timeout: float = 120.0) -> Counter[str]:
@@ -57,7 +57,7 @@ async def test_forty_orders_for_ten_units_confirm_exactly_ten(
     pid = await stocked(inventory, on_hand=10)
     ids = await place_many(orders, pid, 40)
     assert await all_settled(orders, ids) == Counter({"CONFIRMED": 10, "CANCELLED": 30})
-    stock = await inventory.get_stock(pid)
+    stock = await stock_of(inventory, pid)
     assert (stock["on_hand"], stock["reserved"], stock["available"]) == (0, 0, 0)
     final = await replay_never_oversells(actor_store, pid)
     assert final.on_hand == 0
@@ -110,7 +110,7 @@ async def test_a_killed_order_shard_restarts_and_every_saga_finishes_exactly_onc
             assert effects["charges"] == ["succeeded"] and effects["refunds"] == []
         else:
             assert effects["charges"] == ["refunded"] and effects["refunds"] == ["succeeded"]
-    stock = await inventory.get_stock(pid)
+    stock = await stock_of(inventory, pid)
     assert (stock["on_hand"], stock["reserved"]) == (88, 0)
 
 
@@ -136,24 +136,22 @@ async def test_two_live_instances_of_one_sku_never_corrupt_its_stream(
     index = shard_of(pid, actor_settings.inventory_shards)
     twin = ray.remote(InventoryShard).options(num_cpus=0).remote(actor_settings, index)
     owner = ActorRef(inventory_shard_name(index), actor_settings.namespace)
-    unwrap(await twin.get_stock.remote(pid))  # both instances now hold the SKU in memory
-    unwrap(await call(owner, "get_stock", pid))
+    await twin.get_stock.remote(pid)  # both instances now hold the SKU in memory
+    await call(owner, "get_stock", pid)
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
 
     async def reserve(k: int) -> Any:
         rid = uuid.uuid4()
-        if k % 2:
-            result = await twin.reserve.remote(pid, rid, 1, expires, "test")
-        else:
-            result = await call(owner, "reserve", pid, rid, 1, expires, "test")
         try:
-            return unwrap(result)
-        except inv.InsufficientStock as e:
+            if k % 2:
+                return await twin.reserve.remote(pid, rid, 1, expires, "test")
+            return await call(owner, "reserve", pid, rid, 1, expires, "test")
+        except inv.InsufficientStock as e:  # from the twin: Ray's error, which is an InsufficientStock too
             return e
 
     results = await asyncio.gather(*[reserve(k) for k in range(24)])
-    assert sum(isinstance(r, dict) for r in results) == 10
-    assert all(isinstance(r, inv.InsufficientStock) for r in results if not isinstance(r, dict))
+    assert sum(isinstance(r, ReservationView) for r in results) == 10
+    assert all(isinstance(r, inv.InsufficientStock) for r in results if not isinstance(r, ReservationView))
     final = await replay_never_oversells(actor_store, pid)
     assert (final.on_hand, final.reserved) == (10, 10)
     conflicts = (await twin.stats.remote())["conflicts"] + (await call(owner, "stats"))["conflicts"]
@@ -175,7 +173,7 @@ async def test_passivation_keeps_at_most_the_cap_in_memory_and_state_survives(
             stats = await call(r, "stats")
             assert stats["peak_active"] <= 50
             assert stats["activations"] > 50
-        sample = await asyncio.gather(*[orders.get_order(i) for i in ids[:20]])
+        sample = await asyncio.gather(*[order_of(orders, i) for i in ids[:20]])
         assert all(o["items"] == [{"product_id": str(pid), "quantity": 1, "unit_price": "29.99"}] for o in sample)
         assert all(o["version"] == 5 for o in sample)
     finally:
@@ -188,8 +186,8 @@ async def test_an_expired_reservation_returns_its_stock_and_records_an_event(
     pid = await stocked(inventory, on_hand=4)
     soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
     await inventory.reserve(pid, uuid.uuid4(), 3, soon, "test")
-    assert (await inventory.get_stock(pid))["available"] == 1
-    stock = await eventually(lambda: inventory.get_stock(pid), lambda s: s["available"] == 4, timeout=30)
+    assert (await stock_of(inventory, pid))["available"] == 1
+    stock = await eventually(lambda: stock_of(inventory, pid), lambda s: s["available"] == 4, timeout=30)
     assert stock["reserved"] == 0
     assert (await event_types(actor_store, pid))[-1] == "ReservationExpired"
     sku, _ = await repo.load(actor_store, repo.SKU, pid, use_snapshot=False)
@@ -210,7 +208,7 @@ async def test_a_reservation_of_a_sku_no_longer_in_memory_expires_too(
                 break
             other = await stocked(inventory)
             if shard_of(other, actor_settings.inventory_shards) == index:
-                await inventory.get_stock(other)
+                await stock_of(inventory, other)
         assert not (await call(shard, "locate", pid))["active"]
         assert dt.datetime.now(dt.UTC) < expires  # out of memory before it was due: the sweep in memory cannot see it
         types = await eventually(lambda: event_types(actor_store, pid), lambda t: t[-1] == "ReservationExpired",
@@ -234,4 +232,4 @@ async def test_a_burst_on_one_sku_shares_commits_and_each_event_keeps_its_comman
     assert len(rows) == 40
     assert len({r["xid"] for r in rows}) < 40  # several reservations went into one commit
     assert {uuid.UUID(r["metadata"]["correlation_id"]) for r in rows} == set(rids)
-    assert (await inventory.get_stock(pid))["reserved"] == 40
+    assert (await stock_of(inventory, pid))["reserved"] == 40

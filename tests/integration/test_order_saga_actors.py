@@ -9,7 +9,7 @@ import pytest
 
 from actors.client import InventoryClient, OrderClient
 from store.event_store import PostgresEventStore
-from tests.integration.ray_support import eventually
+from tests.integration.ray_support import eventually, order_of, stock_of
 
 ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}
 TERMINAL = {"CONFIRMED", "CANCELLED"}
@@ -30,7 +30,7 @@ async def place(orders: OrderClient, pid: uuid.UUID, token: str = "tok_visa", qt
 
 async def settled(orders: OrderClient, order_id: uuid.UUID, statuses: set[str] = TERMINAL,
                   timeout: float = 60.0) -> dict[str, Any]:
-    return await eventually(lambda: orders.get_order(order_id), lambda o: o["status"] in statuses, timeout)
+    return await eventually(lambda: order_of(orders, order_id), lambda o: o["status"] in statuses, timeout)
 
 
 async def event_types(store: PostgresEventStore, aggregate_id: uuid.UUID) -> list[str]:
@@ -47,7 +47,7 @@ async def test_happy_path_confirms_the_order_and_sells_the_stock(
     assert order["total_amount"] == "59.98"
     assert await event_types(actor_store, order_id) == [
         "OrderCreated", "InventoryReserved", "PaymentProcessed", "ShipmentCreated", "OrderConfirmed"]
-    stock = await inventory.get_stock(pid)
+    stock = await stock_of(inventory, pid)
     assert (stock["on_hand"], stock["reserved"], stock["available"]) == (8, 0, 8)
 
 
@@ -79,7 +79,7 @@ async def test_declined_card_cancels_the_order_and_returns_the_stock(
         "SELECT COUNT(*) FROM provider_attempts WHERE key = $1 AND outcome = 'received'",
         f"{order['saga_id']}:process_payment")
     assert attempts == 1  # a business failure is not retried
-    assert (await inventory.get_stock(pid))["available"] == 3
+    assert (await stock_of(inventory, pid))["available"] == 3
 
 
 @pytest.mark.ray
@@ -110,7 +110,7 @@ async def test_unavailable_payment_exhausts_retries_and_compensates(
     assert (await saga_status(actor_store, order_id, {"COMPENSATED"}))["status"] == "COMPENSATED"
     assert await event_types(actor_store, order_id) == [
         "OrderCreated", "InventoryReserved", "OrderCompensationStarted", "InventoryReleased", "OrderCancelled"]
-    assert (await inventory.get_stock(pid))["available"] == 5
+    assert (await stock_of(inventory, pid))["available"] == 5
 
 
 @pytest.mark.ray
@@ -120,7 +120,7 @@ async def test_failed_refund_parks_the_saga_until_an_operator_retries(
     order_id = await place(orders, pid, token="tok_refundFailsOnce", address={**ADDRESS, "postal_code": "00000"})
     parked = await saga_status(actor_store, order_id, {"FAILED"})
     assert parked["current_step"] == "refund_payment"
-    assert (await orders.get_order(order_id))["status"] == "COMPENSATING"
+    assert (await order_of(orders, order_id))["status"] == "COMPENSATING"
     await orders.retry_saga(order_id)
     assert (await saga_status(actor_store, order_id, {"COMPENSATED"}))["status"] == "COMPENSATED"
     order = await settled(orders, order_id)
@@ -140,7 +140,7 @@ async def test_operator_compensates_a_saga_stuck_in_a_slow_charge(
     assert order["status"] == "CANCELLED"
     assert "PaymentRefunded" not in await event_types(actor_store, order_id)
     assert await ledger(actor_store, order["saga_id"]) == [("charge", "voided")]
-    assert (await inventory.get_stock(pid))["available"] == 5
+    assert (await stock_of(inventory, pid))["available"] == 5
 
 
 @pytest.mark.ray
@@ -154,9 +154,9 @@ async def test_customer_cancel_of_a_confirmed_order_undoes_every_step(
     assert order["reason"] == "changed my mind"
     assert (await event_types(actor_store, order_id))[-4:] == [
         "ShipmentCancelled", "PaymentRefunded", "InventoryReleased", "OrderCancelled"]
-    stock = await inventory.get_stock(pid)
+    stock = await stock_of(inventory, pid)
     assert (stock["on_hand"], stock["reserved"]) == (5, 0)
-    assert (await orders.cancel_order(order_id, "again"))["accepted"] is False
+    assert (await orders.cancel_order(order_id, "again")).accepted is False
 
 
 @pytest.mark.ray
@@ -167,8 +167,8 @@ async def test_multi_sku_order_releases_what_it_reserved_when_one_sku_is_short(
     await orders.create_order(order_id, uuid.uuid4(), [(plenty, 3), (scarce, 2)], ADDRESS, "tok_visa")
     order = await settled(orders, order_id)
     assert order["status"] == "CANCELLED"
-    assert (await inventory.get_stock(plenty))["available"] == 10
-    assert (await inventory.get_stock(scarce))["available"] == 1
+    assert (await stock_of(inventory, plenty))["available"] == 10
+    assert (await stock_of(inventory, scarce))["available"] == 1
     assert await event_types(actor_store, order_id) == ["OrderCreated", "OrderCompensationStarted", "OrderCancelled"]
 
 
@@ -194,7 +194,7 @@ async def test_a_cancel_delivered_twice_is_accepted_twice_and_compensates_once(
     order_id = await place(orders, pid)
     await settled(orders, order_id)
     command = uuid.uuid4()
-    assert (await orders.cancel_order(order_id, "twice", command))["accepted"] is True
-    assert (await orders.cancel_order(order_id, "twice", command))["accepted"] is True
+    assert (await orders.cancel_order(order_id, "twice", command)).accepted is True
+    assert (await orders.cancel_order(order_id, "twice", command)).accepted is True
     await settled(orders, order_id, {"CANCELLED"})
     assert (await event_types(actor_store, order_id)).count("OrderCompensationStarted") == 1

@@ -18,7 +18,7 @@ from actors.providers import SimulatedPayments
 from commerce.runtime import run_migrations
 from store.event_store import PostgresEventStore, create_pool
 from store.ledger import ProviderLedger
-from tests.integration.ray_support import eventually
+from tests.integration.ray_support import eventually, order_of, stock_of
 from tests.integration.ray_support import test_settings as settings_for
 from tests.integration.test_order_saga_actors import ADDRESS, place, settled, stocked
 from tests.support import Servers, create_database, drop_database
@@ -65,7 +65,7 @@ async def test_a_saga_past_its_timeout_compensates_and_its_slow_charge_never_lan
     order = await settled(orders, order_id, timeout=60)
     assert (order["status"], order["reason"]) == ("CANCELLED", "saga timed out")
     assert await ledger(store, order["saga_id"]) == [("charge", "voided")]
-    stock = await inventory.get_stock(pid)
+    stock = await stock_of(inventory, pid)
     assert (stock["on_hand"], stock["reserved"]) == (5, 0)
 
 
@@ -90,7 +90,7 @@ async def test_a_compensation_step_that_keeps_timing_out_parks_the_saga_for_an_o
            WHERE s.order_id = $1 AND st.action = 'compensate' AND st.outcome = 'failed' AND st.step = $2""",
         order_id, parked["current_step"])
     assert len(errors) == 3 and all("timed out" in (e["error"] or "") for e in errors)
-    assert (await orders.get_order(order_id))["status"] == "COMPENSATING"
+    assert (await order_of(orders, order_id))["status"] == "COMPENSATING"
 
 
 async def test_a_charge_that_lands_after_its_key_was_voided_is_refused(servers: Servers) -> None:

@@ -111,10 +111,10 @@ async def a_saga_with_history(store: PostgresEventStore) -> uuid.UUID:
     policy = sg.SagaPolicy()
     sagas = SagaStore(store)
     saga, _ = await sagas.record(CommandContext.new(order_id, NOW), None, saga_id,
-                                 sg.decide_start(saga_id, order_id, NOW, policy))
+                                 sg.decide_start(order_id, NOW, policy))
     action = sg.next_action(saga, NOW, policy)
     assert isinstance(action, sg.RunStep)
-    saga, _ = await sagas.record(CommandContext.new(order_id, NOW), saga, saga_id, sg.decide_attempt(saga, action))
+    saga, _ = await sagas.record(CommandContext.new(order_id, NOW), saga, saga_id, sg.decide_attempt(action))
     await sagas.record(CommandContext.new(order_id, NOW), saga, saga_id,
                        sg.decide_outcome(saga, action, sg.StepResult(True), NOW, policy))
     return saga_id

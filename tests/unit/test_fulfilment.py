@@ -6,9 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+import pytest
+
 from domain import fulfilment as ff
 from domain import order as o
 from domain import saga as sg
+from domain.errors import TransitionForbidden
 from domain.events import DomainEvent, Metadata, Recorded
 from tests.unit.test_order_domain import created, given
 
@@ -31,7 +34,7 @@ def started() -> tuple[o.Order, sg.Saga, sg.RunStep]:
     """An order whose saga has written its first attempt (reserve_inventory) ahead."""
     order = given(created())
     assert order is not None
-    saga = saga_after(sg.with_next_attempt(order.saga_id, None, sg.decide_start(order.saga_id, order.order_id, NOW,
+    saga = saga_after(sg.with_next_attempt(order.saga_id, None, sg.decide_start(order.order_id, NOW,
                                                                                  POLICY), NOW, POLICY))
     action = sg.next_action(saga, NOW, POLICY)
     assert isinstance(action, sg.RunStep) and action.step is sg.Step.RESERVE_INVENTORY and saga.in_flight
@@ -69,7 +72,7 @@ def test_a_retryable_failure_records_only_the_failure() -> None:
 
 def test_an_outcome_that_comes_back_after_the_saga_moved_on_is_stale() -> None:
     order, saga, action = started()
-    moved = saga_after(sg.with_next_attempt(order.saga_id, None, sg.decide_start(order.saga_id, order.order_id, NOW,
+    moved = saga_after(sg.with_next_attempt(order.saga_id, None, sg.decide_start(order.order_id, NOW,
                                                                                   POLICY), NOW, POLICY),
                        sg.decide_compensate(saga, "operator"))
     decision = ff.decide_outcome(order, moved, action, sg.StepResult(True), ff.StepData(), NOW, POLICY)
@@ -86,9 +89,22 @@ def test_an_operator_compensation_shows_on_the_order_once() -> None:
     assert ff.implied(compensating, sg.decide_compensate(saga, "again")).order_events == []  # already shows
 
 
+def test_a_customer_cancel_compensates_once_and_is_refused_while_the_saga_compensates_on_its_own() -> None:
+    order, saga, _ = started()
+    decision = ff.decide_cancel(order, saga, "changed my mind")
+    assert names(decision.saga_events) == ["CompensationStarted"]
+    assert decision.order_events == [o.OrderCompensationStarted("changed my mind")]
+    cancelled = given(created(), o.OrderCompensationStarted("x"), o.OrderCancelled("x"))
+    assert cancelled is not None and ff.decide_cancel(cancelled, saga, "again") == ff.Decision([], [])
+    compensating = given(created(), o.OrderCompensationStarted("payment failed"))
+    assert compensating is not None
+    with pytest.raises(TransitionForbidden):
+        ff.decide_cancel(compensating, saga, "too late")
+
+
 def test_a_saga_the_engine_cannot_take_further_is_compensated_or_parked() -> None:
     order, saga, action = started()  # its first step is written ahead
-    start = sg.with_next_attempt(order.saga_id, None, sg.decide_start(order.saga_id, order.order_id, NOW, POLICY),
+    start = sg.with_next_attempt(order.saga_id, None, sg.decide_start(order.order_id, NOW, POLICY),
                                  NOW, POLICY)
     forward = sg.decide_stuck(saga, "boom")  # still executing: compensate, as a failed step would
     assert names(forward) == ["StepFailed", "CompensationStarted"]

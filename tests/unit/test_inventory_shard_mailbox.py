@@ -10,8 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from actors.inventory_shard import InventoryShard, repo_host
-from actors.wire import unwrap
+from actors.inventory_shard import InventoryShard
 from commerce.settings import Settings
 from store.memory import InMemoryEventStore
 
@@ -22,21 +21,20 @@ SOON = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
 async def shard_over_memory() -> InventoryShard:
     settings = Settings(database_url="unused", redis_url="unused", server_secret="s")
     shard = InventoryShard(settings, 0)
-    shard.store = InMemoryEventStore()  # type: ignore[assignment]
-    shard.host = repo_host(shard.store, settings)
+    shard.use(InMemoryEventStore())
     shard._started = asyncio.get_running_loop().create_future()  # already started: no PostgreSQL here
     shard._started.set_result(None)
-    unwrap(await shard.set_stock(PID, 10, "1.00", "Mug"))
+    await shard.set_stock(PID, 10, "1.00", "Mug")
     return shard
 
 
 async def reserved(shard: InventoryShard) -> int:
-    return int(unwrap(await shard.get_stock(PID))["reserved"])
+    return (await shard.get_stock(PID)).reserved
 
 
 async def queued_behind_the_mailbox(shard: InventoryShard, call: Callable[[], Awaitable[object]]) -> asyncio.Task[object]:
     task: asyncio.Task[object] = asyncio.ensure_future(call())
-    while not shard._queues.get(PID):
+    while not shard.batches.queues.get(PID):
         await asyncio.sleep(0)
     return task
 
@@ -48,7 +46,7 @@ async def test_a_cancelled_reserve_does_not_run_with_the_next_command() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    unwrap(await shard.reserve(PID, uuid.uuid4(), 1, SOON, "service:b"))
+    (await shard.reserve(PID, uuid.uuid4(), 1, SOON, "service:b"))
     assert await reserved(shard) == 1
 
 
@@ -66,5 +64,5 @@ async def test_a_reserve_whose_sku_failed_to_load_does_not_run_with_the_next_com
     shard.host._load = flaky  # type: ignore[assignment]
     with pytest.raises(OSError):
         await shard.reserve(PID, uuid.uuid4(), 4, SOON, "service:a")
-    unwrap(await shard.reserve(PID, uuid.uuid4(), 1, SOON, "service:b"))
+    (await shard.reserve(PID, uuid.uuid4(), 1, SOON, "service:b"))
     assert await reserved(shard) == 1

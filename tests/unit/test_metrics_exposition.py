@@ -24,11 +24,10 @@ from prometheus_client.samples import Sample
 
 from actors import metrics as m
 from actors.client import ServiceUnavailable
-from actors.inventory_shard import InventoryShard, repo_host
+from actors.inventory_shard import InventoryShard
 from actors.order_shard import OrderShard
 from actors.projector import Projector
 from actors.routing import PROJECTOR_NAME, inventory_shard_name, order_shard_name
-from actors.wire import unwrap
 from commerce import exposition as ex
 from commerce.health import service_families
 from commerce.settings import Settings
@@ -65,16 +64,15 @@ def started(actor: Any) -> None:
 async def inventory_shard() -> InventoryShard:
     """An inventory shard over the in-memory store, after a sale and a released reservation."""
     shard = InventoryShard(SETTINGS, 0)
-    shard.store = InMemoryEventStore()  # type: ignore[assignment]
-    shard.host = repo_host(shard.store, SETTINGS)
+    shard.use(InMemoryEventStore())
     started(shard)
     pid, soon = uuid.uuid4(), dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
-    unwrap(await shard.set_stock(pid, 10, "2.50", "Mug"))
+    await shard.set_stock(pid, 10, "2.50", "Mug")
     sold, released = uuid.uuid4(), uuid.uuid4()
-    unwrap(await shard.reserve(pid, sold, 3, soon, "order:1"))
-    unwrap(await shard.commit(pid, sold, "order:1"))
-    unwrap(await shard.reserve(pid, released, 1, soon, "svc"))
-    unwrap(await shard.release(pid, released, "svc"))
+    await shard.reserve(pid, sold, 3, soon, "order:1")
+    await shard.commit(pid, sold, "order:1")
+    await shard.reserve(pid, released, 1, soon, "svc")
+    await shard.release(pid, released, "svc")
     assert isinstance(shard.metrics, m.InventoryMetrics)
     shard.metrics.conflicts.inc(2)  # conflicts take two writers of one SKU; here, counted as the shard does
     return shard

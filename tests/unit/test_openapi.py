@@ -22,8 +22,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from starlette.requests import Request
 
 import serve_app
-from actors.inventory_shard import reservation_view, stock_view
-from actors.views import order_view
+from actors.views import Cancelled, OrderView, ReservationView, StockChange, StockView
 from commerce import schemas as api
 from commerce import views
 from commerce.auth import ADMIN_TOKEN, Principal, Role
@@ -270,7 +269,7 @@ def saga_row(n: int = 0) -> dict[str, Any]:
 
 
 def order_row(n: int, reason: str | None) -> dict[str, Any]:
-    view = order_view(an_order(reason))
+    view = OrderView.of(an_order(reason)).json()
     return {**view, "order_id": uuid.uuid4(), "customer_id": CUSTOMER, "saga_id": SAGA, "total_amount": Decimal("59.98"),
             "created_at": NOW - dt.timedelta(seconds=n), "updated_at": NOW, "reason": reason}
 
@@ -289,14 +288,14 @@ def fakes() -> Any:
     return SimpleNamespace(
         settings=Settings(server_secret="test"),
         inventory=SimpleNamespace(
-            get_stock=returns(stock_view(s)), set_stock=returns(stock_view(s)),
-            reserve=returns({**reservation_view(s, s.reservations[RESERVATION]), "stock": stock_view(s)}),
-            release=returns({"stock": stock_view(s), "effective": True})),
+            get_stock=returns(StockView.of(s)), set_stock=returns(StockView.of(s)),
+            reserve=returns(ReservationView.of(s, RESERVATION)),
+            release=returns(StockChange(StockView.of(s), True))),
         direct_reservations=SimpleNamespace(claim=returns(True)), idempotency=None,  # no Idempotency-Key sent
         carts=SimpleNamespace(get=returns(a_cart(c.checkout_order_id(CART))), create=returns(a_cart(lines=0)),
                               set_line=returns(a_cart(lines=2))),
-        orders=SimpleNamespace(get_order=returns(order_view(an_order())),
-                               cancel_order=returns({"accepted": False, "order": order_view(an_order("by request"))})),
+        orders=SimpleNamespace(get_order=returns(OrderView.of(an_order())),
+                               cancel_order=returns(Cancelled(False, OrderView.of(an_order("by request"))))),
         pool=SimpleNamespace(fetch=fetch),
         events=SimpleNamespace(load_stream=returns([recorded()]), query=returns([recorded(position=41)])),
         sagas=SimpleNamespace(list=returns([saga_row(0), saga_row(1)]), get=returns(saga_row())),
@@ -351,7 +350,7 @@ async def test_what_the_routes_return_validates_against_the_documented_schemas(
 
 def test_the_schemas_refuse_what_the_routes_must_not_return(doc: dict[str, Any]) -> None:
     """The conformance above can fail: a stray member, a float for money, a naive time are each refused."""
-    view = stock_view(sku())
+    view = StockView.of(sku()).json()
     for wrong in ({**view, "status": "active"}, {**view, "price": 29.99}, {**view, "price": "29.9"}):
         with pytest.raises(AssertionError):
             conforms(doc, "get", f"{API}/inventory/{{product_id}}", 200, wrong)

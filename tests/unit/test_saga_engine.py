@@ -73,8 +73,7 @@ class Orders:
         assert order is not None
         held = Held(order.order_id, OrderEntity(order, None))
         self.entities[order.order_id] = held
-        self._apply(held, sg.with_next_attempt(order.saga_id, None, sg.decide_start(
-            order.saga_id, order.order_id, self.clock.now(), policy), self.clock.now(), policy), [])
+        self._apply(held, sg.with_next_attempt(order.saga_id, None, sg.decide_start(order.order_id, self.clock.now(), policy), self.clock.now(), policy), [])
         return order.order_id
 
     @contextlib.asynccontextmanager

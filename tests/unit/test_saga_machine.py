@@ -29,7 +29,7 @@ class Run:
         self.saga: sg.Saga | None = None
         self.version = 0
         self.order_events: list[str] = []
-        self.apply(sg.decide_start(SAGA_ID, uuid.uuid4(), self.clock, POLICY))
+        self.apply(sg.decide_start(uuid.uuid4(), self.clock, POLICY))
 
     def apply(self, events: list[DomainEvent]) -> None:
         for e in events:
@@ -48,9 +48,9 @@ class Run:
             if isinstance(action, sg.Wait):
                 self.clock = action.until
             elif isinstance(action, sg.TimedOut):
-                self.apply(sg.decide_timeout(self.saga))
+                self.apply(sg.decide_timeout())
             else:
-                self.apply(sg.decide_attempt(self.saga, action))
+                self.apply(sg.decide_attempt(action))
                 result = self.providers.get(action.step, lambda a: sg.StepResult(True))(action)
                 if result.ok:
                     from domain.fulfilment import StepData
@@ -121,7 +121,7 @@ def test_an_interrupted_attempt_is_resumed_not_counted_again() -> None:
     assert run.saga is not None
     action = sg.next_action(run.saga, NOW, POLICY)
     assert isinstance(action, sg.RunStep)
-    run.apply(sg.decide_attempt(run.saga, action))
+    run.apply(sg.decide_attempt(action))
     again = sg.next_action(run.saga, NOW, POLICY)
     assert isinstance(again, sg.RunStep) and again.attempt == action.attempt
 
@@ -143,7 +143,7 @@ def test_an_outcome_carries_the_write_ahead_of_the_next_step_when_it_can_start_a
     assert run.saga is not None
     first = sg.next_action(run.saga, NOW, POLICY)
     assert isinstance(first, sg.RunStep)
-    run.apply(sg.decide_attempt(run.saga, first))
+    run.apply(sg.decide_attempt(first))
     ok = sg.with_next_attempt(SAGA_ID, run.saga, sg.decide_outcome(run.saga, first, sg.StepResult(True), NOW, POLICY),
                               NOW, POLICY)
     assert [type(e).__name__ for e in ok] == ["StepSucceeded", "StepAttempted"]
