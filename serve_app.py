@@ -38,7 +38,7 @@ from commerce.http import (
     problem,
 )
 from commerce.services import Services, ServicesProvider
-from commerce.settings import Settings
+from commerce.settings import ResolvedSettings, Settings
 from domain import cart as cart_domain
 from domain import errors, inventory, order
 from domain.events import Recorded, encode
@@ -119,12 +119,12 @@ class Replica:
     Serve serves a frozen copy of ``app``, so ``app.state`` set at run time does not reach requests.
     """
 
-    settings: Settings | None = None
+    settings: ResolvedSettings | None = None
     provider: ServicesProvider | None = None
     verifier: Verifier | None = None
 
     @classmethod
-    def configure(cls, settings: Settings) -> None:
+    def configure(cls, settings: ResolvedSettings) -> None:
         logs.install()
         logs.flush_every("ray.serve", 1.0)
         cls.settings = settings
@@ -709,7 +709,7 @@ async def console_file(name: str) -> Response:
 @serve.deployment(max_ongoing_requests=200, logging_config={"encoding": "JSON", "log_level": "INFO"})
 @serve.ingress(app)
 class CommerceIngress:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ResolvedSettings) -> None:
         Replica.configure(settings)
 
 
@@ -730,5 +730,6 @@ def ingress(settings: Settings) -> Any:
 
 
 def build_app(settings: Settings) -> Any:
-    """The Serve application for these settings."""
-    return ingress(settings).bind(settings)
+    """The Serve application for these settings, which its replicas get complete (refused here otherwise)."""
+    resolved = settings.resolved()
+    return ingress(resolved).bind(resolved)
