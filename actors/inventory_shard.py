@@ -20,7 +20,7 @@ from actors.base import Shard
 from actors.entities import Entity, EntityHost
 from actors.routing import shard_of
 from actors.wire import returns_result
-from commerce.settings import Settings
+from commerce.settings import ResolvedSettings, Settings
 from domain import events as ev
 from domain import inventory as inv
 from domain.errors import DomainError
@@ -59,13 +59,13 @@ class InventoryShard(Shard):
     KIND = "sku"
     KIND_NAME = "inventory"
 
-    def __init__(self, settings: Settings, index: int) -> None:
+    def __init__(self, settings: ResolvedSettings, index: int) -> None:
         self.metrics = m.InventoryMetrics()
         self._queues: dict[uuid.UUID, list[Queued]] = {}
         super().__init__(settings, index)
 
     async def _start(self) -> None:
-        pool = await create_pool(self.settings.database_url or "", self.settings.database_pool_size, SERVICE)
+        pool = await create_pool(self.settings.database_url, self.settings.database_pool_size, SERVICE)
         self.store = PostgresEventStore(pool)
         self.host = repo_host(self.store, self.settings)
         self._tasks = [asyncio.create_task(self._expiry_loop()), asyncio.create_task(self._passivation_loop())]
