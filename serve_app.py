@@ -20,7 +20,7 @@ from commerce.openapi import IdempotencyKey
 from commerce.operator_routes import OperatorRoutes
 from commerce.routing import delete, get, post, put
 from commerce.services import Services, ServicesProvider
-from commerce.settings import Settings
+from commerce.settings import ResolvedSettings, Settings
 from domain import order
 
 API = "/api/v1"
@@ -29,7 +29,7 @@ API = "/api/v1"
 class Ingress(OperatorRoutes):
     """One replica's HTTP API: its settings, its connections (made on first use) and its routes."""
 
-    def __init__(self, settings: Settings, provider: ServicesProvider | None = None) -> None:
+    def __init__(self, settings: ResolvedSettings, provider: ServicesProvider | None = None) -> None:
         self.settings = settings
         self.provider = provider or ServicesProvider(settings)
         self.gate = Gate(Verifier(settings), self.provider)
@@ -173,7 +173,7 @@ TARGET_ONGOING_REQUESTS = 64
 @serve.deployment(max_ongoing_requests=200, logging_config={"encoding": "JSON", "log_level": "INFO"})
 @serve.ingress()
 class CommerceIngress(Ingress):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ResolvedSettings) -> None:
         logs.install()
         logs.flush_every("ray.serve", 1.0)
         super().__init__(settings)
@@ -195,5 +195,5 @@ def ingress(settings: Settings) -> Any:
 
 
 def build_app(settings: Settings) -> Any:
-    """The Serve application for these settings."""
-    return ingress(settings).bind(settings)
+    """The Serve application for these settings, which its replicas get complete (refused here otherwise)."""
+    return ingress(settings).bind(settings.resolved())

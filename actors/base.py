@@ -14,13 +14,13 @@ from actors import metrics as m
 from actors.entities import EntityHost
 from actors.watch import Watch
 from commerce import logs
-from commerce.settings import Settings
+from commerce.settings import ResolvedSettings
 
 
 class ServiceActor(abc.ABC):
     """An actor that starts (connects, recovers) on its own, right after Ray creates or restarts it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ResolvedSettings) -> None:
         logs.install()
         self.settings = settings
         self.watch = Watch(type(self).__name__)
@@ -54,7 +54,7 @@ class Shard(ServiceActor):
     host: EntityHost[Any]
     metrics: m.OrderMetrics | m.InventoryMetrics
 
-    def __init__(self, settings: Settings, index: int) -> None:
+    def __init__(self, settings: ResolvedSettings, index: int) -> None:
         self.index = index
         super().__init__(settings)
 

@@ -47,7 +47,8 @@ def check_layout(settings: Settings) -> None:
 
 def deploy_actors(settings: Settings, check: bool = True) -> list[Any]:
     """Create (or find) every shard and the projector, and wait until each has started; ``check`` False when
-    the caller has checked the layout itself."""
+    the caller has checked the layout itself. The actors get the settings complete (:class:`ResolvedSettings`)."""
+    settings = settings.resolved()  # refused here, naming what is missing, rather than in an actor
     if check:
         check_layout(settings)
     ns, cpus = settings.namespace, settings.shard_cpus

@@ -19,7 +19,7 @@ from actors.entities import EntityHost
 from actors.routing import shard_of
 from actors.sku_batches import Decide, Outcome, SkuBatches
 from actors.views import ReservationView, StockChange, StockView
-from commerce.settings import Settings
+from commerce.settings import ResolvedSettings, Settings
 from domain import inventory as inv
 from store import repository as repo
 from store.event_store import SERVICE, CommandContext, EventStore, PostgresEventStore, create_pool
@@ -35,12 +35,12 @@ class InventoryShard(Shard):
     KIND = "sku"
     KIND_NAME = "inventory"
 
-    def __init__(self, settings: Settings, index: int) -> None:
+    def __init__(self, settings: ResolvedSettings, index: int) -> None:
         self.metrics = m.InventoryMetrics()
         super().__init__(settings, index)
 
     async def _start(self) -> None:
-        pool = await create_pool(self.settings.database_url or "", self.settings.database_pool_size, SERVICE)
+        pool = await create_pool(self.settings.database_url, self.settings.database_pool_size, SERVICE)
         self.use(PostgresEventStore(pool))
         self._tasks = [asyncio.create_task(self._expiry_loop()), asyncio.create_task(self._passivation_loop())]
 
@@ -135,7 +135,7 @@ class InventoryShard(Shard):
         return {"sagas_running": 0, "conflicts": int(self.metrics.conflicts._value.get())}
 
 
-def repo_host(store: PostgresEventStore, settings: Settings) -> EntityHost[inv.Sku | None]:
+def repo_host(store: EventStore, settings: Settings) -> EntityHost[inv.Sku | None]:
     async def load(pid: uuid.UUID) -> inv.Sku | None:
         state, _ = await repo.load(store, repo.SKU, pid)
         return state

@@ -23,7 +23,7 @@ from actors.routing import shard_of
 from actors.saga_engine import OrderEntity, SagaEngine
 from actors.saga_steps import StepRunner
 from actors.views import Cancelled, OrderView, Placed, SagaState
-from commerce.settings import Settings
+from commerce.settings import ResolvedSettings
 from domain import events as ev
 from domain import fulfilment as ff
 from domain import order as o
@@ -69,7 +69,7 @@ class OrderShard(Shard):
     KIND = "order"
     KIND_NAME = "order"
 
-    def __init__(self, settings: Settings, index: int) -> None:
+    def __init__(self, settings: ResolvedSettings, index: int) -> None:
         self.policy = settings.saga_policy
         self.metrics = m.OrderMetrics()
         self.engine = SagaEngine(_Orders(self), self.policy)
@@ -78,7 +78,7 @@ class OrderShard(Shard):
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def _start(self) -> None:
-        pool = await create_pool(self.settings.database_url or "", self.settings.database_pool_size, SERVICE)
+        pool = await create_pool(self.settings.database_url, self.settings.database_pool_size, SERVICE)
         self.store = PostgresEventStore(pool)
         self.sagas = SagaStore(self.store)
         ledger = ProviderLedger(self.store)

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from actors import metrics as m
 from actors.base import ServiceActor
 from actors.client import ActorDirectory
-from commerce.settings import Settings
+from commerce.settings import ResolvedSettings
 from store.durable_carts import CartJournal
 from store.event_store import SERVICE, PostgresEventStore, create_pool
 from store.idempotency import IdempotencyStore
@@ -34,7 +34,7 @@ PURGE_INTERVAL = 3600.0
 
 
 class Projector(ServiceActor):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ResolvedSettings) -> None:
         self.registry = CollectorRegistry()
         self.lag_events = Gauge("commerce_projection_lag_events", "Events not yet projected", ["projection"],
                                 registry=self.registry)
@@ -45,7 +45,7 @@ class Projector(ServiceActor):
         super().__init__(settings)
 
     async def _start(self) -> None:
-        pool = await create_pool(self.settings.database_url or "", 4, SERVICE)
+        pool = await create_pool(self.settings.database_url, 4, SERVICE)
         self.store = PostgresEventStore(pool)
         self.runners = [ProjectionRunner(self.store, p) for p in all_projections()]
         self.directory = ActorDirectory(self.settings.namespace, self.settings.order_shards,

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import secrets
 import time
 import uuid
 
@@ -23,7 +24,7 @@ from actors.deploy import deploy_actors, remove_actors
 from bench.common import postgres, redis_server, row, summary
 from bench.drain import drain
 from commerce.runtime import SERVE_ENV, run_migrations
-from commerce.settings import Settings
+from commerce.settings import ResolvedSettings
 from domain import inventory as inv
 from store import repository as repo
 from store.event_store import PostgresEventStore, create_pool
@@ -90,8 +91,10 @@ async def hot_sku(inventory: InventoryClient, store: PostgresEventStore, attempt
 async def main(base: str, redis: str, n: int, concurrency: int, reservations: int) -> None:
     database = await create_database(base, "commerce_bench")
     await run_migrations(database)
-    settings = Settings(database_url=database, redis_url=redis, namespace=f"bench-{uuid.uuid4().hex[:6]}",
-                        order_shards=2, inventory_shards=2)
+    # Secrets of its own: the order shards derive their reservation ids from the server secret.
+    settings = ResolvedSettings(database_url=database, redis_url=redis, namespace=f"bench-{uuid.uuid4().hex[:6]}",
+                                order_shards=2, inventory_shards=2, admin_token=secrets.token_urlsafe(24),
+                                jwt_secret=secrets.token_urlsafe(32), server_secret=secrets.token_urlsafe(32))
     os.environ.update(SERVE_ENV)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     pool = await create_pool(database, 4)

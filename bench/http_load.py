@@ -33,7 +33,7 @@ from bench.common import postgres, redis_server
 from bench.drain import Drained, drain
 from bench.report import Report
 from commerce.runtime import Runtime
-from commerce.settings import Settings
+from commerce.settings import ResolvedSettings, Settings
 from store.event_store import PostgresEventStore, create_pool
 from store.sagas import SagaStore
 from tests.support import SERVE_FIXED_PORTS, create_database, drop_database, free_port
@@ -162,12 +162,11 @@ async def warm_up(targets: Targets, sagas: SagaStore, options: Options) -> None:
     await drain(sagas, options.drain_timeout)
 
 
-async def measure(settings: Settings, options: Options, directory: Path) -> Report:
-    pool = await create_pool(settings.database_url or "", 1)  # the drain's one connection
+async def measure(settings: ResolvedSettings, options: Options, directory: Path) -> Report:
+    pool = await create_pool(settings.database_url, 1)  # the drain's one connection
     try:
         sagas = SagaStore(PostgresEventStore(pool))
-        targets = await prepare_targets(f"http://{settings.host}:{settings.port}", settings.admin_token or "",
-                                        directory)
+        targets = await prepare_targets(f"http://{settings.host}:{settings.port}", settings.admin_token, directory)
         await warm_up(targets, sagas, options)
         report = Report(LABELS, options.concurrency)
         for n in range(options.repeat):
@@ -179,12 +178,13 @@ async def measure(settings: Settings, options: Options, directory: Path) -> Repo
         await pool.close()
 
 
-def start(runtime: Runtime) -> None:
-    runtime.prepare()
+def start(runtime: Runtime) -> ResolvedSettings:
+    settings = runtime.prepare()
     runtime.start_ray()
     runtime.start_actors()
     runtime.start_serve()
-    baseline.deploy_baseline(runtime.settings.namespace, runtime.settings.replicas)
+    baseline.deploy_baseline(settings.namespace, settings.replicas)
+    return settings
 
 
 def run(base_dsn: str, redis: str, options: Options) -> Report:
@@ -194,8 +194,7 @@ def run(base_dsn: str, redis: str, options: Options) -> Report:
         runtime = Runtime(bench_settings(database, redis, Path(tmp)))
         own_serve_ports()
         try:
-            start(runtime)
-            return asyncio.run(measure(runtime.settings, options, Path(tmp)))
+            return asyncio.run(measure(start(runtime), options, Path(tmp)))
         finally:
             try:
                 baseline.remove_baseline(runtime.settings.namespace)

@@ -12,13 +12,12 @@ and the secrets, since each node would otherwise make up its own.
 """
 
 import asyncio
-import dataclasses
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
 from commerce.runtime import check_server_secret, run_migrations
-from commerce.settings import Settings, SettingsError, load_settings
+from commerce.settings import ResolvedSettings, SettingsError, load_settings
 
 
 class AppArgs(BaseModel):
@@ -38,9 +37,9 @@ class AppArgs(BaseModel):
     namespace: str | None = Field(None, min_length=1, max_length=100, description="Ray namespace of the actors")
 
 
-def cluster_settings(args: AppArgs) -> Settings:
+def cluster_settings(args: AppArgs) -> ResolvedSettings:
     """The environment's settings with the config's arguments over them, complete for a cluster."""
-    settings = dataclasses.replace(load_settings(), **args.model_dump(exclude_none=True))
+    settings = load_settings().replace(**args.model_dump(exclude_none=True))
     missing = [name for name, value in (
         ("COMMERCE_DATABASE_URL", settings.database_url), ("COMMERCE_REDIS_URL", settings.redis_url),
         ("COMMERCE_ADMIN_TOKEN", settings.admin_token), ("COMMERCE_SERVER_SECRET", settings.server_secret),
@@ -49,7 +48,7 @@ def cluster_settings(args: AppArgs) -> Settings:
     if missing:
         raise SettingsError(f"a Serve deployment of the service needs {', '.join(missing)} in the environment of "
                             "its nodes (ray start) or of its runtime_env")
-    return settings
+    return settings.resolved()
 
 
 def app_builder(args: AppArgs) -> Application:
@@ -58,7 +57,7 @@ def app_builder(args: AppArgs) -> Application:
     from serve_app import build_app
 
     settings = cluster_settings(args)
-    asyncio.run(run_migrations(settings.database_url or ""))
+    asyncio.run(run_migrations(settings.database_url))
     asyncio.run(check_server_secret(settings))
     deploy_actors(settings)
     return build_app(settings)

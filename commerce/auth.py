@@ -18,7 +18,7 @@ from typing import Any
 
 import jwt
 
-from commerce.settings import Settings
+from commerce.settings import ResolvedSettings, Settings
 
 LEEWAY_SECONDS = 30
 MAX_TOKEN_LENGTH = 8192
@@ -65,15 +65,15 @@ ADMIN_TOKEN = Principal(Role.ADMIN, "")
 class Verifier:
     """Turns a bearer token into a :class:`Principal`."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.admin_token = settings.admin_token or ""
+    def __init__(self, settings: ResolvedSettings) -> None:
+        self.admin_token = settings.admin_token
         self.issuer = settings.jwt_issuer
         self.audience = settings.jwt_audience
         if settings.jwt_public_key:
             self.key: Any = public_key_text(settings.jwt_public_key)
             self.algorithms = ["RS256", "ES256"]
         else:
-            self.key = settings.jwt_secret or ""
+            self.key = settings.jwt_secret
             self.algorithms = ["HS256"]
 
     def principal(self, token: str) -> Principal:

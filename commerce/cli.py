@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -41,10 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds the token is valid (default 3600)")
     args = parser.parse_args(argv)
     try:
-        settings = load_settings()
+        settings = load_reporting_warnings()
         if args.command == "serve":
             if args.address:
-                settings = dataclasses.replace(settings, ray_address=args.address)
+                settings = settings.replace(ray_address=args.address)
             return serve(settings)
         if args.command == "token":
             return print_token(settings, args)
@@ -52,6 +52,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as e:
         print(f"commerce: configuration error: {e}", file=sys.stderr)
         return 2
+
+
+def load_reporting_warnings() -> Settings:
+    """The settings, with what load_settings warns about (unknown ``COMMERCE_*`` variables) printed at start:
+    nothing has set up logging in this process yet."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("commerce: warning: %(message)s"))
+    logger = logging.getLogger("commerce.settings")
+    logger.addHandler(handler)
+    try:
+        return load_settings()
+    finally:
+        logger.removeHandler(handler)
 
 
 def print_token(settings: Settings, args: argparse.Namespace) -> int:
@@ -79,15 +92,15 @@ def with_database(settings: Settings, command: str, action: str | None, apply: b
 
     runtime = Runtime(settings)
     try:
-        settings = runtime.prepare(redis=False)
+        dsn = runtime.prepare_database()
         if command == "migrate":
             print("migrations applied; schema is current")
             return 0
         if command == "events" and action == "repair":
-            return asyncio.run(repair(settings.database_url or "", apply))
+            return asyncio.run(repair(dsn, apply))
         if command == "events":
-            return asyncio.run(verify(settings.database_url or ""))
-        return asyncio.run(rebuild(settings.database_url or ""))
+            return asyncio.run(verify(dsn))
+        return asyncio.run(rebuild(dsn))
     finally:
         runtime.stop()
 

@@ -7,7 +7,6 @@ through the component's own shutdown.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import secrets
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from commerce import logs
-from commerce.settings import Settings, SettingsError
+from commerce.settings import ResolvedSettings, Settings, SettingsError
 from store.embedded import EmbeddedPostgres, EmbeddedRedis
 
 log = logging.getLogger(__name__)
@@ -71,10 +70,10 @@ def resolve_secrets(settings: Settings) -> tuple[Settings, dict[str, Path]]:
         if not getattr(settings, field):
             files[field] = settings.data_dir.resolve() / field
             changes[field] = secret_file(files[field])
-    return dataclasses.replace(settings, **changes), files
+    return settings.replace(**changes), files
 
 
-async def check_server_secret(settings: Settings) -> None:
+async def check_server_secret(settings: ResolvedSettings) -> None:
     """Refuse to start with another server secret than the one this database was used with: the ids
     derived from it (orders placed with an Idempotency-Key, orders' reservations) would change."""
     import asyncpg
@@ -105,30 +104,39 @@ class Runtime:
         self.secret_files: dict[str, Path] = {}
         self.dashboard_url = ""
 
-    def prepare(self, redis: bool = True) -> Settings:
-        """Start embedded servers where needed, run migrations; returns settings with real URLs.
+    def prepare_database(self) -> str:
+        """The database's URL, for the tools that need only the database: the configured one, or an embedded
+        PostgreSQL's, started here; migrated either way."""
+        self._refuse_embedded_servers_on_a_cluster(self.settings.database_url)
+        database_url = self.settings.database_url
+        if not database_url:
+            self._pg = EmbeddedPostgres(self.settings.data_dir)
+            database_url = self._pg.start()
+        asyncio.run(run_migrations(database_url))
+        return database_url
 
-        With ``redis`` (the service itself, not a database tool), the secrets are resolved too, and the
-        server secret is checked against the one the database knows.
-        """
+    def prepare(self) -> ResolvedSettings:
+        """Everything the service needs before Ray: the database (as :meth:`prepare_database`), Redis (embedded
+        when none is configured) and the secrets, the server secret checked against the one the database
+        knows. Returns the settings complete, as actors, services and the ingress get them."""
         s = self.settings
-        if s.ray_address and not (s.database_url and (s.redis_url or not redis)):
+        self._refuse_embedded_servers_on_a_cluster(s.database_url and s.redis_url)
+        database_url = self.prepare_database()
+        redis_url = s.redis_url
+        if not redis_url:
+            self._redis = EmbeddedRedis(s.data_dir)
+            redis_url = self._redis.start()
+        with_secrets, self.secret_files = resolve_secrets(s)
+        resolved = with_secrets.resolved(database_url=database_url, redis_url=redis_url)
+        asyncio.run(check_server_secret(resolved))
+        self.settings = resolved
+        return resolved
+
+    def _refuse_embedded_servers_on_a_cluster(self, configured: str | None) -> None:
+        if self.settings.ray_address and not configured:
             # Servers embedded in this process's machine would not be reachable from the cluster's other nodes.
             raise SettingsError("on a Ray cluster (RAY_ADDRESS or --address) the service needs COMMERCE_DATABASE_URL "
                                 "and COMMERCE_REDIS_URL: it starts no servers of its own there")
-        changes: dict[str, Any] = {}
-        if not s.database_url:
-            self._pg = EmbeddedPostgres(s.data_dir)
-            changes["database_url"] = self._pg.start()
-        if redis and not s.redis_url:
-            self._redis = EmbeddedRedis(s.data_dir)
-            changes["redis_url"] = self._redis.start()
-        self.settings = dataclasses.replace(s, **changes)
-        asyncio.run(run_migrations(self.settings.database_url or ""))
-        if redis:
-            self.settings, self.secret_files = resolve_secrets(self.settings)
-            asyncio.run(check_server_secret(self.settings))
-        return self.settings
 
     def start_ray(self) -> None:
         import ray

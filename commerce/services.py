@@ -10,7 +10,7 @@ import dataclasses
 import asyncpg
 
 from actors.client import ActorDirectory, InventoryClient, OrderClient
-from commerce.settings import Settings
+from commerce.settings import ResolvedSettings
 from store.carts import RedisCartStore
 from store.durable_carts import CartJournal, DurableCartStore
 from store.event_store import SERVICE, PostgresEventStore, create_pool
@@ -22,7 +22,7 @@ from store.sagas import SagaStore
 
 @dataclasses.dataclass(slots=True)
 class Services:
-    settings: Settings
+    settings: ResolvedSettings
     pool: asyncpg.Pool
     events: PostgresEventStore
     sagas: SagaStore
@@ -38,7 +38,7 @@ class Services:
 class ServicesProvider:
     """Connects on first use and again after a failed attempt (a dependency may come up late)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ResolvedSettings) -> None:
         self.settings = settings
         self._services: Services | None = None
         self._lock = asyncio.Lock()
@@ -55,9 +55,9 @@ class ServicesProvider:
 
     async def _connect(self) -> Services:
         s = self.settings
-        pool = await create_pool(s.database_url or "", s.database_pool_size, SERVICE)
+        pool = await create_pool(s.database_url, s.database_pool_size, SERVICE)
         events = PostgresEventStore(pool)
-        redis_carts = RedisCartStore.from_url(s.redis_url or "", s.cart_ttl, s.redis_max_connections)
+        redis_carts = RedisCartStore.from_url(s.redis_url, s.cart_ttl, s.redis_max_connections)
         return Services(
             settings=s, pool=pool, events=events, sagas=SagaStore(events), idempotency=IdempotencyStore(events),
             carts=DurableCartStore(redis_carts, CartJournal(pool)),

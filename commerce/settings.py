@@ -1,66 +1,136 @@
-"""One typed settings object: defaults, then the YAML file named by COMMERCE_CONFIG, then the
-environment. A bad value fails at start with a message naming it."""
+"""The service's settings: one typed, frozen object, checked whenever one is made.
+
+``load_settings`` reads, in this order of precedence, the environment (``COMMERCE_*``, and Ray's
+``RAY_ADDRESS``), the YAML file named by ``COMMERCE_CONFIG`` (the seed's ``database``, ``redis`` and
+``sagas`` sections), then the defaults. A bad value stops the start with a message naming the variable
+or the YAML key it came from. A ``COMMERCE_*`` variable that names no setting is reported, not refused:
+a misspelt one would otherwise go unnoticed, but other tools may share the prefix.
+
+The URLs and secrets may be unset here: the runtime starts embedded servers and makes secrets at start.
+Actors, services and the ingress get a :class:`ResolvedSettings`, in which all of them are present, so
+that none of them has to decide what a missing one means.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import contextvars
 import hashlib
 import hmac
+import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeVar
+
+from pydantic import AfterValidator, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from domain.saga import SagaPolicy
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
+log = logging.getLogger(__name__)
 
 
 class SettingsError(ValueError):
     """A configuration value is missing, malformed or out of range."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Settings:
-    database_url: str | None = None
-    database_pool_size: int = 10
-    redis_url: str | None = None
-    redis_max_connections: int = 20
-    ray_address: str | None = None
-    data_dir: Path = Path(".commerce")
-    host: str = "127.0.0.1"
-    port: int = 8084
-    admin_token: str | None = None
-    server_secret: str | None = None
-    jwt_secret: str | None = None
-    jwt_public_key: str | None = None
-    jwt_issuer: str | None = None
-    jwt_audience: str | None = None
-    rate_limit_per_second: float = 20.0
-    rate_limit_burst: int = 40
-    saga_timeout: float = 300.0
-    saga_retry_attempts: int = 3
-    saga_retry_delay: float = 5.0
-    saga_compensation_timeout: float = 60.0
-    cart_ttl: int = 604_800
-    reservation_ttl: int = 900
-    order_shards: int = 4
-    inventory_shards: int = 4
-    replicas: int = 1
-    max_replicas: int | None = None  # above replicas: Serve scales the replicas between the two
-    shard_cpus: float = 0.1  # what each shard actor reserves, so that placement and the autoscaler see it
-    replica_cpus: float = 0.1
-    proxy_location: str = "EveryNode"  # Serve's: where its HTTP proxy runs (EveryNode, HeadOnly, Disabled)
-    max_active_entities: int = 1000
-    passivate_after: float = 300.0
-    snapshot_every: int = 50
-    namespace: str = "commerce"
-    dashboard_host: str = "127.0.0.1"
-    dashboard_port: int = 8265
-    request_timeout: float = 30.0
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
 
-    def __post_init__(self) -> None:
+
+Text = Annotated[str, AfterValidator(_not_blank)]
+Count = Annotated[int, Field(ge=1)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Cpus = Annotated[float, Field(ge=0, le=64)]
+# Not "no timeout" at 0: every saga, compensation step or actor call would time out at once.
+Timeout = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# 0 means at once: retry without waiting, passivate as soon as an entity is idle.
+Delay = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+# Read by load_settings while it builds a Settings; empty for one built directly.
+_LOADING: contextvars.ContextVar[tuple[PydanticBaseSettingsSource, ...]] = contextvars.ContextVar(
+    "commerce_settings_sources", default=())
+# Never repeated in an error message.
+SECRET_FIELDS = frozenset({"database_url", "redis_url", "admin_token", "server_secret", "jwt_secret"})
+
+
+class Settings(BaseSettings):
+    """Every setting of the service. Built directly (tests, benchmarks, :meth:`replace`), it takes only
+    the values it is given; :func:`load_settings` adds the environment and the YAML file."""
+
+    model_config = SettingsConfigDict(env_prefix="COMMERCE_", frozen=True, extra="forbid", populate_by_name=True)
+
+    database_url: Text | None = None
+    database_pool_size: Count = 10
+    redis_url: Text | None = None
+    redis_max_connections: Count = 20
+    ray_address: Text | None = Field(default=None, validation_alias="RAY_ADDRESS")
+    data_dir: Path = Path(".commerce")
+    host: Text = "127.0.0.1"
+    port: Port = 8084
+    admin_token: Text | None = None
+    server_secret: Text | None = None
+    jwt_secret: Text | None = None
+    jwt_public_key: Text | None = None
+    jwt_issuer: Text | None = None
+    jwt_audience: Text | None = None
+    rate_limit_per_second: Rate = 20.0
+    rate_limit_burst: Count = 40
+    saga_timeout: Timeout = 300.0
+    saga_retry_attempts: Count = 3
+    saga_retry_delay: Delay = 5.0
+    saga_compensation_timeout: Timeout = 60.0
+    cart_ttl: Count = 604_800
+    reservation_ttl: Count = 900
+    order_shards: Count = 4
+    inventory_shards: Count = 4
+    replicas: Count = 1
+    max_replicas: Count | None = None  # above replicas: Serve scales the replicas between the two
+    shard_cpus: Cpus = 0.1  # what each shard actor reserves, so that placement and the autoscaler see it
+    replica_cpus: Cpus = 0.1
+    # Serve's: where its HTTP proxy runs
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = "EveryNode"
+    max_active_entities: Count = 1000
+    passivate_after: Delay = 300.0
+    snapshot_every: Count = 50
+    namespace: Text = "commerce"
+    dashboard_host: Text = "127.0.0.1"
+    dashboard_port: Port = 8265
+    request_timeout: Timeout = 30.0
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments first, then what load_settings is reading: never the process's environment or a
+        .env file behind its back."""
+        return init_settings, *_LOADING.get()
+
+    @model_validator(mode="after")
+    def _replicas_in_order(self) -> Self:
         if self.max_replicas is not None and self.max_replicas < self.replicas:
-            raise SettingsError(f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas})")
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas})")
+        return self
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes``, checked as a new one is (pydantic's ``model_copy`` checks nothing)."""
+        return _build(type(self), {**self._values(), **changes})
+
+    def resolved(self, **changes: Any) -> ResolvedSettings:
+        """A copy with ``changes`` that must have its URLs and secrets: what actors, services and the
+        ingress are given. Refused, naming what is missing, when it does not."""
+        return _build(ResolvedSettings, {**self._values(), **changes})
+
+    def _values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in type(self).model_fields}
 
     def derived_key(self, purpose: str) -> bytes:
         """A key for one purpose (ids derived from idempotency keys, order reservations), derived from the
@@ -75,141 +145,83 @@ class Settings:
                           self.saga_compensation_timeout)
 
 
-def _positive_int(v: str) -> int:
-    n = int(v)
-    if n < 1:
-        raise ValueError("must be at least 1")
-    return n
+class ResolvedSettings(Settings):
+    """Settings complete for a running service: the database and Redis URLs, the admin token, the server
+    secret, and a JWT secret or public key, as the runtime resolves them at start (configured, or embedded
+    servers and secrets in the data directory) or a cluster's environment provides them."""
+
+    database_url: Text
+    redis_url: Text
+    admin_token: Text
+    server_secret: Text
+
+    @model_validator(mode="after")
+    def _tokens_verifiable(self) -> Self:
+        if not (self.jwt_secret or self.jwt_public_key):
+            raise ValueError("jwt_secret (or jwt_public_key) is not resolved")
+        return self
 
 
-def _non_negative_float(v: str) -> float:
-    x = float(v)
-    if not x >= 0:
-        raise ValueError("must be a number >= 0")
-    return x
+S = TypeVar("S", bound=Settings)
 
 
-def _positive_float(v: str) -> float:
-    x = float(v)
-    if not x > 0 or x == float("inf"):
-        raise ValueError("must be a number > 0")
-    return x
-
-
-def _cpus(v: str) -> float:
-    x = float(v)
-    if not 0 <= x <= 64:
-        raise ValueError("must be a number of CPUs from 0 to 64 (fractions allowed)")
-    return x
-
-
-def _one_of(v: str, allowed: tuple[str, ...]) -> str:
-    if v not in allowed:
-        raise ValueError(f"must be one of {', '.join(allowed)}")
-    return v
-
-
-def _port(v: str) -> int:
-    n = int(v)
-    if not 1 <= n <= 65535:
-        raise ValueError("must be a port number 1..65535")
-    return n
-
-
-def _text(v: str) -> str:
-    if not v.strip():
-        raise ValueError("must not be empty")
-    return v
-
-
-_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "COMMERCE_DATABASE_URL": ("database_url", _text),
-    "COMMERCE_REDIS_URL": ("redis_url", _text),
-    "RAY_ADDRESS": ("ray_address", _text),
-    "COMMERCE_DATA_DIR": ("data_dir", Path),
-    "COMMERCE_HOST": ("host", _text),
-    "COMMERCE_PORT": ("port", _port),
-    "COMMERCE_ADMIN_TOKEN": ("admin_token", _text),
-    "COMMERCE_SERVER_SECRET": ("server_secret", _text),
-    "COMMERCE_JWT_SECRET": ("jwt_secret", _text),
-    "COMMERCE_JWT_PUBLIC_KEY": ("jwt_public_key", _text),
-    "COMMERCE_JWT_ISSUER": ("jwt_issuer", _text),
-    "COMMERCE_JWT_AUDIENCE": ("jwt_audience", _text),
-    "COMMERCE_RATE_LIMIT_PER_SECOND": ("rate_limit_per_second", _positive_float),
-    "COMMERCE_RATE_LIMIT_BURST": ("rate_limit_burst", _positive_int),
-    "COMMERCE_SAGA_TIMEOUT": ("saga_timeout", _non_negative_float),
-    "COMMERCE_SAGA_RETRY_ATTEMPTS": ("saga_retry_attempts", _positive_int),
-    "COMMERCE_SAGA_RETRY_DELAY": ("saga_retry_delay", _non_negative_float),
-    "COMMERCE_SAGA_COMPENSATION_TIMEOUT": ("saga_compensation_timeout", _non_negative_float),
-    "COMMERCE_CART_TTL": ("cart_ttl", _positive_int),
-    "COMMERCE_RESERVATION_TTL": ("reservation_ttl", _positive_int),
-    "COMMERCE_ORDER_SHARDS": ("order_shards", _positive_int),
-    "COMMERCE_INVENTORY_SHARDS": ("inventory_shards", _positive_int),
-    "COMMERCE_REPLICAS": ("replicas", _positive_int),
-    "COMMERCE_MAX_REPLICAS": ("max_replicas", _positive_int),
-    "COMMERCE_SHARD_CPUS": ("shard_cpus", _cpus),
-    "COMMERCE_REPLICA_CPUS": ("replica_cpus", _cpus),
-    "COMMERCE_PROXY_LOCATION": ("proxy_location", lambda v: _one_of(v, ("EveryNode", "HeadOnly", "Disabled"))),
-    "COMMERCE_MAX_ACTIVE_ENTITIES": ("max_active_entities", _positive_int),
-    "COMMERCE_PASSIVATE_AFTER": ("passivate_after", _non_negative_float),
-    "COMMERCE_SNAPSHOT_EVERY": ("snapshot_every", _positive_int),
-    "COMMERCE_NAMESPACE": ("namespace", _text),
-    "COMMERCE_DASHBOARD_HOST": ("dashboard_host", _text),
-    "COMMERCE_DASHBOARD_PORT": ("dashboard_port", _port),
-    "COMMERCE_REQUEST_TIMEOUT": ("request_timeout", _non_negative_float),
-}
-
-
-def _from_yaml(path: Path) -> dict[str, str]:
-    """Read the seed's YAML format (database, redis, sagas sections) into environment-style values."""
-    import yaml
-
+def _build(cls: type[S], values: Mapping[str, Any]) -> S:
+    """``cls`` from field values; an unset one (None) is left to its default, or reported as missing."""
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise SettingsError(f"COMMERCE_CONFIG: cannot read {path}: {e}") from e
-    if not isinstance(doc, dict):
-        raise SettingsError(f"COMMERCE_CONFIG: {path} is not a mapping")
-    out: dict[str, str] = {}
-    pg = (doc.get("database") or {}).get("postgresql")
-    if pg:
-        user, password = quote(str(pg.get("user", "postgres"))), quote(str(pg.get("password", "")))
-        auth = f"{user}:{password}@" if password else f"{user}@"
-        out["COMMERCE_DATABASE_URL"] = (
-            f"postgresql://{auth}{pg.get('host', 'localhost')}:{pg.get('port', 5432)}/{pg.get('database', 'commerce')}")
-        if "pool_size" in pg:
-            out["database_pool_size"] = str(pg["pool_size"])
-    rd = doc.get("redis")
-    if rd:
-        out["COMMERCE_REDIS_URL"] = f"redis://{rd.get('host', 'localhost')}:{rd.get('port', 6379)}/{rd.get('db', 0)}"
-        if "max_connections" in rd:
-            out["redis_max_connections"] = str(rd["max_connections"])
-    saga = (doc.get("sagas") or {}).get("order_fulfillment") or {}
-    for key, env in (("timeout", "COMMERCE_SAGA_TIMEOUT"), ("retry_attempts", "COMMERCE_SAGA_RETRY_ATTEMPTS"),
-                     ("retry_delay", "COMMERCE_SAGA_RETRY_DELAY"),
-                     ("compensation_timeout", "COMMERCE_SAGA_COMPENSATION_TIMEOUT")):
-        if key in saga:
-            out[env] = str(saga[key])
-    return out
+        return cls(**{name: value for name, value in values.items() if value is not None})
+    except ValidationError as e:
+        raise SettingsError(describe(e, {})) from e
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings from ``environ`` (the process's environment by default) and the YAML file it names.
+    Given a mapping, reads that mapping only: neither ``os.environ`` nor a .env file."""
+    # Imported here: the sources raise this module's SettingsError.
+    from commerce.settings_sources import CONFIG_VARIABLE, EnvironmentSource, SeedYamlSource
+
     env = dict(os.environ if environ is None else environ)
-    values: dict[str, str] = {}
-    if env.get("COMMERCE_CONFIG"):
-        values.update(_from_yaml(Path(env["COMMERCE_CONFIG"])))
-    values.update({k: v for k, v in env.items() if k in _ENV})
-    fields: dict[str, Any] = {}
-    for name in ("database_pool_size", "redis_max_connections"):
-        if name in values:
-            try:
-                fields[name] = _positive_int(values.pop(name))
-            except ValueError as e:
-                raise SettingsError(f"COMMERCE_CONFIG {name}: {e}") from e
-    for key, raw in values.items():
-        field, parse = _ENV[key]
-        try:
-            fields[field] = parse(raw)
-        except ValueError as e:
-            raise SettingsError(f"{key}={raw!r}: {e}") from e
-    return Settings(**fields)
+    unknown = unknown_variables(env)
+    if unknown:
+        log.warning("ignored, no such setting: %s (misspelt? docs: README.md, Configuration)", ", ".join(unknown))
+    from_env = EnvironmentSource(Settings, env)
+    from_yaml = SeedYamlSource(Settings, env.get(CONFIG_VARIABLE))
+    token = _LOADING.set((from_env, from_yaml))
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise SettingsError(describe(e, {**from_yaml.origins, **from_env.origins})) from e
+    finally:
+        _LOADING.reset(token)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """The ``COMMERCE_*`` variables in ``environ`` that name no setting: misspelt, or another tool's."""
+    from commerce.settings_sources import CONFIG_VARIABLE, variables
+
+    prefix = Settings.model_config.get("env_prefix", "")
+    known = {CONFIG_VARIABLE, *variables(Settings).values()}
+    return sorted(name for name in environ if name.startswith(prefix) and name not in known)
+
+
+def describe(error: ValidationError, origins: Mapping[str, str]) -> str:
+    """Pydantic's errors in the operator's terms: each names the variable or YAML key of its value
+    (``origins``, by field), or the field where the value was given in code."""
+    from commerce.settings_sources import variables
+
+    details = error.errors()
+    names = variables(Settings)
+    missing = [f"{d['loc'][0]} ({names.get(str(d['loc'][0]), '')})" for d in details if d["type"] == "missing"]
+    problems = [_problem(d, origins) for d in details if d["type"] != "missing"]
+    if missing:
+        problems.append(f"not resolved: {', '.join(missing)}; the runtime sets them at start, before actors, "
+                        "services or the ingress get the settings")
+    return "; ".join(problems)
+
+
+def _problem(detail: ErrorDetails, origins: Mapping[str, str]) -> str:
+    reason = detail["msg"].removeprefix("Value error, ")
+    if not detail["loc"]:
+        return reason  # a rule across fields: its message names them
+    field = str(detail["loc"][0])
+    where = origins.get(field, field)
+    return f"{where}: {reason}" if field in SECRET_FIELDS else f"{where}: {reason} (got {detail['input']!r})"

@@ -83,7 +83,6 @@ async def actor_store(actor_settings: object) -> AsyncIterator[PostgresEventStor
 async def api(actor_settings: object) -> AsyncIterator[str]:
     """The HTTP API on Ray Serve, over the session's actors; yields its base URL."""
     import asyncio
-    import dataclasses
 
     from ray import serve
 
@@ -91,7 +90,7 @@ async def api(actor_settings: object) -> AsyncIterator[str]:
     from tests.integration.ray_support import eventually
 
     port = free_port()
-    settings = dataclasses.replace(actor_settings, port=port)  # type: ignore[type-var]
+    settings = actor_settings.replace(port=port)  # type: ignore[attr-defined]
 
     def start() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

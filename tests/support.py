@@ -78,8 +78,8 @@ class Servers:
     def __init__(self, tmp: Path) -> None:
         self.pg: EmbeddedPostgres | None = None
         self.redis: EmbeddedRedis | None = None
-        self.database_url = os.environ.get("COMMERCE_DATABASE_URL") or ""
-        self.redis_url = os.environ.get("COMMERCE_REDIS_URL") or ""
+        self.database_url = os.environ.get("COMMERCE_DATABASE_URL", "")
+        self.redis_url = os.environ.get("COMMERCE_REDIS_URL", "")
         if not self.database_url:
             self.pg = EmbeddedPostgres(tmp)
             self.database_url = self.pg.start()

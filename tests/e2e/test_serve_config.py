@@ -4,7 +4,6 @@ the builder's pydantic model and calls the builder, which starts the actors; the
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,6 +93,6 @@ async def test_the_example_config_deploys_a_service_that_takes_orders(
         finally:
             try:
                 settings = cluster_settings(AppArgs.model_validate(args))
-                await asyncio.to_thread(remove_actors, dataclasses.replace(settings, namespace=namespace))
+                await asyncio.to_thread(remove_actors, settings.replace(namespace=namespace))
             finally:
                 await drop_database(servers.database_url, dsn)

@@ -56,7 +56,7 @@ async def service_over_embedded(tmp_path: Path, ray_session: Path) -> AsyncItera
 
     pg, rd = EmbeddedPostgres(tmp_path), EmbeddedRedis(tmp_path)
     settings = settings_for(pg.start(), rd.start(), order_shards=1, inventory_shards=1, data_dir=tmp_path)
-    await run_migrations(settings.database_url or "")
+    await run_migrations(settings.database_url)
     await asyncio.to_thread(deploy_actors, settings)
     ingress = serve_app.Ingress(settings)
     transport = httpx.ASGITransport(app=ingress.app())

@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from actors.client import InventoryClient, OrderClient
-from commerce.settings import Settings
+from commerce.settings import ResolvedSettings
 
 T = TypeVar("T")
 TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdef0123456789"
 
 
-def test_settings(database_url: str, redis_url: str, **overrides: Any) -> Settings:
-    base = Settings(
+def test_settings(database_url: str, redis_url: str, **overrides: Any) -> ResolvedSettings:
+    base = ResolvedSettings(
         database_url=database_url, redis_url=redis_url, namespace=f"commerce-test-{uuid.uuid4().hex[:8]}",
         order_shards=2, inventory_shards=2, saga_retry_delay=0.05, admin_token="test-admin-token", saga_timeout=120.0,
         jwt_secret=TEST_JWT_SECRET, server_secret="test-server-secret-0123456789abcdef",
         saga_compensation_timeout=5.0, snapshot_every=10, passivate_after=600.0, request_timeout=30.0,
         shard_cpus=0.01, replica_cpus=0.01,  # many sets of actors share the session's two CPUs
     )
-    return dataclasses.replace(base, **overrides)
+    return base.replace(**overrides)
 
 
 async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float = 60.0,
