@@ -61,7 +61,7 @@ class Shard(ServiceActor):
     async def _passivation_loop(self) -> None:
         while True:
             await asyncio.sleep(max(self.settings.passivate_after / 4, 1.0))
-            await self.host.passivate_idle(self.settings.passivate_after)
+            await self.watch.run("passivating idle entities", lambda: self.host.passivate_idle(self.settings.passivate_after))
 
     def failing(self) -> dict[str, str]:
         """Background work failing again and again: the shard's own, and its entities' snapshots."""

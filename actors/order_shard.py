@@ -18,9 +18,11 @@ from actors import metrics as m
 from actors.base import Shard
 from actors.client import InventoryClient
 from actors.entities import Entity, EntityHost
+from actors.orders import OrderRecords
 from actors.providers import SimulatedPayments, SimulatedShipping
 from actors.routing import shard_of
-from actors.saga_engine import OrderEntity, SagaEngine
+from actors.saga_engine import SagaEngine
+from actors.saga_host import OrderEntity
 from actors.saga_steps import StepRunner
 from actors.views import Cancelled, OrderView, Placed, SagaState
 from commerce.settings import ResolvedSettings
@@ -29,23 +31,15 @@ from domain import fulfilment as ff
 from domain import order as o
 from domain import saga as sg
 from domain.errors import NotFound
-from store import repository as repo
-from store.errors import ConcurrencyConflict, DuplicateCommand, StoreUnavailable
-from store.event_store import SERVICE, CommandContext, PostgresEventStore, StreamAppend, create_pool, event_id
+from store.errors import ConcurrencyConflict, StoreUnavailable
+from store.event_store import SERVICE, CommandContext, PostgresEventStore, create_pool, event_id
 from store.ledger import ProviderLedger
-from store.sagas import SagaStore
 
-SAGA_NAMESPACE = uuid.UUID("0b7f6a53-8a59-4d7e-9c43-2f5d1c9a8e60")
 RESCAN_INTERVAL = 5.0
 
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def saga_id_of(order_id: uuid.UUID) -> uuid.UUID:
-    """An order's fulfilment saga: one per order, its id derived from the order's."""
-    return uuid.uuid5(SAGA_NAMESPACE, str(order_id))
 
 
 class _Orders:
@@ -80,7 +74,7 @@ class OrderShard(Shard):
     async def _start(self) -> None:
         pool = await create_pool(self.settings.database_url, self.settings.database_pool_size, SERVICE)
         self.store = PostgresEventStore(pool)
-        self.sagas = SagaStore(self.store)
+        self.records = OrderRecords(self.store, self.metrics)
         ledger = ProviderLedger(self.store)
         inventory = InventoryClient(self.settings.namespace, self.settings.inventory_shards,
                                     self.settings.request_timeout)
@@ -88,26 +82,13 @@ class OrderShard(Shard):
                                 self.settings.reservation_ttl, self.settings.derived_key("order-reservations"))
         self.inventory = inventory
         self.host: EntityHost[OrderEntity] = EntityHost(
-            self._load, self._snapshot, lambda e: e.version, self.settings.max_active_entities,
+            self.records.load, self.records.snapshot, lambda e: e.version, self.settings.max_active_entities,
             self.settings.snapshot_every)
         await self._resume_unfinished(include_failed=True)
         self._tasks = [asyncio.create_task(self._rescan_loop()), asyncio.create_task(self._passivation_loop())]
 
-    async def _load(self, order_id: uuid.UUID) -> OrderEntity:
-        order, _ = await repo.load(self.store, repo.ORDER, order_id)
-        saga = None
-        if order is not None:
-            saga, _ = await repo.load(self.store, repo.SAGA, order.saga_id)
-        return OrderEntity(order, saga)
-
-    async def _snapshot(self, ent: OrderEntity) -> None:
-        if ent.order is not None:
-            await self.store.save_snapshot(repo.snapshot_of(repo.ORDER, ent.order.order_id, ent.order))
-        if ent.saga is not None:
-            await self.store.save_snapshot(repo.snapshot_of(repo.SAGA, ent.saga.saga_id, ent.saga))
-
     async def _resume_unfinished(self, include_failed: bool) -> None:
-        for _, order_id in await self.sagas.unfinished(include_failed):
+        for _, order_id in await self.records.sagas.unfinished(include_failed):
             if shard_of(order_id, self.settings.order_shards) == self.index:
                 self.engine.drive(order_id)
 
@@ -128,7 +109,7 @@ class OrderShard(Shard):
         await self.start()
         catalog = await self.inventory.catalog([pid for pid, _ in items])
         lines = tuple(o.OrderLine(pid, qty, catalog[pid].price) for pid, qty in items)
-        saga_id = saga_id_of(order_id)
+        saga_id = ff.saga_id_of(order_id)
         async with self.host.entity(order_id) as ent:
             events = o.decide_create(ent.state.order, order_id=order_id, customer_id=customer_id, lines=lines,
                                      saga_id=saga_id, shipping_address=o.ShippingAddress(**shipping_address),
@@ -205,19 +186,10 @@ class OrderShard(Shard):
 
     async def _record(self, ent: Entity[OrderEntity], saga_events: list[ev.DomainEvent],
                       order_events: list[ev.DomainEvent] | None = None, ctx: CommandContext | None = None) -> bool:
-        """Append saga and order events atomically; False (state reloaded) when another write came first."""
-        state = ent.state
-        others = [StreamAppend(ent.id, o.AGGREGATE_TYPE, state.order.version if state.order else 0,
-                               list(order_events or []))]
-        try:
-            saga, records = await self.sagas.record(ctx or CommandContext.new(ent.id, now()), state.saga,
-                                                    saga_id_of(ent.id), saga_events, others)
-        except (ConcurrencyConflict, DuplicateCommand):
-            ent.state = await self._load(ent.id)
-            return False
-        ent.state = OrderEntity(repo.fold(repo.ORDER, state.order, records), saga)
-        self.metrics.observe(ent.state.order, saga, records)
-        return True
+        """Record, and hold the state after; False (the state reloaded) when another write came first."""
+        after = await self.records.record(ent.id, ent.state, saga_events, list(order_events or []), ctx)
+        ent.state = after or await self.records.load(ent.id)
+        return after is not None
 
     # --- observability --------------------------------------------------------------------------
 

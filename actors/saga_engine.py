@@ -11,22 +11,19 @@ it access to an order (``SagaHost``); the clock is given too, so that tests can 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import datetime as dt
 import logging
 import uuid
 from collections.abc import Awaitable
-from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 
+from actors.saga_host import Clock, Held, SagaHost
 from commerce import logs
 from domain import fulfilment as ff
 from domain import order as o
 from domain import saga as sg
-from domain.events import DomainEvent
 from store.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -39,48 +36,6 @@ TRANSIENT_STORE_ERRORS = (
     asyncpg.exceptions.TooManyConnectionsError, asyncpg.exceptions.ReadOnlySQLTransactionError,
     asyncpg.exceptions.OperatorInterventionError,
 )
-
-
-@dataclasses.dataclass(slots=True)
-class OrderEntity:
-    """An order and its saga: one entity, one mailbox."""
-
-    order: o.Order | None
-    saga: sg.Saga | None
-
-    @property
-    def version(self) -> int:
-        return (self.order.version if self.order else 0) + (self.saga.version if self.saga else 0)
-
-
-class Held(Protocol):
-    """An order entity whose mailbox the engine holds."""
-
-    id: uuid.UUID
-    state: OrderEntity
-
-
-class SagaHost(Protocol):
-    def entity(self, order_id: uuid.UUID) -> AbstractAsyncContextManager[Any]:
-        """The order's entity (a ``Held``), with its mailbox held."""
-
-    async def record(self, ent: Any, saga_events: list[DomainEvent], order_events: list[DomainEvent]) -> bool:
-        """Append atomically; False (state reloaded) when another write came first."""
-
-    async def run_step(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> tuple[sg.StepResult, ff.StepData]:
-        """The external call behind a step."""
-
-
-class Clock:
-    """Wall time and real sleeps."""
-
-    def now(self) -> dt.datetime:
-        return dt.datetime.now(dt.UTC)
-
-    async def wait(self, event: asyncio.Event, seconds: float) -> None:
-        """Until ``event`` is set or ``seconds`` have passed."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), seconds)
 
 
 class SagaEngine:

@@ -15,6 +15,13 @@ from domain import saga as sg
 from domain.events import DomainEvent
 from domain.saga import STEPS, Phase, Step
 
+SAGA_NAMESPACE = uuid.UUID("0b7f6a53-8a59-4d7e-9c43-2f5d1c9a8e60")
+
+
+def saga_id_of(order_id: uuid.UUID) -> uuid.UUID:
+    """An order's fulfilment saga: one per order, its id derived from the order's."""
+    return uuid.uuid5(SAGA_NAMESPACE, str(order_id))
+
 
 def step_key(saga_id: uuid.UUID, step: str) -> str:
     """A provider idempotency key: replaying a step never charges or ships twice."""

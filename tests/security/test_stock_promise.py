@@ -8,7 +8,6 @@ import uuid
 import httpx
 import pytest
 
-from actors.order_shard import saga_id_of
 from commerce.http import derived_id
 from commerce.settings import Settings
 from domain import fulfilment
@@ -90,7 +89,7 @@ async def test_a_pre_claimed_order_reservation_id_cannot_cause_an_oversell(
     customer, headers = customer_headers()
     key = f"attack-{uuid.uuid4()}"
     order_id = derived_id(actor_settings.derived_key("idempotency"), f"customer:{customer} POST {API}/orders", key)
-    planned = fulfilment.reservation_id(actor_settings.derived_key("order-reservations"), saga_id_of(order_id),
+    planned = fulfilment.reservation_id(actor_settings.derived_key("order-reservations"), fulfilment.saga_id_of(order_id),
                                         uuid.UUID(pid))
     claim = await http.post(f"{API}/inventory/{pid}/reserve", json={"quantity": 1, "reservation_id": str(planned)},
                             headers=WAREHOUSE)

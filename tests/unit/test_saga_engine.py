@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 
-from actors.saga_engine import Clock, OrderEntity, SagaEngine
+from actors.saga_engine import SagaEngine
+from actors.saga_host import Clock, OrderEntity
 from domain import fulfilment as ff
 from domain import order as o
 from domain import saga as sg

@@ -1,0 +1,51 @@
+"""An order shard's orders in the store: an order and its saga load as one entity (each from its
+snapshot and later events), are snapshotted together, and record their events in one transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from actors import metrics as m
+from actors.saga_host import OrderEntity
+from domain import events as ev
+from domain import fulfilment as ff
+from domain import order as o
+from store import repository as repo
+from store.errors import ConcurrencyConflict, DuplicateCommand
+from store.event_store import CommandContext, PostgresEventStore, StreamAppend
+from store.sagas import SagaStore
+
+
+class OrderRecords:
+    def __init__(self, store: PostgresEventStore, metrics: m.OrderMetrics) -> None:
+        self.store = store
+        self.sagas = SagaStore(store)
+        self.metrics = metrics
+
+    async def load(self, order_id: uuid.UUID) -> OrderEntity:
+        order, _ = await repo.load(self.store, repo.ORDER, order_id)
+        saga = None
+        if order is not None:
+            saga, _ = await repo.load(self.store, repo.SAGA, order.saga_id)
+        return OrderEntity(order, saga)
+
+    async def snapshot(self, ent: OrderEntity) -> None:
+        if ent.order is not None:
+            await self.store.save_snapshot(repo.snapshot_of(repo.ORDER, ent.order.order_id, ent.order))
+        if ent.saga is not None:
+            await self.store.save_snapshot(repo.snapshot_of(repo.SAGA, ent.saga.saga_id, ent.saga))
+
+    async def record(self, order_id: uuid.UUID, state: OrderEntity, saga_events: list[ev.DomainEvent],
+                     order_events: list[ev.DomainEvent], ctx: CommandContext | None = None) -> OrderEntity | None:
+        """Append saga and order events atomically: the state after them, or None when another write came
+        first (the caller reloads and decides again)."""
+        others = [StreamAppend(order_id, o.AGGREGATE_TYPE, state.order.version if state.order else 0, order_events)]
+        try:
+            saga, records = await self.sagas.record(ctx or CommandContext.new(order_id, dt.datetime.now(dt.UTC)),
+                                                    state.saga, ff.saga_id_of(order_id), saga_events, others)
+        except (ConcurrencyConflict, DuplicateCommand):
+            return None
+        after = OrderEntity(repo.fold(repo.ORDER, state.order, records), saga)
+        self.metrics.observe(after.order, saga, records)
+        return after
