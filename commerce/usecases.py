@@ -102,7 +102,7 @@ async def checkout(svc: Services, who: Principal, cart_id: uuid.UUID, shipping_a
         await svc.carts.abort_checkout(cart_id, order_id)  # no order: the cart is the customer's again
         raise
     await svc.carts.finish_checkout(cart_id)
-    return order_id, placed
+    return order_id, placed.json()
 
 
 async def reorder(svc: Services, who: Principal, order_id: uuid.UUID, cart_id: uuid.UUID) -> dict[str, Any]:
