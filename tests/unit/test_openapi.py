@@ -6,6 +6,7 @@ driven over fakes of their services, validates against the schemas the document 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -22,7 +23,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from starlette.requests import Request
 
 import serve_app
-from actors.views import Cancelled, OrderView, ReservationView, StockChange, StockView
+from actors.views import Cancelled, OrderView, Placed, ReservationView, SagaState, StockChange, StockView
 from commerce import schemas as api
 from commerce import views
 from commerce.auth import ADMIN_TOKEN, Principal, Role
@@ -30,6 +31,7 @@ from commerce.settings import Settings
 from domain import cart as c
 from domain import inventory as inv
 from domain import order as o
+from domain import saga as sg
 from domain.events import Metadata, Recorded
 from tests.unit.test_health import HEALTHY, Provider, services
 
@@ -290,12 +292,16 @@ def fakes() -> Any:
         inventory=SimpleNamespace(
             get_stock=returns(StockView.of(s)), set_stock=returns(StockView.of(s)),
             reserve=returns(ReservationView.of(s, RESERVATION)),
-            release=returns(StockChange(StockView.of(s), True))),
+            release=returns(StockChange(StockView.of(s), True)), prices=returns({PRODUCT: Decimal("29.99")})),
         direct_reservations=SimpleNamespace(claim=returns(True)), idempotency=None,  # no Idempotency-Key sent
         carts=SimpleNamespace(get=returns(a_cart(c.checkout_order_id(CART))), create=returns(a_cart(lines=0)),
-                              set_line=returns(a_cart(lines=2))),
+                              set_line=returns(a_cart(lines=2)), begin_checkout=returns(a_cart(ORDER, lines=2)),
+                              finish_checkout=returns(None)),
         orders=SimpleNamespace(get_order=returns(OrderView.of(an_order())),
-                               cancel_order=returns(Cancelled(False, OrderView.of(an_order("by request"))))),
+                               cancel_order=returns(Cancelled(False, OrderView.of(an_order("by request")))),
+                               create_order=returns(Placed(ORDER, o.OrderStatus.PENDING, SAGA)),
+                               retry_saga=returns(SagaState(SAGA, sg.SagaStatus.RUNNING)),
+                               compensate_saga=returns(SagaState(SAGA, sg.SagaStatus.COMPENSATING))),
         pool=SimpleNamespace(fetch=fetch),
         events=SimpleNamespace(load_stream=returns([recorded()]), query=returns([recorded(position=41)])),
         sagas=SimpleNamespace(list=returns([saga_row(0), saga_row(1)]), get=returns(saga_row())),
@@ -333,6 +339,19 @@ async def test_what_the_routes_return_validates_against_the_documented_schemas(
         ("get", "/admin/sagas/{saga_id}", 200, await edge.get_saga(SAGA, svc=svc)),
         ("get", "/admin/events", 200, await edge.query_events(aggregate_id=None, aggregate_type=None,
                                                                    event_type=None, after_position=0, limit=1, svc=svc)),
+        ("post", "/cart/{cart_id}/checkout", 202,
+         await edge.checkout(CART, api.Checkout(shipping_address=api.ShippingAddress(**dataclasses.asdict(ADDRESS)), payment_token="tok_visa"),
+                             request("POST"), who=SHOPPER, svc=svc, idempotency_key=None)),
+        ("post", "/orders", 202,
+         await edge.create_order(api.CreateOrder(items=[api.OrderItem(product_id=PRODUCT, quantity=2)],
+                                                 shipping_address=api.ShippingAddress(**dataclasses.asdict(ADDRESS)), payment_token="tok_visa"),
+                                 request("POST"), who=SHOPPER, svc=svc, idempotency_key=None)),
+        ("post", "/orders/{order_id}/reorder", 201,
+         await edge.reorder(ORDER, request("POST"), who=SHOPPER, svc=svc, idempotency_key=None)),
+        ("post", "/admin/sagas/{saga_id}/retry", 202,
+         await edge.retry_saga(SAGA, request("POST"), who=ADMIN_TOKEN, svc=svc, idempotency_key=None)),
+        ("post", "/admin/sagas/{saga_id}/compensate", 202,
+         await edge.compensate_saga(SAGA, request("POST"), None, who=ADMIN_TOKEN, svc=svc, idempotency_key=None)),
     ]
     for method, path, status, response in checked:
         if isinstance(response, JSONResponse):
