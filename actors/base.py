@@ -16,6 +16,10 @@ from actors.watch import Watch
 from commerce import logs
 from commerce.settings import ResolvedSettings
 
+# The shape of the actors' calls (their arguments, their answers, the errors they raise); a start refuses
+# running actors of another (actors.deploy.check_layout). 2: frozen views and raised domain errors.
+PROTOCOL = 2
+
 
 class ServiceActor(abc.ABC):
     """An actor that starts (connects, recovers) on its own, right after Ray creates or restarts it."""
@@ -75,8 +79,10 @@ class Shard(ServiceActor):
         return await self.stats()
 
     async def layout(self) -> dict[str, int]:
-        """The shard counts this actor was made with (another start must not mix its own with them)."""
-        return {"order_shards": self.settings.order_shards, "inventory_shards": self.settings.inventory_shards}
+        """The shard counts this actor was made with, and the shape of its calls (another start must not mix
+        its own with them)."""
+        return {"order_shards": self.settings.order_shards, "inventory_shards": self.settings.inventory_shards,
+                "protocol": PROTOCOL}
 
     async def describe(self) -> dict[str, Any]:
         """Where this shard runs and how busy it is (an operator's view; restarts come from Ray's actor table)."""

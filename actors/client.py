@@ -17,7 +17,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RaySystemError, RayTaskError
 
 from actors.routing import PROJECTOR_NAME, inventory_shard_name, order_shard_name, shard_of
-from actors.views import Cancelled, OrderView, Placed, ReservationView, SagaState, StockChange, StockView
+from actors.views import Cancelled, OrderView, Placed, ReservationView, SagaState, StockView
 from domain import inventory
 from domain.errors import DomainError
 from store.errors import StoreError
@@ -64,6 +64,8 @@ async def call(ref: ActorRef, method: str, *args: Any, timeout: float = 30.0, wi
             # The method raised: a business outcome (or the store's) is raised here as the actor raised it.
             if isinstance(e.cause, (DomainError, StoreError)):
                 raise e.cause from None
+            if isinstance(e.cause, TimeoutError):  # the actor's own wait on something below it
+                raise ServiceUnavailable(f"actor {ref.name} timed out: {e.cause}") from e
             raise
         except (RayActorError, RaySystemError) as e:
             ref.forget()
@@ -129,19 +131,19 @@ class InventoryClient:
         return result
 
     async def release(self, product_id: uuid.UUID, reservation_id: uuid.UUID, caller: str, admin: bool = False,
-                      correlation_id: uuid.UUID | None = None) -> StockChange:
-        result: StockChange = await self._call(product_id, "release", product_id, reservation_id, caller, admin,
+                      correlation_id: uuid.UUID | None = None) -> StockView:
+        result: StockView = await self._call(product_id, "release", product_id, reservation_id, caller, admin,
                                                correlation_id)
         return result
 
     async def undo(self, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str,
-                   correlation_id: uuid.UUID | None = None) -> StockChange:
-        result: StockChange = await self._call(product_id, "undo", product_id, reservation_id, owner, correlation_id)
+                   correlation_id: uuid.UUID | None = None) -> StockView:
+        result: StockView = await self._call(product_id, "undo", product_id, reservation_id, owner, correlation_id)
         return result
 
     async def commit(self, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str,
-                     correlation_id: uuid.UUID | None = None) -> StockChange:
-        result: StockChange = await self._call(product_id, "commit", product_id, reservation_id, owner, correlation_id)
+                     correlation_id: uuid.UUID | None = None) -> StockView:
+        result: StockView = await self._call(product_id, "commit", product_id, reservation_id, owner, correlation_id)
         return result
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import ray
 
+from actors.base import PROTOCOL
 from actors.inventory_shard import InventoryShard
 from actors.order_shard import OrderShard
 from actors.projector import Projector
@@ -38,11 +39,13 @@ def check_layout(settings: Settings) -> None:
         except (ray.exceptions.RayError, AttributeError) as e:  # not answering, or made by an older release
             raise SettingsError(f"{name} runs in namespace {settings.namespace!r} but cannot say its shard counts "
                                 f"({type(e).__name__}); remove the service's actors (docs/operations.md), then start") from e
-        wanted = {"order_shards": settings.order_shards, "inventory_shards": settings.inventory_shards}
+        wanted = {"order_shards": settings.order_shards, "inventory_shards": settings.inventory_shards,
+                  "protocol": PROTOCOL}
         if layout != wanted:
             raise SettingsError(
                 f"shard actors made with {layout} run in namespace {settings.namespace!r}, and this start asks for "
-                f"{wanted}: stop the service that runs them (or remove them, see docs/operations.md), then start")
+                f"{wanted} (a protocol differs after an upgrade): stop the service that runs them (or remove them, "
+                "see docs/operations.md), then start")
 
 
 def deploy_actors(settings: Settings, check: bool = True) -> list[Any]:

@@ -18,13 +18,14 @@ from actors.base import Shard
 from actors.entities import EntityHost
 from actors.routing import shard_of
 from actors.sku_batches import Decide, Outcome, SkuBatches
-from actors.views import ReservationView, StockChange, StockView
+from actors.views import ReservationView, StockView
 from commerce.settings import ResolvedSettings, Settings
 from domain import inventory as inv
 from store import repository as repo
 from store.event_store import SERVICE, CommandContext, EventStore, PostgresEventStore, create_pool
 
 EXPIRY_INTERVAL = 1.0
+DUE_PER_PASS = 10_000  # due SKUs read per pass, of every shard (each keeps its own)
 
 
 def now() -> dt.datetime:
@@ -86,42 +87,53 @@ class InventoryShard(Shard):
         return ReservationView.of(inv.require(sku, product_id), reservation_id)
 
     async def release(self, product_id: uuid.UUID, reservation_id: uuid.UUID, caller: str, admin: bool = False,
-                      correlation_id: uuid.UUID | None = None) -> StockChange:
+                      correlation_id: uuid.UUID | None = None) -> StockView:
         """A direct release by an API caller (see ``inv.decide_release``)."""
         return await self._change(product_id, reservation_id, correlation_id,
                                   lambda s: inv.decide_release(s, product_id, reservation_id, caller, admin=admin))
 
     async def undo(self, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str,
-                   correlation_id: uuid.UUID | None = None) -> StockChange:
+                   correlation_id: uuid.UUID | None = None) -> StockView:
         """An order's compensation gives back what it holds (see ``inv.decide_undo``)."""
         return await self._change(product_id, reservation_id, correlation_id,
                                   lambda s: inv.decide_undo(s, product_id, reservation_id, owner))
 
     async def commit(self, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str,
-                     correlation_id: uuid.UUID | None = None) -> StockChange:
+                     correlation_id: uuid.UUID | None = None) -> StockView:
         return await self._change(product_id, reservation_id, correlation_id,
                                   lambda s: inv.decide_commit(s, product_id, reservation_id, owner))
 
     async def _change(self, product_id: uuid.UUID, reservation_id: uuid.UUID, correlation_id: uuid.UUID | None,
-                      decide: Decide) -> StockChange:
-        sku, records = await self._decide(product_id, decide, CommandContext.new(correlation_id or reservation_id, now()))
-        return StockChange(StockView.of(inv.require(sku, product_id)), bool(records))
+                      decide: Decide) -> StockView:
+        sku, _ = await self._decide(product_id, decide, CommandContext.new(correlation_id or reservation_id, now()))
+        return StockView.of(inv.require(sku, product_id))
 
     async def expire_due(self) -> int:
         """Expire the due reservations of this shard's SKUs, in memory or not (the store keeps each SKU's
-        next deadline with its events); returns how many SKUs changed."""
+        next deadline with its events); returns how many SKUs changed. Every due SKU is tried; a failure
+        is raised after the pass, so that the watch counts it."""
         await self.start()
         at = now()
-        due = {pid for pid, sku in self.host.states() if (t := inv.next_expiry(sku)) and t <= at}
-        due |= {pid for pid in await self.store.due(inv.AGGREGATE_TYPE, at)
-                if shard_of(pid, self.settings.inventory_shards) == self.index}
-        changed = 0
-        for pid in due:
-            sku, records = await self._decide(pid, lambda s: inv.decide_expire(s, at), CommandContext.new(pid, at))
-            if not records:  # nothing was due after all (a deadline filled in from before): set it right
-                await self.store.schedule(pid, inv.AGGREGATE_TYPE, inv.next_expiry(sku), sku.version if sku else 0)
-            changed += bool(records)
+        in_memory = {pid for pid, sku in self.host.states() if (t := inv.next_expiry(sku)) and t <= at}
+        stored = {pid for pid in await self.store.due(inv.AGGREGATE_TYPE, at, DUE_PER_PASS)
+                  if shard_of(pid, self.settings.inventory_shards) == self.index} - in_memory
+        changed, failures = 0, []
+        for pid in [*in_memory, *stored]:
+            try:
+                # Due in the store but not in memory: the state in memory may be behind (an answer lost).
+                changed += await self._expire(pid, at, fresh=pid in stored and self.host.is_active(pid))
+            except Exception as e:  # raised below, once every SKU was tried
+                failures.append(e)
+        if failures:
+            raise failures[0]
         return changed
+
+    async def _expire(self, product_id: uuid.UUID, at: dt.datetime, fresh: bool) -> bool:
+        sku, records = await self.batches.run(product_id, lambda s: inv.decide_expire(s, at),
+                                              CommandContext.new(product_id, at), fresh)
+        if not records:  # nothing was due after all (a deadline filled in from before): set it right
+            await self.store.schedule(product_id, inv.AGGREGATE_TYPE, inv.next_expiry(sku), sku.version if sku else 0)
+        return bool(records)
 
     async def _expiry_loop(self) -> None:
         while True:

@@ -136,7 +136,7 @@ class OrderShard(Shard):
             if await self._applied(ent, command_id):
                 return Cancelled(True, OrderView.of(self._order(ent)))
             decision = ff.decide_cancel(self._order(ent), self._saga(ent), reason)
-            if not decision.saga_events:
+            if decision is None:
                 return Cancelled(False, OrderView.of(self._order(ent)))
             await self._saga_command(ent, lambda order, saga: decision, command_id)
             return Cancelled(True, OrderView.of(self._order(ent)))

@@ -39,15 +39,20 @@ class SkuBatches:
         self.store = store
         self.host = host
         self.queues: dict[uuid.UUID, list[Queued]] = {}
+        self._stale: set[uuid.UUID] = set()  # an append whose outcome is unknown: reload before the next decision
         self._on_conflict = on_conflict
         self._on_records = on_records
 
-    async def run(self, product_id: uuid.UUID, decide: Decide, ctx: CommandContext) -> Outcome:
-        """The SKU's state after the command, and the events it recorded (none: nothing changed)."""
+    async def run(self, product_id: uuid.UUID, decide: Decide, ctx: CommandContext, fresh: bool = False) -> Outcome:
+        """The SKU's state after the command, and the events it recorded (none: nothing changed). With
+        ``fresh``, the SKU is read again from the store first (its state in memory may be behind)."""
         command = Queued(decide, ctx, asyncio.get_running_loop().create_future())
         self.queues.setdefault(product_id, []).append(command)
         try:
             async with self.host.entity(product_id) as ent:
+                if fresh or product_id in self._stale:
+                    ent.state, _ = await repo.load(self.store, repo.SKU, product_id)
+                    self._stale.discard(product_id)
                 batch = [c for c in self.queues.pop(product_id, []) if not c.result.done()]
                 if batch:
                     await self._apply_shielded(product_id, ent, batch, command)
@@ -88,6 +93,7 @@ class SkuBatches:
                 ent.state, _ = await repo.load(self.store, repo.SKU, product_id)
             raise ConcurrencyConflict(product_id, -1)
         except Exception as e:
+            self._stale.add(product_id)  # the append may have committed all the same (a lost answer)
             for command in batch:
                 if not command.result.done():
                     command.result.set_exception(e)

@@ -42,25 +42,15 @@ class ReservationView:
     expires_at: dt.datetime
     version: int
     outcome: inv.Outcome
-    stock: StockView
 
     @classmethod
     def of(cls, sku: inv.Sku, reservation_id: uuid.UUID) -> ReservationView:
         r = sku.reservations[reservation_id]
-        return cls(r.reservation_id, sku.product_id, r.quantity, r.expires_at, r.version, r.outcome,
-                   StockView.of(sku))
+        return cls(r.reservation_id, sku.product_id, r.quantity, r.expires_at, r.version, r.outcome)
 
     def json(self) -> dict[str, Any]:
         return {"reservation_id": str(self.reservation_id), "product_id": str(self.product_id),
                 "quantity": self.quantity, "expires_at": self.expires_at.isoformat(), "version": self.version}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class StockChange:
-    """A SKU after a release, an undo or a commit; ``effective`` is False when it had happened before."""
-
-    stock: StockView
-    effective: bool
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

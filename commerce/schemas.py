@@ -1,5 +1,5 @@
 """The HTTP API's shapes. Request bodies are validated by pydantic: unknown fields are refused, limits as
-in API.md. Response models only document what the routes return (``responses=`` in serve_app.py): no
+in API.md. Response models only document what the routes return (``responses=`` in commerce/openapi.py): no
 route validates or filters its answer through them, so they cost nothing at run time."""
 
 from __future__ import annotations

@@ -56,8 +56,7 @@ async def reserve(svc: Services, who: Principal, product_id: uuid.UUID, reservat
 
 async def release(svc: Services, who: Principal, product_id: uuid.UUID, reservation_id: uuid.UUID) -> dict[str, Any]:
     """Release the caller's own reservation (an admin: any direct one); the product's stock after it."""
-    change = await svc.inventory.release(product_id, reservation_id, who.key, who.is_admin)
-    return change.stock.json()
+    return (await svc.inventory.release(product_id, reservation_id, who.key, who.is_admin)).json()
 
 
 # --- carts ----------------------------------------------------------------------------------------

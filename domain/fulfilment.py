@@ -111,12 +111,13 @@ def implied(order: o.Order, saga_events: list[DomainEvent], order_events: list[D
     return Decision(list(saga_events), [*(order_events or []), *more])
 
 
-def decide_cancel(order: o.Order, saga: sg.Saga, reason: str) -> Decision:
-    """A customer's cancel: the saga compensates, and the order shows it. Nothing to record for an order
-    cancelled already; an order that compensates without it refuses the cancel (TransitionForbidden)."""
+def decide_cancel(order: o.Order, saga: sg.Saga, reason: str) -> Decision | None:
+    """A customer's cancel: the saga compensates, and the order shows it (a saga compensating already
+    needs nothing recorded). None for an order cancelled already: the cancel has nothing left to do. An
+    order that compensates without it refuses the cancel (TransitionForbidden)."""
     o.ensure_cancellable(order)
     if order.status is o.OrderStatus.CANCELLED:
-        return Decision([], [])
+        return None
     return implied(order, sg.decide_compensate(saga, reason))
 
 

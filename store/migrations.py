@@ -202,7 +202,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "deadlines",
         # A stream's next deadline (a SKU's next reservation to expire), written in the transaction of
         # the stream's events, so that acting on it never waits on a projection. Filled once from the
-        # projection that served this before.
+        # events: every SKU that ever had a reservation is due now, and its shard's first pass either
+        # expires what is due or sets the deadline right from the SKU's own state.
         """
         CREATE TABLE deadlines (
             aggregate_id UUID PRIMARY KEY,
@@ -212,7 +213,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         CREATE INDEX deadlines_due ON deadlines (aggregate_type, due_at);
         INSERT INTO deadlines (aggregate_id, aggregate_type, due_at, version)
-            SELECT product_id, 'InventorySku', MIN(expires_at), 0 FROM inventory_reservations GROUP BY product_id;
+            SELECT DISTINCT aggregate_id, aggregate_type, NOW(), 0 FROM events WHERE event_type = 'StockReserved';
         """,
     ),
 ]

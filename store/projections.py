@@ -157,11 +157,10 @@ class FailedEvent(TypedDict):
 class ProjectionFailed(StoreError):
     """A projection raised on one event; the batch holding it was rolled back, its checkpoint stays before it."""
 
-    def __init__(self, projection: str, row: asyncpg.Record, cause: Exception) -> None:
-        self.event: FailedEvent = {"event_id": str(row["id"]), "position": int(row["position"]),
-                                   "event_type": str(row["event_type"])}
-        super().__init__(f"{projection} stopped at event {row['id']} ({row['event_type']}, position "
-                         f"{row['position']}): {type(cause).__name__}: {cause}")
+    def __init__(self, projection: str, event: FailedEvent, cause: str) -> None:
+        self.event = event
+        super().__init__(f"{projection} stopped at event {event['event_id']} ({event['event_type']}, position "
+                         f"{event['position']}): {cause}")
 
 
 class RebuildInProgress(StoreError):
@@ -238,7 +237,9 @@ class ProjectionRunner:
         except StoreUnavailable:
             raise
         except Exception as e:
-            raise ProjectionFailed(self.projection.name, row, e) from e
+            failed: FailedEvent = {"event_id": str(row["id"]), "position": int(row["position"]),
+                                   "event_type": str(row["event_type"])}
+            raise ProjectionFailed(self.projection.name, failed, f"{type(e).__name__}: {e}") from e
 
     async def _save_checkpoint(self, conn: asyncpg.Connection, last: asyncpg.Record) -> None:
         await conn.execute(

@@ -23,7 +23,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from starlette.requests import Request
 
 import serve_app
-from actors.views import Cancelled, OrderView, Placed, ReservationView, SagaState, StockChange, StockView
+from actors.views import Cancelled, OrderView, Placed, ReservationView, SagaState, StockView
 from commerce import schemas as api
 from commerce import views
 from commerce.auth import ADMIN_TOKEN, Principal, Role
@@ -292,7 +292,7 @@ def fakes() -> Any:
         inventory=SimpleNamespace(
             get_stock=returns(StockView.of(s)), set_stock=returns(StockView.of(s)),
             reserve=returns(ReservationView.of(s, RESERVATION)),
-            release=returns(StockChange(StockView.of(s), True)), prices=returns({PRODUCT: Decimal("29.99")})),
+            release=returns(StockView.of(s)), prices=returns({PRODUCT: Decimal("29.99")})),
         direct_reservations=SimpleNamespace(claim=returns(True)), idempotency=None,  # no Idempotency-Key sent
         carts=SimpleNamespace(get=returns(a_cart(c.checkout_order_id(CART))), create=returns(a_cart(lines=0)),
                               set_line=returns(a_cart(lines=2)), begin_checkout=returns(a_cart(ORDER, lines=2)),

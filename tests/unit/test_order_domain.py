@@ -67,7 +67,7 @@ def test_the_happy_path_moves_through_every_status() -> None:
     assert (state.payment_id, state.shipment_id) == ("pay_1", "shp_1")
 
 
-def test_a_confirmed_order_can_be_cancelled_and_a_cancelled_one_cannot_again() -> None:
+def test_a_confirmed_order_can_be_cancelled_and_a_cancelled_one_has_nothing_left_to_cancel() -> None:
     confirmed = given(created(), o.OrderConfirmed())
     assert confirmed is not None
     o.ensure_cancellable(confirmed)

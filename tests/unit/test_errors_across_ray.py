@@ -1,0 +1,99 @@
+"""Errors cross a Ray call whole: every error of the domain and the store pickles as the call that made it
+(type, message, attributes), and the actor client raises the actor's own error out of Ray's RayTaskError,
+a timeout inside the actor as ServiceUnavailable. No Ray cluster: Ray's error types only."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import uuid
+from typing import Any
+
+import pytest
+from ray.exceptions import RayTaskError
+
+import domain.cart
+import domain.errors
+import domain.inventory
+import domain.order
+import store.errors
+import store.idempotency
+import store.projections
+from actors.client import ActorRef, ServiceUnavailable, call
+from domain import inventory as inv
+from domain.errors import Remade, TransitionForbidden
+from store.errors import ConcurrencyConflict, StoreUnavailable
+
+PID, RID = uuid.uuid4(), uuid.uuid4()
+EXAMPLES: list[Exception] = [
+    domain.errors.DomainError("refused"), domain.errors.NotFound("no such thing"),
+    TransitionForbidden("order is CANCELLED", status="CANCELLED"),
+    domain.cart.CartError("cart"), domain.cart.EmptyCart("empty"),
+    domain.order.OrderError("order"), domain.order.OrderAlreadyExists("exists"), domain.order.EmptyOrder("no lines"),
+    domain.order.OrderTooLarge("too large"),
+    inv.InventoryError("inventory"), inv.UnknownProduct(f"unknown product {PID}"), inv.UnknownReservation("unknown"),
+    inv.InsufficientStock(PID, 5, 2), inv.VersionMismatch(PID, 3, 4), inv.ReservationNotActive(RID, "expired"),
+    inv.ReservationIdConflict(RID), inv.ReservationAlreadyCommitted(RID), inv.InvalidStock("negative"),
+    inv.StockBelowReserved("below"),
+    store.errors.StoreError("store"), ConcurrencyConflict(PID, 7), store.errors.DuplicateCommand("cmd"),
+    StoreUnavailable("PostgreSQL unavailable"),
+    store.projections.ProjectionFailed("orders", {"event_id": str(RID), "position": 9, "event_type": "X"}, "boom"),
+    store.projections.RebuildInProgress("rebuilding"),
+]
+
+
+def remade_classes() -> set[type[Exception]]:
+    found: set[type[Exception]] = set()
+    for module in (domain.errors, domain.cart, domain.order, domain.inventory, store.errors, store.idempotency,
+                   store.projections):
+        found |= {v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Remade) and v is not Remade}
+    return found
+
+
+def test_every_error_of_the_domain_and_the_store_has_an_example_here() -> None:
+    assert remade_classes() <= {type(e) for e in EXAMPLES}
+
+
+@pytest.mark.parametrize("error", EXAMPLES, ids=lambda e: type(e).__name__)
+def test_an_error_pickles_with_its_type_message_and_attributes(error: Exception) -> None:
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is type(error) and str(again) == str(error)
+    assert {k: v for k, v in vars(again).items()} == {k: v for k, v in vars(error).items()}
+
+
+class Handle:
+    """An actor handle whose method raises in the actor, as Ray reports it to the caller."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+
+    def __getattr__(self, method: str) -> Any:
+        async def failing() -> None:
+            raise RayTaskError(method, "Traceback (in the actor)", self.cause).as_instanceof_cause()
+
+        return type("Method", (), {"remote": staticmethod(lambda *a, **k: asyncio.ensure_future(failing()))})()
+
+
+def ref_to(cause: BaseException) -> ActorRef:
+    ref = ActorRef("inventory-shard-0", "test")
+    ref._handle = Handle(cause)
+    return ref
+
+
+@pytest.mark.parametrize("error", [inv.InsufficientStock(PID, 5, 2), TransitionForbidden("no", status="PAID"),
+                                   StoreUnavailable("down")], ids=lambda e: type(e).__name__)
+async def test_the_client_raises_the_actors_own_error(error: Exception) -> None:
+    with pytest.raises(type(error)) as raised:
+        await call(ref_to(error), "reserve")
+    assert type(raised.value) is type(error) and str(raised.value) == str(error)
+    assert not isinstance(raised.value, RayTaskError)  # its message is the domain's, not Ray's traceback
+
+
+async def test_a_timeout_inside_the_actor_is_a_dependency_that_is_unavailable() -> None:
+    with pytest.raises(ServiceUnavailable):
+        await call(ref_to(TimeoutError("command timed out")), "reserve")
+
+
+async def test_any_other_failure_of_the_actor_stays_a_failure() -> None:
+    with pytest.raises(RayTaskError):
+        await call(ref_to(KeyError("a bug")), "reserve")
