@@ -13,9 +13,10 @@ from tests.integration.ray_support import TEST_JWT_SECRET
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 
 
-def token(subject: str, role: str = "customer", ttl: float = 600.0, secret: str = TEST_JWT_SECRET,
+def token(subject: str, role: str = "customer", ttl: float = 3600.0, secret: str = TEST_JWT_SECRET,
           **claims: object) -> str:
-    """A JWT signed the way the session's service verifies them."""
+    """A JWT signed the way the session's service verifies them, valid for the whole session by default
+    (modules make some at import, long before their tests run)."""
     issued = dt.datetime.now(dt.UTC)
     body = {"sub": subject, "role": role, "iat": issued, "exp": issued + dt.timedelta(seconds=ttl), **claims}
     return jwt.encode(body, secret, algorithm="HS256")

@@ -179,8 +179,8 @@ async def test_an_operator_command_delivered_twice_applies_once(
     order_id = await place(orders, pid, token="tok_refundFailsOnce", address={**ADDRESS, "postal_code": "00000"})
     await saga_status(actor_store, order_id, {"FAILED"})
     command = uuid.uuid4()
-    first = await orders.retry_saga(order_id, command)
-    second = await orders.retry_saga(order_id, command)  # a redelivery: no 409, no second resume
+    first = (await orders.retry_saga(order_id, command)).json()
+    second = (await orders.retry_saga(order_id, command)).json()  # a redelivery: no 409, no second resume
     assert first["saga_id"] == second["saga_id"]
     await saga_status(actor_store, order_id, {"COMPENSATED"})
     saga_events = await event_types(actor_store, uuid.UUID(first["saga_id"]))
