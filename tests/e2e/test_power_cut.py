@@ -24,9 +24,9 @@ TERMINAL = ("CONFIRMED", "CANCELLED")
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
     s = Service(tmp_path)
-    # The flaky card's sagas wait 2 s, then 4 s, between attempts: still in flight when the power goes,
+    # The flaky card's sagas wait 1 s, then 2 s, between attempts: still in flight when the power goes,
     # however fast this machine runs the others.
-    s.env["COMMERCE_SAGA_RETRY_DELAY"] = "2"
+    s.env["COMMERCE_SAGA_RETRY_DELAY"] = "1"
     yield s
     s.close()
 
