@@ -1,4 +1,6 @@
-"""domain/ stays pure: it imports the standard library and itself only."""
+"""The layers keep their shape: domain/ imports the standard library and itself only; a saga step is named
+by its enum, never by a string, where sagas are decided, driven and stored; the ingress and the actors
+stay small enough to read."""
 
 from __future__ import annotations
 
@@ -6,7 +8,8 @@ import ast
 import sys
 from pathlib import Path
 
-DOMAIN = Path(__file__).resolve().parents[2] / "domain"
+ROOT = Path(__file__).resolve().parents[2]
+DOMAIN = ROOT / "domain"
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -23,3 +26,23 @@ def test_domain_imports_only_the_standard_library_and_itself() -> None:
     allowed = set(sys.stdlib_module_names) | {"domain", "__future__"}
     for path in DOMAIN.glob("*.py"):
         assert imported_roots(path) <= allowed, path.name
+
+
+def test_no_step_is_named_by_a_string_outside_its_enum() -> None:
+    from domain.saga import Step
+
+    names = {step.value for step in Step}
+    places = [*DOMAIN.glob("*.py"), *(ROOT / "store").glob("*.py"), *(ROOT / "actors").glob("saga_*.py"),
+              ROOT / "actors" / "order_shard.py", ROOT / "actors" / "orders.py"]
+    for path in places:
+        if path.name == "saga.py" and path.parent == DOMAIN:
+            continue  # the enum itself
+        literals = {node.value for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+        assert not literals & names, (path.name, literals & names)
+
+
+def test_the_ingress_and_the_actors_stay_small() -> None:
+    assert len((ROOT / "serve_app.py").read_text().splitlines()) < 200
+    for path in (ROOT / "actors").glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 250, path.name
