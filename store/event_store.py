@@ -141,7 +141,12 @@ _COLUMNS = "id, position, aggregate_id, aggregate_type, event_type, schema_versi
 
 _INSERT = f"""
 INSERT INTO events (id, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata, version, created_at)
-SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::varchar[], $5::int[], $6::jsonb[], $7::jsonb[], $8::int[], $9::timestamptz[])
+SELECT id, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata, version, created_at
+FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::varchar[], $5::int[], $6::jsonb[], $7::jsonb[], $8::int[],
+            $9::timestamptz[], $10::int[])
+     AS u(id, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata, version, created_at,
+          expected)
+WHERE u.expected = 0 OR u.expected = (SELECT MAX(e.version) FROM events e WHERE e.aggregate_id = u.aggregate_id)
 RETURNING {_COLUMNS}
 """
 
@@ -201,26 +206,27 @@ class PostgresEventStore:
 
     async def _append(self, c: asyncpg.Connection, appends: Sequence[StreamAppend],
                       records: list[ev.Recorded]) -> list[ev.Recorded]:
-        for a in appends:
-            if a.events and a.expected_version > 0:
-                current = await c.fetchval(
-                    "SELECT COALESCE(MAX(version), 0) FROM events WHERE aggregate_id = $1", a.aggregate_id)
-                if current != a.expected_version:
-                    raise ConcurrencyConflict(a.aggregate_id, a.expected_version)
-        columns: list[list[Any]] = [[] for _ in range(9)]
+        """One statement: the rows of a stream go in only if the stream is still at its expected version (a
+        row short means a stale append: the caller's transaction rolls back); a stream that another append
+        starts first collides on ``UNIQUE(aggregate_id, version)``."""
+        expected = {a.aggregate_id: a.expected_version for a in appends if a.events}
+        columns: list[list[Any]] = [[] for _ in range(10)]
         for r in records:
             values = (r.metadata.event_id, r.aggregate_id, r.aggregate_type, r.event_type,
                       type(r.event).schema_version, ev.encode(r.event), metadata_json(r.metadata),
-                      r.version, r.metadata.occurred_at)
+                      r.version, r.metadata.occurred_at, expected[r.aggregate_id])
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
         try:
-            async with c.transaction():  # a savepoint, so the caller's transaction stays usable
-                rows = await c.fetch(_INSERT, *columns)
+            rows = await c.fetch(_INSERT, *columns)
         except asyncpg.UniqueViolationError as e:
             if e.constraint_name == "events_pkey":
                 raise DuplicateCommand(str(records[0].metadata.command_id)) from e
             raise ConcurrencyConflict(records[0].aggregate_id, appends[0].expected_version) from e
+        if len(rows) != len(records):
+            written = {row["aggregate_id"] for row in rows}
+            stale = next(a for a in appends if a.events and a.aggregate_id not in written)
+            raise ConcurrencyConflict(stale.aggregate_id, stale.expected_version)
         for a in appends:
             if a.deadline is not None:
                 await _schedule(c, a.aggregate_id, a.aggregate_type, a.deadline.due_at, a.expected_version + len(a.events))
