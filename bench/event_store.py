@@ -20,7 +20,7 @@ from decimal import Decimal
 
 from bench.common import postgres, spread
 from domain import inventory as inv
-from store.event_store import CommandContext, PostgresEventStore, StreamAppend, create_pool
+from store.event_store import SERVICE, CommandContext, PostgresEventStore, StreamAppend, create_pool
 from store.migrations import migrate
 from tests.support import create_database, drop_database
 
@@ -111,7 +111,7 @@ async def measure(store: PostgresEventStore, events: int, repeat: int) -> dict[s
 
 async def main(base: str, events: int, repeat: int) -> None:
     database = await create_database(base, "commerce_bench")
-    pool = await create_pool(database, 20)
+    pool = await create_pool(database, 20, SERVICE)  # as the service's shards make theirs
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
