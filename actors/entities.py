@@ -64,6 +64,15 @@ class EntityHost(Generic[T]):
     def states(self) -> list[tuple[uuid.UUID, T]]:
         return [(e.id, e.state) for e in self._entities.values()]
 
+    async def read(self, entity_id: uuid.UUID) -> T:
+        """The entity's state now, without waiting for its mailbox: a state is replaced whole, never changed
+        in place, so a read sees one command's outcome or the next's (a price to quote, not a decision)."""
+        ent = await self._activate(entity_id)
+        if entity_id in self._entities:
+            self._entities.move_to_end(entity_id)
+        ent.last_used = time.monotonic()
+        return ent.state
+
     @contextlib.asynccontextmanager
     async def entity(self, entity_id: uuid.UUID) -> AsyncIterator[Entity[T]]:
         """The entity with its mailbox held: the caller is the only one working on it."""

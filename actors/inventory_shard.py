@@ -67,16 +67,12 @@ class InventoryShard(Shard):
 
     async def get_stock(self, product_id: uuid.UUID) -> StockView:
         await self.start()
-        async with self.host.entity(product_id) as ent:
-            return StockView.of(inv.require(ent.state, product_id))
+        return StockView.of(inv.require(await self.host.read(product_id), product_id))
 
     async def catalog(self, product_ids: list[uuid.UUID]) -> dict[uuid.UUID, StockView]:
+        """The products' stock and prices, read without queueing behind a hot SKU's commands."""
         await self.start()
-        out = {}
-        for pid in product_ids:
-            async with self.host.entity(pid) as ent:
-                out[pid] = StockView.of(inv.require(ent.state, pid))
-        return out
+        return {pid: StockView.of(inv.require(await self.host.read(pid), pid)) for pid in product_ids}
 
     async def reserve(self, product_id: uuid.UUID, reservation_id: uuid.UUID, quantity: int, expires_at: dt.datetime,
                       owner: str, expected_version: int | None = None,

@@ -139,11 +139,8 @@ def record_from_row(row: asyncpg.Record) -> ev.Recorded:
 
 _COLUMNS = "id, position, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata, version, created_at"
 
-_INSERT = f"""
-INSERT INTO events (id, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata, version, created_at)
-SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::varchar[], $5::int[], $6::jsonb[], $7::jsonb[], $8::int[], $9::timestamptz[])
-RETURNING {_COLUMNS}
-"""
+# Only the positions come back, in the order the rows went in: the rest is what the caller sent.
+_INSERT = "SELECT position FROM append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 
 
 async def _schedule(c: asyncpg.Connection, aggregate_id: uuid.UUID, aggregate_type: str, due_at: dt.datetime | None,
@@ -166,12 +163,20 @@ SERVICE = "commerce-service"  # the application name of the running service's co
 
 
 async def create_pool(dsn: str, size: int, application_name: str = "commerce-tool") -> asyncpg.Pool:
-    """A pool whose connections name their application, so that tools can tell whether the service runs."""
+    """A pool whose connections name their application, so that tools can tell whether the service runs.
+    The service's own pools skip asyncpg's reset query on every release (a round trip): the service sets
+    no session state (no SET, LISTEN, cursor or session-level lock); an open transaction is still rolled
+    back. Tools keep the reset (a rebuild holds a session-level lock)."""
     with postgres_errors():
         pool: asyncpg.Pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, init=init_connection,
                                                        command_timeout=60,
+                                                       reset=_no_session_state if application_name == SERVICE else None,
                                                        server_settings={"application_name": application_name})
     return pool
+
+
+async def _no_session_state(conn: asyncpg.Connection) -> None:
+    """Nothing to reset (see create_pool)."""
 
 
 class PostgresEventStore:
@@ -196,35 +201,42 @@ class PostgresEventStore:
         records = build_records(appends, ctx)
         if not records:
             return []
+        # One stream: one statement, its own transaction (all its rows, and its deadline, or nothing).
+        if conn is None and len(appends) == 1:
+            with postgres_errors():
+                async with self.pool.acquire() as c:
+                    return await self._append(c, appends, records)
         async with self.transaction(conn) as c:
             return await self._append(c, appends, records)
 
     async def _append(self, c: asyncpg.Connection, appends: Sequence[StreamAppend],
                       records: list[ev.Recorded]) -> list[ev.Recorded]:
-        for a in appends:
-            if a.events and a.expected_version > 0:
-                current = await c.fetchval(
-                    "SELECT COALESCE(MAX(version), 0) FROM events WHERE aggregate_id = $1", a.aggregate_id)
-                if current != a.expected_version:
-                    raise ConcurrencyConflict(a.aggregate_id, a.expected_version)
-        columns: list[list[Any]] = [[] for _ in range(9)]
+        """One statement: the rows of a stream go in only if the stream is still at its expected version (a
+        row short means a stale append: the caller's transaction rolls back); a stream that another append
+        starts first collides on ``UNIQUE(aggregate_id, version)``."""
+        expected = {a.aggregate_id: a.expected_version for a in appends if a.events}
+        columns: list[list[Any]] = [[] for _ in range(10)]
         for r in records:
             values = (r.metadata.event_id, r.aggregate_id, r.aggregate_type, r.event_type,
                       type(r.event).schema_version, ev.encode(r.event), metadata_json(r.metadata),
-                      r.version, r.metadata.occurred_at)
+                      r.version, r.metadata.occurred_at, expected[r.aggregate_id])
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
+        single = appends[0].deadline if len(appends) == 1 else None
+        deadline = (0, None) if single is None else (2, None) if single.due_at is None else (1, single.due_at)
         try:
-            async with c.transaction():  # a savepoint, so the caller's transaction stays usable
-                rows = await c.fetch(_INSERT, *columns)
+            rows = await c.fetch(_INSERT, *columns, *deadline)
         except asyncpg.UniqueViolationError as e:
             if e.constraint_name == "events_pkey":
                 raise DuplicateCommand(str(records[0].metadata.command_id)) from e
             raise ConcurrencyConflict(records[0].aggregate_id, appends[0].expected_version) from e
-        for a in appends:
+        if len(rows) != len(records):  # a stream had moved on: its rows were left out
+            stale = next((a for a in appends if a.events and a.expected_version > 0), appends[0])
+            raise ConcurrencyConflict(stale.aggregate_id, stale.expected_version)
+        for a in appends if len(appends) > 1 else ():  # several streams: each deadline in a statement of its own
             if a.deadline is not None:
                 await _schedule(c, a.aggregate_id, a.aggregate_type, a.deadline.due_at, a.expected_version + len(a.events))
-        return [record_from_row(row) for row in rows]
+        return [dataclasses.replace(r, position=row["position"]) for r, row in zip(records, rows, strict=True)]
 
     async def load_stream(self, aggregate_id: uuid.UUID, after_version: int = 0) -> list[ev.Recorded]:
         with postgres_errors():

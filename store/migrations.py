@@ -216,6 +216,52 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             SELECT DISTINCT aggregate_id, aggregate_type, NOW(), 0 FROM events WHERE event_type = 'StockReserved';
         """,
     ),
+    (
+        8,
+        "append in one statement",
+        # An append is one round trip: in its own transaction (a statement outside one is its own) or in the
+        # caller's. The transaction id is taken before any position is drawn; a stream's rows go in only if
+        # the stream is still at the version expected of it (the caller compares the rows written); a single
+        # stream's deadline is written with them.
+        """
+        CREATE FUNCTION append_events(ids UUID[], aggregate_ids UUID[], aggregate_types VARCHAR[],
+                                      event_types VARCHAR[], schema_versions INTEGER[], data JSONB[],
+                                      metadata JSONB[], versions INTEGER[], created TIMESTAMPTZ[],
+                                      expected INTEGER[], deadline_op INTEGER DEFAULT 0,
+                                      deadline_at TIMESTAMPTZ DEFAULT NULL)
+        RETURNS SETOF events LANGUAGE plpgsql AS $$
+        DECLARE
+            written INTEGER;
+        BEGIN
+            PERFORM pg_current_xact_id();
+            RETURN QUERY
+            INSERT INTO events (id, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata,
+                                version, created_at)
+            SELECT u.id, u.aggregate_id, u.aggregate_type, u.event_type, u.schema_version, u.event_data, u.metadata,
+                   u.version, u.created_at
+            FROM unnest(ids, aggregate_ids, aggregate_types, event_types, schema_versions, data, metadata, versions,
+                        created, expected)
+                 AS u(id, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata, version,
+                      created_at, expected)
+            WHERE u.expected = 0
+               OR u.expected = (SELECT MAX(e.version) FROM events e WHERE e.aggregate_id = u.aggregate_id)
+            RETURNING *;
+            GET DIAGNOSTICS written = ROW_COUNT;
+            -- One stream's deadline after its rows (1: set to deadline_at, 2: clear), if they all went in.
+            IF deadline_op > 0 AND written = cardinality(ids) THEN
+                IF deadline_op = 2 THEN
+                    DELETE FROM deadlines WHERE aggregate_id = aggregate_ids[1] AND version <= versions[written];
+                ELSE
+                    INSERT INTO deadlines (aggregate_id, aggregate_type, due_at, version)
+                    VALUES (aggregate_ids[1], aggregate_types[1], deadline_at, versions[written])
+                    ON CONFLICT (aggregate_id) DO UPDATE SET due_at = EXCLUDED.due_at, version = EXCLUDED.version
+                    WHERE deadlines.version <= EXCLUDED.version;
+                END IF;
+            END IF;
+        END
+        $$;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -57,10 +57,12 @@ class SagaStore:
 
     async def unfinished(self, include_failed: bool = True) -> list[tuple[uuid.UUID, uuid.UUID]]:
         """Every saga not in a terminal state (FAILED ones too, unless told not to), as (saga_id, order_id)."""
-        excluded = ["COMPLETED", "COMPENSATED"] + ([] if include_failed else ["FAILED"])
+        # Named, not "all but the terminal ones", so that the status index finds them (finished ones pile up).
+        wanted = [s.value for s in sg.SagaStatus
+                  if s not in sg.TERMINAL and (include_failed or s is not sg.SagaStatus.FAILED)]
         with postgres_errors():
             rows = await self.events.pool.fetch(
-                "SELECT saga_id, order_id FROM sagas WHERE status <> ALL($1::varchar[])", excluded)
+                "SELECT saga_id, order_id FROM sagas WHERE status = ANY($1::varchar[])", wanted)
         return [(r["saga_id"], r["order_id"]) for r in rows]
 
     async def get(self, saga_id: uuid.UUID) -> dict[str, Any] | None:

@@ -159,3 +159,13 @@ async def test_the_cap_is_never_exceeded(cap: int) -> None:
 
     await asyncio.gather(*(touch(uuid.uuid4()) for _ in range(20)))
     assert h.active <= cap and h.peak_active <= cap
+
+
+async def test_a_read_does_not_wait_for_the_mailbox_and_sees_the_last_state_put_in_place() -> None:
+    store = Store()
+    h, a = host(store), uuid.uuid4()
+    async with h.entity(a) as ent:  # a command holds the mailbox while the read comes
+        ent.state = Counter(a, 1)
+        seen = await asyncio.wait_for(h.read(a), timeout=1)
+        assert seen.version == 1
+    assert (await h.read(uuid.uuid4())).version == 0 and len(store.loads) == 2  # an inactive entity loads
