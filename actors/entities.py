@@ -93,8 +93,7 @@ class EntityHost(Generic[T]):
             ent.last_used = time.monotonic()
             ent.lock.release()
             await self._maybe_snapshot(ent)
-            async with self._changed:
-                self._changed.notify_all()
+            await self._signal()
 
     async def _activate(self, entity_id: uuid.UUID) -> Entity[T]:
         while True:
@@ -126,6 +125,12 @@ class EntityHost(Generic[T]):
             raise
         finally:
             del self._loading[entity_id]
+            await self._signal()  # loaded (now evictable when idle) or failed (a slot is free)
+
+    async def _signal(self) -> None:
+        """Wake whoever waits for room: an entity became idle, or a slot came free."""
+        async with self._changed:
+            self._changed.notify_all()
 
     async def _make_room(self) -> None:
         async with self._changed:
@@ -153,4 +158,6 @@ class EntityHost(Generic[T]):
         for ent in idle:
             if self._entities.get(ent.id) is ent and not ent.lock.locked():
                 await self._passivate(ent)
+        if idle:
+            await self._signal()
         return len(idle)

@@ -139,17 +139,16 @@ def record_from_row(row: asyncpg.Record) -> ev.Recorded:
 
 _COLUMNS = "id, position, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata, version, created_at"
 
-# Only the positions come back, in the order the rows went in: the rest is what the caller sent.
-_INSERT = "SELECT position FROM append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+# Only the ids and positions come back: the rest is what the caller sent.
+_INSERT = "SELECT id, position FROM append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 
 
 async def _schedule(c: asyncpg.Connection, aggregate_id: uuid.UUID, aggregate_type: str, due_at: dt.datetime | None,
                     version: int) -> None:
-    if due_at is None:
-        await c.execute("DELETE FROM deadlines WHERE aggregate_id = $1 AND version <= $2", aggregate_id, version)
-        return
+    """No deadline is kept as 'infinity', so that its version still turns away an older writer."""
     await c.execute(
-        """INSERT INTO deadlines (aggregate_id, aggregate_type, due_at, version) VALUES ($1, $2, $3, $4)
+        """INSERT INTO deadlines (aggregate_id, aggregate_type, due_at, version)
+           VALUES ($1, $2, COALESCE($3, 'infinity'::timestamptz), $4)
            ON CONFLICT (aggregate_id) DO UPDATE SET due_at = EXCLUDED.due_at, version = EXCLUDED.version
            WHERE deadlines.version <= EXCLUDED.version""", aggregate_id, aggregate_type, due_at, version)
 
@@ -211,9 +210,9 @@ class PostgresEventStore:
 
     async def _append(self, c: asyncpg.Connection, appends: Sequence[StreamAppend],
                       records: list[ev.Recorded]) -> list[ev.Recorded]:
-        """One statement: the rows of a stream go in only if the stream is still at its expected version (a
-        row short means a stale append: the caller's transaction rolls back); a stream that another append
-        starts first collides on ``UNIQUE(aggregate_id, version)``."""
+        """One statement, all or nothing: the rows go in only if every stream is still at its expected version
+        (else ConcurrencyConflict, with nothing written); a stream that another append starts first
+        collides on ``UNIQUE(aggregate_id, version)``, which aborts the caller's transaction."""
         expected = {a.aggregate_id: a.expected_version for a in appends if a.events}
         columns: list[list[Any]] = [[] for _ in range(10)]
         for r in records:
@@ -230,13 +229,14 @@ class PostgresEventStore:
             if e.constraint_name == "events_pkey":
                 raise DuplicateCommand(str(records[0].metadata.command_id)) from e
             raise ConcurrencyConflict(records[0].aggregate_id, appends[0].expected_version) from e
-        if len(rows) != len(records):  # a stream had moved on: its rows were left out
+        if not rows:  # a stream had moved on: nothing was written
             stale = next((a for a in appends if a.events and a.expected_version > 0), appends[0])
             raise ConcurrencyConflict(stale.aggregate_id, stale.expected_version)
         for a in appends if len(appends) > 1 else ():  # several streams: each deadline in a statement of its own
             if a.deadline is not None:
                 await _schedule(c, a.aggregate_id, a.aggregate_type, a.deadline.due_at, a.expected_version + len(a.events))
-        return [dataclasses.replace(r, position=row["position"]) for r, row in zip(records, rows, strict=True)]
+        positions = {row["id"]: row["position"] for row in rows}
+        return [dataclasses.replace(r, position=positions[r.metadata.event_id]) for r in records]
 
     async def load_stream(self, aggregate_id: uuid.UUID, after_version: int = 0) -> list[ev.Recorded]:
         with postgres_errors():

@@ -19,7 +19,7 @@ class InMemoryEventStore:
         self._streams: dict[uuid.UUID, list[ev.Recorded]] = {}
         self._event_ids: set[uuid.UUID] = set()
         self._snapshots: dict[uuid.UUID, Snapshot] = {}
-        self._deadlines: dict[uuid.UUID, tuple[str, dt.datetime, int]] = {}
+        self._deadlines: dict[uuid.UUID, tuple[str, dt.datetime | None, int]] = {}
         self._lock = asyncio.Lock()
 
     async def append(self, appends: Sequence[StreamAppend], ctx: CommandContext) -> list[ev.Recorded]:
@@ -44,11 +44,7 @@ class InMemoryEventStore:
 
     def _schedule(self, aggregate_id: uuid.UUID, aggregate_type: str, due_at: dt.datetime | None, version: int) -> None:
         current = self._deadlines.get(aggregate_id)
-        if current is not None and current[2] > version:
-            return
-        if due_at is None:
-            self._deadlines.pop(aggregate_id, None)
-        else:
+        if current is None or current[2] <= version:  # no deadline is kept too, with its version
             self._deadlines[aggregate_id] = (aggregate_type, due_at, version)
 
     async def schedule(self, aggregate_id: uuid.UUID, aggregate_type: str, due_at: dt.datetime | None,
@@ -56,7 +52,8 @@ class InMemoryEventStore:
         self._schedule(aggregate_id, aggregate_type, due_at, version)
 
     async def due(self, aggregate_type: str, now: dt.datetime, limit: int = 1000) -> list[uuid.UUID]:
-        found = sorted((t, aid) for aid, (kind, t, _) in self._deadlines.items() if kind == aggregate_type and t <= now)
+        found = sorted((t, aid) for aid, (kind, t, _) in self._deadlines.items()
+                       if kind == aggregate_type and t is not None and t <= now)
         return [aid for _, aid in found[:limit]]
 
     async def aggregate_type(self, aggregate_id: uuid.UUID) -> str | None:

@@ -220,19 +220,25 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         8,
         "append in one statement",
         # An append is one round trip: in its own transaction (a statement outside one is its own) or in the
-        # caller's. The transaction id is taken before any position is drawn; a stream's rows go in only if
-        # the stream is still at the version expected of it (the caller compares the rows written); a single
-        # stream's deadline is written with them.
+        # caller's. All or nothing: if any stream is no longer at the version expected of it, nothing is
+        # written and nothing comes back (the caller raises ConcurrencyConflict). Otherwise the transaction
+        # id is taken before any position is drawn, the rows go in, a single stream's deadline is written
+        # with them, and each row's id and position come back.
         """
         CREATE FUNCTION append_events(ids UUID[], aggregate_ids UUID[], aggregate_types VARCHAR[],
                                       event_types VARCHAR[], schema_versions INTEGER[], data JSONB[],
                                       metadata JSONB[], versions INTEGER[], created TIMESTAMPTZ[],
                                       expected INTEGER[], deadline_op INTEGER DEFAULT 0,
                                       deadline_at TIMESTAMPTZ DEFAULT NULL)
-        RETURNS SETOF events LANGUAGE plpgsql AS $$
+        RETURNS TABLE (id UUID, "position" BIGINT) LANGUAGE plpgsql AS $$
         DECLARE
             written INTEGER;
         BEGIN
+            IF EXISTS (SELECT 1 FROM unnest(aggregate_ids, expected) AS s(aggregate_id, wanted)
+                       WHERE s.wanted > 0 AND s.wanted IS DISTINCT FROM
+                             (SELECT MAX(e.version) FROM events e WHERE e.aggregate_id = s.aggregate_id)) THEN
+                RETURN;
+            END IF;
             PERFORM pg_current_xact_id();
             RETURN QUERY
             INSERT INTO events (id, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata,
@@ -240,23 +246,19 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             SELECT u.id, u.aggregate_id, u.aggregate_type, u.event_type, u.schema_version, u.event_data, u.metadata,
                    u.version, u.created_at
             FROM unnest(ids, aggregate_ids, aggregate_types, event_types, schema_versions, data, metadata, versions,
-                        created, expected)
+                        created)
                  AS u(id, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata, version,
-                      created_at, expected)
-            WHERE u.expected = 0
-               OR u.expected = (SELECT MAX(e.version) FROM events e WHERE e.aggregate_id = u.aggregate_id)
-            RETURNING *;
+                      created_at)
+            RETURNING events.id, events.position;
             GET DIAGNOSTICS written = ROW_COUNT;
-            -- One stream's deadline after its rows (1: set to deadline_at, 2: clear), if they all went in.
-            IF deadline_op > 0 AND written = cardinality(ids) THEN
-                IF deadline_op = 2 THEN
-                    DELETE FROM deadlines WHERE aggregate_id = aggregate_ids[1] AND version <= versions[written];
-                ELSE
-                    INSERT INTO deadlines (aggregate_id, aggregate_type, due_at, version)
-                    VALUES (aggregate_ids[1], aggregate_types[1], deadline_at, versions[written])
-                    ON CONFLICT (aggregate_id) DO UPDATE SET due_at = EXCLUDED.due_at, version = EXCLUDED.version
-                    WHERE deadlines.version <= EXCLUDED.version;
-                END IF;
+            -- One stream's deadline after its rows (1: set to deadline_at; 2: none, kept as 'infinity' so
+            -- that its version still turns away an older writer).
+            IF deadline_op > 0 THEN
+                INSERT INTO deadlines (aggregate_id, aggregate_type, due_at, version)
+                VALUES (aggregate_ids[1], aggregate_types[1],
+                        CASE WHEN deadline_op = 2 THEN 'infinity'::timestamptz ELSE deadline_at END, versions[written])
+                ON CONFLICT (aggregate_id) DO UPDATE SET due_at = EXCLUDED.due_at, version = EXCLUDED.version
+                WHERE deadlines.version <= EXCLUDED.version;
             END IF;
         END
         $$;

@@ -333,6 +333,7 @@ async def _session_lock(conn: asyncpg.Connection, key: int, *, wait: bool) -> As
     try:
         yield
     finally:
-        # a broken connection took its session locks with it, and the pool unlocks all on release anyway
+        # a broken connection took its session locks with it; a tool's pool (never the service's, which skips
+        # the reset) unlocks all on release too
         with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
             await conn.execute("SELECT pg_advisory_unlock($1)", key)

@@ -11,7 +11,7 @@ import pytest
 
 from domain import inventory as inv
 from store.errors import ConcurrencyConflict, DuplicateCommand
-from store.event_store import CommandContext, PostgresEventStore, Snapshot, StreamAppend
+from store.event_store import CommandContext, Deadline, PostgresEventStore, Snapshot, StreamAppend
 from store.memory import InMemoryEventStore
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -68,6 +68,29 @@ async def test_multi_stream_append_is_all_or_nothing(store: PostgresEventStore) 
         await store.append([StreamAppend(a, inv.AGGREGATE_TYPE, 0, [stock(a)]),
                             StreamAppend(b, inv.AGGREGATE_TYPE, 0, [stock(b)])], ctx())
     assert await store.load_stream(a) == []
+
+
+async def test_a_stale_stream_next_to_a_fresh_one_writes_neither(store: PostgresEventStore) -> None:
+    fresh, moved = uuid.uuid4(), uuid.uuid4()
+    await store.append([StreamAppend(moved, inv.AGGREGATE_TYPE, 0, [stock(moved), stock(moved)])], ctx())
+    with pytest.raises(ConcurrencyConflict):  # the append expects ``moved`` at 1; it is at 2
+        await store.append([StreamAppend(fresh, inv.AGGREGATE_TYPE, 0, [stock(fresh)]),
+                            StreamAppend(moved, inv.AGGREGATE_TYPE, 1, [stock(moved, 9)])], ctx())
+    assert await store.load_stream(fresh) == [] and len(await store.load_stream(moved)) == 2
+
+
+async def test_an_append_records_its_streams_deadline_with_it_and_a_stale_one_does_not(
+        store: PostgresEventStore) -> None:
+    pid, due = uuid.uuid4(), NOW + dt.timedelta(minutes=5)
+    await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 0, [stock(pid)], deadline=Deadline(due))], ctx())
+    assert await store.due(inv.AGGREGATE_TYPE, due) == [pid]
+    with pytest.raises(ConcurrencyConflict):
+        await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 0, [stock(pid)], deadline=Deadline(None))], ctx())
+    assert await store.due(inv.AGGREGATE_TYPE, due) == [pid]  # nothing of the stale append was written
+    await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 1, [stock(pid)], deadline=Deadline(None))], ctx())
+    assert await store.due(inv.AGGREGATE_TYPE, due + dt.timedelta(days=1)) == []
+    await store.schedule(pid, inv.AGGREGATE_TYPE, due, 1)  # an older version's deadline does not come back
+    assert await store.due(inv.AGGREGATE_TYPE, due) == []
 
 
 async def test_two_concurrent_appends_at_one_version_exactly_one_wins(store: PostgresEventStore) -> None:

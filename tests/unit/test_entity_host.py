@@ -169,3 +169,20 @@ async def test_a_read_does_not_wait_for_the_mailbox_and_sees_the_last_state_put_
         seen = await asyncio.wait_for(h.read(a), timeout=1)
         assert seen.version == 1
     assert (await h.read(uuid.uuid4())).version == 0 and len(store.loads) == 2  # an inactive entity loads
+
+
+async def test_callers_waiting_for_room_behind_loading_reads_get_in_when_the_loads_end() -> None:
+    store = Store()
+    store.gate.clear()  # the store answers only when told
+    h = host(store, max_active=2)
+    loading = [asyncio.create_task(h.read(uuid.uuid4())) for _ in range(2)]  # two cold reads fill the cap
+
+    async def command() -> int:
+        async with h.entity(uuid.uuid4()) as ent:
+            return ent.state.version
+
+    waiting = [asyncio.create_task(h.read(uuid.uuid4())), asyncio.create_task(command())]
+    await asyncio.sleep(0)
+    store.gate.set()  # the loads end: their entities are idle, so room can be made
+    await asyncio.wait_for(asyncio.gather(*loading, *waiting), timeout=5)
+    assert h.active <= 2
