@@ -133,13 +133,16 @@ class EntityHost(Generic[T]):
             self._changed.notify_all()
 
     async def _make_room(self) -> None:
-        async with self._changed:
-            while self.active >= self.max_active:
-                victim = next((e for e in self._entities.values() if not e.lock.locked()), None)
-                if victim is not None:
-                    await self._passivate(victim)
-                    continue
-                await self._changed.wait()
+        """Passivate idle entities until there is room, or wait until one is idle. The snapshot of a
+        passivated entity is written holding nothing, so other activations do not queue behind it."""
+        while self.active >= self.max_active:
+            victim = next((e for e in self._entities.values() if not e.lock.locked()), None)
+            if victim is not None:
+                await self._passivate(victim)  # out of memory at once; its snapshot written after
+                continue
+            async with self._changed:  # checked again under the lock that every signal takes: none is lost
+                if self.active >= self.max_active and all(e.lock.locked() for e in self._entities.values()):
+                    await self._changed.wait()
 
     async def _passivate(self, ent: Entity[T]) -> None:
         del self._entities[ent.id]
