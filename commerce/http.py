@@ -161,10 +161,7 @@ class Gate:
         header = request.headers.get("authorization")
         if header is None:
             return None
-        scheme, _, credentials = header.partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
-            raise InvalidCredentials("the Authorization header must be 'Bearer <token>'")
-        principal = self.verifier.principal(credentials.strip())
+        principal = self._principal(header)
         if principal.role is Role.CUSTOMER:
             await self._spend(principal)
         return principal
@@ -180,11 +177,16 @@ class Gate:
 
     def is_admin(self, header: str) -> bool:
         """Whether the Authorization header is an admin's, for a route that answers anyone: never raises."""
-        scheme, _, token = header.partition(" ")
         try:
-            return scheme.lower() == "bearer" and self.verifier.principal(token.strip()).is_admin
+            return self._principal(header).is_admin
         except InvalidCredentials:
             return False
+
+    def _principal(self, header: str) -> Principal:
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise InvalidCredentials("the Authorization header must be 'Bearer <token>'")
+        return self.verifier.principal(credentials.strip())
 
 
 bearer = HTTPBearer(auto_error=False, description="A customer's or a service's JWT, or the admin token")
