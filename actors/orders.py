@@ -1,5 +1,6 @@
 """An order shard's orders in the store: an order and its saga load as one entity (each from its
-snapshot and later events), are snapshotted together, and record their events in one transaction."""
+snapshot and later events), are snapshotted together, and record their events in one transaction (the
+shard's group commit, :mod:`actors.order_commits`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import datetime as dt
 import uuid
 
 from actors import metrics as m
+from actors.order_commits import GroupCommit
 from actors.saga_host import OrderEntity
 from domain import events as ev
 from domain import fulfilment as ff
@@ -21,6 +23,7 @@ class OrderRecords:
     def __init__(self, store: PostgresEventStore, metrics: m.OrderMetrics) -> None:
         self.store = store
         self.sagas = SagaStore(store)
+        self.commits = GroupCommit(store, self.sagas)
         self.metrics = metrics
 
     async def load(self, order_id: uuid.UUID) -> OrderEntity:
@@ -42,7 +45,7 @@ class OrderRecords:
         first (the caller reloads and decides again)."""
         others = [StreamAppend(order_id, o.AGGREGATE_TYPE, state.order.version if state.order else 0, order_events)]
         try:
-            saga, records = await self.sagas.record(ctx or CommandContext.new(order_id, dt.datetime.now(dt.UTC)),
+            saga, records = await self.commits.record(ctx or CommandContext.new(order_id, dt.datetime.now(dt.UTC)),
                                                     state.saga, ff.saga_id_of(order_id), saga_events, others)
         except (ConcurrencyConflict, DuplicateCommand):
             return None

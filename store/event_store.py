@@ -204,21 +204,24 @@ class PostgresEventStore:
         if conn is None and len(appends) == 1:
             with postgres_errors():
                 async with self.pool.acquire() as c:
-                    return await self._append(c, appends, records)
+                    return await self.write(c, appends, records)
         async with self.transaction(conn) as c:
-            return await self._append(c, appends, records)
+            return await self.write(c, appends, records)
 
-    async def _append(self, c: asyncpg.Connection, appends: Sequence[StreamAppend],
-                      records: list[ev.Recorded]) -> list[ev.Recorded]:
-        """One statement, all or nothing: the rows go in only if every stream is still at its expected version
-        (else ConcurrencyConflict, with nothing written); a stream that another append starts first
-        collides on ``UNIQUE(aggregate_id, version)``, which aborts the caller's transaction."""
-        expected = {a.aggregate_id: a.expected_version for a in appends if a.events}
+    async def write(self, c: asyncpg.Connection, appends: Sequence[StreamAppend],
+                    records: Sequence[ev.Recorded]) -> list[ev.Recorded]:
+        """Write ``records`` (what :func:`build_records` made of ``appends``, in their order) on ``c``; the
+        records back with their positions. One statement, all or nothing: the rows go in only if every stream
+        is still at its expected version (else ConcurrencyConflict, with nothing written); a stream that
+        another append starts first collides on ``UNIQUE(aggregate_id, version)``, which aborts the caller's
+        transaction. As the first statement of a transaction it takes the transaction's id before any
+        position is drawn."""
+        expected = [a.expected_version for a in appends for _ in a.events]
         columns: list[list[Any]] = [[] for _ in range(10)]
-        for r in records:
+        for r, wanted in zip(records, expected, strict=True):
             values = (r.metadata.event_id, r.aggregate_id, r.aggregate_type, r.event_type,
                       type(r.event).schema_version, ev.encode(r.event), metadata_json(r.metadata),
-                      r.version, r.metadata.occurred_at, expected[r.aggregate_id])
+                      r.version, r.metadata.occurred_at, wanted)
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
         single = appends[0].deadline if len(appends) == 1 else None

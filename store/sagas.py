@@ -37,18 +37,26 @@ class SagaStore:
 
     async def write_rows(self, conn: asyncpg.Connection, saga: sg.Saga, records: Sequence[ev.Recorded]) -> None:
         """The saga's row and the step history of ``records``, in the caller's transaction."""
-        await conn.execute(
+        await self.write_many(conn, [(saga, records)])
+
+    async def write_many(self, conn: asyncpg.Connection,
+                         sagas: Sequence[tuple[sg.Saga, Sequence[ev.Recorded]]]) -> None:
+        """Several sagas' rows and step histories (one pipelined round trip for each table), in the caller's
+        transaction; ``records`` may hold other streams' records too."""
+        await conn.executemany(
             """INSERT INTO sagas (saga_id, saga_type, current_step, saga_data, status, order_id, attempts, version,
                                   created_at, updated_at)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                ON CONFLICT (saga_id) DO UPDATE SET current_step = $3, saga_data = $4, status = $5, attempts = $7,
                    version = $8, updated_at = $10""",
-            saga.saga_id, sg.SAGA_TYPE, saga.current_step or "done", to_primitive(saga), saga.status.value,
-            saga.order_id, saga.attempts_total, saga.version, saga.created_at, saga.updated_at)
+            [(saga.saga_id, sg.SAGA_TYPE, saga.current_step or "done", to_primitive(saga), saga.status.value,
+              saga.order_id, saga.attempts_total, saga.version, saga.created_at, saga.updated_at)
+             for saga, _ in sagas])
         steps = [
             (saga.saga_id, r.version, r.event.step, r.event.action.value, outcome, r.event.attempt,  # type: ignore[attr-defined]
              getattr(r.event, "error", None), r.at)
-            for r in records if (outcome := STEP_OUTCOMES.get(type(r.event)))
+            for saga, records in sagas
+            for r in records if r.aggregate_id == saga.saga_id and (outcome := STEP_OUTCOMES.get(type(r.event)))
         ]
         if steps:
             await conn.executemany(

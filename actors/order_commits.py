@@ -1,0 +1,123 @@
+"""Group commit for an order shard. Every record of an order and its saga (the saga's events, the order's
+events, the saga's row and step history) queues for the shard's next flush; while one flush commits, the
+records that arrive meanwhile queue, and the next flush writes them all in one transaction: one statement
+for every stream's events, one pipelined round trip for the saga rows and one for the step history. A
+record is acknowledged only once its flush has committed.
+
+A flush that the store refuses for a stale version or a command already applied (or for any other error
+of the data) is written again member by member, so that only the offending record fails; a flush that
+loses PostgreSQL fails all its members (their outcome is unknown: the caller reloads before deciding
+again). A record whose caller gave up before its flush started is never written."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from domain import events as ev
+from domain import saga as sg
+from store import repository as repo
+from store.errors import ConcurrencyConflict, DuplicateCommand, StoreUnavailable, postgres_errors
+from store.event_store import CommandContext, PostgresEventStore, StreamAppend, build_records
+from store.sagas import SagaStore
+
+MAX_BATCH = 256  # records per transaction: bounds a flush's statement and the work a refused flush redoes
+_REFUSED = (ConcurrencyConflict, DuplicateCommand, asyncpg.PostgresError)  # written again one by one
+
+
+@dataclasses.dataclass(slots=True)
+class Pending:
+    """One record waiting for its flush, and where its outcome goes."""
+
+    appends: list[StreamAppend]
+    records: list[ev.Recorded]  # built before the write: ids, versions and times are the command's own
+    saga: sg.Saga  # the saga after these records (its row)
+    done: asyncio.Future[list[ev.Recorded]]
+
+
+class GroupCommit:
+    def __init__(self, store: PostgresEventStore, sagas: SagaStore, max_batch: int = MAX_BATCH) -> None:
+        self.store = store
+        self.sagas = sagas
+        self.max_batch = max_batch
+        self._queue: list[Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.flushes: collections.deque[int] = collections.deque(maxlen=100)  # sizes of the last flushes tried
+        self.split = 0  # flushes refused as a whole and written again one by one
+
+    async def record(self, ctx: CommandContext, saga: sg.Saga | None, saga_id: uuid.UUID,
+                     saga_events: Sequence[ev.DomainEvent],
+                     others: Sequence[StreamAppend] = ()) -> tuple[sg.Saga, list[ev.Recorded]]:
+        """Append the saga's events and the other streams' events, and update the saga's row, atomically,
+        in the next flush; the saga after them, and the stored records. Raises what the store raised for
+        this record: ConcurrencyConflict, DuplicateCommand, StoreUnavailable."""
+        appends = [StreamAppend(saga_id, sg.AGGREGATE_TYPE, saga.version if saga else 0, saga_events), *others]
+        records = build_records(appends, ctx)
+        after = repo.fold(repo.SAGA, saga, records)
+        if after is None:
+            raise ValueError(f"saga {saga_id} has no SagaStarted event")
+        pending = Pending(appends, records, after, asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_queue())
+        try:
+            stored = await asyncio.shield(pending.done)
+        except asyncio.CancelledError:
+            if pending in self._queue:  # not in a flush yet: it never will be
+                self._queue.remove(pending)
+                pending.done.cancel()
+            else:  # in a flush: its outcome is nobody's to read now
+                pending.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise
+        return after, stored
+
+    async def _flush_queue(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+            try:
+                await self._flush(batch)
+            finally:
+                for p in batch:  # interrupted: nobody may hang on it
+                    if not p.done.done():
+                        p.done.set_exception(StoreUnavailable("the record was interrupted; retry"))
+
+    async def _flush(self, batch: list[Pending]) -> None:
+        try:
+            stored = await self._write(batch)
+        except _REFUSED as e:
+            if len(batch) == 1:
+                batch[0].done.set_exception(e)
+                return
+            self.split += 1
+            for p in batch:
+                try:
+                    p.done.set_result((await self._write([p]))[0])
+                except Exception as alone:
+                    p.done.set_exception(alone)
+            return
+        except Exception as e:  # PostgreSQL lost: no member knows whether it was written
+            for p in batch:
+                p.done.set_exception(e)
+            return
+        for p, records in zip(batch, stored, strict=True):
+            p.done.set_result(records)
+
+    async def _write(self, batch: list[Pending]) -> list[list[ev.Recorded]]:
+        """One transaction for the whole batch, all or nothing; each member's stored records."""
+        self.flushes.append(len(batch))
+        appends = [a for p in batch for a in p.appends]
+        records = [r for p in batch for r in p.records]
+        with postgres_errors():
+            async with self.store.pool.acquire() as conn, conn.transaction():
+                stored = await self.store.write(conn, appends, records)  # first: takes the transaction's id
+                await self.sagas.write_many(conn, [(p.saga, p.records) for p in batch])
+        out, start = [], 0
+        for p in batch:
+            out.append(stored[start:start + len(p.records)])
+            start += len(p.records)
+        return out
