@@ -33,10 +33,11 @@ def to_primitive(value: Any) -> JSON:
     if isinstance(value, dt.datetime):
         return value.isoformat()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_primitive(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: to_primitive(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not f.metadata.get("derived")}  # derived: rebuilt from the other fields on decoding
     if isinstance(value, (tuple, list, frozenset, set)):
         return [to_primitive(v) for v in value]
-    if isinstance(value, (dict, types.MappingProxyType)):
+    if isinstance(value, collections.abc.Mapping):
         return {str(k): to_primitive(v) for k, v in value.items()}
     raise TypeError(f"cannot encode {type(value).__name__}")
 

@@ -2,6 +2,10 @@
 
 ``available = on_hand - reserved`` is never negative: every command that could break it is refused
 with :class:`InsufficientStock`, and ``evolve`` only applies what ``decide_*`` allowed.
+
+A busy SKU remembers many closed reservations, so its reservations are a persistent map (``rpds``): an
+event adds or changes one entry in O(log n) and shares the rest with the state before it, which stays
+valid (states are values, never changed in place). Active ones are also indexed on their own.
 """
 
 from __future__ import annotations
@@ -9,9 +13,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import typing
 import uuid
 from collections.abc import Mapping
 from decimal import Decimal
+
+from rpds import HashTrieMap
 
 from domain.errors import DomainError, NotFound
 from domain.events import DomainEvent, Recorded, event
@@ -157,22 +164,34 @@ class SaleReturned(DomainEvent):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Sku:
-    """A product's stock. ``reservations`` keeps closed ones too, so retries stay idempotent."""
+    """A product's stock. ``reservations`` keeps closed ones too, so retries stay idempotent; ``open``
+    indexes the active ones (derived from ``reservations``: not stored, not compared)."""
 
     product_id: uuid.UUID
     name: str
     price: Decimal
     on_hand: int
     version: int
-    reservations: Mapping[uuid.UUID, Reservation] = dataclasses.field(default_factory=dict)
+    reservations: Mapping[uuid.UUID, Reservation] = dataclasses.field(default_factory=HashTrieMap)
     reserved: int = 0
+    forgotten_at: dt.datetime | None = None  # when closed reservations past their retention were last forgotten
+    open: Mapping[uuid.UUID, Reservation] | None = dataclasses.field(
+        default=None, compare=False, repr=False, metadata={"derived": True})
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.reservations, HashTrieMap):  # decoded from a snapshot, or built by hand
+            object.__setattr__(self, "reservations", HashTrieMap(self.reservations))
+        if self.open is None:
+            object.__setattr__(self, "open", HashTrieMap(
+                {k: r for k, r in self.reservations.items() if r.outcome is Outcome.ACTIVE}))
 
     @property
     def available(self) -> int:
         return max(self.on_hand - self.reserved, 0)
 
     def active(self) -> list[Reservation]:
-        return [r for r in self.reservations.values() if r.outcome is Outcome.ACTIVE]
+        """The active reservations, oldest first (a persistent map has no order of its own)."""
+        return sorted(_persistent(self.open).values(), key=lambda r: r.version)
 
 
 MAX_QUANTITY = 10_000
@@ -287,9 +306,12 @@ def next_expiry(state: Sku | None) -> dt.datetime | None:
 
 # Closed reservations are remembered this long past their expiry, so that a retried command stays
 # idempotent and a sale can still be returned; after that they are forgotten, which keeps a busy
-# SKU's state bounded. Time comes from the events, so a replay forgets the same ones.
+# SKU's state bounded. Forgetting looks at every reservation, so it runs at most once per
+# FORGET_EVERY of the events' own time (a reservation is remembered that much longer at most); time
+# comes from the events, so a replay forgets the same ones.
 CLOSED_RETENTION = dt.timedelta(days=7)
 SALE_RETENTION = dt.timedelta(days=90)
+FORGET_EVERY = dt.timedelta(hours=1)
 
 
 def _kept(r: Reservation, at: dt.datetime) -> bool:
@@ -298,17 +320,34 @@ def _kept(r: Reservation, at: dt.datetime) -> bool:
     return r.expires_at > at - (SALE_RETENTION if r.outcome is Outcome.COMMITTED else CLOSED_RETENTION)
 
 
+def _persistent(m: Mapping[uuid.UUID, Reservation] | None) -> HashTrieMap[uuid.UUID, Reservation]:
+    return typing.cast("HashTrieMap[uuid.UUID, Reservation]", m)  # what every Sku holds (see Sku.__post_init__)
+
+
+def _put(state: Sku, r: Reservation, version: int, on_hand_delta: int, reserved_delta: int) -> Sku:
+    """The state with ``r`` added or changed: O(log n), sharing the rest of both maps."""
+    rid = r.reservation_id
+    active = _persistent(state.open)
+    return dataclasses.replace(
+        state, reservations=_persistent(state.reservations).insert(rid, r),
+        open=active.insert(rid, r) if r.outcome is Outcome.ACTIVE else active.discard(rid), version=version,
+        on_hand=state.on_hand + on_hand_delta, reserved=state.reserved + reserved_delta)
+
+
+def _forget_old(state: Sku, at: dt.datetime) -> Sku:
+    if state.forgotten_at is not None and at - state.forgotten_at < FORGET_EVERY:
+        return state
+    kept = HashTrieMap({k: v for k, v in state.reservations.items() if _kept(v, at)})
+    return dataclasses.replace(state, reservations=kept, forgotten_at=at)  # active ones are all kept
+
+
 def _close(state: Sku, reservation_id: uuid.UUID, outcome: Outcome, version: int, on_hand_delta: int,
            reserved_delta: int, at: dt.datetime) -> Sku:
     r = state.reservations.get(reservation_id)
     if r is None:
         return dataclasses.replace(state, version=version)
-    reservations = {k: v for k, v in state.reservations.items() if _kept(v, at)}
-    reservations[reservation_id] = dataclasses.replace(r, outcome=outcome)
-    return dataclasses.replace(
-        state, reservations=reservations, version=version,
-        on_hand=state.on_hand + on_hand_delta, reserved=state.reserved + reserved_delta,
-    )
+    return _put(_forget_old(state, at), dataclasses.replace(r, outcome=outcome), version, on_hand_delta,
+                reserved_delta)
 
 
 def evolve(state: Sku | None, recorded: Recorded) -> Sku | None:
@@ -320,9 +359,7 @@ def evolve(state: Sku | None, recorded: Recorded) -> Sku | None:
     if state is None:
         return None
     if isinstance(e, StockReserved):
-        reservations = dict(state.reservations)
-        reservations[e.reservation_id] = Reservation(e.reservation_id, e.quantity, e.expires_at, e.owner, v)
-        return dataclasses.replace(state, reservations=reservations, reserved=state.reserved + e.quantity, version=v)
+        return _put(state, Reservation(e.reservation_id, e.quantity, e.expires_at, e.owner, v), v, 0, e.quantity)
     if isinstance(e, ReservationReleased):
         return _close(state, e.reservation_id, Outcome.RELEASED, v, 0, -e.quantity, at)
     if isinstance(e, ReservationExpired):

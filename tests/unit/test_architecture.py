@@ -1,4 +1,4 @@
-"""The layers keep their shape: domain/ imports the standard library and itself only; a saga step is named
+"""The layers keep their shape: domain/ imports the standard library, itself and rpds's immutable maps only; a saga step is named
 by its enum, never by a string, where sagas are decided, driven and stored; the ingress and the actors
 stay small enough to read."""
 
@@ -23,7 +23,7 @@ def imported_roots(path: Path) -> set[str]:
 
 
 def test_domain_imports_only_the_standard_library_and_itself() -> None:
-    allowed = set(sys.stdlib_module_names) | {"domain", "__future__"}
+    allowed = set(sys.stdlib_module_names) | {"domain", "__future__", "rpds"}  # rpds: values, no I/O
     for path in DOMAIN.glob("*.py"):
         assert imported_roots(path) <= allowed, path.name
 

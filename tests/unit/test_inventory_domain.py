@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from decimal import Decimal
 
@@ -12,6 +13,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from domain import inventory as inv
+from domain.codec import from_primitive, to_primitive
 from domain.events import DomainEvent, Metadata, Recorded
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -180,6 +182,27 @@ def test_any_command_sequence_keeps_available_non_negative_and_conserves_stock(
         assert sku.on_hand - sku.reserved >= 0 and sku.reserved >= 0
         assert sku.reserved == sum(r.quantity for r in sku.active())
         assert sku.on_hand == received - sold + returned
+        assert {r.reservation_id for r in sku.active()} == {
+            rid for rid, r in sku.reservations.items() if r.outcome is inv.Outcome.ACTIVE}
+        assert from_snapshot(sku) == sku and from_snapshot(sku).active() == sku.active()
+
+
+def from_snapshot(sku: inv.Sku) -> inv.Sku:
+    data = to_primitive(sku)
+    assert "open" not in data  # derived from the reservations, not stored
+    restored: inv.Sku = from_primitive(inv.Sku, json.loads(json.dumps(data)))
+    return restored
+
+
+def test_a_state_is_a_value_the_next_event_leaves_it_as_it_was() -> None:
+    held, sold = uuid.uuid4(), uuid.uuid4()
+    before = reserve(reserve(stocked(10), 2, held), 3, sold)
+    snapshot = (dict(before.reservations), before.active(), before.reserved, before.on_hand)
+    after = fold(before, inv.decide_commit(before, PID, sold, "test") + inv.decide_reserve(
+        before, PID, uuid.uuid4(), 1, NOW + dt.timedelta(seconds=60), "test"))
+    assert after is not None and after.reservations[sold].outcome is inv.Outcome.COMMITTED
+    assert (dict(before.reservations), before.active(), before.reserved, before.on_hand) == snapshot
+    assert before.reservations[sold].outcome is inv.Outcome.ACTIVE and len(after.active()) == 2
 
 
 def test_closed_reservations_are_forgotten_after_their_retention_but_sales_stay_returnable() -> None:
