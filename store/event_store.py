@@ -252,19 +252,27 @@ class PostgresEventStore:
         rows = await self.read_all_rows(after_position, limit)
         return [record_from_row(r) for r in rows]
 
-    async def read_all_rows(self, after_position: int, limit: int, conn: asyncpg.Connection | None = None) -> list[asyncpg.Record]:
-        sql = f"""
-            SELECT {_COLUMNS}, transaction_id::text AS transaction_id FROM events
+    async def read_all_rows(self, after_position: int, limit: int, conn: asyncpg.Connection | None = None,
+                            aggregate_types: Sequence[str] | None = None) -> list[asyncpg.Record]:
+        """The rows after ``after_position`` in global order. With ``aggregate_types``, the rows of other
+        aggregates come without their data and metadata (NULL): a reader that skips them moves past them
+        without transferring or decoding them."""
+        sql = """
+            SELECT id, position, aggregate_id, aggregate_type, event_type, schema_version,
+                   CASE WHEN $3::varchar[] IS NULL OR aggregate_type = ANY($3) THEN event_data END AS event_data,
+                   CASE WHEN $3::varchar[] IS NULL OR aggregate_type = ANY($3) THEN metadata END AS metadata,
+                   version, created_at, transaction_id::text AS transaction_id FROM events
             WHERE (transaction_id, position) > (
                     COALESCE((SELECT transaction_id FROM events WHERE position <= $1 ORDER BY position DESC LIMIT 1),
                              '0'::xid8), $1)
               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
             ORDER BY transaction_id, position
             LIMIT $2"""
+        types = list(aggregate_types) if aggregate_types is not None else None
         with postgres_errors():
             if conn is not None:
-                return list(await conn.fetch(sql, after_position, limit))
-            return list(await self.pool.fetch(sql, after_position, limit))
+                return list(await conn.fetch(sql, after_position, limit, types))
+            return list(await self.pool.fetch(sql, after_position, limit, types))
 
     async def query(self, *, aggregate_id: uuid.UUID | None = None, aggregate_type: str | None = None,
                     event_type: str | None = None, after_position: int = 0, limit: int = 100) -> list[ev.Recorded]:

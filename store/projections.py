@@ -27,6 +27,7 @@ from store.event_store import PostgresEventStore, record_from_row
 class Projection(Protocol):
     name: str
     tables: tuple[str, ...]
+    aggregate_types: tuple[str, ...]  # the streams it reads; the runner moves past others' events unread
 
     async def apply(self, conn: asyncpg.Connection, record: ev.Recorded) -> None: ...
 
@@ -46,6 +47,7 @@ class OrderViews:
 
     name = "order_views"
     tables: tuple[str, ...] = ("order_views",)
+    aggregate_types: tuple[str, ...] = (o.AGGREGATE_TYPE,)
 
     async def apply(self, conn: asyncpg.Connection, record: ev.Recorded) -> None:
         e = record.event
@@ -77,6 +79,7 @@ class InventoryViews:
 
     name = "inventory_views"
     tables: tuple[str, ...] = ("inventory_views", "inventory_reservations")
+    aggregate_types: tuple[str, ...] = (inv.AGGREGATE_TYPE,)
 
     async def apply(self, conn: asyncpg.Connection, record: ev.Recorded) -> None:
         e, pid, v = record.event, record.aggregate_id, record.version
@@ -219,11 +222,13 @@ class ProjectionRunner:
                     "SELECT pg_try_advisory_xact_lock_shared($1)", projection_lock(self.projection.name))
                 if self.paused:
                     return 0
-                rows = await self.store.read_all_rows(await self.checkpoint(conn), self.batch_size, conn)
+                wanted = self.projection.aggregate_types
+                rows = await self.store.read_all_rows(await self.checkpoint(conn), self.batch_size, conn, wanted)
                 if not rows:
                     return 0
                 for row in rows:
-                    await self._apply(conn, row)
+                    if row["aggregate_type"] in wanted:
+                        await self._apply(conn, row)
                 if self._before_checkpoint is not None:
                     await self._before_checkpoint()
                 await self._save_checkpoint(conn, rows[-1])

@@ -18,7 +18,8 @@ import pytest
 from domain import events as ev
 from domain import inventory as inv
 from domain import order as o
-from store.event_store import CommandContext, PostgresEventStore, StreamAppend
+from store.event_store import CommandContext, PostgresEventStore, StreamAppend, create_pool
+from store.migrations import migrate
 from store.projections import (
     IDLE_INTERVAL,
     POLL_INTERVAL,
@@ -33,6 +34,7 @@ from store.projections import (
     rebuild,
     retry_delay,
 )
+from tests.support import Servers, create_database, drop_database
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 ADDRESS = o.ShippingAddress("Ada", "1 Main St", "Springfield", "12345", "US")
@@ -112,6 +114,7 @@ class FailsOn:
     """A projection that raises on one event, until the fix is "deployed" (``bad`` set to None)."""
 
     tables: tuple[str, ...] = ()
+    aggregate_types: tuple[str, ...] = (o.AGGREGATE_TYPE,)
 
     def __init__(self) -> None:
         self.name = f"fails_on_{uuid.uuid4().hex[:8]}"
@@ -145,6 +148,33 @@ async def test_a_failing_event_parks_the_projection_naming_it_and_retries_back_o
     status = await runner.status()
     assert (status["error"], status["failed_event_id"], status["position"]) == (None, None, confirmed.position)
     assert runner.failures == 0 and await runner.step() == IDLE_INTERVAL
+
+
+async def test_a_projection_moves_past_other_streams_events_without_decoding_them(servers: Servers) -> None:
+    dsn = await create_database(servers.database_url, "commerce_projection_skip")
+    pool = await create_pool(dsn, 2)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        store = PostgresEventStore(pool)
+        saga_id = uuid.uuid4()
+        await store.append([StreamAppend(saga_id, "Saga", 0, [o.OrderConfirmed()])], CommandContext.new(saga_id, NOW))
+        await pool.execute("UPDATE events SET event_type = 'NoSuchEvent' WHERE aggregate_id = $1", saga_id)
+        order_id = await an_order(store)  # after the undecodable event
+
+        orders = ProjectionRunner(store, OrderViews())  # reads Order streams only
+        assert await orders.catch_up() == 2 and orders.error is None
+        assert (await view(store, order_id) or {}).get("status") == "PENDING"
+        assert (await orders.status())["lag_events"] == 0
+
+        sagas = FailsOn()
+        sagas.aggregate_types = ("Saga",)  # a projection that reads the saga's stream decodes its events
+        runner = ProjectionRunner(store, sagas)
+        assert await runner.step() == 1.0 and runner.failed_event is not None
+        assert runner.failed_event["event_type"] == "NoSuchEvent"
+    finally:
+        await pool.close()
+        await drop_database(servers.database_url, dsn)
 
 
 async def test_a_live_runner_applies_nothing_while_a_rebuild_holds_its_lock(event_store: PostgresEventStore) -> None:
@@ -236,6 +266,7 @@ class HeldBatch:
 
     def __init__(self, inner: Projection) -> None:
         self.inner, self.name, self.tables = inner, inner.name, inner.tables
+        self.aggregate_types = inner.aggregate_types
         self.armed = False
         self.holding, self.released = asyncio.Event(), asyncio.Event()
 
