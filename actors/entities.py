@@ -19,6 +19,7 @@ from typing import Generic, TypeVar
 from actors.watch import Watch
 
 T = TypeVar("T")
+MAX_SNAPSHOT_INTERVAL = 10_000  # events: bounds what a load of a big entity replays
 
 
 class Entity(Generic[T]):
@@ -35,15 +36,16 @@ class Entity(Generic[T]):
 class EntityHost(Generic[T]):
     """The entities of one shard.
 
-    ``load`` builds an entity's state from the store; ``snapshot`` persists it when it passivates;
-    ``version`` reads an entity's version (to decide whether a snapshot is due); ``size`` says how big
-    its state is. A snapshot is due every ``snapshot_every`` events, and for a big state only once the
-    events since the last one are a quarter of its size: writing a snapshot costs its size, so a state
-    that grows (a busy SKU's reservations) costs O(1) per event in snapshots, and a load replays at
-    most that quarter.
+    ``load`` builds an entity's state from the store, and says the version of the stored snapshot it
+    started from (0: none); ``snapshot`` persists it; ``version`` reads an entity's version (to decide
+    whether a snapshot is due); ``size`` says how big its state is. A snapshot is due once the events
+    since the stored one reach ``snapshot_every``, or for a big state a quarter of its size (at most
+    MAX_SNAPSHOT_INTERVAL): writing a snapshot costs its size, so a state that grows (a busy SKU's
+    reservations) costs O(1) per event in snapshots, and a load replays at most that many events, also
+    after a restart. An entity that passivates with events since its snapshot writes one.
     """
 
-    def __init__(self, load: Callable[[uuid.UUID], Awaitable[T]], snapshot: Callable[[T], Awaitable[None]],
+    def __init__(self, load: Callable[[uuid.UUID], Awaitable[tuple[T, int]]], snapshot: Callable[[T], Awaitable[None]],
                  version: Callable[[T], int], max_active: int, snapshot_every: int,
                  size: Callable[[T], int] = lambda state: 1) -> None:
         self._load = load
@@ -115,8 +117,8 @@ class EntityHost(Generic[T]):
         future: asyncio.Future[Entity[T]] = asyncio.get_running_loop().create_future()
         self._loading[entity_id] = future
         try:
-            state = await self._load(entity_id)
-            ent = Entity(entity_id, state, self._version(state))
+            state, stored = await self._load(entity_id)
+            ent = Entity(entity_id, state, stored)
             self._entities[entity_id] = ent
             self.activations += 1
             self.peak_active = max(self.peak_active, len(self._entities))
@@ -138,6 +140,11 @@ class EntityHost(Generic[T]):
         async with self._changed:
             self._changed.notify_all()
 
+    def discard(self, entity_id: uuid.UUID) -> None:
+        """Drop the entity from memory without a snapshot: its state may be behind the store (a write whose
+        outcome is unknown). A caller holding its mailbox keeps that state; the next one loads it again."""
+        self._entities.pop(entity_id, None)
+
     async def _make_room(self) -> None:
         """Passivate idle entities until there is room, or wait until one is idle. The snapshot of a
         passivated entity is written holding nothing, so other activations do not queue behind it."""
@@ -156,10 +163,12 @@ class EntityHost(Generic[T]):
             await self.watch.run("writing snapshots", lambda: self._snapshot(ent.state))  # events stay the truth
 
     async def _maybe_snapshot(self, ent: Entity[T]) -> None:
-        due = max(self.snapshot_every, self._size(ent.state) // 4)
-        if self._version(ent.state) - ent.snapshot_version >= due:
-            ent.snapshot_version = self._version(ent.state)
-            await self.watch.run("writing snapshots", lambda: self._snapshot(ent.state))
+        due = max(self.snapshot_every, min(self._size(ent.state) // 4, MAX_SNAPSHOT_INTERVAL))
+        version = self._version(ent.state)
+        if version - ent.snapshot_version >= due:
+            state = ent.state
+            if await self.watch.run("writing snapshots", lambda: self._snapshot(state)):
+                ent.snapshot_version = max(ent.snapshot_version, version)  # a failed write is tried again
 
     async def passivate_idle(self, idle_for: float) -> int:
         """Passivate every entity idle for ``idle_for`` seconds; returns how many."""

@@ -144,9 +144,9 @@ class InventoryShard(Shard):
 
 
 def repo_host(store: EventStore, settings: Settings) -> EntityHost[inv.Sku | None]:
-    async def load(pid: uuid.UUID) -> inv.Sku | None:
-        state, _ = await repo.load(store, repo.SKU, pid)
-        return state
+    async def load(pid: uuid.UUID) -> tuple[inv.Sku | None, int]:
+        state, _, stored = await repo.load_based(store, repo.SKU, pid)
+        return state, stored
 
     async def snapshot(state: inv.Sku | None) -> None:
         if state is not None:

@@ -1,13 +1,14 @@
 """Group commit for an order shard. Every record of an order and its saga (the saga's events, the order's
-events, the saga's row and step history) queues for the shard's next flush; while one flush commits, the
-records that arrive meanwhile queue, and the next flush writes them all in one transaction: one statement
-for every stream's events, one pipelined round trip for the saga rows and one for the step history. A
-record is acknowledged only once its flush has committed.
+events, the saga's row and step history) queues for a flush; while flushes are in flight (at most
+MAX_FLUSHES), the records that arrive queue, and the next flush writes them all in one transaction: one
+statement for every stream's events, one pipelined round trip for the saga rows and one for the step
+history. A record is acknowledged only once its flush has committed.
 
-A flush that the store refuses for a stale version or a command already applied (or for any other error
-of the data) is written again member by member, so that only the offending record fails; a flush that
-loses PostgreSQL fails all its members (their outcome is unknown: the caller reloads before deciding
-again). A record whose caller gave up before its flush started is never written."""
+A flush that the store refuses for a stale version or a command already applied (or any other error of
+the data) is split in halves and each written again, down to the offending record, which fails alone; a
+flush that loses PostgreSQL fails all its members (their outcome is unknown: the shard drops those
+entities from memory, so the next command reads them again). A record whose caller gave up before its
+flush started is never written."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from store.event_store import CommandContext, PostgresEventStore, StreamAppend, 
 from store.sagas import SagaStore
 
 MAX_BATCH = 256  # records per transaction: bounds a flush's statement and the work a refused flush redoes
-_REFUSED = (ConcurrencyConflict, DuplicateCommand, asyncpg.PostgresError)  # written again one by one
+MAX_FLUSHES = 4  # flushes in flight at once: one waiting on a lock does not hold up the shard's other orders
+_REFUSED = (ConcurrencyConflict, DuplicateCommand, asyncpg.PostgresError)  # split, and written again
 
 
 @dataclasses.dataclass(slots=True)
@@ -41,21 +43,23 @@ class Pending:
 
 
 class GroupCommit:
-    def __init__(self, store: PostgresEventStore, sagas: SagaStore, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, store: PostgresEventStore, sagas: SagaStore, max_batch: int = MAX_BATCH,
+                 max_flushes: int = MAX_FLUSHES) -> None:
         self.store = store
         self.sagas = sagas
         self.max_batch = max_batch
+        self.max_flushes = max_flushes
         self._queue: list[Pending] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
         self.flushes: collections.deque[int] = collections.deque(maxlen=100)  # sizes of the last flushes tried
-        self.split = 0  # flushes refused as a whole and written again one by one
+        self.split = 0  # flushes refused as a whole and split
 
     async def record(self, ctx: CommandContext, saga: sg.Saga | None, saga_id: uuid.UUID,
                      saga_events: Sequence[ev.DomainEvent],
                      others: Sequence[StreamAppend] = ()) -> tuple[sg.Saga, list[ev.Recorded]]:
         """Append the saga's events and the other streams' events, and update the saga's row, atomically,
         in the next flush; the saga after them, and the stored records. Raises what the store raised for
-        this record: ConcurrencyConflict, DuplicateCommand, StoreUnavailable."""
+        this record: ConcurrencyConflict, DuplicateCommand, StoreUnavailable (the outcome is unknown)."""
         appends = [StreamAppend(saga_id, sg.AGGREGATE_TYPE, saga.version if saga else 0, saga_events), *others]
         records = build_records(appends, ctx)
         after = repo.fold(repo.SAGA, saga, records)
@@ -63,30 +67,44 @@ class GroupCommit:
             raise ValueError(f"saga {saga_id} has no SagaStarted event")
         pending = Pending(appends, records, after, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_queue())
+        self._start_flushes()
         try:
             stored = await asyncio.shield(pending.done)
         except asyncio.CancelledError:
-            if pending in self._queue:  # not in a flush yet: it never will be
-                self._queue.remove(pending)
+            if any(p is pending for p in self._queue):  # not in a flush yet: it never will be
+                self._queue = [p for p in self._queue if p is not pending]
                 pending.done.cancel()
             else:  # in a flush: its outcome is nobody's to read now
                 pending.done.add_done_callback(lambda f: f.cancelled() or f.exception())
             raise
         return after, stored
 
+    def _start_flushes(self) -> None:
+        """One more flusher, up to MAX_FLUSHES; each takes its batch when it runs, so the records queued
+        until then (those of the same turn of the event loop, or of a busy while) share its transaction."""
+        if len(self._flushers) < self.max_flushes:
+            task = asyncio.get_running_loop().create_task(self._flush_queue())
+            self._flushers.add(task)
+            task.add_done_callback(self._flushers.discard)
+
     async def _flush_queue(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
-            try:
-                await self._flush(batch)
-            finally:
-                for p in batch:  # interrupted: nobody may hang on it
-                    if not p.done.done():
-                        p.done.set_exception(StoreUnavailable("the record was interrupted; retry"))
+            await self._flush(batch)
 
     async def _flush(self, batch: list[Pending]) -> None:
+        try:
+            await self._write_or_split(batch)
+        except Exception as e:  # PostgreSQL lost: no member knows whether it was written
+            for p in batch:
+                if not p.done.done():  # an exception of its own each (a shared one gathers every raiser's frames)
+                    p.done.set_exception(StoreUnavailable(str(e)) if isinstance(e, StoreUnavailable) else e)
+        finally:
+            for p in batch:  # interrupted (the shard stops): nobody may hang on it
+                if not p.done.done():
+                    p.done.set_exception(StoreUnavailable("the record was interrupted; retry"))
+
+    async def _write_or_split(self, batch: list[Pending]) -> None:
         try:
             stored = await self._write(batch)
         except _REFUSED as e:
@@ -94,15 +112,9 @@ class GroupCommit:
                 batch[0].done.set_exception(e)
                 return
             self.split += 1
-            for p in batch:
-                try:
-                    p.done.set_result((await self._write([p]))[0])
-                except Exception as alone:
-                    p.done.set_exception(alone)
-            return
-        except Exception as e:  # PostgreSQL lost: no member knows whether it was written
-            for p in batch:
-                p.done.set_exception(e)
+            half = len(batch) // 2
+            await self._write_or_split(batch[:half])
+            await self._write_or_split(batch[half:])
             return
         for p, records in zip(batch, stored, strict=True):
             p.done.set_result(records)

@@ -82,7 +82,7 @@ class OrderShard(Shard):
                                 self.settings.reservation_ttl, self.settings.derived_key("order-reservations"))
         self.inventory = inventory
         self.host: EntityHost[OrderEntity] = EntityHost(
-            self.records.load, self.records.snapshot, lambda e: e.version, self.settings.max_active_entities,
+            self.records.load_based, self.records.snapshot, lambda e: e.version, self.settings.max_active_entities,
             self.settings.snapshot_every)
         await self._resume_unfinished(include_failed=True)
         self._tasks = [asyncio.create_task(self._rescan_loop()), asyncio.create_task(self._passivation_loop())]
@@ -186,8 +186,13 @@ class OrderShard(Shard):
 
     async def _record(self, ent: Entity[OrderEntity], saga_events: list[ev.DomainEvent],
                       order_events: list[ev.DomainEvent] | None = None, ctx: CommandContext | None = None) -> bool:
-        """Record, and hold the state after; False (the state reloaded) when another write came first."""
-        after = await self.records.record(ent.id, ent.state, saga_events, list(order_events or []), ctx)
+        """Record, and hold the state after; False (the state reloaded) when another write came first. When
+        the outcome is unknown (PostgreSQL lost, the caller gone), the entity is read again by the next command."""
+        try:
+            after = await self.records.record(ent.id, ent.state, saga_events, list(order_events or []), ctx)
+        except BaseException:
+            self.host.discard(ent.id)
+            raise
         ent.state = after or await self.records.load(ent.id)
         return after is not None
 

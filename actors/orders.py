@@ -27,11 +27,15 @@ class OrderRecords:
         self.metrics = metrics
 
     async def load(self, order_id: uuid.UUID) -> OrderEntity:
-        order, _ = await repo.load(self.store, repo.ORDER, order_id)
-        saga = None
+        return (await self.load_based(order_id))[0]
+
+    async def load_based(self, order_id: uuid.UUID) -> tuple[OrderEntity, int]:
+        """The entity, and the version of its stored snapshots (as OrderEntity.version counts: both streams')."""
+        order, _, order_base = await repo.load_based(self.store, repo.ORDER, order_id)
+        saga, saga_base = None, 0
         if order is not None:
-            saga, _ = await repo.load(self.store, repo.SAGA, order.saga_id)
-        return OrderEntity(order, saga)
+            saga, _, saga_base = await repo.load_based(self.store, repo.SAGA, order.saga_id)
+        return OrderEntity(order, saga), order_base + saga_base
 
     async def snapshot(self, ent: OrderEntity) -> None:
         if ent.order is not None:

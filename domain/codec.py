@@ -33,8 +33,7 @@ def to_primitive(value: Any) -> JSON:
     if isinstance(value, dt.datetime):
         return value.isoformat()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_primitive(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if not f.metadata.get("derived")}  # derived: rebuilt from the other fields on decoding
+        return {f.name: to_primitive(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (tuple, list, frozenset, set)):
         return [to_primitive(v) for v in value]
     if isinstance(value, collections.abc.Mapping):

@@ -3,9 +3,9 @@
 ``available = on_hand - reserved`` is never negative: every command that could break it is refused
 with :class:`InsufficientStock`, and ``evolve`` only applies what ``decide_*`` allowed.
 
-A busy SKU remembers many closed reservations, so its reservations are a persistent map (``rpds``): an
-event adds or changes one entry in O(log n) and shares the rest with the state before it, which stays
-valid (states are values, never changed in place). Active ones are also indexed on their own.
+A busy SKU remembers many closed reservations, so its reservations are a persistent map
+(:class:`Reservations`): an event adds or changes one entry in O(log n) and shares the rest with the
+state before it, which stays valid (states are values, never changed in place).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import datetime as dt
 import enum
 import typing
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 
 from rpds import HashTrieMap
@@ -162,36 +162,87 @@ class SaleReturned(DomainEvent):
 # --- state ------------------------------------------------------------------------------------
 
 
+class Reservations(Mapping[uuid.UUID, Reservation]):
+    """A SKU's reservations by id, closed ones too, with the active ones indexed apart; a value that is
+    never changed in place: :meth:`put` and :meth:`keep` make a new one in O(log n) per entry changed,
+    sharing the rest (``rpds`` hash tries), so the two views cannot drift apart."""
+
+    __slots__ = ("_all", "_active")
+
+    def __init__(self, entries: Mapping[uuid.UUID, Reservation] | None = None) -> None:
+        self._all: HashTrieMap[uuid.UUID, Reservation] = HashTrieMap(entries or {})
+        self._active: HashTrieMap[uuid.UUID, Reservation] = HashTrieMap(
+            {k: r for k, r in self._all.items() if r.outcome is Outcome.ACTIVE})
+
+    @classmethod
+    def _of(cls, everything: HashTrieMap[uuid.UUID, Reservation],
+            active: HashTrieMap[uuid.UUID, Reservation]) -> Reservations:
+        made = cls.__new__(cls)
+        made._all, made._active = everything, active
+        return made
+
+    def __getitem__(self, reservation_id: uuid.UUID) -> Reservation:
+        return self._all[reservation_id]
+
+    def get(self, reservation_id: uuid.UUID, default: Reservation | None = None) -> Reservation | None:  # type: ignore[override]
+        return self._all.get(reservation_id, default)
+
+    def __contains__(self, reservation_id: object) -> bool:
+        return reservation_id in self._all
+
+    def __iter__(self) -> Iterator[uuid.UUID]:
+        return iter(self._all)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Reservations):
+            return self._all == other._all
+        return isinstance(other, Mapping) and dict(self._all.items()) == dict(other.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Reservations({dict(self._all.items())!r})"
+
+    def put(self, r: Reservation) -> Reservations:
+        rid = r.reservation_id
+        return Reservations._of(self._all.insert(rid, r),
+                                self._active.insert(rid, r) if r.outcome is Outcome.ACTIVE else self._active.discard(rid))
+
+    def keep(self, wanted: Callable[[Reservation], bool]) -> Reservations:
+        """Only the reservations ``wanted`` keeps; looks at every one."""
+        return Reservations({k: r for k, r in self._all.items() if wanted(r)})
+
+    def active(self) -> list[Reservation]:
+        """The active reservations, oldest first (a hash trie has no order of its own)."""
+        return sorted(self._active.values(), key=lambda r: r.version)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Sku:
-    """A product's stock. ``reservations`` keeps closed ones too, so retries stay idempotent; ``open``
-    indexes the active ones (derived from ``reservations``: not stored, not compared)."""
+    """A product's stock. ``reservations`` keeps closed ones too, so retries stay idempotent."""
 
     product_id: uuid.UUID
     name: str
     price: Decimal
     on_hand: int
     version: int
-    reservations: Mapping[uuid.UUID, Reservation] = dataclasses.field(default_factory=HashTrieMap)
+    reservations: Mapping[uuid.UUID, Reservation] = dataclasses.field(default_factory=Reservations)
     reserved: int = 0
     forgotten_at: dt.datetime | None = None  # when closed reservations past their retention were last forgotten
-    open: Mapping[uuid.UUID, Reservation] | None = dataclasses.field(
-        default=None, compare=False, repr=False, metadata={"derived": True})
 
     def __post_init__(self) -> None:
-        if not isinstance(self.reservations, HashTrieMap):  # decoded from a snapshot, or built by hand
-            object.__setattr__(self, "reservations", HashTrieMap(self.reservations))
-        if self.open is None:
-            object.__setattr__(self, "open", HashTrieMap(
-                {k: r for k, r in self.reservations.items() if r.outcome is Outcome.ACTIVE}))
+        if not isinstance(self.reservations, Reservations):  # decoded from a snapshot, or built by hand
+            object.__setattr__(self, "reservations", Reservations(self.reservations))
 
     @property
     def available(self) -> int:
         return max(self.on_hand - self.reserved, 0)
 
     def active(self) -> list[Reservation]:
-        """The active reservations, oldest first (a persistent map has no order of its own)."""
-        return sorted(_persistent(self.open).values(), key=lambda r: r.version)
+        return _reservations(self).active()
 
 
 MAX_QUANTITY = 10_000
@@ -320,25 +371,20 @@ def _kept(r: Reservation, at: dt.datetime) -> bool:
     return r.expires_at > at - (SALE_RETENTION if r.outcome is Outcome.COMMITTED else CLOSED_RETENTION)
 
 
-def _persistent(m: Mapping[uuid.UUID, Reservation] | None) -> HashTrieMap[uuid.UUID, Reservation]:
-    return typing.cast("HashTrieMap[uuid.UUID, Reservation]", m)  # what every Sku holds (see Sku.__post_init__)
+def _reservations(state: Sku) -> Reservations:
+    return typing.cast(Reservations, state.reservations)  # what every Sku holds (see Sku.__post_init__)
 
 
 def _put(state: Sku, r: Reservation, version: int, on_hand_delta: int, reserved_delta: int) -> Sku:
-    """The state with ``r`` added or changed: O(log n), sharing the rest of both maps."""
-    rid = r.reservation_id
-    active = _persistent(state.open)
-    return dataclasses.replace(
-        state, reservations=_persistent(state.reservations).insert(rid, r),
-        open=active.insert(rid, r) if r.outcome is Outcome.ACTIVE else active.discard(rid), version=version,
-        on_hand=state.on_hand + on_hand_delta, reserved=state.reserved + reserved_delta)
+    """The state with ``r`` added or changed: O(log n), sharing the rest."""
+    return dataclasses.replace(state, reservations=_reservations(state).put(r), version=version,
+                               on_hand=state.on_hand + on_hand_delta, reserved=state.reserved + reserved_delta)
 
 
 def _forget_old(state: Sku, at: dt.datetime) -> Sku:
     if state.forgotten_at is not None and at - state.forgotten_at < FORGET_EVERY:
         return state
-    kept = HashTrieMap({k: v for k, v in state.reservations.items() if _kept(v, at)})
-    return dataclasses.replace(state, reservations=kept, forgotten_at=at)  # active ones are all kept
+    return dataclasses.replace(state, reservations=_reservations(state).keep(lambda r: _kept(r, at)), forgotten_at=at)
 
 
 def _close(state: Sku, reservation_id: uuid.UUID, outcome: Outcome, version: int, on_hand_delta: int,

@@ -38,20 +38,28 @@ SKU: Kind[inv.Sku] = Kind(inv.AGGREGATE_TYPE, inv.Sku, inv.evolve)
 async def load(store: EventStore, kind: Kind[S], aggregate_id: uuid.UUID, use_snapshot: bool = True) -> tuple[S | None, int]:
     """The aggregate's state and version (0 when it has no events). An id that names an aggregate of
     another kind (a product's id asked for as an order's) is no aggregate of this kind: (None, 0)."""
+    state, version, _ = await load_based(store, kind, aggregate_id, use_snapshot)
+    return state, version
+
+
+async def load_based(store: EventStore, kind: Kind[S], aggregate_id: uuid.UUID,
+                     use_snapshot: bool = True) -> tuple[S | None, int, int]:
+    """As :func:`load`, and the version of the snapshot the state was built from (0: none)."""
     state: S | None = None
     version = 0
     snap = await store.load_snapshot(aggregate_id) if use_snapshot else None
     if snap is not None:
         if snap.aggregate_type != kind.aggregate_type:
-            return None, 0
+            return None, 0, 0
         state = from_primitive(kind.state_type, snap.state)
         version = snap.version
+    base = version
     for record in await store.load_stream(aggregate_id, version):
         if record.aggregate_type != kind.aggregate_type:
-            return None, 0
+            return None, 0, 0
         state = kind.evolve(state, record)
         version = record.version
-    return state, version
+    return state, version, base
 
 
 def fold(kind: Kind[S], state: S | None, records: list[ev.Recorded]) -> S | None:

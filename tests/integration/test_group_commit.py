@@ -106,7 +106,7 @@ async def test_a_conflict_inside_a_batch_fails_only_its_own_record(store: Postgr
     done = await outcomes(first.record(commits), again.record(commits), second.record(commits))
     assert isinstance(done[0], sg.Saga) and isinstance(done[2], sg.Saga)
     assert isinstance(done[1], ConcurrencyConflict)
-    assert list(commits.flushes) == [1, 3, 1, 1, 1] and commits.split == 1  # one flush refused, then one by one
+    assert list(commits.flushes) == [1, 3, 1, 2, 1, 1] and commits.split == 2  # refused, split in halves
     assert await stored(store, first) == await stored(store, second) == (1, 1, True)
     assert await stored(store, placed) == (1, 1, True)  # the stale command wrote nothing
 
@@ -142,7 +142,7 @@ async def test_a_batch_spanning_several_orders_commits_all_or_none(store: Postgr
 
 
 async def test_a_crash_in_the_middle_of_a_flush_loses_no_acknowledged_record(store: PostgresEventStore) -> None:
-    commits = GroupCommit(store, SagaStore(store), max_batch=4)  # 12 records queued at once: three flushes
+    commits = GroupCommit(store, SagaStore(store), max_batch=4)  # 12 records queued at once: three flushes at once
     placements = [Placement() for _ in range(12)]
     await store.pool.execute("INSERT INTO crash_on VALUES ($1)", placements[5].order_id)  # in the second flush
     done = await outcomes(*(p.record(commits) for p in placements))
@@ -150,7 +150,7 @@ async def test_a_crash_in_the_middle_of_a_flush_loses_no_acknowledged_record(sto
     acknowledged = [p for p, d in zip(placements, done, strict=True) if isinstance(d, sg.Saga)]
     failed = [p for p, d in zip(placements, done, strict=True) if isinstance(d, StoreUnavailable)]
     assert acknowledged == placements[:4] + placements[8:] and failed == placements[4:8], done
-    for p in acknowledged:  # every acknowledged record is there; the flushes after the crash went on
+    for p in acknowledged:  # every acknowledged record is there: the other flushes went on
         assert await stored(store, p) == (1, 1, True)
     for p in failed:  # none of the crashed flush's records is there, not even in part
         assert await stored(store, p) == (0, 0, False)
@@ -159,3 +159,19 @@ async def test_a_crash_in_the_middle_of_a_flush_loses_no_acknowledged_record(sto
     assert all(isinstance(s, sg.Saga) for s in await outcomes(*(p.record(commits) for p in failed)))
     for p in placements:
         assert await stored(store, p) == (1, 1, True)
+
+
+async def test_a_record_whose_caller_gave_up_before_its_flush_is_never_written(store: PostgresEventStore) -> None:
+    commits = GroupCommit(store, SagaStore(store), max_flushes=1)
+    first, abandoned = Placement(), Placement()
+    writing = asyncio.create_task(first.record(commits))
+    while not commits.flushes:  # the first record's flush has begun (turns of the event loop, no clock)
+        await asyncio.sleep(0)
+    gave_up = asyncio.create_task(abandoned.record(commits))
+    await asyncio.sleep(0)  # queued behind the flush in flight
+    gave_up.cancel()
+    assert isinstance(await writing, sg.Saga)
+    with pytest.raises(asyncio.CancelledError):
+        await gave_up
+    assert list(commits.flushes) == [1]
+    assert await stored(store, first) == (1, 1, True) and await stored(store, abandoned) == (0, 0, False)

@@ -26,13 +26,13 @@ class Store:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def load(self, entity_id: uuid.UUID) -> Counter:
+    async def load(self, entity_id: uuid.UUID) -> tuple[Counter, int]:
         self.loads.append(entity_id)
         await self.gate.wait()
         if self.fail_loads:
             self.fail_loads -= 1
             raise ConnectionError("the store is down")
-        return Counter(entity_id)
+        return Counter(entity_id), 0
 
     async def snapshot(self, state: Counter) -> None:
         self.snapshots.append((state.entity_id, state.version))
@@ -196,3 +196,53 @@ async def test_a_big_state_is_snapshotted_once_the_events_since_are_a_quarter_of
         async with h.entity(a) as ent:
             ent.state.version += 1
     assert store.snapshots == [(a, 10), (a, 20)]  # every 40 / 4 events, not every 2
+
+
+class Restarted(Store):
+    """A store holding 30 events of each entity and no snapshot yet, whose snapshot writes fail at first."""
+
+    def __init__(self, failing_snapshots: int = 0) -> None:
+        super().__init__()
+        self.failing_snapshots = failing_snapshots
+
+    async def load(self, entity_id: uuid.UUID) -> tuple[Counter, int]:
+        self.loads.append(entity_id)
+        return Counter(entity_id, 30), 0
+
+    async def snapshot(self, state: Counter) -> None:
+        if self.failing_snapshots:
+            self.failing_snapshots -= 1
+            raise ConnectionError("the store is down")
+        await super().snapshot(state)
+
+
+async def test_a_reloaded_entity_counts_the_events_since_its_stored_snapshot_not_since_its_load() -> None:
+    store = Restarted()
+    h = EntityHost(store.load, store.snapshot, lambda c: c.version, 10, 20)
+    a = uuid.uuid4()
+    async with h.entity(a) as ent:
+        ent.state.version += 1
+    assert store.snapshots == [(a, 31)]  # 31 events since no snapshot: due at once, not 20 events later
+
+
+async def test_a_snapshot_that_failed_is_written_by_the_next_command() -> None:
+    store = Restarted(failing_snapshots=1)
+    h = EntityHost(store.load, store.snapshot, lambda c: c.version, 10, 20)
+    a = uuid.uuid4()
+    for _ in range(2):
+        async with h.entity(a) as ent:
+            ent.state.version += 1
+    assert store.snapshots == [(a, 32)] and h.watch.failures["writing snapshots"] == 1  # not 20 events later
+
+
+async def test_a_discarded_entity_is_loaded_again_by_the_next_command() -> None:
+    store = Store()
+    h = host(store)
+    a = uuid.uuid4()
+    async with h.entity(a) as ent:
+        ent.state.version = 7  # a write whose outcome is unknown
+        h.discard(a)
+    assert not h.is_active(a) and store.snapshots == []
+    async with h.entity(a) as ent:
+        assert ent.state.version == 0  # what the store holds, not what memory guessed
+    assert store.loads == [a, a]
