@@ -23,7 +23,7 @@ MAX_SNAPSHOT_INTERVAL = 10_000  # events: bounds what a load of a big entity rep
 
 
 class Entity(Generic[T]):
-    __slots__ = ("id", "state", "lock", "last_used", "snapshot_version")
+    __slots__ = ("id", "state", "lock", "last_used", "snapshot_version", "stale")
 
     def __init__(self, entity_id: uuid.UUID, state: T, snapshot_version: int) -> None:
         self.id = entity_id
@@ -31,6 +31,7 @@ class Entity(Generic[T]):
         self.lock = asyncio.Lock()
         self.last_used = time.monotonic()
         self.snapshot_version = snapshot_version
+        self.stale = False  # the store may be ahead of ``state``: read it again before the next command
 
 
 class EntityHost(Generic[T]):
@@ -83,7 +84,8 @@ class EntityHost(Generic[T]):
 
     @contextlib.asynccontextmanager
     async def entity(self, entity_id: uuid.UUID) -> AsyncIterator[Entity[T]]:
-        """The entity with its mailbox held: the caller is the only one working on it."""
+        """The entity with its mailbox held: the caller is the only one working on it. A stale entity is
+        read again from the store first."""
         while True:
             ent = await self._activate(entity_id)
             self.waiting += 1
@@ -96,6 +98,9 @@ class EntityHost(Generic[T]):
             ent.lock.release()  # passivated while we waited for it: activate afresh
         try:
             self._entities.move_to_end(entity_id)
+            if ent.stale:
+                ent.state, ent.snapshot_version = await self._load(entity_id)
+                ent.stale = False
             yield ent
         finally:
             ent.last_used = time.monotonic()
@@ -140,10 +145,12 @@ class EntityHost(Generic[T]):
         async with self._changed:
             self._changed.notify_all()
 
-    def discard(self, entity_id: uuid.UUID) -> None:
-        """Drop the entity from memory without a snapshot: its state may be behind the store (a write whose
-        outcome is unknown). A caller holding its mailbox keeps that state; the next one loads it again."""
-        self._entities.pop(entity_id, None)
+    def mark_stale(self, entity_id: uuid.UUID) -> None:
+        """The entity's state may be behind the store (a write whose outcome is unknown): the next command
+        reads it again first; reads (:meth:`read`) go on answering with the state in memory."""
+        ent = self._entities.get(entity_id)
+        if ent is not None:
+            ent.stale = True
 
     async def _make_room(self) -> None:
         """Passivate idle entities until there is room, or wait until one is idle. The snapshot of a

@@ -126,8 +126,10 @@ class OrderShard(Shard):
 
     async def get_order(self, order_id: uuid.UUID) -> OrderView:
         await self.start()
-        async with self.host.entity(order_id) as ent:
-            return OrderView.of(self._order(ent))
+        state = await self.host.read(order_id)  # not behind its commands: an order's state is a value
+        if state.order is None:
+            raise NotFound(f"unknown order {order_id}")
+        return OrderView.of(state.order)
 
     async def cancel_order(self, order_id: uuid.UUID, reason: str, command_id: uuid.UUID) -> Cancelled:
         """A customer's cancel; not ``accepted`` when the order was cancelled before."""
@@ -191,7 +193,7 @@ class OrderShard(Shard):
         try:
             after = await self.records.record(ent.id, ent.state, saga_events, list(order_events or []), ctx)
         except BaseException:
-            self.host.discard(ent.id)
+            self.host.mark_stale(ent.id)
             raise
         ent.state = after or await self.records.load(ent.id)
         return after is not None

@@ -235,14 +235,14 @@ async def test_a_snapshot_that_failed_is_written_by_the_next_command() -> None:
     assert store.snapshots == [(a, 32)] and h.watch.failures["writing snapshots"] == 1  # not 20 events later
 
 
-async def test_a_discarded_entity_is_loaded_again_by_the_next_command() -> None:
+async def test_a_stale_entity_is_read_again_by_the_next_command_and_still_answers_reads() -> None:
     store = Store()
     h = host(store)
     a = uuid.uuid4()
     async with h.entity(a) as ent:
-        ent.state.version = 7  # a write whose outcome is unknown
-        h.discard(a)
-    assert not h.is_active(a) and store.snapshots == []
+        ent.state = Counter(a, 7)  # a write whose outcome is unknown
+        h.mark_stale(a)
+    assert (await h.read(a)).version == 7 and store.loads == [a]  # a read answers from memory
     async with h.entity(a) as ent:
         assert ent.state.version == 0  # what the store holds, not what memory guessed
     assert store.loads == [a, a]
