@@ -1,10 +1,5 @@
 """The projector: tails the event store into the read models and reports its lag.
 
-Its runners sleep while they are caught up, until an append commits: every append notifies the channel
-``commerce_events``, on which a connection of the projector's own listens (and reconnects, when it
-was lost, within SUPERVISE_INTERVAL; meanwhile the runners poll). A caught-up runner also looks once
-every FALLBACK_INTERVAL, in case a wake-up was lost with the connection.
-
 It also pings every shard now and then, so a shard that Ray restarted resumes its sagas even when
 no request reaches it, and purges idempotency keys past their retention once an hour. A failing
 projection is parked before the failing event (its position does not move), retried with a delay
@@ -16,13 +11,11 @@ runner applies nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import os
 import time
 from typing import Any
 
-import asyncpg
 import ray
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -33,13 +26,11 @@ from commerce.settings import ResolvedSettings
 from store.durable_carts import CartJournal
 from store.event_store import SERVICE, PostgresEventStore, create_pool
 from store.idempotency import IdempotencyStore
-from store.projections import IDLE_INTERVAL, ProjectionRunner, all_projections
+from store.projections import ProjectionRunner, all_projections
 from store.reservations import DirectReservations
 
 SUPERVISE_INTERVAL = 2.0
 PURGE_INTERVAL = 3600.0
-WAKE_CHANNEL = "commerce_events"  # what append_events notifies (store/migrations.py, migration 9)
-FALLBACK_INTERVAL = 5.0
 
 
 class Projector(ServiceActor):
@@ -57,9 +48,6 @@ class Projector(ServiceActor):
         pool = await create_pool(self.settings.database_url, 4, SERVICE)
         self.store = PostgresEventStore(pool)
         self.runners = [ProjectionRunner(self.store, p) for p in all_projections()]
-        self.wakes = {r.projection.name: asyncio.Event() for r in self.runners}
-        self.listener: asyncpg.Connection | None = None
-        await self.watch.run("listening for appends", self._listen)
         self.directory = ActorDirectory(self.settings.namespace, self.settings.order_shards,
                                         self.settings.inventory_shards)
         self._tasks = [asyncio.create_task(self._run(r)) for r in self.runners]
@@ -67,38 +55,15 @@ class Projector(ServiceActor):
 
     async def _run(self, runner: ProjectionRunner) -> None:
         # the runner parks a failing projection itself and says how long to wait (backing off on failures)
-        wake = self.wakes[runner.projection.name]
         while True:
-            wake.clear()  # before the step: an append that commits during it wakes the next wait at once
             delay = await runner.step()
             self.errors.labels(runner.projection.name).set(1 if runner.error else 0)
-            if delay == IDLE_INTERVAL and not runner.paused and self._listening():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), FALLBACK_INTERVAL)
-            else:
-                await asyncio.sleep(delay)
-
-    def _listening(self) -> bool:
-        return self.listener is not None and not self.listener.is_closed()
-
-    async def _listen(self) -> None:
-        """A connection of its own, listening for appends (not the pool's: its connections keep no state)."""
-        if self._listening():
-            return
-        conn = await asyncpg.connect(self.settings.database_url, server_settings={"application_name": SERVICE})
-        await conn.add_listener(WAKE_CHANNEL, self._wake)
-        self.listener = conn
-        self._wake()  # what was appended while nobody listened
-
-    def _wake(self, *_: object) -> None:
-        for wake in self.wakes.values():
-            wake.set()
+            await asyncio.sleep(delay)
 
     async def _supervise(self) -> None:
         last_purge = 0.0
         while True:
             await asyncio.sleep(SUPERVISE_INTERVAL)
-            await self.watch.run("listening for appends", self._listen)
             await self.watch.run("pinging the shards", lambda: self.directory.each("ping"))
             if time.monotonic() - last_purge > PURGE_INTERVAL and await self.watch.run("purging", self._purge):
                 last_purge = time.monotonic()

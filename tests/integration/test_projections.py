@@ -370,29 +370,3 @@ async def test_a_rebuild_while_the_projector_runs_loses_no_event(event_store: Po
         await fresh.reset()
         await fresh.catch_up()
     assert await read_models(event_store) == incremental
-
-
-async def test_an_append_wakes_the_listeners_when_it_commits_and_a_rolled_back_one_does_not(
-        database: str, event_store: PostgresEventStore) -> None:
-    listener = await asyncpg.connect(database)
-    woken: asyncio.Queue[str] = asyncio.Queue()
-    await listener.add_listener("commerce_events", lambda *args: woken.put_nowait(args[2]))
-    try:
-        with contextlib.suppress(RuntimeError):
-            async with event_store.transaction() as conn:
-                await an_order_on(event_store, conn)
-                raise RuntimeError("the caller fails after the append: its transaction rolls back")
-        await an_order(event_store)
-        assert await asyncio.wait_for(woken.get(), 30) == "commerce_events"
-        await listener.fetchval("SELECT 1")  # a round trip: a second notification would have arrived by now
-        assert woken.empty()
-    finally:
-        await listener.close()
-
-
-async def an_order_on(store: PostgresEventStore, conn: asyncpg.Connection) -> None:
-    order_id = uuid.uuid4()
-    line = o.OrderLine(uuid.uuid4(), 1, Decimal("5.00"))
-    created = o.OrderCreated(order_id, uuid.uuid4(), (line,), Decimal("5.00"), uuid.uuid4(), ADDRESS, "tok_visa")
-    await store.append([StreamAppend(order_id, o.AGGREGATE_TYPE, 0, [created])], CommandContext.new(order_id, NOW),
-                       conn=conn)
