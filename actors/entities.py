@@ -23,14 +23,16 @@ MAX_SNAPSHOT_INTERVAL = 10_000  # events: bounds what a load of a big entity rep
 
 
 class Entity(Generic[T]):
-    __slots__ = ("id", "state", "lock", "last_used", "snapshot_version", "stale")
+    __slots__ = ("id", "state", "lock", "last_used", "snapshot_version", "loaded_version", "retry_at", "stale")
 
-    def __init__(self, entity_id: uuid.UUID, state: T, snapshot_version: int) -> None:
+    def __init__(self, entity_id: uuid.UUID, state: T, snapshot_version: int, loaded_version: int) -> None:
         self.id = entity_id
         self.state = state
         self.lock = asyncio.Lock()
         self.last_used = time.monotonic()
-        self.snapshot_version = snapshot_version
+        self.snapshot_version = snapshot_version  # of the snapshot in the store
+        self.loaded_version = loaded_version  # when it came into memory: passivating it unchanged writes nothing
+        self.retry_at = 0  # after a failed snapshot write, the version at which to try again
         self.stale = False  # the store may be ahead of ``state``: read it again before the next command
 
 
@@ -75,8 +77,14 @@ class EntityHost(Generic[T]):
 
     async def read(self, entity_id: uuid.UUID) -> T:
         """The entity's state now, without waiting for its mailbox: a state is replaced whole, never changed
-        in place, so a read sees one command's outcome or the next's (a price to quote, not a decision)."""
+        in place, so a read sees one command's outcome or the next's (a price to quote, not a decision).
+        A stale entity is read again from the store first (under its mailbox); while the store cannot be
+        read, the state in memory answers."""
         ent = await self._activate(entity_id)
+        if ent.stale:
+            with contextlib.suppress(Exception):
+                async with self.entity(entity_id) as fresh:
+                    return fresh.state
         if entity_id in self._entities:
             self._entities.move_to_end(entity_id)
         ent.last_used = time.monotonic()
@@ -100,7 +108,7 @@ class EntityHost(Generic[T]):
             self._entities.move_to_end(entity_id)
             if ent.stale:
                 ent.state, ent.snapshot_version = await self._load(entity_id)
-                ent.stale = False
+                ent.loaded_version, ent.stale = self._version(ent.state), False
             yield ent
         finally:
             ent.last_used = time.monotonic()
@@ -123,7 +131,7 @@ class EntityHost(Generic[T]):
         self._loading[entity_id] = future
         try:
             state, stored = await self._load(entity_id)
-            ent = Entity(entity_id, state, stored)
+            ent = Entity(entity_id, state, stored, self._version(state))
             self._entities[entity_id] = ent
             self.activations += 1
             self.peak_active = max(self.peak_active, len(self._entities))
@@ -166,16 +174,19 @@ class EntityHost(Generic[T]):
 
     async def _passivate(self, ent: Entity[T]) -> None:
         del self._entities[ent.id]
-        if self._version(ent.state) > ent.snapshot_version:
+        version = self._version(ent.state)
+        if version > ent.snapshot_version and version > ent.loaded_version and not ent.stale:
             await self.watch.run("writing snapshots", lambda: self._snapshot(ent.state))  # events stay the truth
 
     async def _maybe_snapshot(self, ent: Entity[T]) -> None:
         due = max(self.snapshot_every, min(self._size(ent.state) // 4, MAX_SNAPSHOT_INTERVAL))
         version = self._version(ent.state)
-        if version - ent.snapshot_version >= due:
+        if version - ent.snapshot_version >= due and version >= ent.retry_at and not ent.stale:
             state = ent.state
             if await self.watch.run("writing snapshots", lambda: self._snapshot(state)):
-                ent.snapshot_version = max(ent.snapshot_version, version)  # a failed write is tried again
+                ent.snapshot_version = max(ent.snapshot_version, version)
+            else:  # tried again after snapshot_every more events, not on every command
+                ent.retry_at = version + self.snapshot_every
 
     async def passivate_idle(self, idle_for: float) -> int:
         """Passivate every entity idle for ``idle_for`` seconds; returns how many."""

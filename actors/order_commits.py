@@ -4,11 +4,11 @@ MAX_FLUSHES), the records that arrive queue, and the next flush writes them all 
 statement for every stream's events, one pipelined round trip for the saga rows and one for the step
 history. A record is acknowledged only once its flush has committed.
 
-A flush that the store refuses for a stale version or a command already applied (or any other error of
-the data) is split in halves and each written again, down to the offending record, which fails alone; a
-flush that loses PostgreSQL fails all its members (their outcome is unknown: the shard drops those
-entities from memory, so the next command reads them again). A record whose caller gave up before its
-flush started is never written."""
+A flush that the store refuses for a stale version, a command already applied or an error of the data
+(SQLSTATE classes 22 and 23) is split in halves and each written again, down to the offending record,
+which fails alone. A flush that fails otherwise (PostgreSQL lost, a timeout, a failover) fails all its
+members: their outcome is unknown, and the shard marks those orders stale, so that the next command
+reads them again. A record whose caller gave up before its flush started is never written."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ from store.sagas import SagaStore
 
 MAX_BATCH = 256  # records per transaction: bounds a flush's statement and the work a refused flush redoes
 MAX_FLUSHES = 4  # flushes in flight at once: one waiting on a lock does not hold up the shard's other orders
-_REFUSED = (ConcurrencyConflict, DuplicateCommand, asyncpg.PostgresError)  # split, and written again
+# split, and written again: what one record can cause; anything else is the whole flush's
+_REFUSED = (ConcurrencyConflict, DuplicateCommand, asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 @dataclasses.dataclass(slots=True)
@@ -85,12 +86,14 @@ class GroupCommit:
         if len(self._flushers) < self.max_flushes:
             task = asyncio.get_running_loop().create_task(self._flush_queue())
             self._flushers.add(task)
-            task.add_done_callback(self._flushers.discard)
 
     async def _flush_queue(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
-            await self._flush(batch)
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+                await self._flush(batch)
+        finally:  # no longer counted from the moment it stops taking batches (a record queued next starts one)
+            self._flushers.discard(asyncio.current_task())  # type: ignore[arg-type]
 
     async def _flush(self, batch: list[Pending]) -> None:
         try:

@@ -192,11 +192,14 @@ class OrderShard(Shard):
         the outcome is unknown (PostgreSQL lost, the caller gone), the entity is read again by the next command."""
         try:
             after = await self.records.record(ent.id, ent.state, saga_events, list(order_events or []), ctx)
+            if after is None:  # another write came first: the store's state
+                ent.state = await self.records.load(ent.id)
+                return False
         except BaseException:
             self.host.mark_stale(ent.id)
             raise
-        ent.state = after or await self.records.load(ent.id)
-        return after is not None
+        ent.state = after
+        return True
 
     # --- observability --------------------------------------------------------------------------
 

@@ -225,24 +225,59 @@ async def test_a_reloaded_entity_counts_the_events_since_its_stored_snapshot_not
     assert store.snapshots == [(a, 31)]  # 31 events since no snapshot: due at once, not 20 events later
 
 
-async def test_a_snapshot_that_failed_is_written_by_the_next_command() -> None:
-    store = Restarted(failing_snapshots=1)
-    h = EntityHost(store.load, store.snapshot, lambda c: c.version, 10, 20)
-    a = uuid.uuid4()
-    for _ in range(2):
-        async with h.entity(a) as ent:
-            ent.state.version += 1
-    assert store.snapshots == [(a, 32)] and h.watch.failures["writing snapshots"] == 1  # not 20 events later
-
-
-async def test_a_stale_entity_is_read_again_by_the_next_command_and_still_answers_reads() -> None:
+async def test_a_stale_entity_is_read_again_by_the_next_command_and_reads_answer_from_memory_only_when_the_store_cannot() -> None:
     store = Store()
     h = host(store)
     a = uuid.uuid4()
     async with h.entity(a) as ent:
-        ent.state = Counter(a, 7)  # a write whose outcome is unknown
+        ent.state = Counter(a, 7)  # what memory holds while a write's outcome is unknown
         h.mark_stale(a)
-    assert (await h.read(a)).version == 7 and store.loads == [a]  # a read answers from memory
+    store.fail_loads = 1
+    assert (await h.read(a)).version == 7  # the store cannot be read: memory answers
     async with h.entity(a) as ent:
         assert ent.state.version == 0  # what the store holds, not what memory guessed
-    assert store.loads == [a, a]
+    assert store.loads == [a, a, a]
+    async with h.entity(a) as ent:
+        ent.state = Counter(a, 7)
+        h.mark_stale(a)
+    assert (await h.read(a)).version == 0 and store.loads == [a, a, a, a]  # the store answers: read again
+
+
+async def test_a_stale_entity_whose_reload_fails_stays_stale_and_its_mailbox_is_free() -> None:
+    store = Store()
+    h = host(store)
+    a = uuid.uuid4()
+    async with h.entity(a):
+        h.mark_stale(a)
+    store.fail_loads = 1
+    with pytest.raises(ConnectionError):
+        async with h.entity(a):
+            pass
+    async with h.entity(a) as ent:  # not left locked; read again now that the store answers
+        assert ent.state.version == 0
+    assert store.loads == [a, a, a]
+
+
+async def test_a_failed_snapshot_write_is_tried_again_after_snapshot_every_more_events() -> None:
+    store = Restarted(failing_snapshots=1)
+    h = EntityHost(store.load, store.snapshot, lambda c: c.version, 10, 20)
+    a = uuid.uuid4()
+    async with h.entity(a) as ent:
+        ent.state.version += 1  # 31 events since no snapshot: due, and the write fails
+    for _ in range(19):
+        async with h.entity(a) as ent:
+            ent.state.version += 1
+    assert store.snapshots == [] and h.watch.failures["writing snapshots"] == 1  # not tried on each command
+    async with h.entity(a) as ent:
+        ent.state.version += 1
+    assert store.snapshots == [(a, 51)]
+
+
+async def test_an_entity_passivated_unchanged_since_its_load_writes_no_snapshot() -> None:
+    store = Restarted()
+    h = EntityHost(store.load, store.snapshot, lambda c: c.version, 10, 100)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    await h.read(a)  # 30 events since no snapshot, nothing changed in memory
+    async with h.entity(b) as ent:
+        ent.state.version += 1
+    assert await h.passivate_idle(0.0) == 2 and store.snapshots == [(b, 31)]
