@@ -12,24 +12,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
-import secrets
 import time
 import uuid
 
-import ray
-
 from actors.client import InventoryClient, OrderClient
-from actors.deploy import deploy_actors, remove_actors
-from bench.common import postgres, redis_server, row, summary
+from bench.common import postgres, redis_server, row, service_actors, summary
 from bench.drain import drain
-from commerce.runtime import SERVE_ENV, run_migrations
-from commerce.settings import ResolvedSettings
 from domain import inventory as inv
 from store import repository as repo
-from store.event_store import PostgresEventStore, create_pool
+from store.event_store import PostgresEventStore
 from store.sagas import SagaStore
-from tests.support import create_database, drop_database
 
 ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}
 DRAIN_TIMEOUT = 600.0
@@ -89,29 +81,13 @@ async def hot_sku(inventory: InventoryClient, store: PostgresEventStore, attempt
 
 
 async def main(base: str, redis: str, n: int, concurrency: int, reservations: int) -> None:
-    database = await create_database(base, "commerce_bench")
-    await run_migrations(database)
-    # Secrets of its own: the order shards derive their reservation ids from the server secret.
-    settings = ResolvedSettings(database_url=database, redis_url=redis, namespace=f"bench-{uuid.uuid4().hex[:6]}",
-                                order_shards=2, inventory_shards=2, admin_token=secrets.token_urlsafe(24),
-                                jwt_secret=secrets.token_urlsafe(32), server_secret=secrets.token_urlsafe(32))
-    os.environ.update(SERVE_ENV)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    pool = await create_pool(database, 4)
-    try:
-        await asyncio.to_thread(deploy_actors, settings)
+    async with service_actors(base, redis, order_shards=2, inventory_shards=2) as (settings, pool):
         orders = OrderClient(settings.namespace, settings.order_shards)
         inventory = InventoryClient(settings.namespace, settings.inventory_shards)
         store = PostgresEventStore(pool)
         await orders_per_second(orders, inventory, SagaStore(store), 20, concurrency)  # warm up
         await orders_per_second(orders, inventory, SagaStore(store), n, concurrency)
         await hot_sku(inventory, store, reservations, 64)
-    finally:
-        await pool.close()
-        remove_actors(settings)
-        ray.shutdown()
-        await drop_database(base, database)
-
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

@@ -10,8 +10,9 @@ import contextlib
 import os
 import statistics
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -110,3 +111,37 @@ def spread(values: Sequence[float], fmt: str, unit: str = "") -> str:
     if len(values) == 1:
         return f"{median}{unit}"
     return f"{median} ({fmt.format(min(values))}–{fmt.format(max(values))}){unit}"
+
+
+@contextlib.asynccontextmanager
+async def service_actors(base: str, redis: str, **settings: object) -> AsyncIterator[tuple[Any, Any]]:
+    """The service's actors on a local Ray, over a database of their own (made, migrated, dropped after);
+    yields their settings and a pool of 4 on that database. ``settings`` override the shard counts and
+    the rest; secrets are the benchmark's own (the order shards derive reservation ids from them)."""
+    import secrets
+    import uuid
+
+    import ray
+
+    from actors.deploy import deploy_actors, remove_actors
+    from commerce.runtime import SERVE_ENV, run_migrations
+    from commerce.settings import ResolvedSettings
+    from store.event_store import create_pool
+    from tests.support import create_database, drop_database
+
+    database = await create_database(base, "commerce_bench")
+    await run_migrations(database)
+    resolved = ResolvedSettings(database_url=database, redis_url=redis, namespace=f"bench-{uuid.uuid4().hex[:6]}",
+                                admin_token=secrets.token_urlsafe(24), jwt_secret=secrets.token_urlsafe(32),
+                                server_secret=secrets.token_urlsafe(32), **settings)  # type: ignore[arg-type]
+    os.environ.update(SERVE_ENV)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    pool = await create_pool(database, 4)
+    try:
+        await asyncio.to_thread(deploy_actors, resolved)
+        yield resolved, pool
+    finally:
+        await pool.close()
+        remove_actors(resolved)
+        ray.shutdown()
+        await drop_database(base, database)

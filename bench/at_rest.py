@@ -1,0 +1,97 @@
+"""The whole service at rest: starts ``commerce serve`` as a user does, waits until /livez answers, lets it
+settle, then measures the CPU time that the service's processes (the command and everything it started:
+Ray's processes, the actors, Serve's controller, proxy and replicas) use over a window with no request,
+as a share of one core, by process. Stops the service with SIGTERM.
+
+    python -m bench.at_rest [--settle 30] [--window 60]
+
+Servers: COMMERCE_DATABASE_URL / COMMERCE_REDIS_URL, else the defaults of bench/common.py, else embedded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+import psutil
+
+from bench.common import postgres, redis_server
+from tests.support import create_database, drop_database, free_port
+
+
+def tree(root: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> dict[int, tuple[str, float]]:
+    out = {}
+    for p in processes:
+        try:
+            with p.oneshot():
+                t = p.cpu_times()
+                name = " ".join(p.cmdline()[:2])[:70] or p.name()
+                out[p.pid] = (name, t.user + t.system)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def main(database: str, redis: str, settle: float, window: float) -> None:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="commerce-at-rest-") as data:
+        env = {**os.environ, "COMMERCE_DATABASE_URL": database, "COMMERCE_REDIS_URL": redis,
+               "COMMERCE_PORT": str(port), "COMMERCE_DASHBOARD_PORT": str(free_port()), "COMMERCE_DATA_DIR": data}
+        proc = subprocess.Popen([sys.executable, "-m", "commerce.cli", "serve"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            else:
+                raise SystemExit("the service did not answer /livez within 120 s")
+            time.sleep(settle)  # the start's own work (migrations, deploys, the first pings) is over
+            root = psutil.Process(proc.pid)
+            before = cpu_seconds(tree(root))
+            time.sleep(window)
+            after = cpu_seconds(tree(root))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+    used: collections.Counter[str] = collections.Counter()
+    for pid, (name, t) in after.items():
+        used[name] += t - before.get(pid, (name, 0.0))[1]  # a process started during the window counts whole
+    total = sum(used.values())
+    print(f"at rest over {window:.0f} s: {100 * total / window:.1f} % of one core, {len(after)} processes")
+    print("| process | % of one core |")
+    print("|---|---|")
+    for name, t in used.most_common(12):
+        print(f"| `{name}` | {100 * t / window:.2f} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--settle", type=float, default=30.0)
+    parser.add_argument("--window", type=float, default=60.0)
+    args = parser.parse_args()
+    with postgres() as base_dsn, redis_server() as redis:
+        database = asyncio.run(create_database(base_dsn, "commerce_at_rest"))
+        try:
+            main(database, redis, args.settle, args.window)
+        finally:
+            asyncio.run(drop_database(base_dsn, database))
