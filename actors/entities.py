@@ -82,9 +82,14 @@ class EntityHost(Generic[T]):
         read, the state in memory answers."""
         ent = await self._activate(entity_id)
         if ent.stale:
-            with contextlib.suppress(Exception):
-                async with self.entity(entity_id) as fresh:
-                    return fresh.state
+            fresh: list[T] = []
+
+            async def read_again() -> None:
+                async with self.entity(entity_id) as again:
+                    fresh.append(again.state)
+
+            if await self.watch.run("reading stale entities again", read_again):
+                return fresh[0]
         if entity_id in self._entities:
             self._entities.move_to_end(entity_id)
         ent.last_used = time.monotonic()

@@ -22,10 +22,9 @@ import asyncpg
 
 from domain import events as ev
 from domain import saga as sg
-from store import repository as repo
 from store.errors import ConcurrencyConflict, DuplicateCommand, StoreUnavailable, postgres_errors
-from store.event_store import CommandContext, PostgresEventStore, StreamAppend, build_records
-from store.sagas import SagaStore
+from store.event_store import CommandContext, PostgresEventStore, StreamAppend
+from store.sagas import SagaStore, prepare
 
 MAX_BATCH = 256  # records per transaction: bounds a flush's statement and the work a refused flush redoes
 MAX_FLUSHES = 4  # flushes in flight at once: one waiting on a lock does not hold up the shard's other orders
@@ -61,11 +60,7 @@ class GroupCommit:
         """Append the saga's events and the other streams' events, and update the saga's row, atomically,
         in the next flush; the saga after them, and the stored records. Raises what the store raised for
         this record: ConcurrencyConflict, DuplicateCommand, StoreUnavailable (the outcome is unknown)."""
-        appends = [StreamAppend(saga_id, sg.AGGREGATE_TYPE, saga.version if saga else 0, saga_events), *others]
-        records = build_records(appends, ctx)
-        after = repo.fold(repo.SAGA, saga, records)
-        if after is None:
-            raise ValueError(f"saga {saga_id} has no SagaStarted event")
+        appends, records, after = prepare(ctx, saga, saga_id, saga_events, others)
         pending = Pending(appends, records, after, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._start_flushes()

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from domain import saga as sg
 from store import repository as repo
 from store.event_store import SERVICE, PostgresEventStore, record_from_row
 from store.projections import rebuild
@@ -146,7 +145,7 @@ async def _rederive_sagas(pool: asyncpg.Pool, saga_ids: list[uuid.UUID]) -> None
             if saga is None:
                 await conn.execute("DELETE FROM sagas WHERE saga_id = $1", saga_id)
                 continue
-            await sagas.write_rows(conn, saga, [r for r in records if r.aggregate_type == sg.AGGREGATE_TYPE])
+            await sagas.write_many(conn, [(saga, records)])
 
 
 async def repair(pool: asyncpg.Pool, report: Callable[[Step], None], rounds: int = 3) -> list[Problem]:

@@ -14,9 +14,21 @@ from domain import saga as sg
 from domain.codec import to_primitive
 from store import repository as repo
 from store.errors import postgres_errors
-from store.event_store import CommandContext, PostgresEventStore, StreamAppend
+from store.event_store import CommandContext, PostgresEventStore, StreamAppend, build_records
 
 STEP_OUTCOMES = {sg.StepAttempted: "started", sg.StepSucceeded: "succeeded", sg.StepFailed: "failed"}
+
+
+def prepare(ctx: CommandContext, saga: sg.Saga | None, saga_id: uuid.UUID, saga_events: Sequence[ev.DomainEvent],
+            others: Sequence[StreamAppend] = ()) -> tuple[list[StreamAppend], list[ev.Recorded], sg.Saga]:
+    """What recording the saga's events (and other streams') writes: the appends, their records (ids, versions
+    and times are the command's own, before any write) and the saga after them."""
+    appends = [StreamAppend(saga_id, sg.AGGREGATE_TYPE, saga.version if saga else 0, saga_events), *others]
+    records = build_records(appends, ctx)
+    after = repo.fold(repo.SAGA, saga, records)
+    if after is None:
+        raise ValueError(f"saga {saga_id} has no SagaStarted event")
+    return appends, records, after
 
 
 class SagaStore:
@@ -26,18 +38,11 @@ class SagaStore:
     async def record(self, ctx: CommandContext, saga: sg.Saga | None, saga_id: uuid.UUID,
                      saga_events: Sequence[ev.DomainEvent], others: Sequence[StreamAppend] = ()) -> tuple[sg.Saga, list[ev.Recorded]]:
         """Append the saga's events (and other streams' events) and update ``sagas`` atomically."""
-        appends = [StreamAppend(saga_id, sg.AGGREGATE_TYPE, saga.version if saga else 0, saga_events), *others]
+        appends, records, after = prepare(ctx, saga, saga_id, saga_events, others)
         async with self.events.transaction() as conn:
-            records = await self.events.append(appends, ctx, conn=conn)
-            after = repo.fold(repo.SAGA, saga, records)
-            if after is None:
-                raise ValueError(f"saga {saga_id} has no SagaStarted event")
-            await self.write_rows(conn, after, [r for r in records if r.aggregate_id == saga_id])
-        return after, records
-
-    async def write_rows(self, conn: asyncpg.Connection, saga: sg.Saga, records: Sequence[ev.Recorded]) -> None:
-        """The saga's row and the step history of ``records``, in the caller's transaction."""
-        await self.write_many(conn, [(saga, records)])
+            stored = await self.events.write(conn, appends, records)
+            await self.write_many(conn, [(after, records)])
+        return after, stored
 
     async def write_many(self, conn: asyncpg.Connection,
                          sagas: Sequence[tuple[sg.Saga, Sequence[ev.Recorded]]]) -> None:

@@ -148,6 +148,21 @@ commands = st.lists(st.tuples(st.sampled_from(["reserve", "release", "commit", "
                               st.integers(0, 7), st.integers(1, 6)), max_size=60)
 
 
+def decide(sku: inv.Sku | None, command: str, rid: uuid.UUID, qty: int, clock: dt.datetime,
+           expires_at: dt.datetime) -> list[DomainEvent]:
+    """One command of the property tests, by name, as the owner "p"."""
+    if command == "reserve":
+        return inv.decide_reserve(sku, PID, rid, qty, expires_at, "p")
+    if command == "release":
+        return inv.decide_undo(sku, PID, rid, "p")
+    if command == "commit":
+        return inv.decide_commit(sku, PID, rid, "p")
+    if command == "expire":
+        return inv.decide_expire(sku, clock)
+    assert sku is not None
+    return inv.decide_set_stock(sku, PID, sku.on_hand + qty, sku.price, None)
+
+
 @settings(max_examples=200, deadline=None)
 @hypothesis_given(commands)
 def test_any_command_sequence_keeps_available_non_negative_and_conserves_stock(
@@ -159,16 +174,7 @@ def test_any_command_sequence_keeps_available_non_negative_and_conserves_stock(
     for command, k, qty in sequence:
         clock += dt.timedelta(seconds=1)
         try:
-            if command == "reserve":
-                events = inv.decide_reserve(sku, PID, ids[k], qty, clock + dt.timedelta(seconds=qty), "p")
-            elif command == "release":
-                events = inv.decide_undo(sku, PID, ids[k], "p")
-            elif command == "commit":
-                events = inv.decide_commit(sku, PID, ids[k], "p")
-            elif command == "expire":
-                events = inv.decide_expire(sku, clock)
-            else:
-                events = inv.decide_set_stock(sku, PID, sku.on_hand + qty, sku.price, None)
+            events = decide(sku, command, ids[k], qty, clock, clock + dt.timedelta(seconds=qty))
         except inv.InventoryError:
             continue
         for e in events:
@@ -242,14 +248,7 @@ def test_a_replay_from_any_snapshot_gives_the_live_state_as_time_forgets_reserva
     for command, k, qty, seconds in sequence:
         clock += dt.timedelta(seconds=seconds)
         try:
-            if command == "reserve":
-                events = inv.decide_reserve(sku, PID, ids[k], qty, clock + dt.timedelta(hours=qty), "p")
-            elif command == "release":
-                events = inv.decide_undo(sku, PID, ids[k], "p")
-            elif command == "commit":
-                events = inv.decide_commit(sku, PID, ids[k], "p")
-            else:
-                events = inv.decide_expire(sku, clock)
+            events = decide(sku, command, ids[k], qty, clock, clock + dt.timedelta(hours=qty))
         except inv.InventoryError:
             continue
         for e in events:
