@@ -17,8 +17,9 @@ from commerce import logs
 from commerce.settings import ResolvedSettings
 
 # The shape of the actors' calls (their arguments, their answers, the errors they raise); a start refuses
-# running actors of another (actors.deploy.check_layout). 2: frozen views and raised domain errors.
-PROTOCOL = 2
+# running actors of another (actors.deploy.check_layout). 2: frozen views and raised domain errors;
+# 3: the inventory shards' batches (run_batch, withdraw).
+PROTOCOL = 3
 
 
 class ServiceActor(abc.ABC):

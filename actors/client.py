@@ -8,7 +8,9 @@ does not answer within the timeout, or reaches a dead actor after Ray's own retr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import functools
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -16,11 +18,14 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RaySystemError, RayTaskError
 
-from actors.routing import PROJECTOR_NAME, inventory_shard_name, order_shard_name, shard_of
+from actors.call_batches import Answer, Call, CallBatches, Key, Withdrawn
+from actors.routing import inventory_shard_name, order_shard_name, shard_of
 from actors.views import Cancelled, OrderView, Placed, ReservationView, SagaState, StockView
 from domain import inventory
 from domain.errors import DomainError
 from store.errors import StoreError
+
+BATCHED_COMMANDS = frozenset({"reserve", "commit", "undo"})  # the SKU commands of the sagas
 
 
 class ServiceUnavailable(Exception):
@@ -86,15 +91,42 @@ async def _await_or_withdraw(object_ref: Any, timeout: float) -> Any:
 
 
 class InventoryClient:
-    def __init__(self, namespace: str, shards: int, timeout: float = 30.0) -> None:
+    """The inventory shards' client. With ``batched`` (an order shard's), the SKU commands of the sagas
+    (reserve, commit, undo) and the catalog reads go to each shard in batches (actors.call_batches): the
+    reads apart from the commands, so that a read never waits for a hot SKU's commit."""
+
+    def __init__(self, namespace: str, shards: int, timeout: float = 30.0, batched: bool = False) -> None:
         self.refs = [ActorRef(inventory_shard_name(i), namespace) for i in range(shards)]
         self.timeout = timeout
+        self._lanes: dict[tuple[int, str], CallBatches] | None = None
+        if batched:
+            self._lanes = {(i, lane): CallBatches(functools.partial(self._send_batch, ref),
+                                                  functools.partial(self._withdraw, ref), timeout)
+                           for i, ref in enumerate(self.refs) for lane in ("commands", "reads")}
 
     def _ref(self, product_id: uuid.UUID) -> ActorRef:
         return self.refs[shard_of(product_id, len(self.refs))]
 
     async def _call(self, product_id: uuid.UUID, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self._lanes is not None and method in BATCHED_COMMANDS and not kwargs:
+            return await self._batched(shard_of(product_id, len(self.refs)), "commands", method, *args)
         return await call(self._ref(product_id), method, *args, timeout=self.timeout, withdraw=True, **kwargs)
+
+    async def _batched(self, shard: int, lane: str, method: str, *args: Any) -> Any:
+        assert self._lanes is not None
+        try:
+            return await self._lanes[shard, lane].call(method, *args)
+        except (TimeoutError, Withdrawn) as e:
+            raise ServiceUnavailable(f"inventory shard {shard} did not answer {method}: {type(e).__name__}") from e
+
+    async def _send_batch(self, ref: ActorRef, calls: list[Call]) -> list[Answer]:
+        answers: list[Answer] = await call(ref, "run_batch", calls, timeout=self.timeout)
+        return answers
+
+    @staticmethod
+    def _withdraw(ref: ActorRef, keys: list[Key]) -> None:
+        with contextlib.suppress(ServiceUnavailable):  # the shard is gone, and its calls with it
+            ref.handle().withdraw.remote(keys)  # not awaited: the caller has given up already
 
     async def set_stock(self, product_id: uuid.UUID, on_hand: int, price: str, name: str | None) -> StockView:
         result: StockView = await self._call(product_id, "set_stock", product_id, on_hand, price, name)
@@ -108,8 +140,11 @@ class InventoryClient:
         by_shard: dict[int, list[uuid.UUID]] = {}
         for pid in dict.fromkeys(product_ids):
             by_shard.setdefault(shard_of(pid, len(self.refs)), []).append(pid)
-        parts = await asyncio.gather(*[
-            call(self.refs[i], "catalog", pids, timeout=self.timeout) for i, pids in by_shard.items()])
+        if self._lanes is not None:
+            parts = await asyncio.gather(*[self._batched(i, "reads", "catalog", pids) for i, pids in by_shard.items()])
+        else:
+            parts = await asyncio.gather(*[
+                call(self.refs[i], "catalog", pids, timeout=self.timeout) for i, pids in by_shard.items()])
         return {pid: stock for part in parts for pid, stock in part.items()}
 
     async def prices(self, product_ids: list[uuid.UUID]) -> dict[uuid.UUID, Decimal]:
@@ -180,49 +215,3 @@ class OrderClient:
         result: SagaState = await self._call(order_id, "compensate_saga", order_id, reason,
                                              command_id or uuid.uuid4())
         return result
-
-
-def restart_count(actor_id: str) -> int:
-    """How often Ray has restarted the actor, from its actor table (-1 when Ray does not say)."""
-    from ray._private import state  # the actor table; ray.util.state would need the dashboard running
-
-    try:
-        return int(state.actors(actor_id)["NumRestarts"])
-    except (KeyError, TypeError, ValueError, RuntimeError):
-        return -1
-
-
-class ActorDirectory:
-    """Every actor of the service, for health checks, metrics and operations."""
-
-    def __init__(self, namespace: str, order_shards: int, inventory_shards: int, timeout: float = 10.0) -> None:
-        self.order = [ActorRef(order_shard_name(i), namespace) for i in range(order_shards)]
-        self.inventory = [ActorRef(inventory_shard_name(i), namespace) for i in range(inventory_shards)]
-        self.projector = ActorRef(PROJECTOR_NAME, namespace)
-        self.timeout = timeout
-
-    @property
-    def all(self) -> list[ActorRef]:
-        return [*self.order, *self.inventory, self.projector]
-
-    async def describe(self) -> list[dict[str, Any]]:
-        """Every actor of the service as the admin API shows it; an actor that does not answer is left out."""
-        found = [r for r in (await self.each("describe")).values() if isinstance(r, dict)]
-        restarts = await asyncio.to_thread(lambda: {a["actor_id"]: restart_count(a["actor_id"]) for a in found})
-        return [{**a, "restarts": restarts[a["actor_id"]]} for a in found]
-
-    def shard_of(self, kind: str, entity_id: uuid.UUID) -> ActorRef:
-        refs = self.order if kind == "order" else self.inventory
-        return refs[shard_of(entity_id, len(refs))]
-
-    async def each(self, method: str) -> dict[str, Any]:
-        """Call ``method`` on every actor; a failing actor maps to its exception."""
-        async def one(ref: ActorRef) -> Any:
-            try:
-                return await call(ref, method, timeout=self.timeout)
-            except ServiceUnavailable as e:
-                return e
-
-        results = await asyncio.gather(*[one(ref) for ref in self.all])
-        return {ref.name: r for ref, r in zip(self.all, results, strict=True)}
-

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from actors import metrics as m
 from actors.base import ServiceActor
-from actors.client import ActorDirectory
+from actors.directory import ActorDirectory
 from commerce.settings import ResolvedSettings
 from store.durable_carts import CartJournal
 from store.event_store import SERVICE, PostgresEventStore, create_pool

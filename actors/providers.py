@@ -40,6 +40,7 @@ class ShippingProvider(Protocol):
 
 
 TRANSIENT = "payment provider temporarily unavailable"
+ALWAYS_CHARGED = frozenset({"tok_visa", "tok_refundFailsOnce"})  # cards charged at once, without fail
 
 
 class SimulatedPayments:
@@ -52,6 +53,8 @@ class SimulatedPayments:
         self.slow_seconds = slow_seconds
 
     async def charge(self, key: str, token: str, amount: Decimal, run: int) -> ProviderResult:
+        if token in ALWAYS_CHARGED:  # nothing to decide between the call and its effect: one statement
+            return self._charged(await self.ledger.effect_once(self._charge_entry(key, token, amount)))
         existing = await self.ledger.find(self.name, "charge", key)
         if existing is not None:
             return self._charged(existing)
@@ -62,9 +65,10 @@ class SimulatedPayments:
         if failure is not None:
             await self.ledger.attempt(self.name, "charge", key, failure.error or "failed")
             return failure
-        entry = await self.ledger.put(Entry(self.name, "charge", key, f"pay_{uuid.uuid4().hex[:16]}", "succeeded",
-                                            amount, {"token": token}))
-        return self._charged(entry)
+        return self._charged(await self.ledger.put(self._charge_entry(key, token, amount)))
+
+    def _charge_entry(self, key: str, token: str, amount: Decimal) -> Entry:
+        return Entry(self.name, "charge", key, f"pay_{uuid.uuid4().hex[:16]}", "succeeded", amount, {"token": token})
 
     async def _charge_failure(self, key: str, token: str) -> ProviderResult | None:
         if token in ("tok_visa", "tok_refundFailsOnce", "tok_slow"):
@@ -98,6 +102,9 @@ class SimulatedPayments:
         return ProviderResult(True, reference=charge.reference)
 
 
+UNDELIVERABLE = "00000"
+
+
 class SimulatedShipping:
     """Ships anywhere but to postal code 00000 (undeliverable)."""
 
@@ -107,16 +114,18 @@ class SimulatedShipping:
         self.ledger = ledger
 
     async def create(self, key: str, order_id: uuid.UUID, address: ShippingAddress, run: int) -> ProviderResult:
+        entry = Entry(self.name, "shipment", key, f"shp_{uuid.uuid4().hex[:16]}", "created", None,
+                      {"order_id": str(order_id)})
+        if address.postal_code != UNDELIVERABLE:  # nothing to decide between the call and its effect
+            return self._created(await self.ledger.effect_once(entry))
         existing = await self.ledger.find(self.name, "shipment", key)
         if existing is not None:
-            if existing.status == "voided":
-                return ProviderResult(False, error="shipment was cancelled before it was created")
-            return ProviderResult(True, reference=existing.reference)
+            return self._created(existing)
         await self.ledger.attempt(self.name, "shipment", key, "received")
-        if address.postal_code == "00000":
-            return ProviderResult(False, error="undeliverable address")
-        entry = await self.ledger.put(Entry(self.name, "shipment", key, f"shp_{uuid.uuid4().hex[:16]}", "created",
-                                            None, {"order_id": str(order_id)}))
+        return ProviderResult(False, error="undeliverable address")
+
+    @staticmethod
+    def _created(entry: Entry) -> ProviderResult:
         if entry.status == "voided":
             return ProviderResult(False, error="shipment was cancelled before it was created")
         return ProviderResult(True, reference=entry.reference)

@@ -23,28 +23,8 @@ import time
 import httpx
 import psutil
 
-from bench.common import postgres, redis_server
+from bench.common import cpu_seconds, postgres, process_tree, redis_server
 from tests.support import create_database, drop_database, free_port
-
-
-def tree(root: psutil.Process) -> list[psutil.Process]:
-    try:
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def cpu_seconds(processes: list[psutil.Process]) -> dict[int, tuple[str, float]]:
-    out = {}
-    for p in processes:
-        try:
-            with p.oneshot():
-                t = p.cpu_times()
-                name = " ".join(p.cmdline()[:2])[:70] or p.name()
-                out[p.pid] = (name, t.user + t.system)
-        except psutil.NoSuchProcess:
-            continue
-    return out
 
 
 def main(database: str, redis: str, settle: float, window: float) -> None:
@@ -67,20 +47,20 @@ def main(database: str, redis: str, settle: float, window: float) -> None:
                 raise SystemExit("the service did not answer /livez within 120 s")
             time.sleep(settle)  # the start's own work (migrations, deploys, the first pings) is over
             root = psutil.Process(proc.pid)
-            before = cpu_seconds(tree(root))
+            before = cpu_seconds(process_tree(root))
             time.sleep(window)
-            after = cpu_seconds(tree(root))
+            after = cpu_seconds(process_tree(root))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
-    used: collections.Counter[str] = collections.Counter()
+    used: dict[str, float] = collections.defaultdict(float)
     for pid, (name, t) in after.items():
         used[name] += t - before.get(pid, (name, 0.0))[1]  # a process started during the window counts whole
     total = sum(used.values())
     print(f"at rest over {window:.0f} s: {100 * total / window:.1f} % of one core, {len(after)} processes")
     print("| process | % of one core |")
     print("|---|---|")
-    for name, t in used.most_common(12):
+    for name, t in sorted(used.items(), key=lambda kv: -kv[1])[:12]:
         print(f"| `{name}` | {100 * t / window:.2f} |")
 
 

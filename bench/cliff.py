@@ -18,7 +18,8 @@ import uuid
 
 import psutil
 
-from actors.client import ActorDirectory, InventoryClient, OrderClient, call
+from actors.client import InventoryClient, OrderClient, call
+from actors.directory import ActorDirectory
 from bench.common import postgres, redis_server, service_actors
 from bench.drain import drain
 from store.event_store import PostgresEventStore

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -145,3 +147,60 @@ async def service_actors(base: str, redis: str, **settings: object) -> AsyncIter
         remove_actors(resolved)
         ray.shutdown()
         await drop_database(base, database)
+
+
+def process_tree(root: psutil.Process) -> list[psutil.Process]:
+    """A process and everything it started (Ray's processes, the actors, Serve's)."""
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _kind(p: psutil.Process) -> str:
+    """A name that groups processes of one kind: an actor's class (``ray::OrderShard``), else the command."""
+    cmdline: list[str] = p.cmdline()
+    if cmdline and cmdline[0].startswith("ray::"):
+        return cmdline[0].split(".")[0]
+    name: str = p.name()
+    return " ".join(Path(a).name if i == 0 else a for i, a in enumerate(cmdline[:2]))[:60] or name
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> dict[int, tuple[str, float]]:
+    """CPU time (user + system) so far of each process, by pid, with the process's kind."""
+    out = {}
+    for p in processes:
+        try:
+            with p.oneshot():
+                t = p.cpu_times()
+                out[p.pid] = (_kind(p), t.user + t.system)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+class CpuUse:
+    """The CPU that a process tree and the whole machine used between ``start`` and ``stop``: the tree's by
+    kind of process, and the rest of the machine (PostgreSQL, Redis, the client) as one figure."""
+
+    def __init__(self, root: psutil.Process) -> None:
+        self.root = root
+
+    def start(self) -> None:
+        self._before = cpu_seconds(process_tree(self.root))
+        self._machine_before = _busy(psutil.cpu_times())
+
+    def stop(self) -> dict[str, float]:
+        """Seconds of CPU by kind; ``everything else`` is the machine's busy time outside the tree."""
+        after = cpu_seconds(process_tree(self.root))
+        used: dict[str, float] = {}
+        for pid, (kind, t) in after.items():
+            used[kind] = used.get(kind, 0.0) + t - self._before.get(pid, (kind, 0.0))[1]
+        machine = _busy(psutil.cpu_times()) - self._machine_before
+        used["everything else on the machine"] = max(0.0, machine - sum(used.values()))
+        return dict(sorted(used.items(), key=lambda kv: -kv[1]))
+
+
+def _busy(t: Any) -> float:
+    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+                 + getattr(t, "steal", 0.0))

@@ -27,9 +27,10 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psutil
 
 from bench import baseline, wrk
-from bench.common import postgres, redis_server
+from bench.common import CpuUse, postgres, redis_server
 from bench.drain import Drained, drain
 from bench.report import Report
 from commerce.runtime import Runtime
@@ -140,14 +141,28 @@ def record_drain(report: Report, c: int, orders: wrk.WrkResult, before: dict[str
             print(f"  warning: {n} sagas {status} in this phase; they are not counted as confirmed", flush=True)
 
 
+def print_cpu_per_order(used: dict[str, float], confirmed: int) -> None:
+    """The CPU each confirmed order cost over its load phase and drain, by kind of process: where to look."""
+    if confirmed <= 0:
+        return
+    total = sum(used.values())
+    parts = ", ".join(f"{kind} {1000 * t / confirmed:.1f}" for kind, t in list(used.items())[:9] if t > 0)
+    print(f"        CPU per confirmed order: {1000 * total / confirmed:.1f} ms in all; by process, ms: {parts}",
+          flush=True)
+
+
 async def one_round(targets: Targets, sagas: SagaStore, c: int, options: Options, report: Report) -> None:
     """One concurrency of one repeat: both baselines, then the orders and the drain of their sagas."""
     await phase(report, LIVEZ, c, targets.livez, options)
     base = await phase(report, BASELINE, c, targets.baseline, options)
     before = await sagas.counts()
+    cpu = CpuUse(psutil.Process())  # this process started Ray, and so every process of the service
+    cpu.start()
     orders = await phase(report, ORDERS, c, targets.orders, options, targets.orders_script)
     drained = await drain(sagas, options.drain_timeout)  # the clock starts as wrk exits
+    used = cpu.stop()
     record_drain(report, c, orders, before, drained)
+    print_cpu_per_order(used, drained.count("COMPLETED") - before.get("COMPLETED", 0))
     if base.ok_per_second > 0:
         report.add(RATIO, c, ratio=orders.ok_per_second / base.ok_per_second)
 

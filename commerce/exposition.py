@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from actors.metrics import Family, Labels, Series, families
 
 if TYPE_CHECKING:
-    from actors.client import ActorDirectory
+    from actors.directory import ActorDirectory
 
 
 def shard_label(actor_name: str) -> str:

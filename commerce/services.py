@@ -9,7 +9,8 @@ import dataclasses
 
 import asyncpg
 
-from actors.client import ActorDirectory, InventoryClient, OrderClient
+from actors.client import InventoryClient, OrderClient
+from actors.directory import ActorDirectory
 from commerce.settings import ResolvedSettings
 from store.carts import RedisCartStore
 from store.durable_carts import CartJournal, DurableCartStore

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
-from actors.client import ActorDirectory
+from actors.directory import ActorDirectory
 from commerce.health import check_health
 from commerce.settings import Settings
 from store.migrations import LATEST

@@ -1,0 +1,172 @@
+"""Calls to one actor, batched: while a batch is on its way, the calls made queue, and the next batch
+carries them all in one Ray call. Each call of a batch runs as it would alone, and concurrently with the
+others, on the actor's side; each caller gets its own answer or its own error.
+
+A Ray call costs each side far more CPU than a SKU command itself (the profile in docs/benchmarks.md):
+an order shard's sagas reserve and commit on the inventory shards all the time, so one call carries many.
+Nothing waits for a batch to fill: the first call goes at once, and only calls made while
+``max_in_flight`` batches are under way wait, for the first of them to come back.
+
+A caller that gives up (a timeout, its saga cancelled) before its batch left is taken out and never runs;
+after that, it is withdrawn: the actor cancels the call if it is still running, or drops it when it
+arrives later than the withdrawal, so that a command nobody waits for does not take effect later on its
+own (a SKU command already decided with others in one commit is kept, as it is when called alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import itertools
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any
+
+MAX_IN_FLIGHT = 2  # batches under way to one actor at once, per caller
+MAX_BATCH = 256  # calls in one batch
+WITHDRAWN_KEPT = 300.0  # seconds a withdrawal waits for a call that has not arrived (any caller's timeout is shorter)
+
+Key = tuple[str, int]  # the caller's id, and the call's number
+Call = tuple[Key, str, tuple[Any, ...]]  # what a batch carries per call: its key, the method and its arguments
+Answer = tuple[bool, Any]  # True and the result, or False and the error
+
+
+class Withdrawn(Exception):
+    """The call was withdrawn by its caller before it ran, or while it ran."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Queued:
+    key: Key
+    method: str
+    args: tuple[Any, ...]
+    answer: asyncio.Future[Any]
+    sent: bool = False
+
+
+class CallBatches:
+    """The caller's side, for one actor: ``send`` makes the batch's Ray call, ``withdraw`` tells the actor
+    which calls no one waits for any more (without waiting for its answer)."""
+
+    def __init__(self, send: Callable[[list[Call]], Awaitable[list[Answer]]],
+                 withdraw: Callable[[list[Key]], None], timeout: float,
+                 max_in_flight: int = MAX_IN_FLIGHT, max_batch: int = MAX_BATCH) -> None:
+        self._send = send
+        self._withdraw = withdraw
+        self.timeout = timeout
+        self.max_in_flight = max_in_flight
+        self.max_batch = max_batch
+        self._caller = uuid.uuid4().hex
+        self._numbers = itertools.count()
+        self._queue: list[_Queued] = []
+        self._senders: set[asyncio.Task[None]] = set()
+        self.sizes: list[int] = []  # the sizes of the last batches sent (at most 100)
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """The method's result, or the error it raised; TimeoutError when no answer came within the timeout."""
+        queued = _Queued((self._caller, next(self._numbers)), method, args,
+                         asyncio.get_running_loop().create_future())
+        self._queue.append(queued)
+        if len(self._senders) < self.max_in_flight:
+            task = asyncio.get_running_loop().create_task(self._send_queue())
+            self._senders.add(task)
+        try:
+            return await asyncio.wait_for(asyncio.shield(queued.answer), self.timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            self._give_up(queued)
+            raise
+
+    def _give_up(self, queued: _Queued) -> None:
+        if not queued.sent:  # still queued: it never leaves
+            self._queue = [q for q in self._queue if q is not queued]
+        elif not queued.answer.done():
+            self._withdraw([queued.key])
+        if not queued.answer.done():
+            queued.answer.cancel()
+
+    async def _send_queue(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+                await self._send_batch(batch)
+        finally:  # no longer counted once it takes no more batches: a call queued next starts a sender
+            self._senders.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    async def _send_batch(self, batch: list[_Queued]) -> None:
+        for q in batch:
+            q.sent = True
+        self.sizes = [*self.sizes[-99:], len(batch)]
+        try:
+            answers = await self._send([(q.key, q.method, q.args) for q in batch])
+            for q, (ok, value) in zip(batch, answers, strict=True):
+                if q.answer.done():  # its caller gave up while the batch ran
+                    continue
+                if ok:
+                    q.answer.set_result(value)
+                else:
+                    q.answer.set_exception(value)
+        except Exception as e:  # the batch's Ray call failed: every call of it failed the same way
+            for q in batch:
+                if not q.answer.done():
+                    q.answer.set_exception(copy.copy(e))  # an error of its own each, not one shared traceback
+        finally:
+            for q in batch:  # the sender was interrupted: nobody may hang on it
+                if not q.answer.done():
+                    q.answer.set_exception(Withdrawn("the batch was interrupted"))
+
+
+class BatchRunner:
+    """The actor's side: runs each call of a batch as a task of its own and answers them all at once."""
+
+    def __init__(self, target: object, methods: Collection[str], errors: tuple[type[BaseException], ...]) -> None:
+        self.target = target
+        self.methods = frozenset(methods)
+        self.errors = errors  # raised to the caller as they are; any other error is reported by its text
+        self._running: dict[Key, asyncio.Task[Any]] = {}
+        self._withdrawn: dict[Key, float] = {}  # withdrawn before they arrived, and when
+
+    async def run(self, calls: Sequence[Call]) -> list[Answer]:
+        tasks: list[asyncio.Task[Any] | None] = []
+        for key, method, args in calls:
+            if method not in self.methods:
+                raise ValueError(f"{method} cannot be called in a batch")
+            if self._withdrawn.pop(key, None) is not None:
+                tasks.append(None)
+                continue
+            task = asyncio.ensure_future(getattr(self.target, method)(*args))
+            self._running[key] = task
+            tasks.append(task)
+        started = [t for t in tasks if t is not None]
+        try:
+            if started:
+                await asyncio.wait(started)
+        except asyncio.CancelledError:
+            for t in started:
+                t.cancel()
+            raise
+        finally:
+            for key, _, _ in calls:
+                self._running.pop(key, None)
+        return [self._answer(t) for t in tasks]
+
+    def _answer(self, task: asyncio.Task[Any] | None) -> Answer:
+        if task is None or task.cancelled():
+            return False, Withdrawn("withdrawn by its caller")
+        error = task.exception()
+        if error is None:
+            return True, task.result()
+        if isinstance(error, self.errors):
+            return False, error
+        return False, RuntimeError(f"{type(error).__name__}: {error}")
+
+    def withdraw(self, keys: Sequence[Key]) -> None:
+        now = time.monotonic()
+        for key in keys:
+            task = self._running.get(key)
+            if task is not None:
+                task.cancel()
+            else:  # not arrived yet (or over): drop it if it comes
+                self._withdrawn[key] = now
+        self._withdrawn = {k: t for k, t in self._withdrawn.items() if now - t < WITHDRAWN_KEPT}

@@ -1,0 +1,163 @@
+"""Batched calls to one actor (actors.call_batches), with the actor's side in the same event loop: what
+a batch carries, what each caller gets back, and that a call nobody waits for does not run."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from actors.call_batches import Answer, BatchRunner, Call, CallBatches, Key, Withdrawn
+from domain.errors import DomainError
+
+
+class Refused(DomainError):
+    pass
+
+
+class Target:
+    """An actor's methods: ``slow`` waits until released, so a test decides when a batch comes back."""
+
+    def __init__(self) -> None:
+        self.ran: list[tuple[str, Any]] = []
+        self.release = asyncio.Event()
+        self.cancelled: list[Any] = []
+
+    async def echo(self, value: Any) -> Any:
+        self.ran.append(("echo", value))
+        return value
+
+    async def refuse(self, value: Any) -> Any:
+        self.ran.append(("refuse", value))
+        raise Refused(f"no {value}")
+
+    async def crash(self, value: Any) -> Any:
+        raise KeyError(value)
+
+    async def slow(self, value: Any) -> Any:
+        self.ran.append(("slow", value))
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(value)
+            raise
+        return value
+
+
+class Link:
+    """The Ray call between the two sides, made in-process; counts the batches and can hold them back."""
+
+    def __init__(self, runner: BatchRunner) -> None:
+        self.runner = runner
+        self.batches: list[list[str]] = []
+        self.open = asyncio.Event()
+        self.open.set()
+        self.withdrawn: list[Key] = []
+        self.deliver_withdrawals = True
+
+    async def send(self, calls: list[Call]) -> list[Answer]:
+        self.batches.append([f"{method}:{args[0]}" for _, method, args in calls])
+        await self.open.wait()
+        return await self.runner.run(calls)
+
+    def withdraw(self, keys: list[Key]) -> None:
+        self.withdrawn += keys
+        if self.deliver_withdrawals:
+            self.runner.withdraw(keys)
+
+
+def wire(timeout: float = 30.0, max_in_flight: int = 1) -> tuple[Target, Link, CallBatches]:
+    target = Target()
+    link = Link(BatchRunner(target, {"echo", "refuse", "crash", "slow"}, (DomainError,)))
+    return target, link, CallBatches(link.send, link.withdraw, timeout, max_in_flight=max_in_flight)
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_calls_made_while_a_batch_is_under_way_share_the_next_one_and_each_gets_its_own_answer() -> None:
+    _, link, batches = wire()
+    link.open.clear()
+    first = asyncio.ensure_future(batches.call("echo", 0))
+    await settle()  # the first call left alone, at once
+    rest = [asyncio.ensure_future(batches.call("refuse" if n == 3 else "echo", n)) for n in range(1, 6)]
+    await settle()
+    link.open.set()
+    assert await first == 0
+    results = await asyncio.gather(*rest, return_exceptions=True)
+    assert link.batches == [["echo:0"], ["echo:1", "echo:2", "refuse:3", "echo:4", "echo:5"]]
+    assert results[:2] == [1, 2] and results[3:] == [4, 5]
+    assert isinstance(results[2], Refused) and str(results[2]) == "no 3"  # the refused call fails alone
+
+
+async def test_an_unexpected_error_of_a_call_is_its_own_and_reported_by_its_text() -> None:
+    _, _, batches = wire(max_in_flight=2)
+    got = await asyncio.gather(batches.call("crash", "k"), batches.call("echo", "fine"), return_exceptions=True)
+    assert isinstance(got[0], RuntimeError) and "KeyError" in str(got[0])
+    assert got[1] == "fine"
+
+
+async def test_a_caller_that_gives_up_before_its_batch_left_is_never_run() -> None:
+    target, link, batches = wire()
+    link.open.clear()
+    first = asyncio.ensure_future(batches.call("echo", "first"))
+    await settle()
+    gone = asyncio.ensure_future(batches.call("echo", "gone"))
+    kept = asyncio.ensure_future(batches.call("echo", "kept"))
+    await settle()
+    gone.cancel()
+    await settle()
+    link.open.set()
+    assert [await first, await kept] == ["first", "kept"]
+    assert ("echo", "gone") not in target.ran and link.withdrawn == []
+    assert link.batches == [["echo:first"], ["echo:kept"]]
+
+
+async def test_a_caller_that_gives_up_while_its_call_runs_has_it_cancelled_in_the_actor() -> None:
+    target, _, batches = wire(timeout=0.05)
+    with pytest.raises(TimeoutError):
+        await batches.call("slow", "late")
+    await settle()
+    assert target.cancelled == ["late"]  # withdrawn: it will not take effect later on its own
+    target.release.set()
+    assert await batches.call("slow", "next") == "next"
+
+
+async def test_a_withdrawal_that_arrives_before_the_call_drops_the_call() -> None:
+    target, link, batches = wire()
+    link.open.clear()
+    call = asyncio.ensure_future(batches.call("echo", "overtaken"))
+    await settle()  # the batch has left (send was called) but is held on its way
+    call.cancel()
+    await settle()
+    assert len(link.withdrawn) == 1
+    link.open.set()
+    await settle()
+    assert ("echo", "overtaken") not in target.ran
+
+
+async def test_a_failed_batch_fails_each_of_its_calls_with_an_error_of_its_own() -> None:
+    async def broken(calls: list[Call]) -> list[Answer]:
+        raise ConnectionError("the actor is gone")
+
+    batches = CallBatches(broken, lambda keys: None, 30.0, max_in_flight=1)
+    got = await asyncio.gather(*[batches.call("echo", n) for n in range(3)], return_exceptions=True)
+    assert all(isinstance(e, ConnectionError) for e in got)
+    assert len({id(e) for e in got}) == 3
+
+
+async def test_a_method_outside_the_batchable_ones_is_refused() -> None:
+    runner = BatchRunner(Target(), {"echo"}, (DomainError,))
+    with pytest.raises(ValueError, match="cannot be called in a batch"):
+        await runner.run([(("c", 1), "slow", ("x",))])
+
+
+async def test_an_answer_for_a_withdrawn_call_says_so() -> None:
+    target = Target()
+    runner = BatchRunner(target, {"echo"}, (DomainError,))
+    runner.withdraw([("c", 1)])
+    [(ok, error)] = await runner.run([(("c", 1), "echo", ("x",))])
+    assert not ok and isinstance(error, Withdrawn) and target.ran == []
