@@ -1,8 +1,8 @@
 """Group commit for an order shard. Every record of an order and its saga (the saga's events, the order's
 events, the saga's row and step history) queues for a flush; while flushes are in flight (at most
-MAX_FLUSHES), the records that arrive queue, and the next flush writes them all in one transaction: one
-statement for every stream's events, one pipelined round trip for the saga rows and one for the step
-history. A record is acknowledged only once its flush has committed.
+MAX_FLUSHES), the records that arrive queue, and the next flush writes them all in one statement, its own
+transaction (``record_sagas``: every stream's events, the saga rows and the step history). A record is
+acknowledged only once its flush has committed.
 
 A flush that the store refuses for a stale version, a command already applied or an error of the data
 (SQLSTATE classes 22 and 23) is split in halves and each written again, down to the offending record,
@@ -123,9 +123,7 @@ class GroupCommit:
         appends = [a for p in batch for a in p.appends]
         records = [r for p in batch for r in p.records]
         with postgres_errors():
-            async with self.store.pool.acquire() as conn, conn.transaction():
-                stored = await self.store.write(conn, appends, records)  # first: takes the transaction's id
-                await self.sagas.write_many(conn, [(p.saga, p.records) for p in batch])
+            stored = await self.sagas.write_with_events(appends, records, [(p.saga, p.records) for p in batch])
         out, start = [], 0
         for p in batch:
             out.append(stored[start:start + len(p.records)])

@@ -143,7 +143,7 @@ _COLUMNS = "id, position, aggregate_id, aggregate_type, event_type, schema_versi
 _INSERT = "SELECT id, position FROM append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 
 
-async def _schedule(c: asyncpg.Connection, aggregate_id: uuid.UUID, aggregate_type: str, due_at: dt.datetime | None,
+async def _schedule(c: asyncpg.Connection | asyncpg.Pool, aggregate_id: uuid.UUID, aggregate_type: str, due_at: dt.datetime | None,
                     version: int) -> None:
     """No deadline is kept as 'infinity', so that its version still turns away an older writer."""
     await c.execute(
@@ -208,14 +208,21 @@ class PostgresEventStore:
         async with self.transaction(conn) as c:
             return await self.write(c, appends, records)
 
-    async def write(self, c: asyncpg.Connection, appends: Sequence[StreamAppend],
-                    records: Sequence[ev.Recorded]) -> list[ev.Recorded]:
+    async def write(self, c: asyncpg.Connection | asyncpg.Pool, appends: Sequence[StreamAppend],
+                    records: Sequence[ev.Recorded], statement: str = _INSERT,
+                    more: Sequence[Any] = ()) -> list[ev.Recorded]:
         """Write ``records`` (what :func:`build_records` made of ``appends``, in their order) on ``c``; the
         records back with their positions. One statement, all or nothing: the rows go in only if every stream
         is still at its expected version (else ConcurrencyConflict, with nothing written); a stream that
         another append starts first collides on ``UNIQUE(aggregate_id, version)``, which aborts the caller's
         transaction. As the first statement of a transaction it takes the transaction's id before any
-        position is drawn."""
+        position is drawn.
+
+        ``statement`` may name another function that appends as ``append_events`` does, with arguments of its
+        own after the append's (``more``). On the pool the statement is its own transaction: then it may not
+        leave the deadlines of several streams to statements of their own."""
+        if not isinstance(c, asyncpg.Connection) and len(appends) > 1 and any(a.deadline for a in appends):
+            raise ValueError("the deadlines of several streams need a transaction")
         expected = [a.expected_version for a in appends for _ in a.events]
         columns: list[list[Any]] = [[] for _ in range(10)]
         for r, wanted in zip(records, expected, strict=True):
@@ -227,7 +234,7 @@ class PostgresEventStore:
         single = appends[0].deadline if len(appends) == 1 else None
         deadline = (0, None) if single is None else (2, None) if single.due_at is None else (1, single.due_at)
         try:
-            rows = await c.fetch(_INSERT, *columns, *deadline)
+            rows = await c.fetch(statement, *columns, *deadline, *more)
         except asyncpg.UniqueViolationError as e:
             if e.constraint_name == "events_pkey":
                 raise DuplicateCommand(str(records[0].metadata.command_id)) from e

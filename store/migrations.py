@@ -264,6 +264,46 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         $$;
         """,
     ),
+    (
+        9,
+        "record sagas in one statement",
+        # A group commit of sagas (actors/order_commits.py) is one round trip, in its own transaction: the
+        # events as append_events writes them (nothing at all when a stream moved on), then, only if they
+        # went in, each saga's row and its new steps. A saga appears at most once (the caller keeps its last).
+        """
+        CREATE FUNCTION record_sagas(ids UUID[], aggregate_ids UUID[], aggregate_types VARCHAR[],
+                                     event_types VARCHAR[], schema_versions INTEGER[], data JSONB[],
+                                     metadata JSONB[], versions INTEGER[], created TIMESTAMPTZ[],
+                                     expected INTEGER[], deadline_op INTEGER, deadline_at TIMESTAMPTZ,
+                                     saga_ids UUID[], saga_types VARCHAR[], current_steps VARCHAR[],
+                                     saga_data JSONB[], statuses VARCHAR[], order_ids UUID[],
+                                     attempts INTEGER[], saga_versions INTEGER[], saga_created TIMESTAMPTZ[],
+                                     saga_updated TIMESTAMPTZ[], step_sagas UUID[], step_seqs INTEGER[],
+                                     step_names VARCHAR[], step_actions VARCHAR[], step_outcomes VARCHAR[],
+                                     step_attempts INTEGER[], step_errors TEXT[], step_at TIMESTAMPTZ[])
+        RETURNS TABLE (id UUID, "position" BIGINT) LANGUAGE plpgsql AS $$
+        BEGIN
+            RETURN QUERY SELECT a.id, a."position" FROM append_events(
+                ids, aggregate_ids, aggregate_types, event_types, schema_versions, data, metadata, versions,
+                created, expected, deadline_op, deadline_at) AS a;
+            IF NOT FOUND THEN
+                RETURN;
+            END IF;
+            INSERT INTO sagas (saga_id, saga_type, current_step, saga_data, status, order_id, attempts, version,
+                               created_at, updated_at)
+            SELECT * FROM unnest(saga_ids, saga_types, current_steps, saga_data, statuses, order_ids, attempts,
+                                 saga_versions, saga_created, saga_updated)
+            ON CONFLICT (saga_id) DO UPDATE SET current_step = EXCLUDED.current_step,
+                saga_data = EXCLUDED.saga_data, status = EXCLUDED.status, attempts = EXCLUDED.attempts,
+                version = EXCLUDED.version, updated_at = EXCLUDED.updated_at;
+            INSERT INTO saga_steps (saga_id, seq, step, action, outcome, attempt, error, at)
+            SELECT * FROM unnest(step_sagas, step_seqs, step_names, step_actions, step_outcomes, step_attempts,
+                                 step_errors, step_at)
+            ON CONFLICT DO NOTHING;
+        END
+        $$;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

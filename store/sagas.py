@@ -31,6 +31,38 @@ def prepare(ctx: CommandContext, saga: sg.Saga | None, saga_id: uuid.UUID, saga_
     return appends, records, after
 
 
+_RECORD_SAGAS = f"SELECT id, position FROM record_sagas({', '.join(f'${n}' for n in range(1, 31))})"
+
+
+def _saga_row(saga: sg.Saga) -> tuple[Any, ...]:
+    return (saga.saga_id, sg.SAGA_TYPE, saga.current_step or "done", to_primitive(saga), saga.status.value,
+            saga.order_id, saga.attempts_total, saga.version, saga.created_at, saga.updated_at)
+
+
+def _step_rows(sagas: Sequence[tuple[sg.Saga, Sequence[ev.Recorded]]]) -> list[tuple[Any, ...]]:
+    """The step history rows that the sagas' records make: one per attempt started, succeeded or failed."""
+    return [
+        (saga.saga_id, r.version, r.event.step, r.event.action.value, outcome, r.event.attempt,  # type: ignore[attr-defined]
+         getattr(r.event, "error", None), r.at)
+        for saga, records in sagas
+        for r in records if r.aggregate_id == saga.saga_id and (outcome := STEP_OUTCOMES.get(type(r.event)))
+    ]
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+def _saga_columns(sagas: Sequence[tuple[sg.Saga, Sequence[ev.Recorded]]]) -> list[list[Any]]:
+    """The sagas' rows as arrays, a saga written twice by its last state only (one row may change once)."""
+    last = {saga.saga_id: saga for saga, _ in sagas}
+    return _columns([_saga_row(saga) for saga in last.values()], 10)
+
+
+def _step_columns(sagas: Sequence[tuple[sg.Saga, Sequence[ev.Recorded]]]) -> list[list[Any]]:
+    return _columns(_step_rows(sagas), 8)
+
+
 class SagaStore:
     def __init__(self, events: PostgresEventStore) -> None:
         self.events = events
@@ -39,10 +71,21 @@ class SagaStore:
                      saga_events: Sequence[ev.DomainEvent], others: Sequence[StreamAppend] = ()) -> tuple[sg.Saga, list[ev.Recorded]]:
         """Append the saga's events (and other streams' events) and update ``sagas`` atomically."""
         appends, records, after = prepare(ctx, saga, saga_id, saga_events, others)
-        async with self.events.transaction() as conn:
-            stored = await self.events.write(conn, appends, records)
-            await self.write_many(conn, [(after, records)])
-        return after, stored
+        with postgres_errors():
+            return after, await self.write_with_events(appends, records, [(after, records)])
+
+    async def write_with_events(self, appends: Sequence[StreamAppend], records: Sequence[ev.Recorded],
+                                sagas: Sequence[tuple[sg.Saga, Sequence[ev.Recorded]]]) -> list[ev.Recorded]:
+        """The appends' records, and the sagas' rows and step histories, all or nothing, in one statement
+        (migration 9's ``record_sagas``), its own transaction; the records back with their positions. Raises
+        as ``PostgresEventStore.write`` does. Deadlines of several streams take a transaction instead."""
+        if len(appends) > 1 and any(a.deadline for a in appends):
+            async with self.events.transaction() as conn:
+                stored = await self.events.write(conn, appends, records)
+                await self.write_many(conn, sagas)
+            return stored
+        return await self.events.write(self.events.pool, appends, records, _RECORD_SAGAS,
+                                       [*_saga_columns(sagas), *_step_columns(sagas)])
 
     async def write_many(self, conn: asyncpg.Connection,
                          sagas: Sequence[tuple[sg.Saga, Sequence[ev.Recorded]]]) -> None:
@@ -54,15 +97,8 @@ class SagaStore:
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                ON CONFLICT (saga_id) DO UPDATE SET current_step = $3, saga_data = $4, status = $5, attempts = $7,
                    version = $8, updated_at = $10""",
-            [(saga.saga_id, sg.SAGA_TYPE, saga.current_step or "done", to_primitive(saga), saga.status.value,
-              saga.order_id, saga.attempts_total, saga.version, saga.created_at, saga.updated_at)
-             for saga, _ in sagas])
-        steps = [
-            (saga.saga_id, r.version, r.event.step, r.event.action.value, outcome, r.event.attempt,  # type: ignore[attr-defined]
-             getattr(r.event, "error", None), r.at)
-            for saga, records in sagas
-            for r in records if r.aggregate_id == saga.saga_id and (outcome := STEP_OUTCOMES.get(type(r.event)))
-        ]
+            [_saga_row(saga) for saga, _ in sagas])
+        steps = _step_rows(sagas)
         if steps:
             await conn.executemany(
                 """INSERT INTO saga_steps (saga_id, seq, step, action, outcome, attempt, error, at)
