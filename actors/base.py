@@ -11,14 +11,17 @@ from typing import Any, ClassVar
 import ray
 
 from actors import metrics as m
+from actors.call_batches import Answer, BatchRunner, Call, Key
 from actors.entities import EntityHost
 from actors.watch import Watch
 from commerce import logs
 from commerce.settings import ResolvedSettings
+from domain.errors import DomainError
+from store.errors import StoreError
 
 # The shape of the actors' calls (their arguments, their answers, the errors they raise); a start refuses
 # running actors of another (actors.deploy.check_layout). 2: frozen views and raised domain errors;
-# 3: the inventory shards' batches (run_batch, withdraw).
+# 3: batched calls to the shards (run_batch, withdraw).
 PROTOCOL = 3
 
 
@@ -52,16 +55,27 @@ class ServiceActor(abc.ABC):
 
 
 class Shard(ServiceActor):
-    """A shard hosting entities: passivation timer, the cap knob and the common metrics."""
+    """A shard hosting entities: passivation timer, the cap knob, the common metrics, and batched calls."""
 
     KIND: ClassVar[str]
     KIND_NAME: ClassVar[str]  # as the admin API names it
+    BATCHED: ClassVar[frozenset[str]]  # the methods its clients may call in batches (actors.call_batches)
     host: EntityHost[Any]
     metrics: m.OrderMetrics | m.InventoryMetrics
 
     def __init__(self, settings: ResolvedSettings, index: int) -> None:
         self.index = index
+        self.batch_runner = BatchRunner(self, self.BATCHED, (DomainError, StoreError, TimeoutError))
         super().__init__(settings)
+
+    async def run_batch(self, calls: list[Call]) -> list[Answer]:
+        """Many calls of one caller at once, each as if called alone."""
+        await self.start()
+        return await self.batch_runner.run(calls)
+
+    async def withdraw(self, keys: list[Key]) -> None:
+        """Calls of a batch whose caller gave up: cancelled if running, dropped if they come later."""
+        self.batch_runner.withdraw(keys)
 
     async def _passivation_loop(self) -> None:
         while True:

@@ -26,6 +26,7 @@ from domain.errors import DomainError
 from store.errors import StoreError
 
 BATCHED_COMMANDS = frozenset({"reserve", "commit", "undo"})  # the SKU commands of the sagas
+BATCHED_ORDER_CALLS = {"create_order": "commands", "get_order": "reads"}  # the calls of an order shard, by lane
 
 
 class ServiceUnavailable(Exception):
@@ -90,36 +91,23 @@ async def _await_or_withdraw(object_ref: Any, timeout: float) -> Any:
         raise
 
 
-class InventoryClient:
-    """The inventory shards' client. With ``batched`` (an order shard's), the SKU commands of the sagas
-    (reserve, commit, undo) and the catalog reads go to each shard in batches (actors.call_batches): the
-    reads apart from the commands, so that a read never waits for a hot SKU's commit."""
+class Lanes:
+    """Batched calls (actors.call_batches) to each of some shards, in lanes that do not wait for each other;
+    with ``withdraw``, a call whose caller gave up after it left is withdrawn in the shard too."""
 
-    def __init__(self, namespace: str, shards: int, timeout: float = 30.0, batched: bool = False) -> None:
-        self.refs = [ActorRef(inventory_shard_name(i), namespace) for i in range(shards)]
+    def __init__(self, refs: list[ActorRef], lanes: tuple[str, ...], timeout: float, withdraw: bool) -> None:
         self.timeout = timeout
-        self._lanes: dict[tuple[int, str], CallBatches] | None = None
-        if batched:
-            self._lanes = {(i, lane): CallBatches(functools.partial(self._send_batch, ref),
-                                                  functools.partial(self._withdraw, ref), timeout)
-                           for i, ref in enumerate(self.refs) for lane in ("commands", "reads")}
+        self._batches = {(i, lane): CallBatches(functools.partial(self._send, ref),
+                                                functools.partial(self._withdraw, ref) if withdraw else _kept, timeout)
+                         for i, ref in enumerate(refs) for lane in lanes}
 
-    def _ref(self, product_id: uuid.UUID) -> ActorRef:
-        return self.refs[shard_of(product_id, len(self.refs))]
-
-    async def _call(self, product_id: uuid.UUID, method: str, *args: Any, **kwargs: Any) -> Any:
-        if self._lanes is not None and method in BATCHED_COMMANDS and not kwargs:
-            return await self._batched(shard_of(product_id, len(self.refs)), "commands", method, *args)
-        return await call(self._ref(product_id), method, *args, timeout=self.timeout, withdraw=True, **kwargs)
-
-    async def _batched(self, shard: int, lane: str, method: str, *args: Any) -> Any:
-        assert self._lanes is not None
+    async def call(self, shard: int, lane: str, method: str, *args: Any) -> Any:
         try:
-            return await self._lanes[shard, lane].call(method, *args)
+            return await self._batches[shard, lane].call(method, *args)
         except (TimeoutError, Withdrawn) as e:
-            raise ServiceUnavailable(f"inventory shard {shard} did not answer {method}: {type(e).__name__}") from e
+            raise ServiceUnavailable(f"shard {shard} did not answer {method}: {type(e).__name__}") from e
 
-    async def _send_batch(self, ref: ActorRef, calls: list[Call]) -> list[Answer]:
+    async def _send(self, ref: ActorRef, calls: list[Call]) -> list[Answer]:
         answers: list[Answer] = await call(ref, "run_batch", calls, timeout=self.timeout)
         return answers
 
@@ -127,6 +115,29 @@ class InventoryClient:
     def _withdraw(ref: ActorRef, keys: list[Key]) -> None:
         with contextlib.suppress(ServiceUnavailable):  # the shard is gone, and its calls with it
             ref.handle().withdraw.remote(keys)  # not awaited: the caller has given up already
+
+
+def _kept(keys: list[Key]) -> None:
+    """Calls that run to the end once they left, as unbatched ones do."""
+
+
+class InventoryClient:
+    """The inventory shards' client. With ``batched`` (an order shard's), the SKU commands of the sagas
+    (reserve, commit, undo) and the catalog reads go to each shard in batches: the reads apart from the
+    commands, so that a read never waits for a hot SKU's commit."""
+
+    def __init__(self, namespace: str, shards: int, timeout: float = 30.0, batched: bool = False) -> None:
+        self.refs = [ActorRef(inventory_shard_name(i), namespace) for i in range(shards)]
+        self.timeout = timeout
+        self._lanes = Lanes(self.refs, ("commands", "reads"), timeout, withdraw=True) if batched else None
+
+    def _ref(self, product_id: uuid.UUID) -> ActorRef:
+        return self.refs[shard_of(product_id, len(self.refs))]
+
+    async def _call(self, product_id: uuid.UUID, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self._lanes is not None and method in BATCHED_COMMANDS and not kwargs:
+            return await self._lanes.call(shard_of(product_id, len(self.refs)), "commands", method, *args)
+        return await call(self._ref(product_id), method, *args, timeout=self.timeout, withdraw=True, **kwargs)
 
     async def set_stock(self, product_id: uuid.UUID, on_hand: int, price: str, name: str | None) -> StockView:
         result: StockView = await self._call(product_id, "set_stock", product_id, on_hand, price, name)
@@ -141,7 +152,8 @@ class InventoryClient:
         for pid in dict.fromkeys(product_ids):
             by_shard.setdefault(shard_of(pid, len(self.refs)), []).append(pid)
         if self._lanes is not None:
-            parts = await asyncio.gather(*[self._batched(i, "reads", "catalog", pids) for i, pids in by_shard.items()])
+            lanes = self._lanes
+            parts = await asyncio.gather(*[lanes.call(i, "reads", "catalog", pids) for i, pids in by_shard.items()])
         else:
             parts = await asyncio.gather(*[
                 call(self.refs[i], "catalog", pids, timeout=self.timeout) for i, pids in by_shard.items()])
@@ -183,12 +195,19 @@ class InventoryClient:
 
 
 class OrderClient:
-    def __init__(self, namespace: str, shards: int, timeout: float = 30.0) -> None:
+    """The order shards' client. With ``batched`` (the ingress's), new orders and order reads go to each shard
+    in batches, the reads apart; a call that left runs to the end, as an unbatched one does."""
+
+    def __init__(self, namespace: str, shards: int, timeout: float = 30.0, batched: bool = False) -> None:
         self.refs = [ActorRef(order_shard_name(i), namespace) for i in range(shards)]
         self.timeout = timeout
+        self._lanes = Lanes(self.refs, ("commands", "reads"), timeout, withdraw=False) if batched else None
 
     async def _call(self, order_id: uuid.UUID, method: str, *args: Any) -> Any:
-        return await call(self.refs[shard_of(order_id, len(self.refs))], method, *args, timeout=self.timeout)
+        shard = shard_of(order_id, len(self.refs))
+        if self._lanes is not None and method in BATCHED_ORDER_CALLS:
+            return await self._lanes.call(shard, BATCHED_ORDER_CALLS[method], method, *args)
+        return await call(self.refs[shard], method, *args, timeout=self.timeout)
 
     async def create_order(self, order_id: uuid.UUID, customer_id: uuid.UUID, items: list[tuple[uuid.UUID, int]],
                            shipping_address: dict[str, str], payment_token: str) -> Placed:

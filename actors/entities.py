@@ -42,10 +42,10 @@ class EntityHost(Generic[T]):
     ``load`` builds an entity's state from the store, and says the version of the stored snapshot it
     started from (0: none); ``snapshot`` persists it; ``version`` reads an entity's version (to decide
     whether a snapshot is due); ``size`` says how big its state is. A snapshot is due once the events
-    since the stored one reach ``snapshot_every``, or for a big state a quarter of its size (at most
+    since the stored one reach ``snapshot_every``, or for a big state its size (at most
     MAX_SNAPSHOT_INTERVAL): writing a snapshot costs its size, so a state that grows (a busy SKU's
-    reservations) costs O(1) per event in snapshots, and a load replays at most that many events, also
-    after a restart. An entity that passivates with events since its snapshot writes one.
+    reservations) costs O(1) per event in snapshots (one entry's encoding), and a load replays at most as
+    many events as the snapshot holds entries, also after a restart. An entity that passivates with events since its snapshot writes one.
     """
 
     def __init__(self, load: Callable[[uuid.UUID], Awaitable[tuple[T, int]]], snapshot: Callable[[T], Awaitable[None]],
@@ -184,7 +184,7 @@ class EntityHost(Generic[T]):
             await self.watch.run("writing snapshots", lambda: self._snapshot(ent.state))  # events stay the truth
 
     async def _maybe_snapshot(self, ent: Entity[T]) -> None:
-        due = max(self.snapshot_every, min(self._size(ent.state) // 4, MAX_SNAPSHOT_INTERVAL))
+        due = max(self.snapshot_every, min(self._size(ent.state), MAX_SNAPSHOT_INTERVAL))
         version = self._version(ent.state)
         if version - ent.snapshot_version >= due and version >= ent.retry_at and not ent.stale:
             state = ent.state

@@ -15,7 +15,6 @@ from typing import Any
 
 from actors import metrics as m
 from actors.base import Shard
-from actors.call_batches import Answer, BatchRunner, Call, Key
 from actors.client import BATCHED_COMMANDS
 from actors.entities import EntityHost
 from actors.routing import shard_of
@@ -23,9 +22,7 @@ from actors.sku_batches import Decide, Outcome, SkuBatches
 from actors.views import ReservationView, StockView
 from commerce.settings import ResolvedSettings, Settings
 from domain import inventory as inv
-from domain.errors import DomainError
 from store import repository as repo
-from store.errors import StoreError
 from store.event_store import SERVICE, CommandContext, EventStore, PostgresEventStore, create_pool
 
 EXPIRY_INTERVAL = 1.0
@@ -39,10 +36,10 @@ def now() -> dt.datetime:
 class InventoryShard(Shard):
     KIND = "sku"
     KIND_NAME = "inventory"
+    BATCHED = frozenset({*BATCHED_COMMANDS, "catalog"})  # the sagas' SKU commands and catalog reads
 
     def __init__(self, settings: ResolvedSettings, index: int) -> None:
         self.metrics = m.InventoryMetrics()
-        self.batch_runner = BatchRunner(self, {*BATCHED_COMMANDS, "catalog"}, (DomainError, StoreError, TimeoutError))
         super().__init__(settings, index)
 
     async def _start(self) -> None:
@@ -59,15 +56,6 @@ class InventoryShard(Shard):
     async def ping(self) -> dict[str, Any]:
         await self.start()
         return {"shard": self.index, "active": self.host.active, "failing": self.failing()}
-
-    async def run_batch(self, calls: list[Call]) -> list[Answer]:
-        """Many calls of one caller at once (actors.call_batches): the sagas' SKU commands and catalog reads."""
-        await self.start()
-        return await self.batch_runner.run(calls)
-
-    async def withdraw(self, keys: list[Key]) -> None:
-        """Calls of a batch whose caller gave up: cancelled if running, dropped if they come later."""
-        self.batch_runner.withdraw(keys)
 
     async def _decide(self, product_id: uuid.UUID, decide: Decide, ctx: CommandContext) -> Outcome:
         await self.start()

@@ -16,7 +16,7 @@ from typing import Any
 
 from actors import metrics as m
 from actors.base import Shard
-from actors.client import InventoryClient
+from actors.client import BATCHED_ORDER_CALLS, InventoryClient
 from actors.entities import Entity, EntityHost
 from actors.orders import OrderRecords
 from actors.providers import SimulatedPayments, SimulatedShipping
@@ -62,6 +62,7 @@ class _Orders:
 class OrderShard(Shard):
     KIND = "order"
     KIND_NAME = "order"
+    BATCHED = frozenset(BATCHED_ORDER_CALLS)
 
     def __init__(self, settings: ResolvedSettings, index: int) -> None:
         self.policy = settings.saga_policy

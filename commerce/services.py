@@ -64,7 +64,7 @@ class ServicesProvider:
             carts=DurableCartStore(redis_carts, CartJournal(pool)),
             rate_limiter=RateLimiter(redis_carts.redis, s.rate_limit_per_second, s.rate_limit_burst),
             direct_reservations=DirectReservations(pool),
-            orders=OrderClient(s.namespace, s.order_shards, s.request_timeout),
+            orders=OrderClient(s.namespace, s.order_shards, s.request_timeout, batched=True),
             inventory=InventoryClient(s.namespace, s.inventory_shards, s.request_timeout),
             actors=ActorDirectory(s.namespace, s.order_shards, s.inventory_shards),
         )

@@ -188,14 +188,14 @@ async def test_callers_waiting_for_room_behind_loading_reads_get_in_when_the_loa
     assert h.active <= 2
 
 
-async def test_a_big_state_is_snapshotted_once_the_events_since_are_a_quarter_of_its_size() -> None:
+async def test_a_big_state_is_snapshotted_once_the_events_since_are_as_many_as_its_size() -> None:
     store = Store()
     h = EntityHost(store.load, store.snapshot, lambda c: c.version, 10, 2, size=lambda c: 40)
     a = uuid.uuid4()
-    for _ in range(25):
+    for _ in range(90):
         async with h.entity(a) as ent:
             ent.state.version += 1
-    assert store.snapshots == [(a, 10), (a, 20)]  # every 40 / 4 events, not every 2
+    assert store.snapshots == [(a, 40), (a, 80)]  # every 40 events (its size), not every 2
 
 
 class Restarted(Store):
