@@ -31,9 +31,13 @@ class OrderRecords:
 
     async def load_based(self, order_id: uuid.UUID) -> tuple[OrderEntity, int]:
         """The entity, and the version of its stored snapshots (as OrderEntity.version counts: both streams')."""
-        order, _, order_base = await repo.load_based(self.store, repo.ORDER, order_id)
+        saga_id = ff.saga_id_of(order_id)  # an order's saga: both streams in one round trip
+        stored = await self.store.load_streams([order_id, saga_id])
+        order, _, order_base = repo.state_of(repo.ORDER, stored[order_id].snapshot, stored[order_id].records)
         saga, saga_base = None, 0
-        if order is not None:
+        if order is not None and order.saga_id == saga_id:
+            saga, _, saga_base = repo.state_of(repo.SAGA, stored[saga_id].snapshot, stored[saga_id].records)
+        elif order is not None:  # an order whose saga id was made otherwise
             saga, _, saga_base = await repo.load_based(self.store, repo.SAGA, order.saga_id)
         return OrderEntity(order, saga), order_base + saga_base
 

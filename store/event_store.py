@@ -139,6 +139,29 @@ def record_from_row(row: asyncpg.Record) -> ev.Recorded:
 
 _COLUMNS = "id, position, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata, version, created_at"
 
+# Snapshots first (``event_data`` holds the state), then every stream's events after its snapshot.
+_LOAD_STREAMS = f"""
+    WITH snap AS (SELECT aggregate_id, aggregate_type, version, state FROM snapshots
+                  WHERE aggregate_id = ANY($1::uuid[]))
+    SELECT NULL::uuid AS id, NULL::bigint AS position, aggregate_id, aggregate_type, NULL AS event_type,
+           NULL::integer AS schema_version, state AS event_data, NULL::jsonb AS metadata, version,
+           NULL::timestamptz AS created_at, TRUE AS is_snapshot
+    FROM snap
+    UNION ALL
+    SELECT {", ".join(f"e.{c}" for c in _COLUMNS.split(", "))}, FALSE
+    FROM events e LEFT JOIN snap s ON s.aggregate_id = e.aggregate_id
+    WHERE e.aggregate_id = ANY($1::uuid[]) AND e.version > COALESCE(s.version, 0)
+    ORDER BY is_snapshot DESC, aggregate_id, version"""
+
+
+@dataclasses.dataclass(slots=True)
+class Stored:
+    """A stream as stored: its snapshot, and its events after the snapshot, in order."""
+
+    snapshot: Snapshot | None
+    records: list[ev.Recorded]
+
+
 # Only the ids and positions come back: the rest is what the caller sent.
 _INSERT = "SELECT id, position FROM append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 
@@ -329,6 +352,21 @@ class PostgresEventStore:
             kind: str | None = await self.pool.fetchval(
                 "SELECT aggregate_type FROM events WHERE aggregate_id = $1 AND version = 1", aggregate_id)
         return kind
+
+    async def load_streams(self, aggregate_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Stored]:
+        """Each stream's snapshot (if any) and its events after it, in one round trip: what loading an entity
+        made of several streams (an order and its saga) reads."""
+        with postgres_errors():
+            rows = await self.pool.fetch(_LOAD_STREAMS, list(aggregate_ids))
+        out: dict[uuid.UUID, Stored] = {a: Stored(None, []) for a in aggregate_ids}
+        for row in rows:
+            stored = out[row["aggregate_id"]]
+            if row["is_snapshot"]:
+                stored.snapshot = Snapshot(row["aggregate_id"], row["aggregate_type"], row["version"],
+                                           row["event_data"])
+            else:
+                stored.records.append(record_from_row(row))
+        return out
 
     async def load_snapshot(self, aggregate_id: uuid.UUID) -> Snapshot | None:
         with postgres_errors():

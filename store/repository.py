@@ -45,16 +45,22 @@ async def load(store: EventStore, kind: Kind[S], aggregate_id: uuid.UUID, use_sn
 async def load_based(store: EventStore, kind: Kind[S], aggregate_id: uuid.UUID,
                      use_snapshot: bool = True) -> tuple[S | None, int, int]:
     """As :func:`load`, and the version of the snapshot the state was built from (0: none)."""
+    snap = await store.load_snapshot(aggregate_id) if use_snapshot else None
+    return state_of(kind, snap, await store.load_stream(aggregate_id, snap.version if snap else 0))
+
+
+def state_of(kind: Kind[S], snap: Snapshot | None, records: list[ev.Recorded]) -> tuple[S | None, int, int]:
+    """A stream's state from its snapshot and the events after it; its version; the snapshot's version. A
+    stream of another kind of aggregate is none of this kind's: (None, 0, 0)."""
     state: S | None = None
     version = 0
-    snap = await store.load_snapshot(aggregate_id) if use_snapshot else None
     if snap is not None:
         if snap.aggregate_type != kind.aggregate_type:
             return None, 0, 0
         state = from_primitive(kind.state_type, snap.state)
         version = snap.version
     base = version
-    for record in await store.load_stream(aggregate_id, version):
+    for record in records:
         if record.aggregate_type != kind.aggregate_type:
             return None, 0, 0
         state = kind.evolve(state, record)

@@ -146,3 +146,18 @@ async def test_contains_tells_whether_a_command_left_its_events(store: PostgresE
     assert not await store.contains(event_id(c.command_id, pid, 0))
     await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 0, [stock(pid)])], c)
     assert await store.contains(event_id(c.command_id, pid, 0))
+
+
+async def test_streams_load_in_one_round_trip_each_from_its_snapshot(event_store: PostgresEventStore) -> None:
+    snapshotted, plain, missing = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await event_store.append([StreamAppend(snapshotted, inv.AGGREGATE_TYPE, 0, [stock(snapshotted, n) for n in (1, 2, 3)]),
+                              StreamAppend(plain, inv.AGGREGATE_TYPE, 0, [stock(plain, 7)])], ctx())
+    await event_store.save_snapshot(Snapshot(snapshotted, inv.AGGREGATE_TYPE, 2, {"n": 2}))
+    loaded = await event_store.load_streams([snapshotted, plain, missing])
+    snap = loaded[snapshotted].snapshot
+    assert snap is not None and (snap.version, snap.state, snap.aggregate_type) == (2, {"n": 2}, inv.AGGREGATE_TYPE)
+    assert [(r.version, r.event.on_hand) for r in loaded[snapshotted].records] == [(3, 3)]  # type: ignore[attr-defined]
+    assert loaded[plain].snapshot is None
+    assert [r.event for r in loaded[plain].records] == [r.event for r in await event_store.load_stream(plain)]
+    assert loaded[plain].records[0].metadata == (await event_store.load_stream(plain))[0].metadata
+    assert loaded[missing].snapshot is None and loaded[missing].records == []
