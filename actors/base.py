@@ -12,6 +12,7 @@ import ray
 
 from actors import metrics as m
 from actors.call_batches import Answer, BatchRunner, Call, Key
+from actors.client import ServiceUnavailable
 from actors.entities import EntityHost
 from actors.watch import Watch
 from commerce import logs
@@ -23,6 +24,8 @@ from store.errors import StoreError
 # running actors of another (actors.deploy.check_layout). 2: frozen views and raised domain errors;
 # 3: batched calls to the shards (run_batch, withdraw).
 PROTOCOL = 3
+# Errors a batched call raises to its caller as they are, as an unbatched call's reach it out of RayTaskError.
+BATCH_ERRORS = (DomainError, StoreError, TimeoutError, ServiceUnavailable)
 
 
 class ServiceActor(abc.ABC):
@@ -65,7 +68,7 @@ class Shard(ServiceActor):
 
     def __init__(self, settings: ResolvedSettings, index: int) -> None:
         self.index = index
-        self.batch_runner = BatchRunner(self, self.BATCHED, (DomainError, StoreError, TimeoutError))
+        self.batch_runner = BatchRunner(self, self.BATCHED, BATCH_ERRORS)
         super().__init__(settings)
 
     async def run_batch(self, calls: list[Call]) -> list[Answer]:

@@ -10,15 +10,24 @@ Nothing waits for a batch to fill: the first call goes at once, and only calls m
 A caller that gives up (a timeout, its saga cancelled) before its batch left is taken out and never runs;
 after that, it is withdrawn: the actor cancels the call if it is still running, or drops it when it
 arrives later than the withdrawal, so that a command nobody waits for does not take effect later on its
-own (a SKU command already decided with others in one commit is kept, as it is when called alone).
+own (a SKU command already decided with others in one commit is kept, as it is when called alone). Each
+call also carries its caller's deadline, and the actor drops a call that arrives after it: a batch sent
+again (Ray's retries, or the client's after an actor died) cannot run a call whose caller timed out, even
+where the withdrawal was lost with the actor.
+
+The calls of one batch are answered together, when the slowest is done. So that new calls do not queue
+behind a slow batch, a batch under way for longer than STALLED no longer counts against
+``max_in_flight``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import dataclasses
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -26,11 +35,16 @@ from typing import Any
 
 MAX_IN_FLIGHT = 2  # batches under way to one actor at once, per caller
 MAX_BATCH = 256  # calls in one batch
-WITHDRAWN_KEPT = 300.0  # seconds a withdrawal waits for a call that has not arrived (any caller's timeout is shorter)
+STALLED = 0.05  # seconds after which a batch under way no longer holds new calls back
+MAX_WITHDRAWN = 10_000  # withdrawals kept for calls not arrived yet (the oldest go first; deadlines cover them)
 
 Key = tuple[str, int]  # the caller's id, and the call's number
-Call = tuple[Key, str, tuple[Any, ...]]  # what a batch carries per call: its key, the method and its arguments
+# What a batch carries per call: its key, the method, its arguments, and the time.time() its caller gives up at.
+Call = tuple[Key, str, tuple[Any, ...], float]
 Answer = tuple[bool, Any]  # True and the result, or False and the error
+
+
+log = logging.getLogger(__name__)
 
 
 class Withdrawn(Exception):
@@ -43,6 +57,7 @@ class _Queued:
     method: str
     args: tuple[Any, ...]
     answer: asyncio.Future[Any]
+    deadline: float
     sent: bool = False
 
 
@@ -61,17 +76,19 @@ class CallBatches:
         self._caller = uuid.uuid4().hex
         self._numbers = itertools.count()
         self._queue: list[_Queued] = []
-        self._senders: set[asyncio.Task[None]] = set()
-        self.sizes: list[int] = []  # the sizes of the last batches sent (at most 100)
+        self._senders: dict[asyncio.Task[None], float] = {}  # each sender, and when its batch left
+        self.sizes: collections.deque[int] = collections.deque(maxlen=100)  # the sizes of the last batches sent
 
     async def call(self, method: str, *args: Any) -> Any:
         """The method's result, or the error it raised; TimeoutError when no answer came within the timeout."""
-        queued = _Queued((self._caller, next(self._numbers)), method, args,
-                         asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        queued = _Queued((self._caller, next(self._numbers)), method, args, loop.create_future(),
+                         time.time() + self.timeout)
         self._queue.append(queued)
-        if len(self._senders) < self.max_in_flight:
-            task = asyncio.get_running_loop().create_task(self._send_queue())
-            self._senders.add(task)
+        now = time.monotonic()
+        if sum(1 for left in self._senders.values() if now - left < STALLED) < self.max_in_flight:
+            task = loop.create_task(self._send_queue())
+            self._senders[task] = now
         try:
             return await asyncio.wait_for(asyncio.shield(queued.answer), self.timeout)
         except (TimeoutError, asyncio.CancelledError):
@@ -79,27 +96,28 @@ class CallBatches:
             raise
 
     def _give_up(self, queued: _Queued) -> None:
-        if not queued.sent:  # still queued: it never leaves
-            self._queue = [q for q in self._queue if q is not queued]
-        elif not queued.answer.done():
+        if queued.sent and not queued.answer.done():
             self._withdraw([queued.key])
-        if not queued.answer.done():
+        if not queued.answer.done():  # still queued: the sender leaves it out
             queued.answer.cancel()
 
     async def _send_queue(self) -> None:
         try:
             while self._queue:
                 batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
-                await self._send_batch(batch)
+                batch = [q for q in batch if not q.answer.done()]  # not those whose callers gave up
+                if batch:
+                    self._senders[asyncio.current_task()] = time.monotonic()  # type: ignore[index]
+                    await self._send_batch(batch)
         finally:  # no longer counted once it takes no more batches: a call queued next starts a sender
-            self._senders.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._senders.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
 
     async def _send_batch(self, batch: list[_Queued]) -> None:
         for q in batch:
             q.sent = True
-        self.sizes = [*self.sizes[-99:], len(batch)]
+        self.sizes.append(len(batch))
         try:
-            answers = await self._send([(q.key, q.method, q.args) for q in batch])
+            answers = await self._send([(q.key, q.method, q.args, q.deadline) for q in batch])
             for q, (ok, value) in zip(batch, answers, strict=True):
                 if q.answer.done():  # its caller gave up while the batch ran
                     continue
@@ -123,19 +141,21 @@ class BatchRunner:
     def __init__(self, target: object, methods: Collection[str], errors: tuple[type[BaseException], ...]) -> None:
         self.target = target
         self.methods = frozenset(methods)
-        self.errors = errors  # raised to the caller as they are; any other error is reported by its text
+        self.errors = errors  # raised to the caller as they are; any other error is logged, and reported by its text
         self._running: dict[Key, asyncio.Task[Any]] = {}
-        self._withdrawn: dict[Key, float] = {}  # withdrawn before they arrived, and when
+        self._withdrawn: collections.OrderedDict[Key, None] = collections.OrderedDict()  # before they arrived
 
     async def run(self, calls: Sequence[Call]) -> list[Answer]:
+        if unknown := {method for _, method, _, _ in calls} - self.methods:
+            raise ValueError(f"{', '.join(sorted(unknown))} cannot be called in a batch")
+        now = time.time()
         tasks: list[asyncio.Task[Any] | None] = []
-        for key, method, args in calls:
-            if method not in self.methods:
-                raise ValueError(f"{method} cannot be called in a batch")
-            if self._withdrawn.pop(key, None) is not None:
+        for key, method, args, deadline in calls:
+            withdrawn = self._withdrawn.pop(key, False) is None
+            if withdrawn or now > deadline:  # its caller gave up (or has by now): it never runs
                 tasks.append(None)
                 continue
-            task = asyncio.ensure_future(getattr(self.target, method)(*args))
+            task = asyncio.ensure_future(self._call(method, args))
             self._running[key] = task
             tasks.append(task)
         started = [t for t in tasks if t is not None]
@@ -147,9 +167,12 @@ class BatchRunner:
                 t.cancel()
             raise
         finally:
-            for key, _, _ in calls:
+            for key, _, _, _ in calls:
                 self._running.pop(key, None)
         return [self._answer(t) for t in tasks]
+
+    async def _call(self, method: str, args: tuple[Any, ...]) -> Any:
+        return await getattr(self.target, method)(*args)  # inside the task: a wrong call fails as its answer
 
     def _answer(self, task: asyncio.Task[Any] | None) -> Answer:
         if task is None or task.cancelled():
@@ -159,14 +182,15 @@ class BatchRunner:
             return True, task.result()
         if isinstance(error, self.errors):
             return False, error
+        log.error("a batched call failed unexpectedly", exc_info=error)
         return False, RuntimeError(f"{type(error).__name__}: {error}")
 
     def withdraw(self, keys: Sequence[Key]) -> None:
-        now = time.monotonic()
         for key in keys:
             task = self._running.get(key)
             if task is not None:
                 task.cancel()
-            else:  # not arrived yet (or over): drop it if it comes
-                self._withdrawn[key] = now
-        self._withdrawn = {k: t for k, t in self._withdrawn.items() if now - t < WITHDRAWN_KEPT}
+            else:  # not arrived yet (or over): dropped if it comes
+                self._withdrawn[key] = None
+        while len(self._withdrawn) > MAX_WITHDRAWN:
+            self._withdrawn.popitem(last=False)

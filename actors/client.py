@@ -49,6 +49,10 @@ class ActorRef:
                 raise ServiceUnavailable(f"actor {self.name} is not running") from e
         return self._handle
 
+    def known(self) -> Any:
+        """The handle if it was looked up and has not failed since; None otherwise (nothing is looked up)."""
+        return self._handle
+
     def forget(self) -> None:
         self._handle = None
 
@@ -113,8 +117,12 @@ class Lanes:
 
     @staticmethod
     def _withdraw(ref: ActorRef, keys: list[Key]) -> None:
-        with contextlib.suppress(ServiceUnavailable):  # the shard is gone, and its calls with it
-            ref.handle().withdraw.remote(keys)  # not awaited: the caller has given up already
+        """Not awaited: the caller has given up already. Without a handle (the shard failed), nothing is
+        looked up: the calls' deadlines keep them from running when they are sent again."""
+        handle = ref.known()
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                handle.withdraw.remote(keys)
 
 
 def _kept(keys: list[Key]) -> None:

@@ -8,6 +8,46 @@ from __future__ import annotations
 
 import asyncpg
 
+# The append of migration 8; migration 10 puts it back where a reverted migration once changed it.
+_APPEND_EVENTS = """append_events(ids UUID[], aggregate_ids UUID[], aggregate_types VARCHAR[],
+                                      event_types VARCHAR[], schema_versions INTEGER[], data JSONB[],
+                                      metadata JSONB[], versions INTEGER[], created TIMESTAMPTZ[],
+                                      expected INTEGER[], deadline_op INTEGER DEFAULT 0,
+                                      deadline_at TIMESTAMPTZ DEFAULT NULL)
+        RETURNS TABLE (id UUID, "position" BIGINT) LANGUAGE plpgsql AS $$
+        DECLARE
+            written INTEGER;
+        BEGIN
+            IF EXISTS (SELECT 1 FROM unnest(aggregate_ids, expected) AS s(aggregate_id, wanted)
+                       WHERE s.wanted > 0 AND s.wanted IS DISTINCT FROM
+                             (SELECT MAX(e.version) FROM events e WHERE e.aggregate_id = s.aggregate_id)) THEN
+                RETURN;
+            END IF;
+            PERFORM pg_current_xact_id();
+            RETURN QUERY
+            INSERT INTO events (id, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata,
+                                version, created_at)
+            SELECT u.id, u.aggregate_id, u.aggregate_type, u.event_type, u.schema_version, u.event_data, u.metadata,
+                   u.version, u.created_at
+            FROM unnest(ids, aggregate_ids, aggregate_types, event_types, schema_versions, data, metadata, versions,
+                        created)
+                 AS u(id, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata, version,
+                      created_at)
+            RETURNING events.id, events.position;
+            GET DIAGNOSTICS written = ROW_COUNT;
+            -- One stream's deadline after its rows (1: set to deadline_at; 2: none, kept as 'infinity' so
+            -- that its version still turns away an older writer).
+            IF deadline_op > 0 THEN
+                INSERT INTO deadlines (aggregate_id, aggregate_type, due_at, version)
+                VALUES (aggregate_ids[1], aggregate_types[1],
+                        CASE WHEN deadline_op = 2 THEN 'infinity'::timestamptz ELSE deadline_at END, versions[written])
+                ON CONFLICT (aggregate_id) DO UPDATE SET due_at = EXCLUDED.due_at, version = EXCLUDED.version
+                WHERE deadlines.version <= EXCLUDED.version;
+            END IF;
+        END
+        $$;
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
         1,
@@ -224,53 +264,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         # written and nothing comes back (the caller raises ConcurrencyConflict). Otherwise the transaction
         # id is taken before any position is drawn, the rows go in, a single stream's deadline is written
         # with them, and each row's id and position come back.
-        """
-        CREATE FUNCTION append_events(ids UUID[], aggregate_ids UUID[], aggregate_types VARCHAR[],
-                                      event_types VARCHAR[], schema_versions INTEGER[], data JSONB[],
-                                      metadata JSONB[], versions INTEGER[], created TIMESTAMPTZ[],
-                                      expected INTEGER[], deadline_op INTEGER DEFAULT 0,
-                                      deadline_at TIMESTAMPTZ DEFAULT NULL)
-        RETURNS TABLE (id UUID, "position" BIGINT) LANGUAGE plpgsql AS $$
-        DECLARE
-            written INTEGER;
-        BEGIN
-            IF EXISTS (SELECT 1 FROM unnest(aggregate_ids, expected) AS s(aggregate_id, wanted)
-                       WHERE s.wanted > 0 AND s.wanted IS DISTINCT FROM
-                             (SELECT MAX(e.version) FROM events e WHERE e.aggregate_id = s.aggregate_id)) THEN
-                RETURN;
-            END IF;
-            PERFORM pg_current_xact_id();
-            RETURN QUERY
-            INSERT INTO events (id, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata,
-                                version, created_at)
-            SELECT u.id, u.aggregate_id, u.aggregate_type, u.event_type, u.schema_version, u.event_data, u.metadata,
-                   u.version, u.created_at
-            FROM unnest(ids, aggregate_ids, aggregate_types, event_types, schema_versions, data, metadata, versions,
-                        created)
-                 AS u(id, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata, version,
-                      created_at)
-            RETURNING events.id, events.position;
-            GET DIAGNOSTICS written = ROW_COUNT;
-            -- One stream's deadline after its rows (1: set to deadline_at; 2: none, kept as 'infinity' so
-            -- that its version still turns away an older writer).
-            IF deadline_op > 0 THEN
-                INSERT INTO deadlines (aggregate_id, aggregate_type, due_at, version)
-                VALUES (aggregate_ids[1], aggregate_types[1],
-                        CASE WHEN deadline_op = 2 THEN 'infinity'::timestamptz ELSE deadline_at END, versions[written])
-                ON CONFLICT (aggregate_id) DO UPDATE SET due_at = EXCLUDED.due_at, version = EXCLUDED.version
-                WHERE deadlines.version <= EXCLUDED.version;
-            END IF;
-        END
-        $$;
-        """,
+        "CREATE FUNCTION " + _APPEND_EVENTS,
     ),
     (
-        9,
+        10,
         "record sagas in one statement",
         # A group commit of sagas (actors/order_commits.py) is one round trip, in its own transaction: the
         # events as append_events writes them (nothing at all when a stream moved on), then, only if they
         # went in, each saga's row and its new steps. A saga appears at most once (the caller keeps its last).
-        """
+        # Version 9 was taken by a change since reverted (append_events notified its readers); a database that
+        # applied it gets migration 8's append_events back here.
+        "CREATE OR REPLACE FUNCTION " + _APPEND_EVENTS + """
         CREATE FUNCTION record_sagas(ids UUID[], aggregate_ids UUID[], aggregate_types VARCHAR[],
                                      event_types VARCHAR[], schema_versions INTEGER[], data JSONB[],
                                      metadata JSONB[], versions INTEGER[], created TIMESTAMPTZ[],

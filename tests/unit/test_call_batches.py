@@ -4,12 +4,16 @@ a batch carries, what each caller gets back, and that a call nobody waits for do
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
+from actors import call_batches
 from actors.call_batches import Answer, BatchRunner, Call, CallBatches, Key, Withdrawn
 from domain.errors import DomainError
+
+FAR = time.time() + 3600  # a caller's deadline far away
 
 
 class Refused(DomainError):
@@ -57,7 +61,7 @@ class Link:
         self.deliver_withdrawals = True
 
     async def send(self, calls: list[Call]) -> list[Answer]:
-        self.batches.append([f"{method}:{args[0]}" for _, method, args in calls])
+        self.batches.append([f"{method}:{args[0]}" for _, method, args, _ in calls])
         await self.open.wait()
         return await self.runner.run(calls)
 
@@ -150,14 +154,52 @@ async def test_a_failed_batch_fails_each_of_its_calls_with_an_error_of_its_own()
 
 
 async def test_a_method_outside_the_batchable_ones_is_refused() -> None:
-    runner = BatchRunner(Target(), {"echo"}, (DomainError,))
-    with pytest.raises(ValueError, match="cannot be called in a batch"):
-        await runner.run([(("c", 1), "slow", ("x",))])
+    target = Target()
+    runner = BatchRunner(target, {"echo"}, (DomainError,))
+    with pytest.raises(ValueError, match="slow cannot be called in a batch"):
+        await runner.run([(("c", 1), "echo", ("first",), FAR), (("c", 2), "slow", ("x",), FAR)])
+    await settle()
+    assert target.ran == []  # refused whole: no call of it started
 
 
 async def test_an_answer_for_a_withdrawn_call_says_so() -> None:
     target = Target()
     runner = BatchRunner(target, {"echo"}, (DomainError,))
     runner.withdraw([("c", 1)])
-    [(ok, error)] = await runner.run([(("c", 1), "echo", ("x",))])
+    [(ok, error)] = await runner.run([(("c", 1), "echo", ("x",), FAR)])
     assert not ok and isinstance(error, Withdrawn) and target.ran == []
+
+
+async def test_a_call_that_arrives_after_its_callers_deadline_never_runs() -> None:
+    """A batch sent again (Ray's retry after the actor died) carries calls whose callers gave up meanwhile,
+    and whose withdrawals died with the actor: their deadlines keep them from running."""
+    target = Target()
+    runner = BatchRunner(target, {"echo"}, (DomainError,))
+    answers = await runner.run([(("c", 1), "echo", ("late",), time.time() - 1), (("c", 2), "echo", ("live",), FAR)])
+    assert answers[1] == (True, "live") and not answers[0][0] and isinstance(answers[0][1], Withdrawn)
+    assert target.ran == [("echo", "live")]
+
+
+async def test_a_wrong_call_fails_alone_as_its_answer() -> None:
+    target = Target()
+    runner = BatchRunner(target, {"echo"}, (DomainError,))
+    answers = await runner.run([(("c", 1), "echo", ("a", "surplus"), FAR), (("c", 2), "echo", ("b",), FAR)])
+    assert not answers[0][0] and isinstance(answers[0][1], RuntimeError) and "TypeError" in str(answers[0][1])
+    assert answers[1] == (True, "b")
+
+
+async def test_new_calls_do_not_wait_behind_a_stalled_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(call_batches.time, "monotonic", lambda: clock[0])
+    target, link, batches = wire(max_in_flight=1)
+    stuck = asyncio.ensure_future(batches.call("slow", "stuck"))
+    await settle()
+    held = asyncio.ensure_future(batches.call("echo", "held"))
+    await settle()
+    assert link.batches == [["slow:stuck"]]  # the first batch is under way and young: the next call waits
+    clock[0] += call_batches.STALLED + 0.001
+    passing = asyncio.ensure_future(batches.call("echo", "passing"))
+    assert await passing == "passing" and await held == "held"  # both left in a batch of their own
+    assert link.batches == [["slow:stuck"], ["echo:held", "echo:passing"]]
+    target.release.set()
+    assert await stuck == "stuck"

@@ -19,7 +19,9 @@ import domain.order
 import store.errors
 import store.idempotency
 import store.projections
-from actors.client import ActorRef, ServiceUnavailable, call
+from actors.base import BATCH_ERRORS
+from actors.call_batches import BatchRunner
+from actors.client import ActorRef, Lanes, ServiceUnavailable, call
 from domain import inventory as inv
 from domain.errors import Remade, TransitionForbidden
 from store.errors import ConcurrencyConflict, StoreUnavailable
@@ -97,3 +99,39 @@ async def test_a_timeout_inside_the_actor_is_a_dependency_that_is_unavailable() 
 async def test_any_other_failure_of_the_actor_stays_a_failure() -> None:
     with pytest.raises(RayTaskError):
         await call(ref_to(KeyError("a bug")), "reserve")
+
+
+class Shard:
+    async def reserve(self, error: BaseException) -> None:
+        raise error
+
+
+class BatchHandle:
+    """A shard's handle whose batches run on the shard's BatchRunner, the answers pickled as Ray does."""
+
+    def __init__(self) -> None:
+        self.runner = BatchRunner(Shard(), {"reserve"}, BATCH_ERRORS)
+
+    def __getattr__(self, method: str) -> Any:
+        async def run(calls: list[Any]) -> Any:
+            return pickle.loads(pickle.dumps(await self.runner.run(pickle.loads(pickle.dumps(calls)))))
+
+        return type("Method", (), {"remote": staticmethod(lambda calls: asyncio.ensure_future(run(calls)))})()
+
+
+@pytest.mark.parametrize("error", [ServiceUnavailable("inventory shard 1 is unavailable"), *EXAMPLES[:3],
+                                   ConcurrencyConflict(PID, 7), StoreUnavailable("PostgreSQL unavailable")],
+                         ids=lambda e: type(e).__name__)
+async def test_a_batched_call_raises_the_shards_own_error(error: Exception) -> None:
+    ref = ActorRef("inventory-shard-0", "test")
+    ref._handle = BatchHandle()
+    with pytest.raises(type(error)) as raised:
+        await Lanes([ref], ("commands",), 5.0, withdraw=True).call(0, "commands", "reserve", error)
+    assert type(raised.value) is type(error) and str(raised.value) == str(error)
+
+
+async def test_a_batched_call_that_fails_unexpectedly_is_reported_by_its_text() -> None:
+    ref = ActorRef("inventory-shard-0", "test")
+    ref._handle = BatchHandle()
+    with pytest.raises(RuntimeError, match="KeyError"):
+        await Lanes([ref], ("commands",), 5.0, withdraw=True).call(0, "commands", "reserve", KeyError("x"))

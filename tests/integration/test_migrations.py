@@ -1,0 +1,45 @@
+"""Migrations on a real PostgreSQL, from the states databases were really left in."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from store.migrations import LATEST, MIGRATIONS, migrate
+from tests.support import Servers, create_database, drop_database
+
+# A database that applied the reverted version 9 holds it as applied, and an append_events that notifies.
+REVERTED_9 = "INSERT INTO schema_migrations (version, name) VALUES (9, 'appends notify their readers')"
+
+
+async def test_a_database_that_applied_the_reverted_version_9_gets_the_plain_append_and_record_sagas(
+        servers: Servers) -> None:
+    dsn = await create_database(servers.database_url, "commerce_migrations")
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():  # the state of a database at version 9 of the reverted change
+            await conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                               " applied_at TIMESTAMPTZ NOT NULL DEFAULT NOW())")
+            for version, name, sql in MIGRATIONS:
+                if version <= 8:
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            body = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'append_events'")
+            await conn.execute("CREATE OR REPLACE FUNCTION " + _notifying(body))
+            await conn.execute(REVERTED_9)
+        assert "pg_notify" in await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'append_events'")
+
+        assert await migrate(conn) == [10] and LATEST == 10
+        assert "pg_notify" not in await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'append_events'")
+        assert await conn.fetchval("SELECT COUNT(*) FROM pg_proc WHERE proname = 'record_sagas'") == 1
+    finally:
+        await conn.close()
+        await drop_database(servers.database_url, dsn)
+
+
+def _notifying(body: str) -> str:
+    """migration 8's append_events, with a notification after its rows (as the reverted version 9 had)."""
+    signature = next(sql for version, _, sql in MIGRATIONS if version == 8).split("RETURNS")[0]
+    signature = signature.split("CREATE FUNCTION ", 1)[1]
+    notified = body.replace("GET DIAGNOSTICS written = ROW_COUNT;",
+                            "GET DIAGNOSTICS written = ROW_COUNT; PERFORM pg_notify('commerce_events', '');")
+    return f"""{signature} RETURNS TABLE (id UUID, "position" BIGINT) LANGUAGE plpgsql AS $fn${notified}$fn$"""
