@@ -63,6 +63,7 @@ class Options:
     concurrency: list[int]  # wrk's connections
     timeout: int  # wrk's --timeout: a slower response counts as an error, not as a latency
     drain_timeout: float
+    shards: tuple[int, int] = (2, 2)  # order shards, inventory shards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +74,12 @@ class Targets:
     orders_script: Path  # the wrk script that makes wrk's requests the order POSTs
 
 
-def bench_settings(database: str, redis: str, data_dir: Path) -> Settings:
+def bench_settings(database: str, redis: str, data_dir: Path, shards: tuple[int, int] = (2, 2)) -> Settings:
     # Secrets of its own: the benchmark neither reads nor writes the data directory of `make dev`.
     return Settings(database_url=database, redis_url=redis, data_dir=data_dir, port=free_port(),
                     dashboard_port=free_port(), admin_token=secrets.token_urlsafe(24),
                     jwt_secret=secrets.token_urlsafe(32), server_secret=secrets.token_urlsafe(32),
-                    namespace=f"bench-{uuid.uuid4().hex[:6]}", order_shards=2, inventory_shards=2)
+                    namespace=f"bench-{uuid.uuid4().hex[:6]}", order_shards=shards[0], inventory_shards=shards[1])
 
 
 def own_serve_ports() -> None:
@@ -206,7 +207,7 @@ def run(base_dsn: str, redis: str, options: Options) -> Report:
     """Start the stack and the baseline on a database of its own, measure, and stop what was started."""
     with tempfile.TemporaryDirectory(prefix="commerce-bench-") as tmp:  # mode 0700: the wrk script holds a token
         database = asyncio.run(create_database(base_dsn, "commerce_bench"))
-        runtime = Runtime(bench_settings(database, redis, Path(tmp)))
+        runtime = Runtime(bench_settings(database, redis, Path(tmp), options.shards))
         own_serve_ports()
         try:
             return asyncio.run(measure(start(runtime), options, Path(tmp)))
@@ -221,7 +222,8 @@ def run(base_dsn: str, redis: str, options: Options) -> Report:
 def main(options: Options) -> None:
     client = wrk.version()  # fails before anything starts when wrk is missing
     print(f"client {client}, 2 threads (1 for an odd c); {options.repeat} repeats of {options.duration} s per phase, "
-          f"after a {options.warmup} s warm-up; {os.cpu_count()} cores shared by client and service", flush=True)
+          f"after a {options.warmup} s warm-up; {os.cpu_count()} cores shared by client and service; "
+          f"{options.shards[0]} order and {options.shards[1]} inventory shards", flush=True)
     with postgres() as base_dsn, redis_server() as redis:
         report = run(base_dsn, redis, options)
     print()
@@ -239,10 +241,13 @@ def parse_args() -> Options:
     parser.add_argument("--timeout", type=int, default=30,
                         help="wrk --timeout in s: slower responses count as errors (default 30, the service's)")
     parser.add_argument("--drain-timeout", type=float, default=600.0, help="seconds to wait for the sagas")
+    parser.add_argument("--shards", type=int, nargs=2, default=[2, 2], metavar=("ORDER", "INVENTORY"),
+                        help="order and inventory shards (default 2 2)")
     args = parser.parse_args()
-    if args.duration < 1 or args.repeat < 1 or min(args.concurrency) < 1:
-        parser.error("--duration, --repeat and --concurrency must be at least 1")
-    return Options(args.duration, args.warmup, args.repeat, args.concurrency, args.timeout, args.drain_timeout)
+    if args.duration < 1 or args.repeat < 1 or min(args.concurrency) < 1 or min(args.shards) < 1:
+        parser.error("--duration, --repeat, --concurrency and --shards must be at least 1")
+    return Options(args.duration, args.warmup, args.repeat, args.concurrency, args.timeout, args.drain_timeout,
+                   (args.shards[0], args.shards[1]))
 
 
 if __name__ == "__main__":

@@ -52,26 +52,59 @@ class OrderViews:
     async def apply(self, conn: asyncpg.Connection, record: ev.Recorded) -> None:
         e = record.event
         if isinstance(e, o.OrderCreated):
-            items = [{"product_id": str(x.product_id), "quantity": x.quantity, "unit_price": str(x.unit_price)}
-                     for x in e.lines]
-            await conn.execute(
-                """INSERT INTO order_views (order_id, customer_id, status, total_amount, created_at, updated_at,
-                                            version, saga_id, items)
-                   VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8) ON CONFLICT (order_id) DO NOTHING""",
-                e.order_id, e.customer_id, o.OrderStatus.PENDING.value, e.total_amount, record.at,
-                record.version, e.saga_id, items)
+            await conn.execute(_INSERT_ORDER, e.order_id, e.customer_id, o.OrderStatus.PENDING.value, e.total_amount,
+                               record.at, record.version, e.saga_id, _items(e))
             return
         update = _ORDER_UPDATES.get(type(e))
         if update is None:
             if record.aggregate_type == o.AGGREGATE_TYPE:
-                await conn.execute("UPDATE order_views SET version = $2 WHERE order_id = $1 AND version < $2",
-                                   record.aggregate_id, record.version)
+                await conn.execute(_UPDATE_VERSION, record.aggregate_id, record.version)
             return
         status, reason = update(e)
-        await conn.execute(
-            """UPDATE order_views SET status = $2, reason = COALESCE($3, reason), updated_at = $4, version = $5
-               WHERE order_id = $1 AND version < $5""",
-            record.aggregate_id, str(status), reason, record.at, record.version)
+        await conn.execute(_UPDATE_STATUS, record.aggregate_id, str(status), reason, record.at, record.version)
+
+
+    async def apply_many(self, conn: asyncpg.Connection, records: list[ev.Recorded]) -> None:
+        """A batch of events at once, as ``apply`` one after the other leaves the rows: each order's events
+        fold into one change (its last status and when, its last reason, its highest version), written in
+        at most three pipelined statements for the whole batch."""
+        created: list[tuple[Any, ...]] = []
+        changed: dict[Any, list[Any]] = {}  # order id: [status, reason, updated_at, version]
+        for record in records:
+            e = record.event
+            if isinstance(e, o.OrderCreated):
+                created.append((e.order_id, e.customer_id, o.OrderStatus.PENDING.value, e.total_amount, record.at,
+                                record.version, e.saga_id, _items(e)))
+                continue
+            if record.aggregate_type != o.AGGREGATE_TYPE:
+                continue
+            change = changed.setdefault(record.aggregate_id, [None, None, None, 0])
+            change[3] = max(change[3], record.version)
+            if (update := _ORDER_UPDATES.get(type(e))) is not None:
+                status, reason = update(e)
+                change[0], change[2] = str(status), record.at
+                change[1] = reason if reason is not None else change[1]
+        if created:
+            await conn.executemany(_INSERT_ORDER, created)
+        statuses = [(order_id, *c) for order_id, c in changed.items() if c[0] is not None]
+        if statuses:
+            await conn.executemany(_UPDATE_STATUS, statuses)
+        versions = [(order_id, c[3]) for order_id, c in changed.items() if c[0] is None]
+        if versions:
+            await conn.executemany(_UPDATE_VERSION, versions)
+
+
+_INSERT_ORDER = """INSERT INTO order_views (order_id, customer_id, status, total_amount, created_at, updated_at,
+                                            version, saga_id, items)
+                   VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8) ON CONFLICT (order_id) DO NOTHING"""
+_UPDATE_STATUS = """UPDATE order_views SET status = $2, reason = COALESCE($3, reason), updated_at = $4, version = $5
+                    WHERE order_id = $1 AND version < $5"""
+_UPDATE_VERSION = "UPDATE order_views SET version = $2 WHERE order_id = $1 AND version < $2"
+
+
+def _items(e: o.OrderCreated) -> list[dict[str, Any]]:
+    return [{"product_id": str(x.product_id), "quantity": x.quantity, "unit_price": str(x.unit_price)}
+            for x in e.lines]
 
 
 class InventoryViews:
@@ -157,6 +190,10 @@ class FailedEvent(TypedDict):
     event_type: str
 
 
+def _failed(row: asyncpg.Record) -> FailedEvent:
+    return {"event_id": str(row["id"]), "position": int(row["position"]), "event_type": str(row["event_type"])}
+
+
 class ProjectionFailed(StoreError):
     """A projection raised on one event; the batch holding it was rolled back, its checkpoint stays before it."""
 
@@ -226,25 +263,46 @@ class ProjectionRunner:
                 rows = await self.store.read_all_rows(await self.checkpoint(conn), self.batch_size, conn, wanted)
                 if not rows:
                     return 0
-                for row in rows:
-                    if row["aggregate_type"] in wanted:
-                        await self._apply(conn, row)
+                decoded = [(row, self._decode(row)) for row in rows if row["aggregate_type"] in wanted]
+                if not await self._apply_many(conn, [record for _, record in decoded]):
+                    for row, record in decoded:
+                        await self._apply(conn, row, record)
                 if self._before_checkpoint is not None:
                     await self._before_checkpoint()
                 await self._save_checkpoint(conn, rows[-1])
         return len(rows)
 
-    async def _apply(self, conn: asyncpg.Connection, row: asyncpg.Record) -> None:
-        """Decode and apply one event; a failure names the event, unless the connection itself failed."""
+    def _decode(self, row: asyncpg.Record) -> ev.Recorded:
+        try:
+            return record_from_row(row)
+        except Exception as e:
+            raise ProjectionFailed(self.projection.name, _failed(row), f"{type(e).__name__}: {e}") from e
+
+    async def _apply_many(self, conn: asyncpg.Connection, records: list[ev.Recorded]) -> bool:
+        """The batch at once, where the projection can (``apply_many``); False when it cannot, or failed:
+        then the batch is applied again one event at a time, which names the event that fails."""
+        apply_many = getattr(self.projection, "apply_many", None)
+        if apply_many is None or len(records) < 2:
+            return False
         try:
             with postgres_errors():
-                await self.projection.apply(conn, record_from_row(row))
+                async with conn.transaction():  # a savepoint: a failure leaves the batch's transaction usable
+                    await apply_many(conn, records)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            return False
+        return True
+
+    async def _apply(self, conn: asyncpg.Connection, row: asyncpg.Record, record: ev.Recorded) -> None:
+        """Apply one event; a failure names the event, unless the connection itself failed."""
+        try:
+            with postgres_errors():
+                await self.projection.apply(conn, record)
         except StoreUnavailable:
             raise
         except Exception as e:
-            failed: FailedEvent = {"event_id": str(row["id"]), "position": int(row["position"]),
-                                   "event_type": str(row["event_type"])}
-            raise ProjectionFailed(self.projection.name, failed, f"{type(e).__name__}: {e}") from e
+            raise ProjectionFailed(self.projection.name, _failed(row), f"{type(e).__name__}: {e}") from e
 
     async def _save_checkpoint(self, conn: asyncpg.Connection, last: asyncpg.Record) -> None:
         await conn.execute(

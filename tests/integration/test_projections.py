@@ -370,3 +370,67 @@ async def test_a_rebuild_while_the_projector_runs_loses_no_event(event_store: Po
         await fresh.reset()
         await fresh.catch_up()
     assert await read_models(event_store) == incremental
+
+
+LIVES: list[list[ev.DomainEvent]] = [  # orders' events after their creation, as sagas leave them
+    [o.InventoryReserved(()), o.PaymentProcessed("pay_1", Decimal("10.00")), o.ShipmentCreated("shp_1"),
+     o.OrderConfirmed()],
+    [o.InventoryReserved(()), o.OrderCompensationStarted("card declined"), o.InventoryReleased(()),
+     o.OrderCancelled("card declined")],
+    [o.OrderCompensationStarted("customer asked"), o.InventoryReleased(()), o.OrderCancelled("customer asked")],
+    [o.InventoryReserved(())],
+    [],
+]
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 500], ids=lambda n: f"batches of {n}")
+async def test_a_batch_applied_at_once_leaves_the_rows_that_one_event_at_a_time_leaves(
+        event_store: PostgresEventStore, split: int) -> None:
+    orders = [await an_order(event_store, *life) for life in LIVES * 2]
+    stream = sorted([r for order_id in orders for r in await event_store.load_stream(order_id)],
+                    key=lambda r: r.position or 0)
+    projection = OrderViews()
+
+    async def rows() -> list[dict[str, Any]]:
+        found = await event_store.pool.fetch("SELECT * FROM order_views WHERE order_id = ANY($1) ORDER BY order_id",
+                                             orders)
+        return [dict(r) for r in found]
+
+    async with event_store.pool.acquire() as conn:
+        for r in stream:
+            await projection.apply(conn, r)
+        one_by_one = await rows()
+        await conn.execute("DELETE FROM order_views WHERE order_id = ANY($1)", orders)
+        for start in range(0, len(stream), split):
+            await projection.apply_many(conn, stream[start:start + split])
+        at_once = await rows()
+        for start in range(0, len(stream), split):  # delivered again: nothing changes
+            await projection.apply_many(conn, stream[start:start + split])
+        again = await rows()
+    assert len(one_by_one) == len(orders)
+    assert at_once == one_by_one == again
+    statuses = {r["status"] for r in at_once}
+    assert {"CONFIRMED", "CANCELLED", "INVENTORY_RESERVED", "PENDING"} <= statuses
+
+
+class ManyFails(OrderViews):
+    """Order views whose batch write fails (a value PostgreSQL refuses, say), as a statement fails mid-batch."""
+
+    def __init__(self) -> None:
+        self.name = f"many_fails_{uuid.uuid4().hex[:8]}"
+
+    async def apply_many(self, conn: asyncpg.Connection, records: list[ev.Recorded]) -> None:
+        await conn.execute("UPDATE order_views SET status = 'BROKEN' WHERE order_id = ANY($1)",
+                           [r.aggregate_id for r in records])
+        await conn.execute("SELECT 1 / 0")
+
+
+async def test_a_batch_that_fails_at_once_is_applied_again_one_event_at_a_time(
+        event_store: PostgresEventStore) -> None:
+    orders = [await an_order(event_store, *life) for life in LIVES]
+    runner = ProjectionRunner(event_store, ManyFails(), batch_size=200)
+    await runner.catch_up()
+    views = {v["order_id"]: v for v in await all_views(event_store) if v["order_id"] in orders}
+    assert [views[order_id]["status"] for order_id in orders] == [
+        "CONFIRMED", "CANCELLED", "CANCELLED", "INVENTORY_RESERVED", "PENDING"]  # the failed writes left nothing
+    assert runner.error is None and runner.failed_event is None
