@@ -17,7 +17,8 @@ where the withdrawal was lost with the actor.
 
 The calls of one batch are answered together, when the slowest is done. So that new calls do not queue
 behind a slow batch, a batch under way for longer than STALLED no longer counts against
-``max_in_flight``.
+``max_in_flight``; at most MAX_SENDERS batches are under way at once all the same, and a sender whose
+batch came back while more than ``max_in_flight`` others are under way stops.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any
 MAX_IN_FLIGHT = 2  # batches under way to one actor at once, per caller
 MAX_BATCH = 256  # calls in one batch
 STALLED = 0.05  # seconds after which a batch under way no longer holds new calls back
+MAX_SENDERS = 8  # batches under way to one actor at once, per caller, stalled ones included
 MAX_WITHDRAWN = 10_000  # withdrawals kept for calls not arrived yet (the oldest go first; deadlines cover them)
 
 Key = tuple[str, int]  # the caller's id, and the call's number
@@ -45,6 +47,7 @@ Answer = tuple[bool, Any]  # True and the result, or False and the error
 
 
 log = logging.getLogger(__name__)
+_clock = time.monotonic  # when batches left (the tests set it)
 
 
 class Withdrawn(Exception):
@@ -62,10 +65,11 @@ class _Queued:
 
 
 class CallBatches:
-    """The caller's side, for one actor: ``send`` makes the batch's Ray call, ``withdraw`` tells the actor
-    which calls no one waits for any more (without waiting for its answer)."""
+    """The caller's side, for one actor: ``send`` makes the batch's Ray call with the calls that a function
+    gives (those still awaited when it is called: again if it sends again) and answers by call;
+    ``withdraw`` tells the actor which calls no one waits for any more (without waiting for its answer)."""
 
-    def __init__(self, send: Callable[[list[Call]], Awaitable[list[Answer]]],
+    def __init__(self, send: Callable[[Callable[[], list[Call]]], Awaitable[dict[Key, Answer]]],
                  withdraw: Callable[[list[Key]], None], timeout: float,
                  max_in_flight: int = MAX_IN_FLIGHT, max_batch: int = MAX_BATCH) -> None:
         self._send = send
@@ -85,8 +89,9 @@ class CallBatches:
         queued = _Queued((self._caller, next(self._numbers)), method, args, loop.create_future(),
                          time.time() + self.timeout)
         self._queue.append(queued)
-        now = time.monotonic()
-        if sum(1 for left in self._senders.values() if now - left < STALLED) < self.max_in_flight:
+        now = _clock()
+        young = sum(1 for left in self._senders.values() if now - left < STALLED)
+        if young < self.max_in_flight and len(self._senders) < MAX_SENDERS:
             task = loop.create_task(self._send_queue())
             self._senders[task] = now
         try:
@@ -103,11 +108,13 @@ class CallBatches:
 
     async def _send_queue(self) -> None:
         try:
-            while self._queue:
+            first = True  # started because it was let: it sends; after that, only while few others are under way
+            while self._queue and (first or len(self._senders) <= self.max_in_flight):
+                first = False
                 batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
                 batch = [q for q in batch if not q.answer.done()]  # not those whose callers gave up
                 if batch:
-                    self._senders[asyncio.current_task()] = time.monotonic()  # type: ignore[index]
+                    self._senders[asyncio.current_task()] = _clock()  # type: ignore[index]
                     await self._send_batch(batch)
         finally:  # no longer counted once it takes no more batches: a call queued next starts a sender
             self._senders.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
@@ -117,10 +124,12 @@ class CallBatches:
             q.sent = True
         self.sizes.append(len(batch))
         try:
-            answers = await self._send([(q.key, q.method, q.args, q.deadline) for q in batch])
-            for q, (ok, value) in zip(batch, answers, strict=True):
-                if q.answer.done():  # its caller gave up while the batch ran
+            answers = await self._send(
+                lambda: [(q.key, q.method, q.args, q.deadline) for q in batch if not q.answer.done()])
+            for q in batch:
+                if q.answer.done() or q.key not in answers:  # its caller gave up meanwhile
                     continue
+                ok, value = answers[q.key]
                 if ok:
                     q.answer.set_result(value)
                 else:

@@ -8,125 +8,22 @@ does not answer within the timeout, or reaches a dead actor after Ray's own retr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import functools
 import uuid
 from decimal import Decimal
 from typing import Any
 
-import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RaySystemError, RayTaskError
-
-from actors.call_batches import Answer, Call, CallBatches, Key, Withdrawn
+from actors.calls import ActorLost, ActorRef, ServiceUnavailable, call
+from actors.lanes import Lanes
 from actors.routing import inventory_shard_name, order_shard_name, shard_of
 from actors.views import Cancelled, OrderView, Placed, ReservationView, SagaState, StockView
 from domain import inventory
-from domain.errors import DomainError
-from store.errors import StoreError
+
+__all__ = ["BATCHED_COMMANDS", "BATCHED_ORDER_CALLS", "ActorLost", "ActorRef", "InventoryClient", "Lanes",
+           "OrderClient", "ServiceUnavailable", "call"]
 
 BATCHED_COMMANDS = frozenset({"reserve", "commit", "undo"})  # the SKU commands of the sagas
 BATCHED_ORDER_CALLS = {"create_order": "commands", "get_order": "reads"}  # the calls of an order shard, by lane
-
-
-class ServiceUnavailable(Exception):
-    """An actor did not answer in time or is down; the request may be retried later."""
-
-
-class ActorRef:
-    """A named actor, looked up when first used and again after it failed."""
-
-    def __init__(self, name: str, namespace: str) -> None:
-        self.name = name
-        self.namespace = namespace
-        self._handle: Any = None
-
-    def handle(self) -> Any:
-        if self._handle is None:
-            try:
-                self._handle = ray.get_actor(self.name, namespace=self.namespace)
-            except ValueError as e:
-                raise ServiceUnavailable(f"actor {self.name} is not running") from e
-        return self._handle
-
-    def known(self) -> Any:
-        """The handle if it was looked up and has not failed since; None otherwise (nothing is looked up)."""
-        return self._handle
-
-    def forget(self) -> None:
-        self._handle = None
-
-
-async def call(ref: ActorRef, method: str, *args: Any, timeout: float = 30.0, withdraw: bool = False,
-               **kwargs: Any) -> Any:
-    """Call a method of a named actor, with a deadline; dead or slow actors raise ServiceUnavailable.
-
-    With ``withdraw``, a call its caller gives up on (timeout, cancellation) is cancelled in the actor
-    too, so that a command nobody waits for any more does not run later.
-    """
-    for attempt in range(2):
-        try:
-            object_ref = getattr(ref.handle(), method).remote(*args, **kwargs)
-            if not withdraw:
-                return await asyncio.wait_for(object_ref, timeout)
-            return await _await_or_withdraw(object_ref, timeout)
-        except RayTaskError as e:
-            # The method raised: a business outcome (or the store's) is raised here as the actor raised it.
-            if isinstance(e.cause, (DomainError, StoreError)):
-                raise e.cause from None
-            if isinstance(e.cause, TimeoutError):  # the actor's own wait on something below it
-                raise ServiceUnavailable(f"actor {ref.name} timed out: {e.cause}") from e
-            raise
-        except (RayActorError, RaySystemError) as e:
-            ref.forget()
-            if attempt == 1:
-                raise ServiceUnavailable(f"actor {ref.name} is unavailable: {type(e).__name__}") from e
-            await asyncio.sleep(0.5)
-        except (TimeoutError, GetTimeoutError) as e:
-            raise ServiceUnavailable(f"actor {ref.name} did not answer within {timeout}s") from e
-    raise ServiceUnavailable(ref.name)
-
-
-async def _await_or_withdraw(object_ref: Any, timeout: float) -> Any:
-    try:
-        return await asyncio.wait_for(object_ref, timeout)
-    except (TimeoutError, asyncio.CancelledError):
-        ray.cancel(object_ref, recursive=False)
-        raise
-
-
-class Lanes:
-    """Batched calls (actors.call_batches) to each of some shards, in lanes that do not wait for each other;
-    with ``withdraw``, a call whose caller gave up after it left is withdrawn in the shard too."""
-
-    def __init__(self, refs: list[ActorRef], lanes: tuple[str, ...], timeout: float, withdraw: bool) -> None:
-        self.timeout = timeout
-        self._batches = {(i, lane): CallBatches(functools.partial(self._send, ref),
-                                                functools.partial(self._withdraw, ref) if withdraw else _kept, timeout)
-                         for i, ref in enumerate(refs) for lane in lanes}
-
-    async def call(self, shard: int, lane: str, method: str, *args: Any) -> Any:
-        try:
-            return await self._batches[shard, lane].call(method, *args)
-        except (TimeoutError, Withdrawn) as e:
-            raise ServiceUnavailable(f"shard {shard} did not answer {method}: {type(e).__name__}") from e
-
-    async def _send(self, ref: ActorRef, calls: list[Call]) -> list[Answer]:
-        answers: list[Answer] = await call(ref, "run_batch", calls, timeout=self.timeout)
-        return answers
-
-    @staticmethod
-    def _withdraw(ref: ActorRef, keys: list[Key]) -> None:
-        """Not awaited: the caller has given up already. Without a handle (the shard failed), nothing is
-        looked up: the calls' deadlines keep them from running when they are sent again."""
-        handle = ref.known()
-        if handle is not None:
-            with contextlib.suppress(Exception):
-                handle.withdraw.remote(keys)
-
-
-def _kept(keys: list[Key]) -> None:
-    """Calls that run to the end once they left, as unbatched ones do."""
 
 
 class InventoryClient:

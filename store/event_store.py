@@ -140,7 +140,7 @@ def record_from_row(row: asyncpg.Record) -> ev.Recorded:
 
 _COLUMNS = "id, position, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata, version, created_at"
 
-@functools.cache
+@functools.lru_cache(maxsize=8)
 def _load_streams(n: int) -> str:
     """Snapshots first (``event_data`` holds the state), then every stream's events after its snapshot. The
     ids are parameters of their own, not an array: with an array PostgreSQL plans the statement anew on
@@ -361,6 +361,8 @@ class PostgresEventStore:
     async def load_streams(self, aggregate_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Stored]:
         """Each stream's snapshot (if any) and its events after it, in one round trip: what loading an entity
         made of several streams (an order and its saga) reads."""
+        if not aggregate_ids:
+            return {}
         with postgres_errors():
             rows = await self.pool.fetch(_load_streams(len(aggregate_ids)), *aggregate_ids)
         out: dict[uuid.UUID, Stored] = {a: Stored(None, []) for a in aggregate_ids}

@@ -273,9 +273,10 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         # events as append_events writes them (nothing at all when a stream moved on), then, only if they
         # went in, each saga's row and its new steps. A saga appears at most once (the caller keeps its last).
         # Version 9 was taken by a change since reverted (append_events notified its readers); a database that
-        # applied it gets migration 8's append_events back here.
+        # applied it gets migration 8's append_events back here. Where version 9 was this same function
+        # (under its first number), it is made again, the same.
         "CREATE OR REPLACE FUNCTION " + _APPEND_EVENTS + """
-        CREATE FUNCTION record_sagas(ids UUID[], aggregate_ids UUID[], aggregate_types VARCHAR[],
+        CREATE OR REPLACE FUNCTION record_sagas(ids UUID[], aggregate_ids UUID[], aggregate_types VARCHAR[],
                                      event_types VARCHAR[], schema_versions INTEGER[], data JSONB[],
                                      metadata JSONB[], versions INTEGER[], created TIMESTAMPTZ[],
                                      expected INTEGER[], deadline_op INTEGER, deadline_at TIMESTAMPTZ,

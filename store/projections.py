@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypedDict
 
@@ -22,6 +23,8 @@ from domain import inventory as inv
 from domain import order as o
 from store.errors import StoreError, StoreUnavailable, postgres_errors
 from store.event_store import PostgresEventStore, record_from_row
+
+log = logging.getLogger(__name__)
 
 
 class Projection(Protocol):
@@ -225,6 +228,7 @@ class ProjectionRunner:
         self.error: str | None = None
         self.failed_event: FailedEvent | None = None
         self.failures = 0
+        self.fallbacks = 0  # batches that failed at once and were applied one event at a time
         self.paused = False
         self._before_checkpoint = before_checkpoint
 
@@ -290,7 +294,10 @@ class ProjectionRunner:
                     await apply_many(conn, records)
         except StoreUnavailable:
             raise
-        except Exception:
+        except Exception as e:
+            self.fallbacks += 1
+            log.warning("%s: a batch of %d events failed at once (%s: %s); applying it one event at a time",
+                        self.projection.name, len(records), type(e).__name__, e)
             return False
         return True
 

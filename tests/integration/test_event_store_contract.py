@@ -149,15 +149,20 @@ async def test_contains_tells_whether_a_command_left_its_events(store: PostgresE
 
 
 async def test_streams_load_in_one_round_trip_each_from_its_snapshot(event_store: PostgresEventStore) -> None:
-    snapshotted, plain, missing = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    await event_store.append([StreamAppend(snapshotted, inv.AGGREGATE_TYPE, 0, [stock(snapshotted, n) for n in (1, 2, 3)]),
-                              StreamAppend(plain, inv.AGGREGATE_TYPE, 0, [stock(plain, 7)])], ctx())
+    snapshotted, plain, missing, other_kind = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    for n in range(5):  # the two streams' appends alternate: their events' positions interleave
+        await event_store.append([StreamAppend(snapshotted, inv.AGGREGATE_TYPE, n, [stock(snapshotted, n + 1)])],
+                                 ctx())
+        await event_store.append([StreamAppend(plain, inv.AGGREGATE_TYPE, n, [stock(plain, 10 + n)])], ctx())
     await event_store.save_snapshot(Snapshot(snapshotted, inv.AGGREGATE_TYPE, 2, {"n": 2}))
-    loaded = await event_store.load_streams([snapshotted, plain, missing])
+    await event_store.save_snapshot(Snapshot(other_kind, "Order", 1, {"order": 1}))
+    loaded = await event_store.load_streams([plain, snapshotted, missing, other_kind])
     snap = loaded[snapshotted].snapshot
     assert snap is not None and (snap.version, snap.state, snap.aggregate_type) == (2, {"n": 2}, inv.AGGREGATE_TYPE)
-    assert [(r.version, r.event.on_hand) for r in loaded[snapshotted].records] == [(3, 3)]  # type: ignore[attr-defined]
+    assert [(r.version, r.event.on_hand) for r in loaded[snapshotted].records] == [(3, 3), (4, 4), (5, 5)]  # type: ignore[attr-defined]
     assert loaded[plain].snapshot is None
-    assert [r.event for r in loaded[plain].records] == [r.event for r in await event_store.load_stream(plain)]
-    assert loaded[plain].records[0].metadata == (await event_store.load_stream(plain))[0].metadata
+    assert loaded[plain].records == await event_store.load_stream(plain)  # ids, metadata, positions and all
     assert loaded[missing].snapshot is None and loaded[missing].records == []
+    kept = loaded[other_kind].snapshot
+    assert kept is not None and kept.aggregate_type == "Order" and loaded[other_kind].records == []
+    assert await event_store.load_streams([]) == {}

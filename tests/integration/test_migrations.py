@@ -29,11 +29,37 @@ async def test_a_database_that_applied_the_reverted_version_9_gets_the_plain_app
         assert "pg_notify" in await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'append_events'")
 
         assert await migrate(conn) == [10] and LATEST == 10
-        assert "pg_notify" not in await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'append_events'")
+        assert await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'append_events'") == body
         assert await conn.fetchval("SELECT COUNT(*) FROM pg_proc WHERE proname = 'record_sagas'") == 1
     finally:
         await conn.close()
         await drop_database(servers.database_url, dsn)
+
+
+async def test_a_database_where_version_9_was_record_sagas_migrates_to_the_same_functions(servers: Servers) -> None:
+    """record_sagas was first numbered 9; such a database applies 10 all the same, and ends where a new one
+    does."""
+    dsn = await create_database(servers.database_url, "commerce_migrations")
+    fresh = await create_database(servers.database_url, "commerce_migrations")
+    conn, other = await asyncpg.connect(dsn), await asyncpg.connect(fresh)
+    try:
+        async with conn.transaction():
+            await conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                               " applied_at TIMESTAMPTZ NOT NULL DEFAULT NOW())")
+            for version, name, sql in MIGRATIONS:
+                number = 9 if version == 10 else version
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", number, name)
+        assert await migrate(conn) == [10]
+        assert await migrate(other) == [v for v, _, _ in MIGRATIONS]
+        functions = "SELECT proname, prosrc FROM pg_proc WHERE proname IN ('append_events', 'record_sagas') ORDER BY 1"
+        assert [tuple(r) for r in await conn.fetch(functions)] == [tuple(r) for r in await other.fetch(functions)]
+        assert len(await conn.fetch(functions)) == 2
+    finally:
+        await conn.close()
+        await other.close()
+        await drop_database(servers.database_url, dsn)
+        await drop_database(servers.database_url, fresh)
 
 
 def _notifying(body: str) -> str:

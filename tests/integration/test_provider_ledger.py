@@ -39,7 +39,6 @@ async def test_concurrent_calls_with_one_key_take_effect_once(event_store: Postg
     got = await asyncio.gather(*[ledger.effect_once(charge(key, f"pay_{n}")) for n in range(16)])
     stored = await ledger.find("payments", "charge", key)
     assert stored is not None and all(e == stored for e in got)  # the losers answer with the winner's charge
-    assert 1 <= await received(event_store, key) <= 16
 
 
 async def test_a_charge_voided_before_it_landed_is_refused(event_store: PostgresEventStore) -> None:

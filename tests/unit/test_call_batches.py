@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -55,15 +56,23 @@ class Link:
     def __init__(self, runner: BatchRunner) -> None:
         self.runner = runner
         self.batches: list[list[str]] = []
+        self.under_way = self.peak = 0
         self.open = asyncio.Event()
         self.open.set()
         self.withdrawn: list[Key] = []
         self.deliver_withdrawals = True
 
-    async def send(self, calls: list[Call]) -> list[Answer]:
+    async def send(self, awaited: Callable[[], list[Call]]) -> dict[Key, Answer]:
+        calls = awaited()
         self.batches.append([f"{method}:{args[0]}" for _, method, args, _ in calls])
-        await self.open.wait()
-        return await self.runner.run(calls)
+        self.under_way += 1
+        self.peak = max(self.peak, self.under_way)
+        try:
+            await self.open.wait()
+            answers = await self.runner.run(calls)
+        finally:
+            self.under_way -= 1
+        return {c[0]: a for c, a in zip(calls, answers, strict=True)}
 
     def withdraw(self, keys: list[Key]) -> None:
         self.withdrawn += keys
@@ -144,7 +153,7 @@ async def test_a_withdrawal_that_arrives_before_the_call_drops_the_call() -> Non
 
 
 async def test_a_failed_batch_fails_each_of_its_calls_with_an_error_of_its_own() -> None:
-    async def broken(calls: list[Call]) -> list[Answer]:
+    async def broken(awaited: Callable[[], list[Call]]) -> dict[Key, Answer]:
         raise ConnectionError("the actor is gone")
 
     batches = CallBatches(broken, lambda keys: None, 30.0, max_in_flight=1)
@@ -190,7 +199,7 @@ async def test_a_wrong_call_fails_alone_as_its_answer() -> None:
 
 async def test_new_calls_do_not_wait_behind_a_stalled_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [1000.0]
-    monkeypatch.setattr(call_batches.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(call_batches, "_clock", lambda: clock[0])
     target, link, batches = wire(max_in_flight=1)
     stuck = asyncio.ensure_future(batches.call("slow", "stuck"))
     await settle()
@@ -203,3 +212,20 @@ async def test_new_calls_do_not_wait_behind_a_stalled_batch(monkeypatch: pytest.
     assert link.batches == [["slow:stuck"], ["echo:held", "echo:passing"]]
     target.release.set()
     assert await stuck == "stuck"
+
+
+async def test_a_shard_that_stays_slow_never_has_more_than_max_senders_batches_under_way(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(call_batches, "_clock", lambda: clock[0])
+    target, link, batches = wire(max_in_flight=2)
+    calls = []
+    for n in range(40):  # a call every 30 ms for 1.2 s, while nothing comes back
+        calls.append(asyncio.ensure_future(batches.call("slow", n)))
+        await settle()
+        clock[0] += 0.03
+    assert link.peak == call_batches.MAX_SENDERS
+    target.release.set()
+    assert sorted(await asyncio.gather(*calls)) == list(range(40))  # every call left and came back, once
+    assert sorted(int(c.split(":")[1]) for b in link.batches for c in b) == list(range(40))
+    assert link.under_way == 0

@@ -1,0 +1,59 @@
+"""Batched calls to shards (actors.call_batches) over named actors, in lanes that do not wait for each other."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from actors.call_batches import Answer, Call, CallBatches, Key, Withdrawn
+from actors.calls import ActorLost, ActorRef, ServiceUnavailable, call
+
+
+class Lanes:
+    """Batched calls (actors.call_batches) to each of some shards, in lanes that do not wait for each other;
+    with ``withdraw``, a call whose caller gave up after it left is withdrawn in the shard too."""
+
+    def __init__(self, refs: list[ActorRef], lanes: tuple[str, ...], timeout: float, withdraw: bool) -> None:
+        self.timeout = timeout
+        self._batches = {(i, lane): CallBatches(functools.partial(self._send, ref),
+                                                functools.partial(self._withdraw, ref) if withdraw else _kept, timeout)
+                         for i, ref in enumerate(refs) for lane in lanes}
+
+    async def call(self, shard: int, lane: str, method: str, *args: Any) -> Any:
+        try:
+            return await self._batches[shard, lane].call(method, *args)
+        except (TimeoutError, Withdrawn) as e:
+            raise ServiceUnavailable(f"shard {shard} did not answer {method}: {type(e).__name__}") from e
+
+    async def _send(self, ref: ActorRef, awaited: Callable[[], list[Call]]) -> dict[Key, Answer]:
+        """The batch's calls that are still awaited, once; if the shard was lost meanwhile, those still awaited
+        then, once more (Ray itself does not send it again: it would send the calls given up meanwhile)."""
+        for attempt in range(2):
+            calls = awaited()
+            if not calls:
+                return {}
+            try:
+                answers: list[Answer] = await call(ref, "run_batch", calls, timeout=self.timeout, attempts=1)
+            except ActorLost:
+                if attempt == 1:
+                    raise
+                await asyncio.sleep(0.5)
+                continue
+            return {c[0]: a for c, a in zip(calls, answers, strict=True)}
+        return {}
+
+    @staticmethod
+    def _withdraw(ref: ActorRef, keys: list[Key]) -> None:
+        """Not awaited: the caller has given up already. Without a handle (the shard failed), nothing is
+        looked up: the calls' deadlines keep them from running when they are sent again."""
+        handle = ref.known()
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                handle.withdraw.remote(keys)
+
+
+def _kept(keys: list[Key]) -> None:
+    """Calls that run to the end once they left, as unbatched ones do."""
