@@ -17,8 +17,9 @@ where the withdrawal was lost with the actor.
 
 The calls of one batch are answered together, when the slowest is done. So that new calls do not queue
 behind a slow batch, a batch under way for longer than STALLED no longer counts against
-``max_in_flight``; at most MAX_SENDERS batches are under way at once all the same, and a sender whose
-batch came back while more than ``max_in_flight`` others are under way stops.
+``max_in_flight``; at most MAX_SENDERS batches are under way at once all the same. A sender whose batch
+came back sends the next by the rule that lets a new sender start (fewer than ``max_in_flight`` others
+young), and stops otherwise: a young one is under way and will take the queue.
 """
 
 from __future__ import annotations
@@ -89,16 +90,19 @@ class CallBatches:
         queued = _Queued((self._caller, next(self._numbers)), method, args, loop.create_future(),
                          time.time() + self.timeout)
         self._queue.append(queued)
-        now = _clock()
-        young = sum(1 for left in self._senders.values() if now - left < STALLED)
-        if young < self.max_in_flight and len(self._senders) < MAX_SENDERS:
+        if self._young() < self.max_in_flight and len(self._senders) < MAX_SENDERS:
             task = loop.create_task(self._send_queue())
-            self._senders[task] = now
+            self._senders[task] = _clock()
         try:
             return await asyncio.wait_for(asyncio.shield(queued.answer), self.timeout)
         except (TimeoutError, asyncio.CancelledError):
             self._give_up(queued)
             raise
+
+    def _young(self, but: object = None) -> int:
+        """Senders whose batch left less than STALLED ago (``but`` one)."""
+        now = _clock()
+        return sum(1 for task, left in self._senders.items() if task is not but and now - left < STALLED)
 
     def _give_up(self, queued: _Queued) -> None:
         if queued.sent and not queued.answer.done():
@@ -107,17 +111,18 @@ class CallBatches:
             queued.answer.cancel()
 
     async def _send_queue(self) -> None:
+        me = asyncio.current_task()
         try:
-            first = True  # started because it was let: it sends; after that, only while few others are under way
-            while self._queue and (first or len(self._senders) <= self.max_in_flight):
+            first = True  # started because it was let: it sends; after that, by the rule that lets a sender start
+            while self._queue and (first or self._young(but=me) < self.max_in_flight):
                 first = False
                 batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
                 batch = [q for q in batch if not q.answer.done()]  # not those whose callers gave up
                 if batch:
-                    self._senders[asyncio.current_task()] = _clock()  # type: ignore[index]
+                    self._senders[me] = _clock()  # type: ignore[index]
                     await self._send_batch(batch)
         finally:  # no longer counted once it takes no more batches: a call queued next starts a sender
-            self._senders.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            self._senders.pop(me, None)  # type: ignore[arg-type]
 
     async def _send_batch(self, batch: list[_Queued]) -> None:
         for q in batch:
@@ -139,9 +144,10 @@ class CallBatches:
                 if not q.answer.done():
                     q.answer.set_exception(copy.copy(e))  # an error of its own each, not one shared traceback
         finally:
-            for q in batch:  # the sender was interrupted: nobody may hang on it
+            for q in batch:  # the sender was interrupted: nobody may hang on it (nor be told if gone)
                 if not q.answer.done():
                     q.answer.set_exception(Withdrawn("the batch was interrupted"))
+                    q.answer.add_done_callback(lambda f: f.exception())
 
 
 class BatchRunner:

@@ -148,7 +148,7 @@ async def test_contains_tells_whether_a_command_left_its_events(store: PostgresE
     assert await store.contains(event_id(c.command_id, pid, 0))
 
 
-async def test_streams_load_in_one_round_trip_each_from_its_snapshot(event_store: PostgresEventStore) -> None:
+async def test_streams_load_together_each_from_its_snapshot(event_store: PostgresEventStore) -> None:
     snapshotted, plain, missing, other_kind = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     for n in range(5):  # the two streams' appends alternate: their events' positions interleave
         await event_store.append([StreamAppend(snapshotted, inv.AGGREGATE_TYPE, n, [stock(snapshotted, n + 1)])],

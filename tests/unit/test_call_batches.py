@@ -229,3 +229,25 @@ async def test_a_shard_that_stays_slow_never_has_more_than_max_senders_batches_u
     assert sorted(await asyncio.gather(*calls)) == list(range(40))  # every call left and came back, once
     assert sorted(int(c.split(":")[1]) for b in link.batches for c in b) == list(range(40))
     assert link.under_way == 0
+
+
+async def test_a_call_queued_behind_young_batches_leaves_when_one_comes_back_though_older_ones_are_stuck(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(call_batches, "_clock", lambda: clock[0])
+    target, link, batches = wire(max_in_flight=1)
+    stuck = asyncio.ensure_future(batches.call("slow", "stuck"))
+    await settle()
+    clock[0] += call_batches.STALLED + 0.001  # the first batch is stalled: the next may leave
+    link.open.clear()
+    a = asyncio.ensure_future(batches.call("echo", "a"))
+    await settle()
+    b = asyncio.ensure_future(batches.call("echo", "b"))  # a's batch is young: b queues
+    await settle()
+    assert link.batches == [["slow:stuck"], ["echo:a"]]
+    link.open.set()
+    assert await asyncio.wait_for(a, 1) == "a"
+    assert await asyncio.wait_for(b, 1) == "b"  # a's sender took it, though the stuck batch is still under way
+    assert not stuck.done()
+    target.release.set()
+    assert await stuck == "stuck"
