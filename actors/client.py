@@ -17,6 +17,7 @@ from actors.calls import ActorLost, ActorRef, ServiceUnavailable, call
 from actors.lanes import Lanes
 from actors.routing import inventory_shard_name, order_shard_name, shard_of
 from actors.views import Cancelled, OrderView, Placed, ReservationView, SagaState, StockView
+from actors.watch import Watch
 from domain import inventory
 
 __all__ = ["BATCHED_COMMANDS", "BATCHED_ORDER_CALLS", "ActorLost", "ActorRef", "InventoryClient", "Lanes",
@@ -31,10 +32,13 @@ class InventoryClient:
     (reserve, commit, undo) and the catalog reads go to each shard in batches: the reads apart from the
     commands, so that a read never waits for a hot SKU's commit."""
 
-    def __init__(self, namespace: str, shards: int, timeout: float = 30.0, batched: bool = False) -> None:
+    def __init__(self, namespace: str, shards: int, timeout: float = 30.0, batched: bool = False,
+                 watch: Watch | None = None) -> None:
         self.refs = [ActorRef(inventory_shard_name(i), namespace) for i in range(shards)]
         self.timeout = timeout
-        self._lanes = Lanes(self.refs, ("commands", "reads"), timeout, withdraw=True) if batched else None
+        self._lanes = None
+        if batched:  # withdrawals that fail are the watch's to report (the owner's health)
+            self._lanes = Lanes(self.refs, ("commands", "reads"), timeout, watch or Watch("inventory calls"))
 
     def _ref(self, product_id: uuid.UUID) -> ActorRef:
         return self.refs[shard_of(product_id, len(self.refs))]
@@ -106,7 +110,7 @@ class OrderClient:
     def __init__(self, namespace: str, shards: int, timeout: float = 30.0, batched: bool = False) -> None:
         self.refs = [ActorRef(order_shard_name(i), namespace) for i in range(shards)]
         self.timeout = timeout
-        self._lanes = Lanes(self.refs, ("commands", "reads"), timeout, withdraw=False) if batched else None
+        self._lanes = Lanes(self.refs, ("commands", "reads"), timeout, None) if batched else None
 
     async def _call(self, order_id: uuid.UUID, method: str, *args: Any) -> Any:
         shard = shard_of(order_id, len(self.refs))

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
 
 from actors.call_batches import Answer, Call, CallBatches, Key, Withdrawn
 from actors.calls import ActorLost, ActorRef, ServiceUnavailable, call
+from actors.watch import Watch
 
 
 class Lanes:
-    """Batched calls (actors.call_batches) to each of some shards, in lanes that do not wait for each other;
-    with ``withdraw``, a call whose caller gave up after it left is withdrawn in the shard too."""
+    """Batched calls (actors.call_batches) to each of some shards, in lanes that do not wait for each other.
+    With a ``watch``, a call whose caller gave up after it left is withdrawn in the shard too, and a
+    withdrawal that fails is counted, logged and reported by that watch (the owner's health)."""
 
-    def __init__(self, refs: list[ActorRef], lanes: tuple[str, ...], timeout: float, withdraw: bool) -> None:
+    def __init__(self, refs: list[ActorRef], lanes: tuple[str, ...], timeout: float, watch: Watch | None) -> None:
         self.timeout = timeout
+        self.watch = watch
+        self._withdrawals: set[asyncio.Task[bool]] = set()  # under way: kept, so that none is collected early
         self._batches = {(i, lane): CallBatches(functools.partial(self._send, ref),
-                                                functools.partial(self._withdraw, ref) if withdraw else _kept, timeout)
+                                                functools.partial(self._withdraw, ref) if watch else _kept, timeout)
                          for i, ref in enumerate(refs) for lane in lanes}
 
     async def call(self, shard: int, lane: str, method: str, *args: Any) -> Any:
@@ -45,14 +48,16 @@ class Lanes:
             return {c[0]: a for c, a in zip(calls, answers, strict=True)}
         raise AssertionError("unreachable: the second attempt returns or raises")
 
-    @staticmethod
-    def _withdraw(ref: ActorRef, keys: list[Key]) -> None:
-        """Not awaited: the caller has given up already. Without a handle (the shard failed), nothing is
-        looked up: the calls' deadlines keep them from running when they are sent again."""
-        handle = ref.known()
-        if handle is not None:
-            with contextlib.suppress(Exception):
-                handle.withdraw.remote(keys)
+    def _withdraw(self, ref: ActorRef, keys: list[Key]) -> None:
+        """A task of its own: the caller has given up already and does not wait for it. Without a handle (the
+        shard failed), nothing is looked up: the calls' deadlines keep them from running when sent again."""
+        if ref.known() is None or self.watch is None:
+            return
+        watch = self.watch
+        task = asyncio.get_running_loop().create_task(watch.run(
+            "withdrawing calls", lambda: call(ref, "withdraw", keys, timeout=self.timeout, attempts=1)))
+        self._withdrawals.add(task)
+        task.add_done_callback(self._withdrawals.discard)
 
 
 def _kept(keys: list[Key]) -> None:

@@ -78,7 +78,7 @@ class OrderShard(Shard):
         self.records = OrderRecords(self.store, self.metrics)
         ledger = ProviderLedger(self.store)
         inventory = InventoryClient(self.settings.namespace, self.settings.inventory_shards,
-                                    self.settings.request_timeout, batched=True)
+                                    self.settings.request_timeout, batched=True, watch=self.watch)
         self.steps = StepRunner(inventory, SimulatedPayments(ledger), SimulatedShipping(ledger),
                                 self.settings.reservation_ttl, self.settings.derived_key("order-reservations"))
         self.inventory = inventory

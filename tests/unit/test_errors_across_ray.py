@@ -22,6 +22,7 @@ import store.projections
 from actors.base import BATCH_ERRORS
 from actors.call_batches import BatchRunner
 from actors.client import ActorRef, Lanes, ServiceUnavailable, call
+from actors.watch import Watch
 from domain import inventory as inv
 from domain.errors import Remade, TransitionForbidden
 from store.errors import ConcurrencyConflict, StoreUnavailable
@@ -128,7 +129,7 @@ async def test_a_batched_call_raises_the_shards_own_error(error: Exception) -> N
     ref = ActorRef("inventory-shard-0", "test")
     ref._handle = BatchHandle()
     with pytest.raises(type(error)) as raised:
-        await Lanes([ref], ("commands",), 5.0, withdraw=True).call(0, "commands", "reserve", error)
+        await Lanes([ref], ("commands",), 5.0, Watch("test")).call(0, "commands", "reserve", error)
     assert type(raised.value) is type(error) and str(raised.value) == str(error)
 
 
@@ -136,7 +137,7 @@ async def test_a_batched_call_that_fails_unexpectedly_is_reported_by_its_text() 
     ref = ActorRef("inventory-shard-0", "test")
     ref._handle = BatchHandle()
     with pytest.raises(RuntimeError, match="KeyError"):
-        await Lanes([ref], ("commands",), 5.0, withdraw=True).call(0, "commands", "reserve", KeyError("x"))
+        await Lanes([ref], ("commands",), 5.0, Watch("test")).call(0, "commands", "reserve", KeyError("x"))
 
 
 class LostOnce:
@@ -164,7 +165,7 @@ class LostOnce:
 
 async def test_a_batch_sent_again_after_its_shard_was_lost_leaves_out_the_calls_given_up_meanwhile() -> None:
     ref = ActorRef("inventory-shard-0", "test")
-    lanes = Lanes([ref], ("commands",), 5.0, withdraw=True)
+    lanes = Lanes([ref], ("commands",), 5.0, Watch("test"))
     calls: list[asyncio.Future[Any]] = []
     handle = LostOnce(lambda: calls[1].cancel())  # a saga cancelled while the shard was lost
     ref._handle = handle
@@ -175,3 +176,25 @@ async def test_a_batch_sent_again_after_its_shard_was_lost_leaves_out_the_calls_
     assert [type(d).__name__ for d in done] == ["ConcurrencyConflict", "CancelledError", "ConcurrencyConflict"]
     assert [[str(e) for e in batch] for batch in handle.sent] == [
         [str(ConcurrencyConflict(PID, n)) for n in range(3)], [str(ConcurrencyConflict(PID, n)) for n in (0, 2)]]
+
+
+class GoneOnWithdraw:
+    """A shard that died after a batch left: its withdrawal fails."""
+
+    def __getattr__(self, method: str) -> Any:
+        async def gone(*args: Any) -> None:
+            raise RayActorError()
+
+        method_ = type("Method", (), {"remote": staticmethod(lambda *a: asyncio.ensure_future(gone(*a)))})()
+        return type("Options", (), {"options": staticmethod(lambda **kwargs: method_)})()
+
+
+async def test_a_withdrawal_that_fails_is_counted_and_reported_by_the_owners_watch() -> None:
+    ref, watch = ActorRef("inventory-shard-0", "test"), Watch("order shard")
+    lanes = Lanes([ref], ("commands",), 5.0, watch)
+    for _ in range(3):
+        ref._handle = GoneOnWithdraw()  # the handle of a batch that left; the shard is gone since
+        lanes._withdraw(ref, [("caller", 1)])
+        await asyncio.gather(*lanes._withdrawals)
+    assert watch.failures["withdrawing calls"] == 3
+    assert "withdrawing calls" in watch.failing()  # persists: health says so
