@@ -45,7 +45,8 @@ class EntityHost(Generic[T]):
     since the stored one reach ``snapshot_every``, or for a big state its size (at most
     MAX_SNAPSHOT_INTERVAL): writing a snapshot costs its size, so a state that grows (a busy SKU's
     reservations) costs O(1) per event in snapshots (one entry's encoding), and a load replays at most as
-    many events as the snapshot holds entries, also after a restart. An entity that passivates with events since its snapshot writes one.
+    many events as the snapshot holds entries, also after a restart. An entity that passivates with events
+    since its snapshot writes one.
     """
 
     def __init__(self, load: Callable[[uuid.UUID], Awaitable[tuple[T, int]]], snapshot: Callable[[T], Awaitable[None]],

@@ -77,13 +77,8 @@ class SagaStore:
     async def write_with_events(self, appends: Sequence[StreamAppend], records: Sequence[ev.Recorded],
                                 sagas: Sequence[tuple[sg.Saga, Sequence[ev.Recorded]]]) -> list[ev.Recorded]:
         """The appends' records, and the sagas' rows and step histories, all or nothing, in one statement
-        (migration 9's ``record_sagas``), its own transaction; the records back with their positions. Raises
-        as ``PostgresEventStore.write`` does. Deadlines of several streams take a transaction instead."""
-        if len(appends) > 1 and any(a.deadline for a in appends):
-            async with self.events.transaction() as conn:
-                stored = await self.events.write(conn, appends, records)
-                await self.write_many(conn, sagas)
-            return stored
+        (migration 10's ``record_sagas``), its own transaction; the records back with their positions. Raises
+        as ``PostgresEventStore.write`` does (sagas' streams keep no deadline)."""
         return await self.events.write(self.events.pool, appends, records, _RECORD_SAGAS,
                                        [*_saga_columns(sagas), *_step_columns(sagas)])
 
