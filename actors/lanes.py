@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 from actors.call_batches import Answer, Call, CallBatches, Key, Withdrawn
 from actors.calls import ActorLost, ActorRef, ServiceUnavailable, call
 from actors.watch import Watch
+
+RESEND_AFTER = 0.2  # seconds before a batch goes again to a shard that was lost; doubled each time
+RESEND_AFTER_AT_MOST = 2.0
 
 
 class Lanes:
@@ -33,20 +37,20 @@ class Lanes:
 
     async def _send(self, ref: ActorRef, awaited: Callable[[], list[Call]]) -> dict[Key, Answer]:
         """The batch's calls that are still awaited, once; if the shard was lost meanwhile, those still awaited
-        then, once more (Ray itself does not send it again: it would send the calls given up meanwhile)."""
-        for attempt in range(2):
+        then, again, until none is (Ray itself does not send it again: it would send the calls given up
+        meanwhile). A shard lost with its node comes back elsewhere within seconds: its callers wait for it
+        within their own deadlines, as they would for a shard that is slow."""
+        for attempt in itertools.count():
             calls = awaited()
             if not calls:
                 return {}
             try:
                 answers: list[Answer] = await call(ref, "run_batch", calls, timeout=self.timeout, attempts=1)
             except ActorLost:
-                if attempt == 1:
-                    raise
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(min(RESEND_AFTER * 2 ** attempt, RESEND_AFTER_AT_MOST))
                 continue
             return {c[0]: a for c, a in zip(calls, answers, strict=True)}
-        raise AssertionError("unreachable: the second attempt returns or raises")
+        raise AssertionError("unreachable: the loop ends by returning")
 
     def _withdraw(self, ref: ActorRef, keys: list[Key]) -> None:
         """A task of its own: the caller has given up already and does not wait for it. Without a handle (the

@@ -5,6 +5,7 @@ a timeout inside the actor as ServiceUnavailable. No Ray cluster: Ray's error ty
 from __future__ import annotations
 
 import asyncio
+import math
 import pickle
 import uuid
 from typing import Any
@@ -19,6 +20,7 @@ import domain.order
 import store.errors
 import store.idempotency
 import store.projections
+from actors import lanes as lanes_module
 from actors.base import BATCH_ERRORS
 from actors.call_batches import BatchRunner
 from actors.client import ActorRef, Lanes, ServiceUnavailable, call
@@ -141,17 +143,18 @@ async def test_a_batched_call_that_fails_unexpectedly_is_reported_by_its_text() 
 
 
 class LostOnce:
-    """A shard that dies with the first batch it gets (the calls' outcome unknown), then answers."""
+    """A shard that dies with the first ``lost`` batches it gets (the calls' outcome unknown), then answers."""
 
-    def __init__(self, while_lost: Any) -> None:
+    def __init__(self, while_lost: Any, lost: float = 1) -> None:
         self.runner = BatchRunner(Shard(), {"reserve"}, BATCH_ERRORS)
         self.sent: list[list[Any]] = []
         self.while_lost = while_lost
+        self.lost = lost
 
     def __getattr__(self, method: str) -> Any:
         async def run(calls: list[Any]) -> Any:
             self.sent.append([c[2][0] for c in calls])
-            if len(self.sent) == 1:
+            if len(self.sent) <= self.lost:
                 self.while_lost()
                 raise RayActorError()
             return await self.runner.run(calls)
@@ -176,6 +179,37 @@ async def test_a_batch_sent_again_after_its_shard_was_lost_leaves_out_the_calls_
     assert [type(d).__name__ for d in done] == ["ConcurrencyConflict", "CancelledError", "ConcurrencyConflict"]
     assert [[str(e) for e in batch] for batch in handle.sent] == [
         [str(ConcurrencyConflict(PID, n)) for n in range(3)], [str(ConcurrencyConflict(PID, n)) for n in (0, 2)]]
+
+
+async def test_callers_wait_for_a_lost_shard_to_come_back_within_their_deadlines(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lanes_module, "RESEND_AFTER", 0.001)
+    ref = ActorRef("inventory-shard-0", "test")
+    lanes = Lanes([ref], ("commands",), 5.0, Watch("test"))
+    handle = LostOnce(lambda: None, lost=6)  # restarting elsewhere: several sends fail before it answers
+    ref._handle = handle
+    ref.handle = lambda: handle  # type: ignore[method-assign]
+    with pytest.raises(ConcurrencyConflict):  # the shard's own answer, not "unavailable"
+        await lanes.call(0, "commands", "reserve", ConcurrencyConflict(PID, 1))
+    assert len(handle.sent) == 7
+
+
+async def test_a_shard_that_does_not_come_back_fails_its_callers_at_their_deadline_and_is_sent_no_more(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lanes_module, "RESEND_AFTER", 0.001)
+    monkeypatch.setattr(lanes_module, "RESEND_AFTER_AT_MOST", 0.01)
+    ref = ActorRef("inventory-shard-0", "test")
+    lanes = Lanes([ref], ("commands",), 0.2, Watch("test"))
+    handle = LostOnce(lambda: None, lost=math.inf)
+    ref._handle = handle
+    ref.handle = lambda: handle  # type: ignore[method-assign]
+    with pytest.raises(ServiceUnavailable, match="TimeoutError"):
+        await lanes.call(0, "commands", "reserve", ConcurrencyConflict(PID, 1))
+    assert len(handle.sent) > 2  # sent again while its caller waited
+    await asyncio.gather(*lanes._batches[0, "commands"]._senders)  # the sender stops, as nobody waits any more
+    sent = len(handle.sent)
+    await asyncio.sleep(0)
+    assert len(handle.sent) == sent
 
 
 class GoneOnWithdraw:
