@@ -2,7 +2,8 @@
 
 Each SKU command runs under the SKU's mailbox: decide on the current state, append with the state's
 version as the expected one. A ConcurrencyConflict (another instance of the entity wrote first)
-reloads the SKU and decides again. A timer expires reservations whose time has come.
+reloads the SKU and decides again. A timer expires reservations whose time has come: it sleeps until
+the earliest deadline (at most EXPIRY_RESCAN), and a command that stores an earlier one wakes it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from domain import inventory as inv
 from store import repository as repo
 from store.event_store import SERVICE, CommandContext, EventStore, PostgresEventStore, create_pool
 
-EXPIRY_INTERVAL = 1.0
+EXPIRY_INTERVAL = 1.0  # seconds at least between two expiry passes (after a failure: the next one)
+EXPIRY_RESCAN = 10.0  # seconds at most: by then a pass finds the deadlines another instance stored
 DUE_PER_PASS = 10_000  # due SKUs read per pass, of every shard (each keeps its own)
 
 
@@ -40,6 +42,9 @@ class InventoryShard(Shard):
 
     def __init__(self, settings: ResolvedSettings, index: int) -> None:
         self.metrics = m.InventoryMetrics()
+        self._next_expiry: dt.datetime | None = None  # when the expiry loop wakes next, at the latest
+        self._expiry_wake = asyncio.Event()
+        self._expiry_wait = EXPIRY_INTERVAL
         super().__init__(settings, index)
 
     async def _start(self) -> None:
@@ -51,7 +56,7 @@ class InventoryShard(Shard):
         """Host the SKUs over ``store``."""
         self.store = store
         self.host = repo_host(store, self.settings)
-        self.batches = SkuBatches(store, self.host, self.metrics.conflicts.inc, self.metrics.count)
+        self.batches = SkuBatches(store, self.host, self.metrics.conflicts.inc, self.metrics.count, self._deadline_stored)
 
     async def ping(self) -> dict[str, Any]:
         await self.start()
@@ -133,10 +138,48 @@ class InventoryShard(Shard):
             await self.store.schedule(product_id, inv.AGGREGATE_TYPE, inv.next_expiry(sku), sku.version if sku else 0)
         return bool(records)
 
+    async def next_pass(self) -> float:
+        """Seconds until the next expiry pass is due: this shard's earliest deadline, in memory or stored
+        (the store's earliest of any shard: never later than this shard's), within EXPIRY_INTERVAL and
+        EXPIRY_RESCAN."""
+        stored = await self.store.next_due(inv.AGGREGATE_TYPE)
+        found = [t for _, sku in self.host.states() if (t := inv.next_expiry(sku))]
+        if self._expiry_wake.is_set() and self._next_expiry is not None:  # a command's, stored during this pass
+            found.append(self._next_expiry)
+        self._next_expiry = min((*found, *([stored] if stored else [])), default=None)
+        wait = (self._next_expiry - now()).total_seconds() if self._next_expiry else EXPIRY_RESCAN
+        return min(max(wait, EXPIRY_INTERVAL), EXPIRY_RESCAN)
+
+    def _deadline_stored(self, due: dt.datetime | None) -> None:
+        """A commit stored a SKU's next deadline: the loop wakes for it if it comes before the planned pass."""
+        if due is not None and (self._next_expiry is None or due < self._next_expiry):
+            self._next_expiry = due
+            self._expiry_wake.set()
+
     async def _expiry_loop(self) -> None:
         while True:
-            await asyncio.sleep(EXPIRY_INTERVAL)
-            await self.watch.run("expiring reservations", self.expire_due)
+            # Cleared before the pass reads the deadlines: a command that lands during the pass wakes the wait.
+            self._expiry_wake.clear()
+            self._expiry_wait = EXPIRY_INTERVAL  # unless the pass gets as far as planning the next one
+            await self.watch.run("expiring reservations", self._expiry_pass)
+            await self._sleep_until_due(self._expiry_wait)
+
+    async def _expiry_pass(self) -> None:
+        await self.expire_due()
+        self._expiry_wait = await self.next_pass()
+
+    async def _sleep_until_due(self, seconds: float) -> None:
+        """``seconds``, or less: until the earliest deadline that a command stored meanwhile."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        while (left := until - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(self._expiry_wake.wait(), left)
+            except TimeoutError:
+                return
+            self._expiry_wake.clear()
+            if self._next_expiry is not None:
+                until = min(until, loop.time() + (self._next_expiry - now()).total_seconds())
 
     async def stats(self) -> dict[str, Any]:
         return {**await super().stats(), "conflicts": self.metrics.conflicts._value.get()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import uuid
 from collections.abc import Callable
 
@@ -35,13 +36,15 @@ class Queued:
 
 class SkuBatches:
     def __init__(self, store: EventStore, host: EntityHost[inv.Sku | None], on_conflict: Callable[[], None],
-                 on_records: Callable[[list[ev.Recorded]], None]) -> None:
+                 on_records: Callable[[list[ev.Recorded]], None],
+                 on_deadline: Callable[[dt.datetime | None], None] = lambda due: None) -> None:
         self.store = store
         self.host = host
         self.queues: dict[uuid.UUID, list[Queued]] = {}
         self._stale: set[uuid.UUID] = set()  # an append whose outcome is unknown: reload before the next decision
         self._on_conflict = on_conflict
         self._on_records = on_records
+        self._on_deadline = on_deadline  # told each deadline a commit stores with its events
 
     async def run(self, product_id: uuid.UUID, decide: Decide, ctx: CommandContext, fresh: bool = False) -> Outcome:
         """The SKU's state after the command, and the events it recorded (none: nothing changed). With
@@ -126,14 +129,15 @@ class SkuBatches:
             contexts += [command.ctx] * len(own)
         records: list[ev.Recorded] = []
         if events:
-            append = StreamAppend(product_id, inv.AGGREGATE_TYPE, version, events, contexts,
-                                  Deadline(inv.next_expiry(preview)))
+            due = inv.next_expiry(preview)
+            append = StreamAppend(product_id, inv.AGGREGATE_TYPE, version, events, contexts, Deadline(due))
             try:
                 records = await self.store.append([append], contexts[0])
             except ConcurrencyConflict:
                 return False
             ent.state = repo.fold(repo.SKU, state, records)
             self._on_records(records)
+            self._on_deadline(due)
         self._settle(decided, ent.state, records)
         return True
 

@@ -1,7 +1,8 @@
 """The whole service at rest: starts ``commerce serve`` as a user does, waits until /livez answers, lets it
 settle, then measures the CPU time that the service's processes (the command and everything it started:
 Ray's processes, the actors, Serve's controller, proxy and replicas) use over a window with no request,
-as a share of one core, by process. Stops the service with SIGTERM.
+as a share of one core, by process, and the transactions PostgreSQL ran for it meanwhile (PostgreSQL is not
+among the processes when it is the machine's own). Stops the service with SIGTERM.
 
     python -m bench.at_rest [--settle 30] [--window 60]
 
@@ -20,11 +21,23 @@ import sys
 import tempfile
 import time
 
+import asyncpg
 import httpx
 import psutil
 
 from bench.common import cpu_seconds, postgres, process_tree, redis_server
 from tests.support import create_database, drop_database, free_port
+
+
+async def statements_run(database: str) -> int:
+    """The transactions committed and rolled back so far in the service's database (PostgreSQL's own counts:
+    pg_stat_database, which the server updates about once a second)."""
+    conn = await asyncpg.connect(database)
+    try:
+        return int(await conn.fetchval(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"))
+    finally:
+        await conn.close()
 
 
 def main(database: str, redis: str, settle: float, window: float) -> None:
@@ -47,9 +60,9 @@ def main(database: str, redis: str, settle: float, window: float) -> None:
                 raise SystemExit("the service did not answer /livez within 120 s")
             time.sleep(settle)  # the start's own work (migrations, deploys, the first pings) is over
             root = psutil.Process(proc.pid)
-            before = cpu_seconds(process_tree(root))
+            before, statements = cpu_seconds(process_tree(root)), asyncio.run(statements_run(database))
             time.sleep(window)
-            after = cpu_seconds(process_tree(root))
+            after, statements = cpu_seconds(process_tree(root)), asyncio.run(statements_run(database)) - statements
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
@@ -57,7 +70,8 @@ def main(database: str, redis: str, settle: float, window: float) -> None:
     for pid, (name, t) in after.items():
         used[name] += t - before.get(pid, (name, 0.0))[1]  # a process started during the window counts whole
     total = sum(used.values())
-    print(f"at rest over {window:.0f} s: {100 * total / window:.1f} % of one core, {len(after)} processes")
+    print(f"at rest over {window:.0f} s: {100 * total / window:.1f} % of one core, {len(after)} processes; "
+          f"PostgreSQL ran {statements / window:.1f} transactions/s for it")
     print("| process | % of one core |")
     print("|---|---|")
     for name, t in sorted(used.items(), key=lambda kv: -kv[1])[:12]:

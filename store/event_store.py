@@ -114,6 +114,9 @@ class EventStore(Protocol):
     async def due(self, aggregate_type: str, now: dt.datetime, limit: int = 1000) -> list[uuid.UUID]:
         """The streams of this type whose deadline has come, earliest first."""
 
+    async def next_due(self, aggregate_type: str) -> dt.datetime | None:
+        """The earliest deadline of the streams of this type; None when none has one."""
+
     async def contains(self, event_id: uuid.UUID) -> bool:
         """Whether an event with this id was stored (so the command that makes it was applied)."""
 
@@ -338,6 +341,12 @@ class PostgresEventStore:
                 "SELECT aggregate_id FROM deadlines WHERE aggregate_type = $1 AND due_at <= $2 ORDER BY due_at LIMIT $3",
                 aggregate_type, now, limit)
         return [r["aggregate_id"] for r in rows]
+
+    async def next_due(self, aggregate_type: str) -> dt.datetime | None:
+        with postgres_errors():
+            due: dt.datetime | None = await self.pool.fetchval(
+                "SELECT MIN(due_at) FROM deadlines WHERE aggregate_type = $1", aggregate_type)
+        return due
 
     async def contains(self, event_id: uuid.UUID) -> bool:
         with postgres_errors():

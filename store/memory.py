@@ -56,6 +56,10 @@ class InMemoryEventStore:
                        if kind == aggregate_type and t is not None and t <= now)
         return [aid for _, aid in found[:limit]]
 
+    async def next_due(self, aggregate_type: str) -> dt.datetime | None:
+        return min((t for kind, t, _ in self._deadlines.values() if kind == aggregate_type and t is not None),
+                   default=None)
+
     async def aggregate_type(self, aggregate_id: uuid.UUID) -> str | None:
         stream = self._streams.get(aggregate_id)
         return stream[0].aggregate_type if stream else None

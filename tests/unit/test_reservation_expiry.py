@@ -8,7 +8,7 @@ import asyncio
 import datetime as dt
 import uuid
 
-from actors.inventory_shard import InventoryShard
+from actors.inventory_shard import EXPIRY_INTERVAL, EXPIRY_RESCAN, InventoryShard
 from commerce.settings import Settings
 from domain import inventory as inv
 from store.memory import InMemoryEventStore
@@ -83,3 +83,33 @@ async def test_a_sku_whose_state_in_memory_is_behind_the_store_is_read_again_bef
     stream = await store.load_stream(pid)
     assert [type(r.event) for r in stream][-1] is inv.ReservationExpired and len(stream) == 3
     assert (await shard.get_stock(pid)).reserved == 0
+
+
+async def test_the_next_pass_is_due_at_the_earliest_deadline_within_its_bounds() -> None:
+    store = InMemoryEventStore()
+    shard, pid = await shard_over(store), uuid.uuid4()
+    await shard.set_stock(pid, 10, "1.00", "Mug")
+    assert await shard.next_pass() == EXPIRY_RESCAN  # nothing held: a rescan now and then, no more
+    await shard.reserve(pid, uuid.uuid4(), 1, dt.datetime.now(dt.UTC) + dt.timedelta(hours=1), "service:a")
+    assert await shard.next_pass() == EXPIRY_RESCAN
+    await shard.reserve(pid, uuid.uuid4(), 1, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5), "service:a")
+    assert EXPIRY_INTERVAL < await shard.next_pass() <= 5
+    other = uuid.uuid4()  # a deadline another instance stored, of a SKU not in this one's memory
+    await store.schedule(other, inv.AGGREGATE_TYPE, dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1), 1)
+    assert await shard.next_pass() == EXPIRY_INTERVAL
+
+
+async def test_a_command_that_stores_an_earlier_deadline_wakes_the_expiry_loop_and_a_later_one_does_not() -> None:
+    store = InMemoryEventStore()
+    shard, pid = await shard_over(store), uuid.uuid4()
+    await shard.set_stock(pid, 10, "1.00", "Mug")
+    await shard.reserve(pid, uuid.uuid4(), 1, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5), "service:a")
+    assert await shard.next_pass() == EXPIRY_RESCAN
+    sleeping = asyncio.ensure_future(shard._sleep_until_due(EXPIRY_RESCAN))
+    await shard.reserve(pid, uuid.uuid4(), 1, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10), "service:a")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not sleeping.done()  # later than the planned pass: nothing changes
+    await shard.reserve(pid, uuid.uuid4(), 1, dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1), "service:a")
+    await asyncio.wait_for(sleeping, EXPIRY_RESCAN / 2)  # due at once: the loop goes to its pass now
+    assert await shard.expire_due() == 1
