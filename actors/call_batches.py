@@ -170,8 +170,9 @@ class BatchRunner:
             if withdrawn or now > deadline:  # its caller gave up (or has by now): it never runs
                 tasks.append(None)
                 continue
-            task = asyncio.ensure_future(self._call(method, args))
-            self._running[key] = task
+            task = self._running.get(key)
+            if task is None:  # else the call came again while it runs (sent again after a reply was lost): joined
+                task = self._running[key] = asyncio.ensure_future(self._call(method, args))
             tasks.append(task)
         started = [t for t in tasks if t is not None]
         try:

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RaySystemError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RaySystemError, RayTaskError
 
 from domain.errors import DomainError
 from store.errors import StoreError
@@ -70,7 +70,8 @@ async def call(ref: ActorRef, method: str, *args: Any, timeout: float = 30.0, wi
                 raise ServiceUnavailable(f"actor {ref.name} timed out: {e.cause}") from e
             raise
         except (RayActorError, RaySystemError) as e:
-            ref.forget()
+            if not isinstance(e, ActorUnavailableError):  # a restarting actor keeps its handle: no lookup again
+                ref.forget()
             if attempt == attempts - 1:
                 raise ActorLost(f"actor {ref.name} is unavailable: {type(e).__name__}") from e
             await asyncio.sleep(0.5)

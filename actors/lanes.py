@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +46,8 @@ class Lanes:
             if not calls:
                 return {}
             try:
-                answers: list[Answer] = await call(ref, "run_batch", calls, timeout=self.timeout, attempts=1)
+                waited = max(c[3] for c in calls) - time.time()  # no longer than the last of its callers waits
+                answers: list[Answer] = await call(ref, "run_batch", calls, timeout=max(waited, 0.001), attempts=1)
             except ActorLost:
                 await asyncio.sleep(min(RESEND_AFTER * 2 ** attempt, RESEND_AFTER_AT_MOST))
                 continue

@@ -135,9 +135,10 @@ class SkuBatches:
                 records = await self.store.append([append], contexts[0])
             except ConcurrencyConflict:
                 return False
+            finally:  # also when the outcome is unknown (the commit may have been made): a wake costs a pass
+                self._on_deadline(due)
             ent.state = repo.fold(repo.SKU, state, records)
             self._on_records(records)
-            self._on_deadline(due)
         self._settle(decided, ent.state, records)
         return True
 

@@ -345,7 +345,8 @@ class PostgresEventStore:
     async def next_due(self, aggregate_type: str) -> dt.datetime | None:
         with postgres_errors():
             due: dt.datetime | None = await self.pool.fetchval(
-                "SELECT MIN(due_at) FROM deadlines WHERE aggregate_type = $1", aggregate_type)
+                # A stream with nothing due keeps its row with 'infinity' (which asyncpg reads as a naive year 9999).
+                "SELECT MIN(due_at) FROM deadlines WHERE aggregate_type = $1 AND due_at < 'infinity'", aggregate_type)
         return due
 
     async def contains(self, event_id: uuid.UUID) -> bool:

@@ -93,6 +93,20 @@ async def test_an_append_records_its_streams_deadline_with_it_and_a_stale_one_do
     assert await store.due(inv.AGGREGATE_TYPE, due) == []
 
 
+async def test_the_next_deadline_is_the_earliest_and_a_stream_with_nothing_due_counts_for_none(
+        store: PostgresEventStore) -> None:
+    kind = f"Sku{uuid.uuid4().hex[:8]}"  # streams of this test only: the database is shared
+    idle, held, later = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    assert await store.next_due(kind) is None
+    await store.append([StreamAppend(idle, kind, 0, [stock(idle)], deadline=Deadline(None))], ctx())
+    assert await store.next_due(kind) is None  # nothing due (PostgreSQL keeps it as 'infinity')
+    due = NOW + dt.timedelta(minutes=5)
+    await store.append([StreamAppend(later, kind, 0, [stock(later)], deadline=Deadline(due + dt.timedelta(hours=1)))],
+                       ctx())
+    await store.append([StreamAppend(held, kind, 0, [stock(held)], deadline=Deadline(due))], ctx())
+    assert await store.next_due(kind) == due
+
+
 async def test_two_concurrent_appends_at_one_version_exactly_one_wins(store: PostgresEventStore) -> None:
     pid = uuid.uuid4()
     await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 0, [stock(pid)])], ctx())

@@ -251,3 +251,16 @@ async def test_a_call_queued_behind_young_batches_leaves_when_one_comes_back_tho
     assert not stuck.done()
     target.release.set()
     assert await stuck == "stuck"
+
+
+async def test_a_call_sent_again_while_its_first_copy_runs_joins_it_and_runs_once() -> None:
+    target = Target()
+    runner = BatchRunner(target, {"slow"}, (DomainError,))
+    call: Call = (("caller", 1), "slow", ("once",), FAR)
+    first = asyncio.ensure_future(runner.run([call]))
+    await settle()
+    again = asyncio.ensure_future(runner.run([call]))  # the reply to the first was lost: the client sent it again
+    await settle()
+    target.release.set()
+    assert await first == await again == [(True, "once")]
+    assert target.ran == [("slow", "once")]

@@ -206,7 +206,8 @@ async def test_a_shard_that_does_not_come_back_fails_its_callers_at_their_deadli
     with pytest.raises(ServiceUnavailable, match="TimeoutError"):
         await lanes.call(0, "commands", "reserve", ConcurrencyConflict(PID, 1))
     assert len(handle.sent) > 2  # sent again while its caller waited
-    await asyncio.gather(*lanes._batches[0, "commands"]._senders)  # the sender stops, as nobody waits any more
+    # The sender stops, as nobody waits any more.
+    await asyncio.wait_for(asyncio.gather(*lanes._batches[0, "commands"]._senders), 5.0)
     sent = len(handle.sent)
     await asyncio.sleep(0)
     assert len(handle.sent) == sent
