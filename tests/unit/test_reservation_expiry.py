@@ -112,3 +112,33 @@ async def test_a_command_that_stores_an_earlier_deadline_wakes_the_expiry_loop_a
     await shard.reserve(pid, uuid.uuid4(), 1, dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1), "service:a")
     await asyncio.wait_for(sleeping, EXPIRY_RESCAN / 2)  # due at once: the loop goes to its pass now
     assert await shard.expire_due() == 1
+
+
+class SlowDeadlines(InMemoryEventStore):
+    """Its earliest deadline answers only once released: a command can land while a pass plans."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked, self.release = asyncio.Event(), asyncio.Event()
+
+    async def next_due(self, aggregate_type: str) -> dt.datetime | None:
+        found = await super().next_due(aggregate_type)  # read before the command below commits
+        self.asked.set()
+        await self.release.wait()
+        return found
+
+
+async def test_a_deadline_stored_while_the_pass_plans_is_not_lost() -> None:
+    store = SlowDeadlines()
+    shard, pid = await shard_over(store), uuid.uuid4()
+    await shard.set_stock(pid, 10, "1.00", "Mug")
+    await shard.reserve(pid, uuid.uuid4(), 1, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5), "service:a")
+    await shard.host.passivate_idle(0)  # not in memory: the plan rests on what the store answered
+    shard._expiry_wake.clear()
+    planning = asyncio.ensure_future(shard.next_pass())
+    await store.asked.wait()
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)
+    await shard.reserve(pid, uuid.uuid4(), 1, soon, "service:a")  # lands while the pass plans
+    await shard.host.passivate_idle(0)  # and leaves memory again: only the wake remembers its deadline
+    store.release.set()
+    assert await planning <= 3 and shard._next_expiry == soon
