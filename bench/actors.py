@@ -1,5 +1,6 @@
 """The actor layer without HTTP: orders per second through the order shards, and reservations per
-second on one hot SKU from 64 concurrent callers, with the oversell check.
+second on one hot SKU from 64 concurrent callers, with the oversell check: a Ray call per reservation,
+then in batched calls as the order shards make them.
 
     python -m bench.actors [--orders 300] [--concurrency 32] [--reservations 2000]
 
@@ -51,7 +52,8 @@ async def orders_per_second(orders: OrderClient, inventory: InventoryClient, sag
     row("orders confirmed (saga drained, end to end)", confirmed, time.perf_counter() - start)
 
 
-async def hot_sku(inventory: InventoryClient, store: PostgresEventStore, attempts: int, callers: int) -> None:
+async def hot_sku(inventory: InventoryClient, store: PostgresEventStore, attempts: int, callers: int,
+                  label: str) -> None:
     pid = uuid.uuid4()
     stock = attempts // 2
     await inventory.set_stock(pid, stock, "1.00", "hot")
@@ -74,7 +76,7 @@ async def hot_sku(inventory: InventoryClient, store: PostgresEventStore, attempt
 
     start = time.perf_counter()
     await asyncio.gather(*[caller() for _ in range(callers)])
-    row(f"reservations on one SKU ({callers} callers)", attempts, time.perf_counter() - start, summary(latencies))
+    row(f"reservations on one SKU ({callers} callers, {label})", attempts, time.perf_counter() - start, summary(latencies))
     sku, _ = await repo.load(store, repo.SKU, pid, use_snapshot=False)
     assert sku is not None and won == stock and sku.reserved == stock and sku.available == 0, "oversold!"
     print(f"  oversell check: {won} reserved of {stock} on hand, {refused} refused, available {sku.available}")
@@ -87,7 +89,10 @@ async def main(base: str, redis: str, n: int, concurrency: int, reservations: in
         store = PostgresEventStore(pool)
         await orders_per_second(orders, inventory, SagaStore(store), 20, concurrency)  # warm up
         await orders_per_second(orders, inventory, SagaStore(store), n, concurrency)
-        await hot_sku(inventory, store, reservations, 64)
+        await hot_sku(inventory, store, reservations, 64, "a Ray call each")
+        # As the order shards reserve for their sagas: the calls to a shard travel in batches (actors.lanes).
+        batched = InventoryClient(settings.namespace, settings.inventory_shards, batched=True)
+        await hot_sku(batched, store, reservations, 64, "batched calls")
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

@@ -137,3 +137,12 @@ def post_script(directory: Path, body: dict[str, Any], headers: dict[str, str]) 
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
     return path
+
+
+def paced_script(script: Path, delay_ms: float) -> Path:
+    """``script``, with each connection waiting ``delay_ms`` after an answer before its next request: a
+    load below what the service can take, whose latencies are the service's and not a queue's."""
+    path = script.with_name(f"paced-{script.name}")
+    path.write_text(script.read_text() + f"function delay()\n  return {max(round(delay_ms), 0)}\nend\n")
+    path.chmod(0o600)
+    return path
