@@ -2,8 +2,8 @@
 
 A shard is one Ray actor holding many entities (orders, sagas, SKUs). Commands to one entity run one
 at a time under its lock; different entities run concurrently. At most ``max_active`` entities are in
-memory: activating one more first passivates the least recently used idle entity (with a snapshot),
-or waits until one becomes idle.
+memory: activating one more first passivates the least recently used idle entity, or waits until one
+becomes idle. Passivation writes nothing: an entity's snapshots come with its events.
 """
 
 from __future__ import annotations
@@ -23,15 +23,14 @@ MAX_SNAPSHOT_INTERVAL = 10_000  # events: bounds what a load of a big entity rep
 
 
 class Entity(Generic[T]):
-    __slots__ = ("id", "state", "lock", "last_used", "snapshot_version", "loaded_version", "retry_at", "stale")
+    __slots__ = ("id", "state", "lock", "last_used", "snapshot_version", "retry_at", "stale")
 
-    def __init__(self, entity_id: uuid.UUID, state: T, snapshot_version: int, loaded_version: int) -> None:
+    def __init__(self, entity_id: uuid.UUID, state: T, snapshot_version: int) -> None:
         self.id = entity_id
         self.state = state
         self.lock = asyncio.Lock()
         self.last_used = time.monotonic()
         self.snapshot_version = snapshot_version  # of the snapshot in the store
-        self.loaded_version = loaded_version  # when it came into memory: passivating it unchanged writes nothing
         self.retry_at = 0  # after a failed snapshot write, the version at which to try again
         self.stale = False  # the store may be ahead of ``state``: read it again before the next command
 
@@ -45,8 +44,10 @@ class EntityHost(Generic[T]):
     since the stored one reach ``snapshot_every``, or for a big state its size (at most
     MAX_SNAPSHOT_INTERVAL): writing a snapshot costs its size, so a state that grows (a busy SKU's
     reservations) costs O(1) per event in snapshots (one entry's encoding), and a load replays at most as
-    many events as the snapshot holds entries, also after a restart. An entity that passivates with events
-    since its snapshot writes one.
+    many events as the snapshot holds entries, also after a restart. Passivation writes no snapshot: the
+    rule above already bounds what the next load replays (an order's whole history, a few dozen events,
+    loads in one statement), and a snapshot per eviction cost a commit for every entity that left memory,
+    under load one per order.
     """
 
     def __init__(self, load: Callable[[uuid.UUID], Awaitable[tuple[T, int]]], snapshot: Callable[[T], Awaitable[None]],
@@ -114,7 +115,7 @@ class EntityHost(Generic[T]):
             self._entities.move_to_end(entity_id)
             if ent.stale:
                 ent.state, ent.snapshot_version = await self._load(entity_id)
-                ent.loaded_version, ent.stale = self._version(ent.state), False
+                ent.stale = False
             yield ent
         finally:
             ent.last_used = time.monotonic()
@@ -137,7 +138,7 @@ class EntityHost(Generic[T]):
         self._loading[entity_id] = future
         try:
             state, stored = await self._load(entity_id)
-            ent = Entity(entity_id, state, stored, self._version(state))
+            ent = Entity(entity_id, state, stored)
             self._entities[entity_id] = ent
             self.activations += 1
             self.peak_active = max(self.peak_active, len(self._entities))
@@ -167,22 +168,18 @@ class EntityHost(Generic[T]):
             ent.stale = True
 
     async def _make_room(self) -> None:
-        """Passivate idle entities until there is room, or wait until one is idle. The snapshot of a
-        passivated entity is written holding nothing, so other activations do not queue behind it."""
+        """Passivate idle entities until there is room, or wait until one is idle."""
         while self.active >= self.max_active:
             victim = next((e for e in self._entities.values() if not e.lock.locked()), None)
             if victim is not None:
-                await self._passivate(victim)  # out of memory at once; its snapshot written after
+                self._passivate(victim)
                 continue
             async with self._changed:  # checked again under the lock that every signal takes: none is lost
                 if self.active >= self.max_active and all(e.lock.locked() for e in self._entities.values()):
                     await self._changed.wait()
 
-    async def _passivate(self, ent: Entity[T]) -> None:
-        del self._entities[ent.id]
-        version = self._version(ent.state)
-        if version > ent.snapshot_version and version > ent.loaded_version and not ent.stale:
-            await self.watch.run("writing snapshots", lambda: self._snapshot(ent.state))  # events stay the truth
+    def _passivate(self, ent: Entity[T]) -> None:
+        del self._entities[ent.id]  # its events are in the store: the next load replays them
 
     async def _maybe_snapshot(self, ent: Entity[T]) -> None:
         due = max(self.snapshot_every, min(self._size(ent.state), MAX_SNAPSHOT_INTERVAL))
@@ -200,7 +197,7 @@ class EntityHost(Generic[T]):
         idle = [e for e in self._entities.values() if not e.lock.locked() and e.last_used < cutoff]
         for ent in idle:
             if self._entities.get(ent.id) is ent and not ent.lock.locked():
-                await self._passivate(ent)
+                self._passivate(ent)
         if idle:
             await self._signal()
         return len(idle)
