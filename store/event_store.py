@@ -304,7 +304,9 @@ class PostgresEventStore:
                     COALESCE((SELECT transaction_id FROM events WHERE position <= $1 ORDER BY position DESC LIMIT 1),
                              '0'::xid8), $1)
               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-            ORDER BY transaction_id, position
+            -- The table's columns, qualified: a bare name would be the text column above, ordered as text
+            -- ('1000' before '999'), so that a batch across such a boundary skipped events or misordered them.
+            ORDER BY events.transaction_id, events.position
             LIMIT $2"""
         types = list(aggregate_types) if aggregate_types is not None else None
         with postgres_errors():

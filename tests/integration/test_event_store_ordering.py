@@ -7,7 +7,9 @@ import datetime as dt
 import uuid
 
 from domain import inventory as inv
-from store.event_store import CommandContext, PostgresEventStore, StreamAppend
+from store.event_store import CommandContext, PostgresEventStore, StreamAppend, create_pool
+from store.migrations import migrate
+from tests.support import Servers, create_database, drop_database
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -63,3 +65,26 @@ async def test_an_older_transaction_with_a_higher_position_is_not_lost(event_sto
             assert seen == [b]
         seen, cursor = await tail(event_store, cursor, {a, b})
         assert seen == [a]
+
+
+async def test_transactions_are_read_in_their_numeric_order_across_a_power_of_ten(servers: Servers) -> None:
+    """Transaction ids 9, 10 and 11 (as a database passes 999 to 1000, or any such boundary): read in batches
+    of two, every event comes once, in the order of its transaction, none skipped."""
+    dsn = await create_database(servers.database_url, "commerce_xid_order")
+    pool = await create_pool(dsn, 2)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+            ids = [uuid.uuid4() for _ in range(3)]
+            for xid, aggregate_id in zip((10, 11, 9), ids, strict=True):  # positions 1, 2, 3
+                await conn.execute(
+                    """INSERT INTO events (aggregate_id, aggregate_type, event_type, event_data, version, transaction_id)
+                       VALUES ($1, 'Test', 'Test', '{}'::jsonb, 1, $2::text::xid8)""", aggregate_id, str(xid))
+        store, after, seen = PostgresEventStore(pool), 0, []
+        while rows := await store.read_all_rows(after, 2):
+            seen += [(row["transaction_id"], row["aggregate_id"]) for row in rows]
+            after = rows[-1]["position"]
+        assert seen == [("9", ids[2]), ("10", ids[0]), ("11", ids[1])]
+    finally:
+        await pool.close()
+        await drop_database(servers.database_url, dsn)
