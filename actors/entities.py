@@ -182,7 +182,7 @@ class EntityHost(Generic[T]):
         del self._entities[ent.id]  # its events are in the store: the next load replays them
 
     async def _maybe_snapshot(self, ent: Entity[T]) -> None:
-        due = max(self.snapshot_every, min(self._size(ent.state), MAX_SNAPSHOT_INTERVAL))
+        due = min(max(self.snapshot_every, self._size(ent.state)), MAX_SNAPSHOT_INTERVAL)
         version = self._version(ent.state)
         if version - ent.snapshot_version >= due and version >= ent.retry_at and not ent.stale:
             state = ent.state

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from store.projections import projection_lock
+
 # The append of migration 8; migration 10 puts it back where a reverted migration once changed it.
 _APPEND_EVENTS = """append_events(ids UUID[], aggregate_ids UUID[], aggregate_types VARCHAR[],
                                       event_types VARCHAR[], schema_versions INTEGER[], data JSONB[],
@@ -307,6 +309,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             ON CONFLICT DO NOTHING;
         END
         $$;
+        """,
+    ),
+    (
+        11,
+        "read models replayed in numeric transaction order",
+        # Until this version the projector read transactions in the order of their ids' text ('1000' before
+        # '999'): a batch across such a boundary could apply an order's or a SKU's events out of order, or
+        # skip some. The read models are emptied and their checkpoints dropped, so the projector replays every
+        # event in order, as `commerce projections rebuild` does; each projection's lock is taken first, as
+        # the rebuild takes it, so a projector still running applies nothing meanwhile.
+        f"""
+        SELECT pg_advisory_xact_lock({projection_lock("order_views")});
+        SELECT pg_advisory_xact_lock({projection_lock("inventory_views")});
+        TRUNCATE order_views, inventory_views, inventory_reservations;
+        DELETE FROM projection_checkpoints;
         """,
     ),
 ]

@@ -71,8 +71,9 @@ async def test_transactions_are_read_in_their_numeric_order_across_a_power_of_te
     """Transaction ids 9, 10 and 11 (as a database passes 999 to 1000, or any such boundary): read in batches
     of two, every event comes once, in the order of its transaction, none skipped."""
     dsn = await create_database(servers.database_url, "commerce_xid_order")
-    pool = await create_pool(dsn, 2)
+    pool = None
     try:
+        pool = await create_pool(dsn, 2)
         async with pool.acquire() as conn:
             await migrate(conn)
             ids = [uuid.uuid4() for _ in range(3)]
@@ -86,5 +87,6 @@ async def test_transactions_are_read_in_their_numeric_order_across_a_power_of_te
             after = rows[-1]["position"]
         assert seen == [("9", ids[2]), ("10", ids[0]), ("11", ids[1])]
     finally:
-        await pool.close()
+        if pool is not None:
+            await pool.close()
         await drop_database(servers.database_url, dsn)

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from actors.entities import EntityHost
+from actors.entities import MAX_SNAPSHOT_INTERVAL, EntityHost
 
 
 @dataclasses.dataclass
@@ -281,3 +281,12 @@ async def test_an_entity_passivated_writes_no_snapshot_changed_or_not() -> None:
     async with h.entity(b) as ent:
         ent.state.version += 1
     assert await h.passivate_idle(0.0) == 2 and store.snapshots == []
+
+
+async def test_a_snapshot_comes_at_the_latest_after_max_snapshot_interval_events_whatever_the_setting() -> None:
+    store = Store()
+    h, a = host(store, snapshot_every=MAX_SNAPSHOT_INTERVAL * 2), uuid.uuid4()  # passivation writes none now
+    for _ in range(MAX_SNAPSHOT_INTERVAL):
+        async with h.entity(a) as ent:
+            ent.state.version += 1
+    assert store.snapshots == [(a, MAX_SNAPSHOT_INTERVAL)]
