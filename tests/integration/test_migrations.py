@@ -18,18 +18,23 @@ from tests.support import Servers, create_database, drop_database
 REVERTED_9 = "INSERT INTO schema_migrations (version, name) VALUES (9, 'appends notify their readers')"
 
 
+async def migrated_to(conn: asyncpg.Connection, last: int) -> None:
+    """The state a database was left in by the releases up to migration ``last``."""
+    await conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                       " applied_at TIMESTAMPTZ NOT NULL DEFAULT NOW())")
+    for version, name, sql in MIGRATIONS:
+        if version <= last:
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+
+
 async def test_a_database_that_applied_the_reverted_version_9_gets_the_plain_append_and_record_sagas(
         servers: Servers) -> None:
     dsn = await create_database(servers.database_url, "commerce_migrations")
     conn = await asyncpg.connect(dsn)
     try:
         async with conn.transaction():  # the state of a database at version 9 of the reverted change
-            await conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-                               " applied_at TIMESTAMPTZ NOT NULL DEFAULT NOW())")
-            for version, name, sql in MIGRATIONS:
-                if version <= 8:
-                    await conn.execute(sql)
-                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            await migrated_to(conn, 8)
             body = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'append_events'")
             await conn.execute("CREATE OR REPLACE FUNCTION " + _notifying(body))
             await conn.execute(REVERTED_9)
@@ -78,12 +83,7 @@ async def test_version_11_empties_the_read_models_and_the_projector_replays_them
     pool = await create_pool(dsn, 2)
     try:
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-                               " applied_at TIMESTAMPTZ NOT NULL DEFAULT NOW())")
-            for version, name, sql in MIGRATIONS:
-                if version <= 10:
-                    await conn.execute(sql)
-                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            await migrated_to(conn, 10)
         store = PostgresEventStore(pool)
         pid = uuid.uuid4()
         await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 0, [inv.StockSet(pid, 7, Decimal("1.00"), "Mug")])],
