@@ -291,10 +291,12 @@ class PostgresEventStore:
         return [record_from_row(r) for r in rows]
 
     async def read_all_rows(self, after_position: int, limit: int, conn: asyncpg.Connection | None = None,
-                            aggregate_types: Sequence[str] | None = None) -> list[asyncpg.Record]:
+                            aggregate_types: Sequence[str] | None = None,
+                            before_transaction: str | None = None) -> list[asyncpg.Record]:
         """The rows after ``after_position`` in global order. With ``aggregate_types``, the rows of other
         aggregates come without their data and metadata (NULL): a reader that skips them moves past them
-        without transferring or decoding them."""
+        without transferring or decoding them. With ``before_transaction`` (an xid8 as text), only the rows
+        of the transactions before it: a reader that stops where the log stood when it began."""
         sql = """
             SELECT id, position, aggregate_id, aggregate_type, event_type, schema_version,
                    CASE WHEN $3::varchar[] IS NULL OR aggregate_type = ANY($3) THEN event_data END AS event_data,
@@ -304,6 +306,7 @@ class PostgresEventStore:
                     COALESCE((SELECT transaction_id FROM events WHERE position <= $1 ORDER BY position DESC LIMIT 1),
                              '0'::xid8), $1)
               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+              AND ($4::text IS NULL OR transaction_id < $4::text::xid8)
             -- The table's columns, qualified: a bare name would be the text column above, ordered as text
             -- ('1000' before '999'), so that a batch across such a boundary skipped events or misordered them.
             ORDER BY events.transaction_id, events.position
@@ -311,8 +314,8 @@ class PostgresEventStore:
         types = list(aggregate_types) if aggregate_types is not None else None
         with postgres_errors():
             if conn is not None:
-                return list(await conn.fetch(sql, after_position, limit, types))
-            return list(await self.pool.fetch(sql, after_position, limit, types))
+                return list(await conn.fetch(sql, after_position, limit, types, before_transaction))
+            return list(await self.pool.fetch(sql, after_position, limit, types, before_transaction))
 
     async def query(self, *, aggregate_id: uuid.UUID | None = None, aggregate_type: str | None = None,
                     event_type: str | None = None, after_position: int = 0, limit: int = 100) -> list[ev.Recorded]:

@@ -221,9 +221,10 @@ class ProjectionRunner:
 
     def __init__(self, store: PostgresEventStore, projection: Projection, batch_size: int = 500,
                  before_checkpoint: Callable[[], Awaitable[None]] | None = None,
-                 yield_to_rebuild: bool = True) -> None:
+                 yield_to_rebuild: bool = True, before_transaction: str | None = None) -> None:
         self.store = store
         self.projection = projection
+        self.before_transaction = before_transaction  # a replay's end: the transactions before this one
         self.batch_size = batch_size
         self.yield_to_rebuild = yield_to_rebuild
         self.error: str | None = None
@@ -266,7 +267,8 @@ class ProjectionRunner:
                 if self.paused:
                     return 0
                 wanted = self.projection.aggregate_types
-                rows = await self.store.read_all_rows(await self.checkpoint(conn), self.batch_size, conn, wanted)
+                rows = await self.store.read_all_rows(await self.checkpoint(conn), self.batch_size, conn, wanted,
+                                                      self.before_transaction)
                 if not rows:
                     return 0
                 decoded = [(row, self._decode(row)) for row in rows if row["aggregate_type"] in wanted]
@@ -392,7 +394,11 @@ async def rebuild(pool: asyncpg.Pool, progress: Callable[[str, int], None] | Non
 
 async def _replay(store: PostgresEventStore, projection: Projection, progress: Callable[[str, int], None] | None,
                   batch_size: int) -> int:
-    runner = ProjectionRunner(store, projection, batch_size, yield_to_rebuild=False)  # it holds the lock itself
+    # It holds the lock itself. It replays the transactions finished when it began, and no further: on a
+    # busy service it would otherwise chase the writers; the live runner goes on from its checkpoint.
+    with postgres_errors():
+        end = str(await store.pool.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
+    runner = ProjectionRunner(store, projection, batch_size, yield_to_rebuild=False, before_transaction=end)
     await runner.reset()
     if progress is None:
         return await runner.catch_up()

@@ -126,6 +126,30 @@ class FailsOn:
             raise ValueError("cannot project this")
 
 
+class Seen(FailsOn):
+    """A projection of its own name that remembers the orders it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.orders: list[uuid.UUID] = []
+
+    async def apply(self, conn: asyncpg.Connection, record: ev.Recorded) -> None:
+        self.orders.append(record.aggregate_id)
+
+
+async def test_a_replay_stops_where_the_log_stood_when_it_began_and_the_live_runner_goes_on(
+        event_store: PostgresEventStore) -> None:
+    projection = Seen()
+    before = await an_order(event_store)
+    end = str(await event_store.pool.fetchval("SELECT pg_current_xact_id()::text"))  # between the two orders
+    after = await an_order(event_store)  # written while the replay runs, as a busy service writes
+    replay = ProjectionRunner(event_store, projection, batch_size=1, yield_to_rebuild=False, before_transaction=end)
+    await replay.catch_up()
+    assert before in projection.orders and after not in projection.orders
+    await ProjectionRunner(event_store, projection).catch_up()  # the live runner, from the replay's checkpoint
+    assert projection.orders.count(before) == 1 and projection.orders.count(after) == 1
+
+
 async def test_a_failing_event_parks_the_projection_naming_it_and_retries_back_off(
         event_store: PostgresEventStore) -> None:
     projection = FailsOn()
