@@ -394,16 +394,25 @@ async def rebuild(pool: asyncpg.Pool, progress: Callable[[str, int], None] | Non
 
 async def _replay(store: PostgresEventStore, projection: Projection, progress: Callable[[str, int], None] | None,
                   batch_size: int) -> int:
-    # It holds the lock itself. It replays the transactions finished when it began, and no further: on a
-    # busy service it would otherwise chase the writers; the live runner goes on from its checkpoint.
-    with postgres_errors():
-        end = str(await store.pool.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
-    runner = ProjectionRunner(store, projection, batch_size, yield_to_rebuild=False, before_transaction=end)
+    """Replay from position 0 in two bounded passes: up to the oldest transaction running when the replay
+    begins, then up to the oldest one running when that pass is done (a transaction in flight at the start,
+    of this database or another of the server's, is in by then). On a busy service an unbounded replay
+    would chase the writers; the live runner goes on from the replay's checkpoint."""
+    runner = ProjectionRunner(store, projection, batch_size, yield_to_rebuild=False)  # it holds the lock itself
+    runner.before_transaction = await _oldest_running(store)
     await runner.reset()
-    if progress is None:
-        return await runner.catch_up()
-    progress(projection.name, 0)
-    return await runner.catch_up(functools.partial(progress, projection.name))
+    report = functools.partial(progress, projection.name) if progress is not None else None
+    if report is not None:
+        report(0)
+    applied = await runner.catch_up(report)
+    runner.before_transaction = await _oldest_running(store)
+    return applied + await runner.catch_up(report)
+
+
+async def _oldest_running(store: PostgresEventStore) -> str:
+    """The oldest transaction still running on the server, as text: every one before it has finished."""
+    with postgres_errors():
+        return str(await store.pool.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
 
 
 @contextlib.asynccontextmanager

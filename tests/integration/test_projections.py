@@ -142,7 +142,7 @@ async def test_a_replay_stops_where_the_log_stood_when_it_began_and_the_live_run
     projection = Seen()
     before = await an_order(event_store)
     end = str(await event_store.pool.fetchval("SELECT pg_current_xact_id()::text"))  # between the two orders
-    after = await an_order(event_store)  # written while the replay runs, as a busy service writes
+    after = await an_order(event_store)  # a transaction after the replay's bound, as a busy service writes
     replay = ProjectionRunner(event_store, projection, batch_size=1, yield_to_rebuild=False, before_transaction=end)
     await replay.catch_up()
     assert before in projection.orders and after not in projection.orders
