@@ -160,8 +160,7 @@ def _inventory_deltas(e: ev.DomainEvent) -> tuple[int, int, int] | None:
 
 
 POLL_INTERVAL = 0.05  # a batch was applied: more is probably waiting
-IDLE_INTERVAL = 0.25  # caught up, or paused by a rebuild; doubled while it stays so, up to IDLE_CAP
-IDLE_CAP = 1.0  # seconds: the longest an event written after a quiet spell waits for its projection
+IDLE_INTERVAL = 0.25  # caught up, or paused by a rebuild: the longest a new event waits for the lists
 RETRY_BASE = 1.0
 RETRY_CAP = 60.0
 
@@ -231,7 +230,6 @@ class ProjectionRunner:
         self.failed_event: FailedEvent | None = None
         self.failures = 0
         self.fallbacks = 0  # batches that failed at once and were applied one event at a time
-        self.idle = 0  # turns in a row that found nothing to apply
         self.paused = False
         self._before_checkpoint = before_checkpoint
 
@@ -338,11 +336,7 @@ class ProjectionRunner:
             return retry_delay(self.failures)
         if not self.paused:  # a paused runner tried nothing, so it has not recovered either
             self.failures, self.error, self.failed_event = 0, None, None
-        if applied:
-            self.idle = 0
-            return POLL_INTERVAL
-        self.idle += 1  # a quiet service is polled less and less often, down to once per IDLE_CAP
-        return min(IDLE_INTERVAL * 2.0 ** min(self.idle - 1, 8), IDLE_CAP)
+        return POLL_INTERVAL if applied else IDLE_INTERVAL
 
     async def status(self) -> dict[str, Any]:
         """Position, lag and the parked error with its event, as /health shows them."""

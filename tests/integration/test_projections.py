@@ -21,7 +21,6 @@ from domain import order as o
 from store.event_store import CommandContext, PostgresEventStore, StreamAppend, create_pool
 from store.migrations import migrate
 from store.projections import (
-    IDLE_CAP,
     IDLE_INTERVAL,
     POLL_INTERVAL,
     REBUILD_LOCK,
@@ -215,17 +214,6 @@ async def test_a_live_runner_applies_nothing_while_a_rebuild_holds_its_lock(even
             await conn.execute("SELECT pg_advisory_unlock($1)", projection_lock("order_views"))
     assert await runner.step() == POLL_INTERVAL and not runner.paused
     assert (await view(event_store, order_id) or {}).get("status") == "PENDING"
-
-
-async def test_a_quiet_runner_polls_less_and_less_often_and_an_event_brings_it_back(
-        event_store: PostgresEventStore) -> None:
-    runner = ProjectionRunner(event_store, OrderViews())
-    await runner.catch_up()
-    assert [await runner.step() for _ in range(4)] == [IDLE_INTERVAL, 2 * IDLE_INTERVAL, IDLE_CAP, IDLE_CAP]
-    order_id = await an_order(event_store)
-    assert await runner.step() == POLL_INTERVAL
-    assert (await view(event_store, order_id) or {}).get("status") == "PENDING"
-    assert await runner.step() == IDLE_INTERVAL  # quiet again: from the shortest wait
 
 
 async def test_a_second_rebuild_is_refused_while_one_runs(event_store: PostgresEventStore) -> None:
