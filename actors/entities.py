@@ -195,9 +195,8 @@ class EntityHost(Generic[T]):
         """Passivate every entity idle for ``idle_for`` seconds; returns how many."""
         cutoff = time.monotonic() - idle_for
         idle = [e for e in self._entities.values() if not e.lock.locked() and e.last_used < cutoff]
-        for ent in idle:
-            if self._entities.get(ent.id) is ent and not ent.lock.locked():
-                self._passivate(ent)
+        for ent in idle:  # nothing is awaited in between: each is still in memory, and still idle
+            self._passivate(ent)
         if idle:
             await self._signal()
         return len(idle)

@@ -44,7 +44,6 @@ class InventoryShard(Shard):
         self.metrics = m.InventoryMetrics()
         self._next_expiry: dt.datetime | None = None  # when the expiry loop wakes next, at the latest
         self._expiry_wake = asyncio.Event()
-        self._expiry_wait = EXPIRY_INTERVAL
         super().__init__(settings, index)
 
     async def _start(self) -> None:
@@ -147,6 +146,9 @@ class InventoryShard(Shard):
         if self._expiry_wake.is_set() and self._next_expiry is not None:  # a command's, stored during this pass
             found.append(self._next_expiry)
         self._next_expiry = min((*found, *([stored] if stored else [])), default=None)
+        return self._until_planned()
+
+    def _until_planned(self) -> float:
         wait = (self._next_expiry - now()).total_seconds() if self._next_expiry else EXPIRY_RESCAN
         return min(max(wait, EXPIRY_INTERVAL), EXPIRY_RESCAN)
 
@@ -160,13 +162,12 @@ class InventoryShard(Shard):
         while True:
             # Cleared before the pass reads the deadlines: a command that lands during the pass wakes the wait.
             self._expiry_wake.clear()
-            self._expiry_wait = EXPIRY_INTERVAL  # unless the pass gets as far as planning the next one
-            await self.watch.run("expiring reservations", self._expiry_pass)
-            await self._sleep_until_due(self._expiry_wait)
+            planned = await self.watch.run("expiring reservations", self._expiry_pass)
+            await self._sleep_until_due(self._until_planned() if planned else EXPIRY_INTERVAL)
 
     async def _expiry_pass(self) -> None:
         await self.expire_due()
-        self._expiry_wait = await self.next_pass()
+        await self.next_pass()
 
     async def _sleep_until_due(self, seconds: float) -> None:
         """``seconds``, or less: until the earliest deadline that a command stored meanwhile."""

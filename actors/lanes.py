@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,18 +40,17 @@ class Lanes:
         then, again, until none is (Ray itself does not send it again: it would send the calls given up
         meanwhile). A shard lost with its node comes back elsewhere within seconds: its callers wait for it
         within their own deadlines, as they would for a shard that is slow."""
-        for attempt in itertools.count():
-            calls = awaited()
-            if not calls:
-                return {}
+        lost = 0
+        while calls := awaited():
             try:
                 waited = max(c[3] for c in calls) - time.time()  # no longer than the last of its callers waits
                 answers: list[Answer] = await call(ref, "run_batch", calls, timeout=max(waited, 0.001), attempts=1)
             except ActorLost:
-                await asyncio.sleep(min(RESEND_AFTER * 2 ** attempt, RESEND_AFTER_AT_MOST))
+                await asyncio.sleep(min(RESEND_AFTER * 2 ** lost, RESEND_AFTER_AT_MOST))
+                lost += 1
                 continue
             return {c[0]: a for c, a in zip(calls, answers, strict=True)}
-        raise AssertionError("unreachable: the loop ends by returning")
+        return {}
 
     def _withdraw(self, ref: ActorRef, keys: list[Key]) -> None:
         """A task of its own: the caller has given up already and does not wait for it. Without a handle (the

@@ -29,7 +29,7 @@ from bench.common import cpu_seconds, postgres, process_tree, redis_server
 from tests.support import create_database, drop_database, free_port
 
 
-async def statements_run(database: str) -> int:
+async def transactions_so_far(database: str) -> int:
     """The transactions committed and rolled back so far in the service's database (PostgreSQL's own counts:
     pg_stat_database, which the server updates about once a second)."""
     conn = await asyncpg.connect(database)
@@ -60,9 +60,10 @@ def main(database: str, redis: str, settle: float, window: float) -> None:
                 raise SystemExit("the service did not answer /livez within 120 s")
             time.sleep(settle)  # the start's own work (migrations, deploys, the first pings) is over
             root = psutil.Process(proc.pid)
-            before, statements = cpu_seconds(process_tree(root)), asyncio.run(statements_run(database))
+            before, transactions = cpu_seconds(process_tree(root)), asyncio.run(transactions_so_far(database))
             time.sleep(window)
-            after, statements = cpu_seconds(process_tree(root)), asyncio.run(statements_run(database)) - statements
+            after = cpu_seconds(process_tree(root))
+            transactions = asyncio.run(transactions_so_far(database)) - transactions
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
@@ -71,7 +72,7 @@ def main(database: str, redis: str, settle: float, window: float) -> None:
         used[name] += t - before.get(pid, (name, 0.0))[1]  # a process started during the window counts whole
     total = sum(used.values())
     print(f"at rest over {window:.0f} s: {100 * total / window:.1f} % of one core, {len(after)} processes; "
-          f"PostgreSQL ran {statements / window:.1f} transactions/s for it")
+          f"PostgreSQL ran {transactions / window:.1f} transactions/s for it")
     print("| process | % of one core |")
     print("|---|---|")
     for name, t in sorted(used.items(), key=lambda kv: -kv[1])[:12]:

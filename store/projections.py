@@ -66,7 +66,6 @@ class OrderViews:
         status, reason = update(e)
         await conn.execute(_UPDATE_STATUS, record.aggregate_id, str(status), reason, record.at, record.version)
 
-
     async def apply_many(self, conn: asyncpg.Connection, records: list[ev.Recorded]) -> None:
         """A batch of events at once, as ``apply`` one after the other leaves the rows: each order's events
         fold into one change (its last status and when, its last reason, its highest version), written in
@@ -193,10 +192,6 @@ class FailedEvent(TypedDict):
     event_type: str
 
 
-def _failed(row: asyncpg.Record) -> FailedEvent:
-    return {"event_id": str(row["id"]), "position": int(row["position"]), "event_type": str(row["event_type"])}
-
-
 class ProjectionFailed(StoreError):
     """A projection raised on one event; the batch holding it was rolled back, its checkpoint stays before it."""
 
@@ -282,7 +277,7 @@ class ProjectionRunner:
         try:
             return record_from_row(row)
         except Exception as e:
-            raise ProjectionFailed(self.projection.name, _failed(row), f"{type(e).__name__}: {e}") from e
+            raise self._failed(row, e) from e
 
     async def _apply_many(self, conn: asyncpg.Connection, records: list[ev.Recorded]) -> bool:
         """The batch at once, where the projection can (``apply_many``); False when it cannot, or failed:
@@ -311,7 +306,12 @@ class ProjectionRunner:
         except StoreUnavailable:
             raise
         except Exception as e:
-            raise ProjectionFailed(self.projection.name, _failed(row), f"{type(e).__name__}: {e}") from e
+            raise self._failed(row, e) from e
+
+    def _failed(self, row: asyncpg.Record, error: Exception) -> ProjectionFailed:
+        event: FailedEvent = {"event_id": str(row["id"]), "position": int(row["position"]),
+                              "event_type": str(row["event_type"])}
+        return ProjectionFailed(self.projection.name, event, f"{type(error).__name__}: {error}")
 
     async def _save_checkpoint(self, conn: asyncpg.Connection, last: asyncpg.Record) -> None:
         await conn.execute(
