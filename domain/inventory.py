@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import struct
 import typing
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -162,58 +163,106 @@ class SaleReturned(DomainEvent):
 # --- state ------------------------------------------------------------------------------------
 
 
-class Reservations(Mapping[uuid.UUID, Reservation]):
-    """A SKU's reservations by id, closed ones too, with the active ones indexed apart; a value that is
-    never changed in place: :meth:`put` and :meth:`keep` make a new one in O(log n) per entry changed,
-    sharing the rest (``rpds`` hash tries), so the two views cannot drift apart."""
+_OUTCOMES = tuple(Outcome)
+_CLOSED = struct.Struct("<IqqB")  # quantity, expires_at (µs since the epoch), version, outcome; the owner follows
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
 
-    __slots__ = ("_all", "_active")
+
+def _pack(r: Reservation) -> bytes:
+    """A closed reservation in about 40 % of the memory of its object, the map's own share included (a busy
+    SKU keeps its sales for SALE_RETENTION: most of its memory)."""
+    return _CLOSED.pack(r.quantity, (r.expires_at - _EPOCH) // _MICROSECOND, r.version,
+                        _OUTCOMES.index(r.outcome)) + r.owner.encode()
+
+
+def _unpack(key: bytes, packed: bytes) -> Reservation:
+    quantity, expires, version, outcome = _CLOSED.unpack_from(packed)
+    return Reservation(uuid.UUID(bytes=key), quantity, _EPOCH + expires * _MICROSECOND,
+                       packed[_CLOSED.size:].decode(), version, _OUTCOMES[outcome])
+
+
+class Reservations(Mapping[uuid.UUID, Reservation]):
+    """A SKU's reservations by id, closed ones too: the active ones as objects, the closed ones packed (they
+    are only read again by a retry, a return or a look-up). A value that is never changed in place:
+    :meth:`put` and :meth:`keep_closed` make a new one in O(log n) per entry changed, sharing the rest
+    (``rpds`` hash tries); a reservation is in exactly one of the two maps."""
+
+    __slots__ = ("_active", "_closed")
 
     def __init__(self, entries: Mapping[uuid.UUID, Reservation] | None = None) -> None:
-        self._all: HashTrieMap[uuid.UUID, Reservation] = HashTrieMap(entries or {})
+        entries = entries or {}
         self._active: HashTrieMap[uuid.UUID, Reservation] = HashTrieMap(
-            {k: r for k, r in self._all.items() if r.outcome is Outcome.ACTIVE})
+            {k: r for k, r in entries.items() if r.outcome is Outcome.ACTIVE})
+        self._closed: HashTrieMap[bytes, bytes] = HashTrieMap(
+            {k.bytes: _pack(r) for k, r in entries.items() if r.outcome is not Outcome.ACTIVE})
 
     @classmethod
-    def _of(cls, everything: HashTrieMap[uuid.UUID, Reservation],
-            active: HashTrieMap[uuid.UUID, Reservation]) -> Reservations:
+    def _of(cls, active: HashTrieMap[uuid.UUID, Reservation], closed: HashTrieMap[bytes, bytes]) -> Reservations:
         made = cls.__new__(cls)
-        made._all, made._active = everything, active
+        made._active, made._closed = active, closed
         return made
 
     def __getitem__(self, reservation_id: uuid.UUID) -> Reservation:
-        return self._all[reservation_id]
+        r = self.get(reservation_id)
+        if r is None:
+            raise KeyError(reservation_id)
+        return r
 
     def get(self, reservation_id: uuid.UUID, default: Reservation | None = None) -> Reservation | None:  # type: ignore[override]
-        return self._all.get(reservation_id, default)
+        r = self._active.get(reservation_id)
+        if r is not None:
+            return r
+        packed = self._closed.get(reservation_id.bytes) if isinstance(reservation_id, uuid.UUID) else None
+        return default if packed is None else _unpack(reservation_id.bytes, packed)
 
     def __contains__(self, reservation_id: object) -> bool:
-        return reservation_id in self._all
+        return reservation_id in self._active or (
+            isinstance(reservation_id, uuid.UUID) and reservation_id.bytes in self._closed)
 
     def __iter__(self) -> Iterator[uuid.UUID]:
-        return iter(self._all)
+        yield from self._active
+        for key in self._closed:
+            yield uuid.UUID(bytes=key)
+
+    def items(self) -> Iterator[tuple[uuid.UUID, Reservation]]:  # type: ignore[override]
+        """Every reservation with its id, each closed one unpacked once (a snapshot encodes them all)."""
+        yield from self._active.items()
+        for key, packed in self._closed.items():
+            r = _unpack(key, packed)
+            yield r.reservation_id, r
+
+    def values(self) -> Iterator[Reservation]:  # type: ignore[override]
+        return (r for _, r in self.items())
 
     def __len__(self) -> int:
-        return len(self._all)
+        return len(self._active) + len(self._closed)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Reservations):
-            return self._all == other._all
-        return isinstance(other, Mapping) and dict(self._all.items()) == dict(other.items())
+            return self._active == other._active and self._closed == other._closed
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"Reservations({dict(self._all.items())!r})"
+        return f"Reservations({dict(self.items())!r})"
 
     def put(self, r: Reservation) -> Reservations:
         rid = r.reservation_id
-        return Reservations._of(self._all.insert(rid, r),
-                                self._active.insert(rid, r) if r.outcome is Outcome.ACTIVE else self._active.discard(rid))
+        if r.outcome is Outcome.ACTIVE:
+            return Reservations._of(self._active.insert(rid, r), self._closed.discard(rid.bytes))
+        return Reservations._of(self._active.discard(rid), self._closed.insert(rid.bytes, _pack(r)))
 
-    def keep(self, wanted: Callable[[Reservation], bool]) -> Reservations:
-        """Only the reservations ``wanted`` keeps; looks at every one."""
-        return Reservations({k: r for k, r in self._all.items() if wanted(r)})
+    def keep_closed(self, wanted: Callable[[Outcome, dt.datetime], bool]) -> Reservations:
+        """The active reservations, and the closed ones whose outcome and expiry ``wanted`` keeps; looks at
+        the head of every closed one, and shares what it keeps."""
+        closed = self._closed
+        for key, packed in self._closed.items():
+            _, expires, _, outcome = _CLOSED.unpack_from(packed)
+            if not wanted(_OUTCOMES[outcome], _EPOCH + expires * _MICROSECOND):
+                closed = closed.discard(key)
+        return Reservations._of(self._active, closed)
 
     def active(self) -> list[Reservation]:
         """The active reservations, oldest first (a hash trie has no order of its own)."""
@@ -365,10 +414,9 @@ SALE_RETENTION = dt.timedelta(days=90)
 FORGET_EVERY = dt.timedelta(hours=1)
 
 
-def _kept(r: Reservation, at: dt.datetime) -> bool:
-    if r.outcome is Outcome.ACTIVE:
-        return True
-    return r.expires_at > at - (SALE_RETENTION if r.outcome is Outcome.COMMITTED else CLOSED_RETENTION)
+def _kept(outcome: Outcome, expires_at: dt.datetime, at: dt.datetime) -> bool:
+    """Whether a closed reservation is still remembered at ``at``."""
+    return expires_at > at - (SALE_RETENTION if outcome is Outcome.COMMITTED else CLOSED_RETENTION)
 
 
 def _reservations(state: Sku) -> Reservations:
@@ -384,7 +432,8 @@ def _put(state: Sku, r: Reservation, version: int, on_hand_delta: int, reserved_
 def _forget_old(state: Sku, at: dt.datetime) -> Sku:
     if state.forgotten_at is not None and at - state.forgotten_at < FORGET_EVERY:
         return state
-    return dataclasses.replace(state, reservations=_reservations(state).keep(lambda r: _kept(r, at)), forgotten_at=at)
+    return dataclasses.replace(state, reservations=_reservations(state).keep_closed(lambda outcome, expires_at: _kept(outcome, expires_at, at)),
+                               forgotten_at=at)
 
 
 def _close(state: Sku, reservation_id: uuid.UUID, outcome: Outcome, version: int, on_hand_delta: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import uuid
@@ -222,6 +223,30 @@ def test_closed_reservations_are_forgotten_after_their_retention_but_sales_stay_
     assert later is not None
     assert released_id not in later.reservations and {sold_id, late_id} <= set(later.reservations)
     assert (later.on_hand, later.reserved) == (9, 0)
+
+
+def test_a_closed_reservation_reads_back_as_it_was_with_every_field() -> None:
+    odd = dt.datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=dt.UTC)
+    rows = [inv.Reservation(uuid.uuid4(), 7, odd, "order:" + str(uuid.uuid4()), 3, inv.Outcome.COMMITTED),
+            inv.Reservation(uuid.uuid4(), 10_000, NOW, "customer:ünïcode", 2**40, inv.Outcome.RETURNED),
+            inv.Reservation(uuid.uuid4(), 1, NOW, "t", 5, inv.Outcome.EXPIRED),
+            inv.Reservation(uuid.uuid4(), 2, odd, "t", 6, inv.Outcome.ACTIVE)]
+    built = inv.Reservations()
+    for r in rows:
+        built = built.put(r)
+    assert [built[r.reservation_id] for r in rows] == rows and built.get(uuid.uuid4()) is None
+    assert set(built) == {r.reservation_id for r in rows} and len(built) == 4 and rows[0].reservation_id in built
+    assert built == inv.Reservations({r.reservation_id: r for r in rows}) == {r.reservation_id: r for r in rows}
+    assert dict(built.items()) == {r.reservation_id: r for r in rows} and sorted(built.values(), key=rows.index) == rows
+    for change in ({"owner": "u"}, {"quantity": 8}, {"expires_at": NOW}, {"version": 4}, {"outcome": inv.Outcome.RETURNED}):
+        other = built.put(dataclasses.replace(rows[0], **change))  # type: ignore[arg-type]
+        assert other != built and built != {**dict(built.items()), rows[0].reservation_id: other[rows[0].reservation_id]}
+    assert "x" not in built and uuid.uuid4() not in built
+    closed = built.put(dataclasses.replace(rows[3], outcome=inv.Outcome.RELEASED, version=9))
+    assert closed[rows[3].reservation_id].outcome is inv.Outcome.RELEASED and built.active() == [rows[3]]
+    assert closed.active() == [] and len(closed) == 4
+    sku = inv.Sku(PID, "Mug", Decimal("1.00"), 10, 9, closed)
+    assert from_snapshot(sku) == sku
 
 
 timed = st.lists(st.tuples(st.sampled_from(["reserve", "release", "commit", "expire"]), st.integers(0, 5),
