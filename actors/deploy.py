@@ -51,6 +51,14 @@ def check_layout(settings: Settings) -> None:
 def deploy_actors(settings: Settings, check: bool = True) -> list[Any]:
     """Create (or find) every shard and the projector, and wait until each has started; ``check`` False when
     the caller has checked the layout itself. The actors get the settings complete (:class:`ResolvedSettings`)."""
+    handles, started = create_actors(settings, check)
+    await_started(started)
+    return handles
+
+
+def create_actors(settings: Settings, check: bool = True) -> tuple[list[Any], list[ray.ObjectRef]]:
+    """As :func:`deploy_actors`, without waiting: the handles, and what :func:`await_started` waits for. The
+    actors' processes start meanwhile, so that a caller may start other things alongside."""
     settings = settings.resolved()  # refused here, naming what is missing, rather than in an actor
     if check:
         check_layout(settings)
@@ -62,9 +70,12 @@ def deploy_actors(settings: Settings, check: bool = True) -> list[Any]:
           for i in range(settings.order_shards)],
         ray.remote(Projector).options(**actor_options(PROJECTOR_NAME, ns, cpus)).remote(settings),
     ]
+    return handles, [h.start.remote() for h in handles]
+
+
+def await_started(started: list[ray.ObjectRef]) -> None:
     # A shard that cannot start (its database unreachable from its node) fails the start, not hangs it.
-    ray.get([h.start.remote() for h in handles], timeout=START_TIMEOUT)
-    return handles
+    ray.get(started, timeout=START_TIMEOUT)
 
 
 def remove_actors(settings: Settings) -> None:

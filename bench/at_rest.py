@@ -1,5 +1,5 @@
-"""The whole service at rest: starts ``commerce serve`` as a user does, waits until /livez answers, lets it
-settle, then measures the CPU time that the service's processes (the command and everything it started:
+"""The whole service at rest: starts ``commerce serve`` as a user does, waits until /health answers 200, lets
+it settle, then measures the CPU time that the service's processes (the command and everything it started:
 Ray's processes, the actors, Serve's controller, proxy and replicas) use over a window with no request,
 as a share of one core, by process, and the transactions PostgreSQL ran for it meanwhile (PostgreSQL is not
 among the processes when it is the machine's own). Stops the service with SIGTERM.
@@ -14,19 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 
 import asyncpg
-import httpx
-import psutil
 
-from bench.common import cpu_seconds, postgres, process_tree, redis_server
-from tests.support import create_database, drop_database, free_port
+from bench.common import cpu_seconds, postgres, process_tree, redis_server, running_service
+from tests.support import create_database, drop_database
 
 
 async def transactions_so_far(database: str) -> int:
@@ -41,32 +35,13 @@ async def transactions_so_far(database: str) -> int:
 
 
 def main(database: str, redis: str, settle: float, window: float) -> None:
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="commerce-at-rest-") as data:
-        env = {**os.environ, "COMMERCE_DATABASE_URL": database, "COMMERCE_REDIS_URL": redis,
-               "COMMERCE_PORT": str(port), "COMMERCE_DASHBOARD_PORT": str(free_port()), "COMMERCE_DATA_DIR": data}
-        proc = subprocess.Popen([sys.executable, "-m", "commerce.cli", "serve"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
-            else:
-                raise SystemExit("the service did not answer /livez within 120 s")
-            time.sleep(settle)  # the start's own work (migrations, deploys, the first pings) is over
-            root = psutil.Process(proc.pid)
-            before, transactions = cpu_seconds(process_tree(root)), asyncio.run(transactions_so_far(database))
-            time.sleep(window)
-            after = cpu_seconds(process_tree(root))
-            transactions = asyncio.run(transactions_so_far(database)) - transactions
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=120)
+    with tempfile.TemporaryDirectory(prefix="commerce-at-rest-") as data, running_service(
+            {"COMMERCE_DATABASE_URL": database, "COMMERCE_REDIS_URL": redis, "COMMERCE_DATA_DIR": data}) as (root, _, _):
+        time.sleep(settle)  # the start's own work (migrations, deploys, the first pings) is over
+        before, transactions = cpu_seconds(process_tree(root)), asyncio.run(transactions_so_far(database))
+        time.sleep(window)
+        after = cpu_seconds(process_tree(root))
+        transactions = asyncio.run(transactions_so_far(database)) - transactions
     used: dict[str, float] = collections.defaultdict(float)
     for pid, (name, t) in after.items():
         used[name] += t - before.get(pid, (name, 0.0))[1]  # a process started during the window counts whole

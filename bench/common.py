@@ -8,13 +8,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
+
+from tests.support import free_port
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -126,7 +133,7 @@ async def service_actors(base: str, redis: str, **settings: object) -> AsyncIter
     import ray
 
     from actors.deploy import deploy_actors, remove_actors
-    from commerce.runtime import SERVE_ENV, run_migrations
+    from commerce.runtime import run_migrations, serve_env
     from commerce.settings import ResolvedSettings
     from store.event_store import create_pool
     from tests.support import create_database, drop_database
@@ -136,7 +143,7 @@ async def service_actors(base: str, redis: str, **settings: object) -> AsyncIter
     resolved = ResolvedSettings(database_url=database, redis_url=redis, namespace=f"bench-{uuid.uuid4().hex[:6]}",
                                 admin_token=secrets.token_urlsafe(24), jwt_secret=secrets.token_urlsafe(32),
                                 server_secret=secrets.token_urlsafe(32), **settings)  # type: ignore[arg-type]
-    os.environ.update(SERVE_ENV)
+    os.environ.update(serve_env())
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     pool = await create_pool(database, 4)
     try:
@@ -204,3 +211,33 @@ class CpuUse:
 def _busy(t: Any) -> float:
     return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
                  + getattr(t, "steal", 0.0))
+
+
+@contextlib.contextmanager
+def running_service(env: dict[str, str | None]) -> Iterator[tuple[psutil.Process, int, float]]:
+    """``commerce serve`` as a user starts it, with ``env`` over the environment (None: unset) and ports of
+    its own: the process, its port, and the seconds from its spawn until GET /health answered 200 (every
+    check ok). Stopped with SIGTERM on the way out."""
+    port = free_port()
+    merged = {**os.environ, **env, "COMMERCE_PORT": str(port), "COMMERCE_DASHBOARD_PORT": str(free_port())}
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "commerce.cli", "serve"],
+                            env={k: v for k, v in merged.items() if v is not None},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"commerce serve exited with {proc.returncode} before it was healthy")
+            if time.monotonic() - started > 180:
+                raise SystemExit("commerce serve was not healthy within 180 s")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        yield psutil.Process(proc.pid), port, time.monotonic() - started
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+

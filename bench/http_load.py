@@ -215,6 +215,7 @@ def start(runtime: Runtime) -> ResolvedSettings:
     runtime.start_ray()
     runtime.start_actors()
     runtime.start_serve()
+    runtime.await_actors()
     baseline.deploy_baseline(settings.namespace, settings.replicas)
     return settings
 

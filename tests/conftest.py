@@ -28,14 +28,14 @@ def ray_session() -> Iterator[Path]:
     import ray
 
     from commerce import logs
-    from commerce.runtime import SERVE_ENV
+    from commerce.runtime import serve_env
 
-    os.environ.update(SERVE_ENV)
+    os.environ.update(serve_env())
     for name in SERVE_FIXED_PORTS:
         os.environ[name] = str(free_port())  # not the fixed defaults: another Serve may be running here
     os.environ.update(SESSION_SERVE_PORTS)
     context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                       runtime_env={"env_vars": dict(SERVE_ENV)}, logging_config=logs.ray_logging())
+                       runtime_env={"env_vars": serve_env()}, logging_config=logs.ray_logging())
     yield Path(context.address_info["session_dir"]) / "logs"
     ray.shutdown()
 

@@ -1,0 +1,33 @@
+"""Startup: the seconds from spawning ``commerce serve`` (what ``make dev`` runs once installed) until
+GET /health answers 200, on what a fresh ``make dev`` uses: embedded PostgreSQL and Redis in a new data
+directory. The first start also makes the database cluster and the secrets; the next ones start on the
+same directory, as a developer's second ``make dev`` does. Each start is stopped with SIGTERM.
+
+    python -m bench.startup [--repeat 3]
+
+The shard counts and other settings come from the environment, as for ``commerce serve``; the servers'
+URLs are ignored (unset for the service).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+from bench.common import running_service
+
+EMBEDDED = {"COMMERCE_DATABASE_URL": None, "COMMERCE_REDIS_URL": None}
+
+
+def main(repeat: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="commerce-startup-") as data:
+        for n in range(repeat + 1):
+            with running_service({**EMBEDDED, "COMMERCE_DATA_DIR": data}) as (_, _, seconds):
+                label = "first start, new data directory" if n == 0 else f"start {n + 1}, same directory"
+                print(f"{label}: healthy after {seconds:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--repeat", type=int, default=3, help="starts on the same directory after the first (default 3)")
+    main(parser.parse_args().repeat)
