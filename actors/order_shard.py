@@ -14,6 +14,8 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import asyncpg
+
 from actors import metrics as m
 from actors.base import Shard
 from actors.client import BATCHED_ORDER_CALLS, InventoryClient
@@ -74,6 +76,13 @@ class OrderShard(Shard):
 
     async def _start(self) -> None:
         pool = await create_pool(self.settings.database_url, self.settings.database_pool_size, SERVICE)
+        try:
+            await self._start_on(pool)
+        except BaseException:
+            await pool.close()  # the start is tried again, with a pool of its own
+            raise
+
+    async def _start_on(self, pool: asyncpg.Pool) -> None:
         self.store = PostgresEventStore(pool)
         self.records = OrderRecords(self.store, self.metrics)
         ledger = ProviderLedger(self.store)

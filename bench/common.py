@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.support import free_port
+from tests.support import SERVE_FIXED_PORTS, free_port
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -213,13 +213,28 @@ def _busy(t: Any) -> float:
                  + getattr(t, "steal", 0.0))
 
 
+# Replica port ranges of the benchmarks' Serves: the test suite's use 31000-31999, the service 30000-31000.
+BENCH_SERVE_PORTS = {
+    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "32000", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "32499",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "42000", "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "42499",
+}
+
+
+def own_serve_ports() -> dict[str, str]:
+    """The environment that gives a benchmark's Serve ports of its own: another Serve (the test suite's,
+    `make dev`) may run on this machine."""
+    return {**{name: str(free_port()) for name in SERVE_FIXED_PORTS}, **BENCH_SERVE_PORTS}
+
+
 @contextlib.contextmanager
 def running_service(env: dict[str, str | None]) -> Iterator[tuple[psutil.Process, int, float]]:
     """``commerce serve`` as a user starts it, with ``env`` over the environment (None: unset) and ports of
     its own: the process, its port, and the seconds from its spawn until GET /health answered 200 (every
-    check ok). Stopped with SIGTERM on the way out."""
+    check ok). Stopped with SIGTERM on the way out, and its whole process group killed if it has not stopped
+    within two minutes."""
     port = free_port()
-    merged = {**os.environ, **env, "COMMERCE_PORT": str(port), "COMMERCE_DASHBOARD_PORT": str(free_port())}
+    merged = {**os.environ, **own_serve_ports(), **env, "COMMERCE_PORT": str(port),
+              "COMMERCE_DASHBOARD_PORT": str(free_port())}
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "commerce.cli", "serve"],
                             env={k: v for k, v in merged.items() if v is not None},
@@ -239,5 +254,9 @@ def running_service(env: dict[str, str | None]) -> Iterator[tuple[psutil.Process
         yield psutil.Process(proc.pid), port, time.monotonic() - started
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the group is what it started
+            proc.wait()
 

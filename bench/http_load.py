@@ -32,14 +32,14 @@ import httpx
 import psutil
 
 from bench import baseline, wrk
-from bench.common import CpuUse, postgres, redis_server
+from bench.common import CpuUse, own_serve_ports, postgres, redis_server
 from bench.drain import Drained, drain
 from bench.report import Report
 from commerce.runtime import Runtime
 from commerce.settings import ResolvedSettings, Settings
 from store.event_store import PostgresEventStore, create_pool
 from store.sagas import SagaStore
-from tests.support import SERVE_FIXED_PORTS, create_database, drop_database, free_port
+from tests.support import create_database, drop_database, free_port
 
 LIVEZ = "GET /livez (no actor call)"
 BASELINE = "GET /baseline/ping (trivial route + 1 actor call)"
@@ -52,11 +52,6 @@ PACED_CONNECTIONS = 8  # each waits between its requests, so that they offer hal
 
 ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}
 STOCK = 1_000_000  # more than any run sells: no order fails for want of stock
-# Replica port ranges of its own: the test suite's Serves use 31000-31999, the service 30000-31000.
-BENCH_SERVE_PORTS = {
-    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "32000", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "32499",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "42000", "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "42499",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,13 +79,6 @@ def bench_settings(database: str, redis: str, data_dir: Path, shards: tuple[int,
                     dashboard_port=free_port(), admin_token=secrets.token_urlsafe(24),
                     jwt_secret=secrets.token_urlsafe(32), server_secret=secrets.token_urlsafe(32),
                     namespace=f"bench-{uuid.uuid4().hex[:6]}", order_shards=shards[0], inventory_shards=shards[1])
-
-
-def own_serve_ports() -> None:
-    """Ports of its own for this Serve: another one (the test suite's, `make dev`) may run on this machine."""
-    for name in SERVE_FIXED_PORTS:
-        os.environ[name] = str(free_port())
-    os.environ.update(BENCH_SERVE_PORTS)
 
 
 async def ready(client: httpx.AsyncClient, path: str, timeout: float = 60.0) -> None:
@@ -213,9 +201,7 @@ async def measure(settings: ResolvedSettings, options: Options, directory: Path)
 def start(runtime: Runtime) -> ResolvedSettings:
     settings = runtime.prepare()
     runtime.start_ray()
-    runtime.start_actors()
-    runtime.start_serve()
-    runtime.await_actors()
+    runtime.start_service()
     baseline.deploy_baseline(settings.namespace, settings.replicas)
     return settings
 
@@ -225,7 +211,7 @@ def run(base_dsn: str, redis: str, options: Options) -> Report:
     with tempfile.TemporaryDirectory(prefix="commerce-bench-") as tmp:  # mode 0700: the wrk script holds a token
         database = asyncio.run(create_database(base_dsn, "commerce_bench"))
         runtime = Runtime(bench_settings(database, redis, Path(tmp), options.shards))
-        own_serve_ports()
+        os.environ.update(own_serve_ports())
         try:
             return asyncio.run(measure(start(runtime), options, Path(tmp)))
         finally:

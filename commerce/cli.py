@@ -223,9 +223,7 @@ def serve(settings: Settings) -> int:
         settings = runtime.prepare()
         runtime.start_ray()
         _on_signals(_stop_now)  # Ray installs its own SIGTERM handling in the driver; ours comes after it
-        runtime.start_actors()
-        runtime.start_serve()  # while the actors' processes start
-        runtime.await_actors()
+        runtime.start_service()
         print_banner(settings, runtime)
         _on_signals(lambda *_: (_on_signals(signal.SIG_IGN), stop.set()))
         while not stop.wait(1.0):

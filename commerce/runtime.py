@@ -26,7 +26,8 @@ APP_NAME = "commerce"
 SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 # Unless the environment sets it: Serve's controller runs its loop every 0.5 s instead of 0.1. At rest that loop
 # was the service's largest single cost (2.9 % of a core, and about 0.9 % more in the GCS), and a start takes
-# no longer (docs/benchmarks.md, fifth round); a lost replica or an autoscaling step waits up to 0.4 s more.
+# no longer (docs/benchmarks.md, fifth round); each round of replacing a lost replica or scaling may start up
+# to 0.4 s later.
 SERVE_DEFAULTS = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
 
 
@@ -166,6 +167,15 @@ class Runtime:
                                logging_config=logs.ray_logging(), log_to_driver=False)
             self._ray_started = True
         self.dashboard_url = context.dashboard_url or ""
+
+    def start_service(self) -> None:
+        """The actors and Serve, after :meth:`start_ray`: Serve starts while the actors' processes start (on a
+        small machine both are bound by CPU, so this saves about a second), then the actors' start is waited
+        for. An actor that cannot start therefore fails the start only after the application is deployed; the
+        stop removes both. Until then /livez answers and /health does not."""
+        self.start_actors()
+        self.start_serve()
+        self.await_actors()
 
     def start_actors(self) -> None:
         """Create the actors and return while their processes start (:meth:`await_actors` waits for them)."""

@@ -1,0 +1,40 @@
+"""An order shard's start that fails (PostgreSQL answered the pool but not the saga scan) is tried again on
+the next call: each try must not leave its pool of connections open behind it."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors import order_shard
+from actors.order_shard import OrderShard
+from commerce.settings import Settings
+from store.errors import StoreUnavailable
+from store.sagas import SagaStore
+
+
+class Pool:
+    def __init__(self, opened: list[Pool]) -> None:
+        self.closed = False
+        opened.append(self)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_start_that_fails_closes_the_pool_it_opened_and_the_next_try_opens_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[Pool] = []
+
+    async def create_pool(*args: object, **kwargs: object) -> Pool:
+        return Pool(opened)
+
+    async def unfinished(self: SagaStore, include_failed: bool = True) -> list[object]:
+        raise StoreUnavailable("the saga scan failed")
+
+    monkeypatch.setattr(order_shard, "create_pool", create_pool)
+    monkeypatch.setattr(SagaStore, "unfinished", unfinished)
+    shard = OrderShard(Settings(database_url="unused", redis_url="unused", server_secret="s"), 0)  # type: ignore[arg-type]
+    for _ in range(2):
+        with pytest.raises(StoreUnavailable):
+            await shard.start()
+    assert [p.closed for p in opened] == [True, True]
