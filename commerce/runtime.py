@@ -111,7 +111,6 @@ class Runtime:
         self._ray_started = False
         self._serve_started = False
         self._actors_started = False
-        self._starting: list[Any] = []
         self.secret_files: dict[str, Path] = {}
         self.dashboard_url = ""
 
@@ -173,24 +172,15 @@ class Runtime:
         small machine both are bound by CPU, so this saves about a second), then the actors' start is waited
         for. An actor that cannot start therefore fails the start only after the application is deployed; the
         stop removes both. Until then /livez answers and /health does not."""
-        self.start_actors()
-        self.start_serve()
-        self.await_actors()
-
-    def start_actors(self) -> None:
-        """Create the actors and return while their processes start (:meth:`await_actors` waits for them)."""
-        from actors.deploy import check_layout, create_actors
+        from actors.deploy import await_started, check_layout, create_actors
 
         if self.settings.ray_address:
             self._refuse_a_second_instance()
         check_layout(self.settings)  # a refused start must not remove, at its stop, the actors it refused
         self._actors_started = True  # before: a start cut short still removes what it made
-        self._starting = create_actors(self.settings, check=False)[1]
-
-    def await_actors(self) -> None:
-        from actors.deploy import await_started
-
-        await_started(self._starting)
+        _, started = create_actors(self.settings, check=False)
+        self.start_serve()
+        await_started(started)
 
     def _refuse_a_second_instance(self) -> None:
         """On a shared cluster, an application of this name belongs to another instance (or to one that did not

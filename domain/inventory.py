@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import struct
 import typing
 import uuid
@@ -414,7 +415,7 @@ SALE_RETENTION = dt.timedelta(days=90)
 FORGET_EVERY = dt.timedelta(hours=1)
 
 
-def _kept(outcome: Outcome, expires_at: dt.datetime, at: dt.datetime) -> bool:
+def _kept(at: dt.datetime, outcome: Outcome, expires_at: dt.datetime) -> bool:
     """Whether a closed reservation is still remembered at ``at``."""
     return expires_at > at - (SALE_RETENTION if outcome is Outcome.COMMITTED else CLOSED_RETENTION)
 
@@ -432,8 +433,8 @@ def _put(state: Sku, r: Reservation, version: int, on_hand_delta: int, reserved_
 def _forget_old(state: Sku, at: dt.datetime) -> Sku:
     if state.forgotten_at is not None and at - state.forgotten_at < FORGET_EVERY:
         return state
-    return dataclasses.replace(state, reservations=_reservations(state).keep_closed(lambda outcome, expires_at: _kept(outcome, expires_at, at)),
-                               forgotten_at=at)
+    kept = _reservations(state).keep_closed(functools.partial(_kept, at))
+    return dataclasses.replace(state, reservations=kept, forgotten_at=at)
 
 
 def _close(state: Sku, reservation_id: uuid.UUID, outcome: Outcome, version: int, on_hand_delta: int,
