@@ -120,10 +120,10 @@ class Ingress(OperatorRoutes):
         customer_id = uc.acting_for(who, body.customer_id)
 
         async def work(derived: uuid.UUID | None) -> JSONResponse:
-            order_id = derived or uuid.uuid4()
             items = [(item.product_id, item.quantity) for item in body.items]  # the order merges repeated products
-            return await answer(uc.place_order(svc, customer_id, order_id, items, body.shipping_address.model_dump(),
-                                               body.payment_token), 202, f"{API}/orders/{order_id}")
+            order_id, placed = await uc.place_order(svc, customer_id, derived, items,
+                                                    body.shipping_address.model_dump(), body.payment_token)
+            return JSONResponse(placed, 202, headers={"Location": f"{API}/orders/{order_id}"})
 
         return await self.keyed(request, svc, who, work)
 

@@ -119,9 +119,9 @@ class OrderClient:
         return await call(self.refs[shard], method, *args, timeout=self.timeout)
 
     async def create_order(self, order_id: uuid.UUID, customer_id: uuid.UUID, items: list[tuple[uuid.UUID, int]],
-                           shipping_address: dict[str, str], payment_token: str) -> Placed:
+                           shipping_address: dict[str, str], payment_token: str, new: bool = False) -> Placed:
         result: Placed = await self._call(order_id, "create_order", order_id, customer_id, items, shipping_address,
-                                          payment_token)
+                                          payment_token, new)
         return result
 
     async def get_order(self, order_id: uuid.UUID) -> OrderView:

@@ -98,11 +98,13 @@ class EntityHost(Generic[T]):
         return ent.state
 
     @contextlib.asynccontextmanager
-    async def entity(self, entity_id: uuid.UUID) -> AsyncIterator[Entity[T]]:
+    async def entity(self, entity_id: uuid.UUID, new: T | None = None) -> AsyncIterator[Entity[T]]:
         """The entity with its mailbox held: the caller is the only one working on it. A stale entity is
-        read again from the store first."""
+        read again from the store first. ``new`` is its state when the caller knows that it was never
+        stored (an id it has just made at random): if it is not in memory, it starts from that state
+        without a read. Should it exist after all, its first append conflicts, and it is read again."""
         while True:
-            ent = await self._activate(entity_id)
+            ent = await self._activate(entity_id, new)
             self.waiting += 1
             try:
                 await ent.lock.acquire()
@@ -123,7 +125,7 @@ class EntityHost(Generic[T]):
             await self._maybe_snapshot(ent)
             await self._signal()
 
-    async def _activate(self, entity_id: uuid.UUID) -> Entity[T]:
+    async def _activate(self, entity_id: uuid.UUID, new: T | None = None) -> Entity[T]:
         while True:
             ent = self._entities.get(entity_id)
             if ent is not None:
@@ -134,14 +136,13 @@ class EntityHost(Generic[T]):
             if self.active < self.max_active:
                 break
             await self._make_room()
+        if new is not None:
+            return self._add(Entity(entity_id, new, 0))
         future: asyncio.Future[Entity[T]] = asyncio.get_running_loop().create_future()
         self._loading[entity_id] = future
         try:
             state, stored = await self._load(entity_id)
-            ent = Entity(entity_id, state, stored)
-            self._entities[entity_id] = ent
-            self.activations += 1
-            self.peak_active = max(self.peak_active, len(self._entities))
+            ent = self._add(Entity(entity_id, state, stored))
             future.set_result(ent)
             return ent
         except asyncio.CancelledError:
@@ -154,6 +155,12 @@ class EntityHost(Generic[T]):
         finally:
             del self._loading[entity_id]
             await self._signal()  # loaded (now evictable when idle) or failed (a slot is free)
+
+    def _add(self, ent: Entity[T]) -> Entity[T]:
+        self._entities[ent.id] = ent
+        self.activations += 1
+        self.peak_active = max(self.peak_active, len(self._entities))
+        return ent
 
     async def _signal(self) -> None:
         """Wake whoever waits for room: an entity became idle, or a slot came free."""

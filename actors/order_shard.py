@@ -115,12 +115,14 @@ class OrderShard(Shard):
     # --- commands -------------------------------------------------------------------------------
 
     async def create_order(self, order_id: uuid.UUID, customer_id: uuid.UUID, items: list[tuple[uuid.UUID, int]],
-                           shipping_address: dict[str, str], payment_token: str) -> Placed:
+                           shipping_address: dict[str, str], payment_token: str, new: bool = False) -> Placed:
+        """Create the order and start its saga (nothing, for an order created before). ``new``: the caller made
+        the id at random just now, so no order can have it and none is read (the store still checks)."""
         await self.start()
         catalog = await self.inventory.catalog([pid for pid, _ in items])
         lines = tuple(o.OrderLine(pid, qty, catalog[pid].price) for pid, qty in items)
         saga_id = ff.saga_id_of(order_id)
-        async with self.host.entity(order_id) as ent:
+        async with self.host.entity(order_id, OrderEntity(None, None) if new else None) as ent:
             events = o.decide_create(ent.state.order, order_id=order_id, customer_id=customer_id, lines=lines,
                                      saga_id=saga_id, shipping_address=o.ShippingAddress(**shipping_address),
                                      payment_token=payment_token)

@@ -119,10 +119,15 @@ async def reorder(svc: Services, who: Principal, order_id: uuid.UUID, cart_id: u
 # --- orders ---------------------------------------------------------------------------------------
 
 
-async def place_order(svc: Services, customer_id: uuid.UUID, order_id: uuid.UUID, items: list[tuple[uuid.UUID, int]],
-                      shipping_address: dict[str, str], payment_token: str) -> dict[str, Any]:
+async def place_order(svc: Services, customer_id: uuid.UUID, order_id: uuid.UUID | None,
+                      items: list[tuple[uuid.UUID, int]], shipping_address: dict[str, str],
+                      payment_token: str) -> tuple[uuid.UUID, dict[str, Any]]:
+    """Place the order under ``order_id`` (the id an Idempotency-Key gives), or under a new random id."""
+    new = order_id is None
+    order_id = order_id or uuid.uuid4()
     logs.correlate(order_id)
-    return (await svc.orders.create_order(order_id, customer_id, items, shipping_address, payment_token)).json()
+    placed = await svc.orders.create_order(order_id, customer_id, items, shipping_address, payment_token, new)
+    return order_id, placed.json()
 
 
 async def owned_order(svc: Services, who: Principal, order_id: uuid.UUID) -> dict[str, Any]:

@@ -181,6 +181,36 @@ async def test_passivation_keeps_at_most_the_cap_in_memory_and_state_survives(
             await call(r, "set_max_active", max(n, actor_settings.max_active_entities))
 
 
+async def test_an_order_id_wrongly_said_to_be_new_answers_with_the_stored_order_and_writes_nothing(
+        orders: OrderClient, inventory: InventoryClient, actor_store: PostgresEventStore, actor_settings: Any) -> None:
+    """``new`` skips the read of an order id the ingress has just made at random; should the id exist after all
+    (out of memory), its append conflicts and the shard answers with the order the store holds."""
+    pid = await stocked(inventory, on_hand=100)
+    [order_id] = await place_many(orders, pid, 1)
+    assert await all_settled(orders, [order_id]) == Counter({"CONFIRMED": 1})
+    index = shard_of(order_id, actor_settings.order_shards)
+    shard = ActorRef(order_shard_name(index), actor_settings.namespace)
+    previous = (await call(shard, "stats"))["active"]
+    try:
+        await call(shard, "set_max_active", 1)
+        for _ in range(200):  # other orders of the shard push it out of memory
+            if not (await call(shard, "locate", order_id))["active"]:
+                break
+            other = uuid.uuid4()
+            if shard_of(other, actor_settings.order_shards) == index:
+                await orders.create_order(other, uuid.uuid4(), [(pid, 1)], ADDRESS, "tok_visa", True)
+        assert not (await call(shard, "locate", order_id))["active"]
+        placed = await orders.create_order(order_id, uuid.uuid4(), [(pid, 7)], ADDRESS, "tok_visa", True)
+    finally:
+        await call(shard, "set_max_active", max(previous, actor_settings.max_active_entities))
+    assert (placed.order_id, placed.status.value) == (order_id, "CONFIRMED")
+    assert await event_types(actor_store, order_id) == [
+        "OrderCreated", "InventoryReserved", "PaymentProcessed", "ShipmentCreated", "OrderConfirmed"]
+    order = await order_of(orders, order_id)
+    assert order["items"] == [{"product_id": str(pid), "quantity": 1, "unit_price": "29.99"}]
+    assert await actor_store.pool.fetchval("SELECT COUNT(*) FROM sagas WHERE order_id = $1", order_id) == 1
+
+
 async def test_an_expired_reservation_returns_its_stock_and_records_an_event(
         inventory: InventoryClient, actor_store: PostgresEventStore) -> None:
     pid = await stocked(inventory, on_hand=4)

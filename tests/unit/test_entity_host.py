@@ -290,3 +290,18 @@ async def test_a_snapshot_comes_at_the_latest_after_max_snapshot_interval_events
         async with h.entity(a) as ent:
             ent.state.version += 1
     assert store.snapshots == [(a, MAX_SNAPSHOT_INTERVAL)]
+
+
+async def test_a_new_entity_starts_from_the_state_given_without_a_read() -> None:
+    store = Store(fail_loads=1)  # a read would fail: a new entity does not need one
+    h, a = host(store), uuid.uuid4()
+    async with h.entity(a, Counter(a, version=0)) as ent:
+        ent.state = Counter(a, version=1)
+    async with h.entity(a, Counter(a, version=0)) as ent:  # in memory now: the state given is not used again
+        assert ent.state.version == 1
+    assert store.loads == []
+    b = uuid.uuid4()
+    with pytest.raises(ConnectionError):  # an entity that may exist is read
+        async with h.entity(b):
+            pass
+    assert store.loads == [b]
