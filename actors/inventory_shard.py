@@ -16,9 +16,10 @@ from typing import Any
 
 from actors import metrics as m
 from actors.base import Shard
+from actors.calls import ActorRef, call
 from actors.client import BATCHED_COMMANDS
 from actors.entities import EntityHost
-from actors.routing import shard_of
+from actors.routing import order_shard_name, shard_of
 from actors.sku_batches import Decide, Outcome, SkuBatches
 from actors.views import ReservationView, StockView
 from commerce.settings import ResolvedSettings, Settings
@@ -29,6 +30,7 @@ from store.event_store import SERVICE, CommandContext, EventStore, PostgresEvent
 EXPIRY_INTERVAL = 1.0  # seconds at least between two expiry passes (after a failure: the next one)
 EXPIRY_RESCAN = 10.0  # seconds at most: by then a pass finds the deadlines another instance stored
 DUE_PER_PASS = 10_000  # due SKUs read per pass, of every shard (each keeps its own)
+ANNOUNCE_WAIT = 2.0  # seconds a price change waits for each order shard to hear of it (actors/prices.py)
 
 
 def now() -> dt.datetime:
@@ -44,11 +46,14 @@ class InventoryShard(Shard):
         self.metrics = m.InventoryMetrics()
         self._next_expiry: dt.datetime | None = None  # when the expiry loop wakes next, at the latest
         self._expiry_wake = asyncio.Event()
+        self._order_shards: list[ActorRef] = []  # told of each price set (none until started: tests in-process)
         super().__init__(settings, index)
 
     async def _start(self) -> None:
         pool = await create_pool(self.settings.database_url, self.settings.database_pool_size, SERVICE)
         self.use(PostgresEventStore(pool))
+        self._order_shards = [ActorRef(order_shard_name(i), self.settings.namespace)
+                              for i in range(self.settings.order_shards)]
         self._tasks = [asyncio.create_task(self._expiry_loop()), asyncio.create_task(self._passivation_loop())]
 
     def use(self, store: EventStore) -> None:
@@ -69,7 +74,20 @@ class InventoryShard(Shard):
                         command_id: uuid.UUID | None = None) -> StockView:
         ctx = CommandContext.new(product_id, now(), command_id=command_id)
         sku, _ = await self._decide(product_id, lambda s: inv.decide_set_stock(s, product_id, on_hand, Decimal(price), name), ctx)
-        return StockView.of(inv.require(sku, product_id))
+        view = StockView.of(inv.require(sku, product_id))
+        await self._announce(view)
+        return view
+
+    async def _announce(self, view: StockView) -> None:
+        """Tell every order shard the SKU's price and version before the change is answered, so that orders
+        placed after it have the new price (an order shard that does not hear of it in time reads the
+        catalog again within its PRICE_TTL)."""
+        async def tell(ref: ActorRef) -> None:
+            await call(ref, "price_changed", view.product_id, view.price, view.version, timeout=ANNOUNCE_WAIT,
+                       attempts=1)
+
+        await asyncio.gather(*[self.watch.run("telling order shards a price", lambda ref=ref: tell(ref))
+                               for ref in self._order_shards])
 
     async def get_stock(self, product_id: uuid.UUID) -> StockView:
         await self.start()

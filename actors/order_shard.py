@@ -12,6 +12,7 @@ import datetime as dt
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -21,6 +22,7 @@ from actors.base import Shard
 from actors.client import BATCHED_ORDER_CALLS, InventoryClient
 from actors.entities import Entity, EntityHost
 from actors.orders import OrderRecords
+from actors.prices import Prices
 from actors.providers import SimulatedPayments, SimulatedShipping
 from actors.routing import shard_of
 from actors.saga_engine import SagaEngine
@@ -70,6 +72,7 @@ class OrderShard(Shard):
         self.policy = settings.saga_policy
         self.metrics = m.OrderMetrics()
         self.engine = SagaEngine(_Orders(self), self.policy)
+        self.prices = Prices(lambda product_ids: self.inventory.catalog(product_ids))
         super().__init__(settings, index)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -119,8 +122,8 @@ class OrderShard(Shard):
         """Create the order and start its saga (nothing, for an order created before). ``new``: the caller made
         the id at random just now, so no order can have it and none is read (the store still checks)."""
         await self.start()
-        catalog = await self.inventory.catalog([pid for pid, _ in items])
-        lines = tuple(o.OrderLine(pid, qty, catalog[pid].price) for pid, qty in items)
+        prices = await self.prices.of([pid for pid, _ in items])
+        lines = tuple(o.OrderLine(pid, qty, prices[pid]) for pid, qty in items)
         saga_id = ff.saga_id_of(order_id)
         async with self.host.entity(order_id, OrderEntity(None, None) if new else None) as ent:
             events = o.decide_create(ent.state.order, order_id=order_id, customer_id=customer_id, lines=lines,
@@ -135,6 +138,10 @@ class OrderShard(Shard):
             order = self._order(ent)
         self.engine.drive(order_id)
         return Placed(order.order_id, order.status, order.saga_id)
+
+    async def price_changed(self, product_id: uuid.UUID, price: Decimal, version: int) -> None:
+        """An inventory shard set this price (actors/prices.py); no start needed: a shard not started knows none."""
+        self.prices.learn(product_id, price, version)
 
     async def get_order(self, order_id: uuid.UUID) -> OrderView:
         await self.start()

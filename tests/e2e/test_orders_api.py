@@ -35,6 +35,21 @@ async def test_an_accepted_order_is_visible_at_once_and_confirms(http: httpx.Asy
     assert (stock["on_hand"], stock["reserved"], stock["available"]) == (3, 0, 3)
 
 
+async def test_an_order_placed_after_a_price_change_has_the_new_price(http: httpx.AsyncClient) -> None:
+    """Order shards remember prices (actors/prices.py); a change reaches them before the PUT answers."""
+    pid = await product(http, on_hand=100, price="29.99")
+
+    async def prices_of(n: int) -> set[str]:  # enough orders to reach every order shard, whose ids pick them
+        placed = await asyncio.gather(*[place(http, order_body(pid)) for _ in range(n)])
+        orders = [(await http.get(f"{API}/orders/{r.json()['order_id']}")).json() for r in placed]
+        return {item["unit_price"] for o in orders for item in o["items"]}
+
+    assert await prices_of(12) == {"29.99"}
+    r = await http.put(f"{API}/inventory/{pid}", json={"on_hand": 100, "price": "19.99"}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["price"] == "19.99"
+    assert await prices_of(12) == {"19.99"}
+
+
 async def test_the_same_idempotency_key_twice_places_one_order(http: httpx.AsyncClient) -> None:
     pid = await product(http, on_hand=5)
     body, key = order_body(pid), str(uuid.uuid4())

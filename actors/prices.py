@@ -1,0 +1,60 @@
+"""The prices an order shard puts on new orders: the catalog's, remembered between orders.
+
+Reading the catalog is a call to an inventory shard for every order, where a price changes rarely. So an
+order shard remembers each price with the version of the SKU it came from. An inventory shard that sets
+a price tells every order shard the new price and version before it answers (so an order placed after
+a price change has that price); a version older than the one remembered is ignored, so a read that was
+under way while the price changed cannot bring the old price back. Should an order shard miss such a
+message (it was busy past the inventory shard's wait), it reads the catalog again once a price is
+PRICE_TTL old: an old price outlives its change by at most that long.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+
+from actors.views import StockView
+
+PRICE_TTL = 1.0  # seconds a remembered price is used without reading the catalog again
+MAX_PRICES = 10_000  # products remembered (the least recently used go first)
+
+
+class Prices:
+    def __init__(self, read: Callable[[list[uuid.UUID]], Awaitable[dict[uuid.UUID, StockView]]],
+                 ttl: float = PRICE_TTL, size: int = MAX_PRICES, clock: Callable[[], float] = time.monotonic) -> None:
+        self._read = read
+        self.ttl = ttl
+        self.size = size
+        self._clock = clock
+        self._known: OrderedDict[uuid.UUID, tuple[Decimal, int, float]] = OrderedDict()  # price, version, since
+
+    def learn(self, product_id: uuid.UUID, price: Decimal, version: int) -> None:
+        """The SKU's price at this version (from a read or from the inventory shard that changed it)."""
+        known = self._known.get(product_id)
+        if known is not None and version < known[1]:
+            return
+        self._known[product_id] = (price, version, self._clock())
+        self._known.move_to_end(product_id)
+        while len(self._known) > self.size:
+            self._known.popitem(last=False)
+
+    async def of(self, product_ids: list[uuid.UUID]) -> dict[uuid.UUID, Decimal]:
+        """Each product's price; the catalog is read for those not known (or known too long), and raises
+        for a product that does not exist."""
+        now = self._clock()
+        prices: dict[uuid.UUID, Decimal] = {}
+        for pid in product_ids:
+            known = self._known.get(pid)
+            if known is not None and now - known[2] < self.ttl:
+                prices[pid] = known[0]
+        missing = [pid for pid in dict.fromkeys(product_ids) if pid not in prices]
+        if missing:
+            for pid, stock in (await self._read(missing)).items():
+                self.learn(pid, stock.price, stock.version)
+                known = self._known.get(pid)  # a newer price told meanwhile wins over the read
+                prices[pid] = known[0] if known is not None and known[1] >= stock.version else stock.price
+        return prices

@@ -1,0 +1,99 @@
+"""The prices an order shard remembers (actors/prices.py): used for PRICE_TTL, replaced by a newer version
+only, never brought back to an older one by a read that was under way while the price changed."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from actors.prices import Prices
+from actors.views import StockView
+from domain import inventory as inv
+
+PID = uuid.uuid4()
+
+
+class Catalog:
+    def __init__(self, price: str, version: int) -> None:
+        self.price, self.version = Decimal(price), version
+        self.reads: list[list[uuid.UUID]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def read(self, product_ids: list[uuid.UUID]) -> dict[uuid.UUID, StockView]:
+        self.reads.append(product_ids)
+        price, version = self.price, self.version  # what the SKU says when the read reaches it
+        await self.gate.wait()
+        for pid in product_ids:
+            if pid != PID:
+                raise inv.UnknownProduct(pid)
+        return {PID: StockView(PID, "Mug", price, 10, 0, 10, version)}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_price_is_read_once_then_remembered_until_it_is_ttl_old() -> None:
+    catalog, clock = Catalog("2.50", 3), Clock()
+    prices = Prices(catalog.read, ttl=1.0, clock=clock)
+    assert await prices.of([PID, PID]) == {PID: Decimal("2.50")}
+    catalog.price = Decimal("3.00")  # changed without a word to this shard: it keeps the price it knows...
+    clock.now += 0.9
+    assert await prices.of([PID]) == {PID: Decimal("2.50")}
+    clock.now += 0.2  # ...for no longer than the ttl
+    assert await prices.of([PID]) == {PID: Decimal("3.00")}
+    assert catalog.reads == [[PID], [PID]]
+
+
+async def test_a_price_told_replaces_the_one_known_at_once_and_an_older_one_never_does() -> None:
+    catalog, clock = Catalog("2.50", 3), Clock()
+    prices = Prices(catalog.read, ttl=60.0, clock=clock)
+    await prices.of([PID])
+    prices.learn(PID, Decimal("4.00"), 7)
+    assert await prices.of([PID]) == {PID: Decimal("4.00")}
+    prices.learn(PID, Decimal("1.00"), 5)  # a message that arrived late
+    assert await prices.of([PID]) == {PID: Decimal("4.00")}
+    assert len(catalog.reads) == 1
+
+
+async def test_a_read_under_way_while_the_price_changes_does_not_bring_the_old_price_back() -> None:
+    catalog, clock = Catalog("2.50", 3), Clock()
+    prices = Prices(catalog.read, ttl=60.0, clock=clock)
+    catalog.gate.clear()
+    reading = asyncio.ensure_future(prices.of([PID]))
+    while not catalog.reads:
+        await asyncio.sleep(0)
+    prices.learn(PID, Decimal("4.00"), 4)  # the change is told before the read's answer comes back
+    catalog.gate.set()
+    assert await reading == {PID: Decimal("4.00")}
+    assert await prices.of([PID]) == {PID: Decimal("4.00")}
+
+
+async def test_an_unknown_product_raises_and_is_not_remembered() -> None:
+    catalog, other = Catalog("2.50", 3), uuid.uuid4()
+    prices = Prices(catalog.read, clock=Clock())
+    for _ in range(2):
+        with pytest.raises(inv.UnknownProduct):
+            await prices.of([PID, other])
+    assert catalog.reads == [[PID, other], [PID, other]]
+
+
+async def test_it_remembers_at_most_its_size_the_least_recently_used_going_first() -> None:
+    catalog, clock = Catalog("2.50", 3), Clock()
+    prices = Prices(catalog.read, size=2, clock=clock)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    prices.learn(a, Decimal("1"), 1)
+    prices.learn(b, Decimal("2"), 1)
+    prices.learn(PID, Decimal("3"), 1)
+    assert await prices.of([PID]) == {PID: Decimal("3")}
+    assert catalog.reads == []
+    with pytest.raises(inv.UnknownProduct):  # a was forgotten: it is read, and the catalog knows no such product
+        await prices.of([a])
