@@ -86,7 +86,7 @@ class InventoryShard(Shard):
             await call(ref, "price_changed", view.product_id, view.price, view.version, timeout=ANNOUNCE_WAIT,
                        attempts=1)
 
-        await asyncio.gather(*[self.watch.run("telling order shards a price", lambda ref=ref: tell(ref))
+        await asyncio.gather(*[self.watch.run(f"telling {ref.name} a price", lambda ref=ref: tell(ref))
                                for ref in self._order_shards])
 
     async def get_stock(self, product_id: uuid.UUID) -> StockView:

@@ -120,7 +120,8 @@ class OrderShard(Shard):
     async def create_order(self, order_id: uuid.UUID, customer_id: uuid.UUID, items: list[tuple[uuid.UUID, int]],
                            shipping_address: dict[str, str], payment_token: str, new: bool = False) -> Placed:
         """Create the order and start its saga (nothing, for an order created before). ``new``: the caller made
-        the id at random just now, so no order can have it and none is read (the store still checks)."""
+        the id at random, so the order is not read first; should it exist (a call sent again after a shard was
+        lost), its append conflicts and the order stored answers."""
         await self.start()
         prices = await self.prices.of([pid for pid, _ in items])
         lines = tuple(o.OrderLine(pid, qty, prices[pid]) for pid, qty in items)
@@ -140,7 +141,7 @@ class OrderShard(Shard):
         return Placed(order.order_id, order.status, order.saga_id)
 
     async def price_changed(self, product_id: uuid.UUID, price: Decimal, version: int) -> None:
-        """An inventory shard set this price (actors/prices.py); no start needed: a shard not started knows none."""
+        """An inventory shard set this price (actors/prices.py); it needs no start."""
         self.prices.learn(product_id, price, version)
 
     async def get_order(self, order_id: uuid.UUID) -> OrderView:

@@ -6,7 +6,8 @@ a price tells every order shard the new price and version before it answers (so 
 a price change has that price); a version older than the one remembered is ignored, so a read that was
 under way while the price changed cannot bring the old price back. Should an order shard miss such a
 message (it was busy past the inventory shard's wait), it reads the catalog again once a price is
-PRICE_TTL old: an old price outlives its change by at most that long.
+PRICE_TTL old, counted from when the read that brought it was sent: an old price outlives its change by
+at most that long.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ class Prices:
         self._clock = clock
         self._known: OrderedDict[uuid.UUID, tuple[Decimal, int, float]] = OrderedDict()  # price, version, since
 
-    def learn(self, product_id: uuid.UUID, price: Decimal, version: int) -> None:
-        """The SKU's price at this version (from a read or from the inventory shard that changed it)."""
+    def learn(self, product_id: uuid.UUID, price: Decimal, version: int, since: float | None = None) -> None:
+        """The SKU's price at this version (from a read or from the inventory shard that changed it), as it
+        stood at ``since`` (a read's: when it was sent, since the SKU answered at some point after)."""
         known = self._known.get(product_id)
         if known is not None and version < known[1]:
             return
-        self._known[product_id] = (price, version, self._clock())
+        self._known[product_id] = (price, version, self._clock() if since is None else since)
         self._known.move_to_end(product_id)
         while len(self._known) > self.size:
             self._known.popitem(last=False)
@@ -51,10 +53,11 @@ class Prices:
             known = self._known.get(pid)
             if known is not None and now - known[2] < self.ttl:
                 prices[pid] = known[0]
+                self._known.move_to_end(pid)
         missing = [pid for pid in dict.fromkeys(product_ids) if pid not in prices]
         if missing:
             for pid, stock in (await self._read(missing)).items():
-                self.learn(pid, stock.price, stock.version)
+                self.learn(pid, stock.price, stock.version, since=now)
                 known = self._known.get(pid)  # a newer price told meanwhile wins over the read
                 prices[pid] = known[0] if known is not None and known[1] >= stock.version else stock.price
         return prices

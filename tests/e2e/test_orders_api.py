@@ -39,15 +39,20 @@ async def test_an_order_placed_after_a_price_change_has_the_new_price(http: http
     """Order shards remember prices (actors/prices.py); a change reaches them before the PUT answers."""
     pid = await product(http, on_hand=100, price="29.99")
 
-    async def prices_of(n: int) -> set[str]:  # enough orders to reach every order shard, whose ids pick them
-        placed = await asyncio.gather(*[place(http, order_body(pid)) for _ in range(n)])
-        orders = [(await http.get(f"{API}/orders/{r.json()['order_id']}")).json() for r in placed]
+    async def place_many() -> list[str]:  # enough orders to reach every order shard (their ids pick them)
+        placed = await asyncio.gather(*[place(http, order_body(pid)) for _ in range(12)])
+        return [r.json()["order_id"] for r in placed]
+
+    async def prices_of(order_ids: list[str]) -> set[str]:
+        orders = [(await http.get(f"{API}/orders/{order_id}")).json() for order_id in order_ids]
         return {item["unit_price"] for o in orders for item in o["items"]}
 
-    assert await prices_of(12) == {"29.99"}
+    before = await place_many()  # each shard now knows 29.99 (told, or read from the catalog)
     r = await http.put(f"{API}/inventory/{pid}", json={"on_hand": 100, "price": "19.99"}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["price"] == "19.99"
-    assert await prices_of(12) == {"19.99"}
+    after = await place_many()  # within a second of the first ones: a shard not told would still say 29.99
+    assert await prices_of(before) == {"29.99"}
+    assert await prices_of(after) == {"19.99"}
 
 
 async def test_the_same_idempotency_key_twice_places_one_order(http: httpx.AsyncClient) -> None:

@@ -97,3 +97,18 @@ async def test_it_remembers_at_most_its_size_the_least_recently_used_going_first
     assert catalog.reads == []
     with pytest.raises(inv.UnknownProduct):  # a was forgotten: it is read, and the catalog knows no such product
         await prices.of([a])
+
+
+async def test_a_price_read_slowly_is_as_old_as_the_read_not_as_its_answer() -> None:
+    catalog, clock = Catalog("2.50", 3), Clock()
+    prices = Prices(catalog.read, ttl=1.0, clock=clock)
+    catalog.gate.clear()
+    reading = asyncio.ensure_future(prices.of([PID]))
+    while not catalog.reads:
+        await asyncio.sleep(0)
+    clock.now += 0.8  # the answer takes 0.8 s to come back
+    catalog.gate.set()
+    assert await reading == {PID: Decimal("2.50")}
+    clock.now += 0.3  # 1.1 s after the read was sent: read again
+    await prices.of([PID])
+    assert len(catalog.reads) == 2
