@@ -35,8 +35,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
-# Batches under way to one actor at once, per caller. With 2, at 146 to 168 orders/s, nearly every batch
-# carried one call (each Ray call paid for alone); with 1, 192 to 199/s (docs/benchmarks.md, sixth round).
+# Batches under way to one actor at once, per caller. With 2, nearly every batch carried one call (counted at
+# 146 orders/s), each Ray call paid for alone; 192-199 orders/s with 1 against 165-168 with 2 in alternating
+# runs (docs/benchmarks.md, sixth round).
 MAX_IN_FLIGHT = 1
 MAX_BATCH = 256  # calls in one batch
 STALLED = 0.05  # seconds after which a batch under way no longer holds new calls back
