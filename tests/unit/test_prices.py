@@ -33,6 +33,15 @@ class Catalog:
         return {PID: StockView(PID, "Mug", price, 10, 0, 10, version)}
 
 
+async def read_held(catalog: Catalog, prices: Prices) -> asyncio.Future[dict[uuid.UUID, Decimal]]:
+    """A read of PID that has reached the catalog and waits there for its answer (``catalog.gate``)."""
+    catalog.gate.clear()
+    reading = asyncio.ensure_future(prices.of([PID]))
+    while not catalog.reads:
+        await asyncio.sleep(0)
+    return reading
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -67,10 +76,7 @@ async def test_a_price_told_replaces_the_one_known_at_once_and_an_older_one_neve
 async def test_a_read_under_way_while_the_price_changes_does_not_bring_the_old_price_back() -> None:
     catalog, clock = Catalog("2.50", 3), Clock()
     prices = Prices(catalog.read, ttl=60.0, clock=clock)
-    catalog.gate.clear()
-    reading = asyncio.ensure_future(prices.of([PID]))
-    while not catalog.reads:
-        await asyncio.sleep(0)
+    reading = await read_held(catalog, prices)
     prices.learn(PID, Decimal("4.00"), 4)  # the change is told before the read's answer comes back
     catalog.gate.set()
     assert await reading == {PID: Decimal("4.00")}
@@ -102,10 +108,7 @@ async def test_it_remembers_at_most_its_size_the_least_recently_used_going_first
 async def test_a_price_read_slowly_is_as_old_as_the_read_not_as_its_answer() -> None:
     catalog, clock = Catalog("2.50", 3), Clock()
     prices = Prices(catalog.read, ttl=1.0, clock=clock)
-    catalog.gate.clear()
-    reading = asyncio.ensure_future(prices.of([PID]))
-    while not catalog.reads:
-        await asyncio.sleep(0)
+    reading = await read_held(catalog, prices)
     clock.now += 0.8  # the answer takes 0.8 s to come back
     catalog.gate.set()
     assert await reading == {PID: Decimal("2.50")}
