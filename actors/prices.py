@@ -58,6 +58,5 @@ class Prices:
         if missing:
             for pid, stock in (await self._read(missing)).items():
                 self.learn(pid, stock.price, stock.version, since=now)
-                known = self._known.get(pid)  # a newer price told meanwhile wins over the read
-                prices[pid] = known[0] if known is not None and known[1] >= stock.version else stock.price
+                prices[pid] = self._known[pid][0]  # the read's, or a newer one told meanwhile
         return prices

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.support import SERVE_FIXED_PORTS, free_port
+from tests.support import free_port, serve_ports
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -213,17 +213,10 @@ def _busy(t: Any) -> float:
                  + getattr(t, "steal", 0.0))
 
 
-# Replica port ranges of the benchmarks' Serves: the test suite's use 31000-31999, the service 30000-31000.
-BENCH_SERVE_PORTS = {
-    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "32000", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "32499",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "42000", "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "42499",
-}
-
-
 def own_serve_ports() -> dict[str, str]:
     """The environment that gives a benchmark's Serve ports of its own: another Serve (the test suite's,
     `make dev`) may run on this machine."""
-    return {**{name: str(free_port()) for name in SERVE_FIXED_PORTS}, **BENCH_SERVE_PORTS}
+    return serve_ports(32000, 42000)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from store.event_store import PostgresEventStore, create_pool
-from tests.support import SERVE_FIXED_PORTS, SESSION_SERVE_PORTS, Servers, create_database, drop_database, free_port
+from tests.support import Servers, create_database, drop_database, free_port, serve_ports
 
 
 @pytest.fixture(scope="session")
@@ -31,9 +31,7 @@ def ray_session() -> Iterator[Path]:
     from commerce.runtime import serve_env
 
     os.environ.update(serve_env())
-    for name in SERVE_FIXED_PORTS:
-        os.environ[name] = str(free_port())  # not the fixed defaults: another Serve may be running here
-    os.environ.update(SESSION_SERVE_PORTS)
+    os.environ.update(serve_ports(31000, 41000))  # not the defaults: another Serve may be running here
     context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                        runtime_env={"env_vars": serve_env()}, logging_config=logs.ray_logging())
     yield Path(context.address_info["session_dir"]) / "logs"

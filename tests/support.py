@@ -19,16 +19,20 @@ from store.embedded import EmbeddedPostgres, EmbeddedRedis
 # starts gets ports of its own, or two of them on this machine would answer each other's requests.
 SERVE_FIXED_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
                      "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
-SESSION_SERVE_PORTS = {
-    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "31000", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "31499",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "41000", "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "41499",
-}
 
 
 # Ports handed out come from below the kernel's ephemeral range (32768-60999 by default): a port picked
 # there can be taken as the local end of some outgoing connection before its server gets to bind it.
 _PORTS = range(20000, 30000)
 _handed_out: set[int] = set()
+
+
+def serve_ports(http: int, grpc: int) -> dict[str, str]:
+    """The environment that gives a Serve ports of its own: free ones for its fixed ports, and its replicas'
+    from the 500 ports at ``http`` and at ``grpc`` (the service's own start at 30000 and 40000)."""
+    return {**{name: str(free_port()) for name in SERVE_FIXED_PORTS},
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http), "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + 499),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc), "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc + 499)}
 
 
 def free_port() -> int:

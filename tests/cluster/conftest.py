@@ -22,18 +22,10 @@ import pytest
 
 from tests.e2e.helpers import API
 from tests.integration.ray_support import TEST_JWT_SECRET, eventually
-from tests.support import SERVE_FIXED_PORTS, Servers, create_database, drop_database, free_port
+from tests.support import Servers, create_database, drop_database, free_port, serve_ports
 
 ADMIN_TOKEN = "cluster-test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-def serve_ports() -> dict[str, str]:
-    """Ports of its own for the cluster's Serve (its controller and proxies take them from their nodes'
-    environment): the session's Serve may run on this machine too."""
-    return {**{name: str(free_port()) for name in SERVE_FIXED_PORTS},
-            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "32000", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "32499",
-            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "42000", "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "42499"}
 
 
 def clean_environment(**extra: str) -> dict[str, str]:
@@ -49,7 +41,9 @@ class Cluster:
         token = folder / "ray_auth_token"
         token.touch(mode=0o600)
         token.write_text(secrets.token_hex(32))
-        self.env = {**serve_ports(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+        # Ports of its own for the cluster's Serve (its controller and proxies take them from their nodes'
+        # environment): the session's Serve may run on this machine too.
+        self.env = {**serve_ports(32000, 42000), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.host", "2"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, start_new_session=True,
                                      env=clean_environment(**self.env))
