@@ -1,5 +1,6 @@
 """The prices an order shard remembers (actors/prices.py): used for PRICE_TTL, replaced by a newer version
-only, never brought back to an older one by a read that was under way while the price changed."""
+only, never brought back to an older one by a read that was under way while the price changed; read again
+in the background while in use, so that orders do not wait for it."""
 
 from __future__ import annotations
 
@@ -22,11 +23,14 @@ class Catalog:
         self.reads: list[list[uuid.UUID]] = []
         self.gate = asyncio.Event()
         self.gate.set()
+        self.error: Exception | None = None  # what every read raises (an inventory shard down)
 
     async def read(self, product_ids: list[uuid.UUID]) -> dict[uuid.UUID, StockView]:
         self.reads.append(product_ids)
         price, version = self.price, self.version  # what the SKU says when the read reaches it
         await self.gate.wait()
+        if self.error is not None:
+            raise self.error
         for pid in product_ids:
             if pid != PID:
                 raise inv.UnknownProduct(pid)
@@ -50,9 +54,18 @@ class Clock:
         return self.now
 
 
+async def reads_made(catalog: Catalog, n: int) -> None:
+    """Until the catalog has had ``n`` reads: one started in the background reaches it a turn or two later."""
+    for _ in range(100):
+        if len(catalog.reads) >= n:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{len(catalog.reads)} reads of the catalog, not {n}")
+
+
 async def test_a_price_is_read_once_then_remembered_until_it_is_ttl_old() -> None:
     catalog, clock = Catalog("2.50", 3), Clock()
-    prices = Prices(catalog.read, ttl=1.0, clock=clock)
+    prices = Prices(catalog.read, ttl=1.0, clock=clock, refresh=1.0)  # no reading again in the background
     assert await prices.of([PID, PID]) == {PID: Decimal("2.50")}
     catalog.price = Decimal("3.00")  # changed without a word to this shard: it keeps the price it knows...
     clock.now += 0.9
@@ -115,3 +128,43 @@ async def test_a_price_read_slowly_is_as_old_as_the_read_not_as_its_answer() -> 
     clock.now += 0.3  # 1.1 s after the read was sent: read again
     await prices.of([PID])
     assert len(catalog.reads) == 2
+
+
+async def test_a_price_in_use_is_read_again_in_the_background_and_no_order_waits_for_it() -> None:
+    catalog, clock = Catalog("2.50", 3), Clock()
+    prices = Prices(catalog.read, ttl=1.0, refresh=0.5, clock=clock)
+    await prices.of([PID])
+    catalog.price, catalog.version = Decimal("3.00"), 4  # changed without a word to this shard
+    catalog.gate.clear()  # every read waits from now on
+    clock.now += 0.6
+    asking = asyncio.ensure_future(prices.of([PID]))
+    await asyncio.sleep(0)
+    assert asking.done() and asking.result() == {PID: Decimal("2.50")}  # the known price, no wait for the read
+    await reads_made(catalog, 2)
+    assert await prices.of([PID]) == {PID: Decimal("2.50")}
+    assert len(catalog.reads) == 2  # one read again at a time
+    catalog.gate.set()
+    for _ in range(100):  # the read's answer, once it is in
+        if (await prices.of([PID]))[PID] == Decimal("3.00"):
+            break
+        await asyncio.sleep(0)
+    catalog.gate.clear()
+    clock.now += 0.6  # 1.2 s after the first read, 0.6 s after the one in the background was sent
+    asking = asyncio.ensure_future(prices.of([PID]))
+    await asyncio.sleep(0)
+    assert asking.done() and asking.result() == {PID: Decimal("3.00")}
+    catalog.gate.set()
+
+
+async def test_a_read_again_that_fails_leaves_the_price_to_its_ttl_and_the_order_after_it_sees_the_error() -> None:
+    catalog, clock = Catalog("2.50", 3), Clock()
+    prices = Prices(catalog.read, ttl=1.0, refresh=0.5, clock=clock)
+    await prices.of([PID])
+    catalog.error = inv.UnknownProduct(PID)  # the product was removed
+    clock.now += 0.6
+    assert await prices.of([PID]) == {PID: Decimal("2.50")}
+    await reads_made(catalog, 2)
+    clock.now += 0.5  # 1.1 s after the read that brought the price
+    with pytest.raises(inv.UnknownProduct):
+        await prices.of([PID])
+    assert len(catalog.reads) == 3
