@@ -8,6 +8,13 @@ under way while the price changed cannot bring the old price back. Should an ord
 message (it was busy past the inventory shard's wait), it reads the catalog again once a price is
 PRICE_TTL old, counted from when the read that brought it was sent: an old price outlives its change by
 at most that long.
+
+That read would hold up the orders that find the price PRICE_TTL old (in a 60 s run at c = 32, 113 new
+orders waited 50-94 ms for it while the inventory shards were slow: docs/benchmarks.md, seventh round).
+So a price still in use once PRICE_REFRESH old is read again in the background, once per price
+remembered; its age too counts from the read's sending. An order waits for a read only when its price
+went unused from PRICE_REFRESH to PRICE_TTL, or when the read in the background failed or is slower
+than the time left.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from decimal import Decimal
 from actors.views import StockView
 
 PRICE_TTL = 1.0  # seconds a remembered price is used without reading the catalog again
-PRICE_REFRESH = 0.5  # seconds after which a price in use is read again, in the background
+# Seconds after which a price in use is read again in the background: late in the TTL, so that a price in
+# steady use costs about one read per 0.8 s and not two per second, yet early enough for a slow read.
+PRICE_REFRESH = 0.8
 MAX_PRICES = 10_000  # products remembered (the least recently used go first)
 
 log = logging.getLogger(__name__)
@@ -39,19 +48,25 @@ class Prices:
         self.size = size
         self._clock = clock
         self._known: OrderedDict[uuid.UUID, tuple[Decimal, int, float]] = OrderedDict()  # price, version, since
-        self._refreshing: set[uuid.UUID] = set()  # read again in the background just now
-        self._refreshes: set[asyncio.Task[None]] = set()  # under way: kept, so that none is collected early
+        # The ``since`` of the price each background read was made for: one read per price remembered, so
+        # that a catalog failing at once is not asked again by every order until the TTL.
+        self._read_for: dict[uuid.UUID, float] = {}
+        self._reads: set[asyncio.Task[None]] = set()  # under way: kept, so that none is collected early
 
     def learn(self, product_id: uuid.UUID, price: Decimal, version: int, since: float | None = None) -> None:
         """The SKU's price at this version (from a read or from the inventory shard that changed it), as it
-        stood at ``since`` (a read's: when it was sent, since the SKU answered at some point after)."""
+        stood at ``since`` (a read's: when it was sent, since the SKU answered at some point after). The
+        same version read earlier (a slow read coming back after a faster one) changes nothing."""
+        since = self._clock() if since is None else since
         known = self._known.get(product_id)
-        if known is not None and version < known[1]:
+        if known is not None and (version, since) <= (known[1], known[2]):
             return
-        self._known[product_id] = (price, version, self._clock() if since is None else since)
+        self._known[product_id] = (price, version, since)
         self._known.move_to_end(product_id)
+        self._read_for.pop(product_id, None)
         while len(self._known) > self.size:
-            self._known.popitem(last=False)
+            forgotten, _ = self._known.popitem(last=False)
+            self._read_for.pop(forgotten, None)
 
     async def of(self, product_ids: list[uuid.UUID]) -> dict[uuid.UUID, Decimal]:
         """Each product's price; the catalog is read for those not known (or known too long), and raises
@@ -64,10 +79,13 @@ class Prices:
             if known is not None and now - known[2] < self.ttl:
                 prices[pid] = known[0]
                 self._known.move_to_end(pid)
-                if now - known[2] >= self.refresh and pid not in self._refreshing:
+                if now - known[2] >= self.refresh and self._read_for.get(pid) != known[2]:
+                    self._read_for[pid] = known[2]
                     ageing.append(pid)
         if ageing:
-            self._read_again(list(dict.fromkeys(ageing)), now)
+            task = asyncio.get_running_loop().create_task(self._read_again(ageing, now))
+            self._reads.add(task)
+            task.add_done_callback(self._reads.discard)
         missing = [pid for pid in dict.fromkeys(product_ids) if pid not in prices]
         if missing:
             for pid, stock in (await self._read(missing)).items():
@@ -75,18 +93,13 @@ class Prices:
                 prices[pid] = self._known[pid][0]  # the read's, or a newer one told meanwhile
         return prices
 
-    def _read_again(self, product_ids: list[uuid.UUID], sent: float) -> None:
-        self._refreshing.update(product_ids)
-        task = asyncio.get_running_loop().create_task(self._refresh(product_ids, sent))
-        self._refreshes.add(task)
-        task.add_done_callback(self._refreshes.discard)
-
-    async def _refresh(self, product_ids: list[uuid.UUID], sent: float) -> None:
+    async def _read_again(self, product_ids: list[uuid.UUID], sent: float) -> None:
         try:
-            for pid, stock in (await self._read(product_ids)).items():
-                self.learn(pid, stock.price, stock.version, since=sent)
-        except Exception as e:  # the price known ages on: once PRICE_TTL old it is read in an order's time, which
-            # then sees the error (an unknown product, an inventory shard down)
-            log.debug("reading prices again failed: %s: %s", type(e).__name__, e)
-        finally:
-            self._refreshing.difference_update(product_ids)
+            stocks = await self._read(product_ids)
+        except Exception as e:
+            # The price ages on: an order that finds it PRICE_TTL old reads it in its own time, and that
+            # order gets the error (an unknown product, an inventory shard down).
+            log.info("reading prices again in the background failed: %s: %s", type(e).__name__, e)
+            return
+        for pid, stock in stocks.items():
+            self.learn(pid, stock.price, stock.version, since=sent)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -24,12 +25,14 @@ class Catalog:
         self.gate = asyncio.Event()
         self.gate.set()
         self.error: Exception | None = None  # what every read raises (an inventory shard down)
+        self.failed = 0  # reads that raised it
 
     async def read(self, product_ids: list[uuid.UUID]) -> dict[uuid.UUID, StockView]:
         self.reads.append(product_ids)
         price, version = self.price, self.version  # what the SKU says when the read reaches it
         await self.gate.wait()
         if self.error is not None:
+            self.failed += 1
             raise self.error
         for pid in product_ids:
             if pid != PID:
@@ -54,13 +57,28 @@ class Clock:
         return self.now
 
 
-async def reads_made(catalog: Catalog, n: int) -> None:
-    """Until the catalog has had ``n`` reads: one started in the background reaches it a turn or two later."""
+async def until(holds: Callable[[], bool], what: str) -> None:
+    """Until ``holds()``: a read in the background reaches the catalog, or comes back, a turn or two later."""
     for _ in range(100):
-        if len(catalog.reads) >= n:
+        if holds():
             return
         await asyncio.sleep(0)
-    raise AssertionError(f"{len(catalog.reads)} reads of the catalog, not {n}")
+    raise AssertionError(f"never: {what}")
+
+
+async def reads_made(catalog: Catalog, n: int) -> None:
+    await until(lambda: len(catalog.reads) >= n, f"{n} reads of the catalog (made {len(catalog.reads)})")
+
+
+def asked_at_once(prices: Prices) -> dict[uuid.UUID, Decimal]:
+    """The price of PID if ``of`` answers without waiting for a read (the catalog holds every read)."""
+    asking = prices.of([PID]).__await__()
+    try:
+        asking.send(None)
+    except StopIteration as done:
+        return dict(done.value)
+    asking.close()
+    raise AssertionError("the order waited for a read of the catalog")
 
 
 async def test_a_price_is_read_once_then_remembered_until_it_is_ttl_old() -> None:
@@ -132,39 +150,84 @@ async def test_a_price_read_slowly_is_as_old_as_the_read_not_as_its_answer() -> 
 
 async def test_a_price_in_use_is_read_again_in_the_background_and_no_order_waits_for_it() -> None:
     catalog, clock = Catalog("2.50", 3), Clock()
-    prices = Prices(catalog.read, ttl=1.0, refresh=0.5, clock=clock)
+    prices = Prices(catalog.read, ttl=1.0, refresh=0.8, clock=clock)
     await prices.of([PID])
     catalog.price, catalog.version = Decimal("3.00"), 4  # changed without a word to this shard
     catalog.gate.clear()  # every read waits from now on
-    clock.now += 0.6
-    asking = asyncio.ensure_future(prices.of([PID]))
-    await asyncio.sleep(0)
-    assert asking.done() and asking.result() == {PID: Decimal("2.50")}  # the known price, no wait for the read
+    clock.now += 0.85
+    assert asked_at_once(prices) == {PID: Decimal("2.50")}
     await reads_made(catalog, 2)
-    assert await prices.of([PID]) == {PID: Decimal("2.50")}
-    assert len(catalog.reads) == 2  # one read again at a time
+    assert asked_at_once(prices) == {PID: Decimal("2.50")}
+    assert len(catalog.reads) == 2  # one read at a time
     catalog.gate.set()
-    for _ in range(100):  # the read's answer, once it is in
-        if (await prices.of([PID]))[PID] == Decimal("3.00"):
-            break
-        await asyncio.sleep(0)
-    catalog.gate.clear()
-    clock.now += 0.6  # 1.2 s after the first read, 0.6 s after the one in the background was sent
-    asking = asyncio.ensure_future(prices.of([PID]))
-    await asyncio.sleep(0)
-    assert asking.done() and asking.result() == {PID: Decimal("3.00")}
-    catalog.gate.set()
+    await until(lambda: asked_at_once(prices) == {PID: Decimal("3.00")}, "the read's price in use")
 
 
-async def test_a_read_again_that_fails_leaves_the_price_to_its_ttl_and_the_order_after_it_sees_the_error() -> None:
+async def test_each_price_read_in_the_background_is_read_again_once_it_ages_in_turn() -> None:
     catalog, clock = Catalog("2.50", 3), Clock()
-    prices = Prices(catalog.read, ttl=1.0, refresh=0.5, clock=clock)
+    prices = Prices(catalog.read, ttl=1.0, refresh=0.8, clock=clock)
+    await prices.of([PID])
+    for n in (2, 3):
+        clock.now += 0.85
+        asked_at_once(prices)
+        await reads_made(catalog, n)
+        await until(lambda: not prices._reads, "the read in the background done")
+
+
+async def test_a_price_read_in_the_background_is_as_old_as_its_read_not_as_its_answer() -> None:
+    catalog, clock = Catalog("2.50", 3), Clock()
+    prices = Prices(catalog.read, ttl=1.0, refresh=0.8, clock=clock)
+    await prices.of([PID])
+    catalog.gate.clear()
+    clock.now += 0.85
+    asked_at_once(prices)  # sends the read at 100.85
+    await reads_made(catalog, 2)
+    clock.now += 0.4  # its answer takes 0.4 s
+    catalog.gate.set()
+    await until(lambda: not prices._reads, "the read in the background done")
+    clock.now += 0.65  # 1.05 s after that read was sent, 0.65 s after its answer: read again, in the order's time
+    catalog.gate.clear()
+    waiting = asyncio.ensure_future(prices.of([PID]))
+    await reads_made(catalog, 3)
+    catalog.gate.set()
+    assert await waiting == {PID: Decimal("2.50")}
+
+
+async def test_a_price_told_while_a_read_in_the_background_is_under_way_stays() -> None:
+    catalog, clock = Catalog("2.50", 3), Clock()
+    prices = Prices(catalog.read, ttl=1.0, refresh=0.8, clock=clock)
+    await prices.of([PID])
+    catalog.price, catalog.version = Decimal("3.00"), 4
+    catalog.gate.clear()
+    clock.now += 0.85
+    asked_at_once(prices)
+    await reads_made(catalog, 2)  # the read has what the SKU said at version 4
+    prices.learn(PID, Decimal("5.00"), 5)  # then the price changed again, and this shard was told
+    catalog.gate.set()
+    await until(lambda: not prices._reads, "the read in the background done")
+    assert asked_at_once(prices) == {PID: Decimal("5.00")}
+
+
+async def test_a_slower_read_of_the_same_version_does_not_age_the_price() -> None:
+    catalog, clock = Catalog("2.50", 3), Clock()
+    prices = Prices(catalog.read, ttl=1.0, refresh=1.0, clock=clock)
+    prices.learn(PID, Decimal("2.50"), 3, since=100.0)
+    prices.learn(PID, Decimal("2.50"), 3, since=99.5)  # sent earlier, answered later
+    clock.now = 100.9
+    assert asked_at_once(prices) == {PID: Decimal("2.50")}
+
+
+async def test_a_failed_read_in_the_background_is_not_made_again_and_the_order_at_the_ttl_sees_the_error() -> None:
+    catalog, clock = Catalog("2.50", 3), Clock()
+    prices = Prices(catalog.read, ttl=1.0, refresh=0.8, clock=clock)
     await prices.of([PID])
     catalog.error = inv.UnknownProduct(PID)  # the product was removed
-    clock.now += 0.6
-    assert await prices.of([PID]) == {PID: Decimal("2.50")}
-    await reads_made(catalog, 2)
-    clock.now += 0.5  # 1.1 s after the read that brought the price
+    clock.now += 0.85
+    assert asked_at_once(prices) == {PID: Decimal("2.50")}
+    await until(lambda: catalog.failed == 1, "the read in the background failed")
+    clock.now += 0.1
+    assert asked_at_once(prices) == {PID: Decimal("2.50")}  # not asked again before the ttl
+    assert len(catalog.reads) == 2
+    clock.now += 0.1  # 1.05 s after the read that brought the price
     with pytest.raises(inv.UnknownProduct):
         await prices.of([PID])
-    assert len(catalog.reads) == 3
