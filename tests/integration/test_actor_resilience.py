@@ -114,6 +114,19 @@ async def test_a_killed_order_shard_restarts_and_every_saga_finishes_exactly_onc
     assert (stock["on_hand"], stock["reserved"]) == (88, 0)
 
 
+async def test_a_price_set_while_an_order_shard_is_down_is_answered_and_its_next_orders_carry_it(
+        orders: OrderClient, inventory: InventoryClient, actor_settings: Any) -> None:
+    pid = await stocked(inventory, on_hand=100, price="10.00")
+    shards = actor_settings.order_shards
+    before = await place_on_shard(orders, pid, 1, 0, shards)  # shard 0 remembers 10.00
+    ray.kill(ray.get_actor(order_shard_name(0), namespace=actor_settings.namespace), no_restart=False)
+    changed = await inventory.set_stock(pid, 100, "12.00", "Mug")  # tells every order shard, shard 0 down
+    assert str(changed.price) == "12.00"
+    after = await place_on_shard(orders, pid, 1, 0, shards)
+    prices = [(await order_of(orders, i))["items"][0]["unit_price"] for i in (*before, *after)]
+    assert prices == ["10.00", "12.00"]
+
+
 async def test_sagas_in_flight_when_every_actor_stops_finish_after_a_restart(
         orders: OrderClient, inventory: InventoryClient, actor_store: PostgresEventStore, actor_settings: Any) -> None:
     pid = await stocked(inventory, on_hand=100)
