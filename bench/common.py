@@ -46,6 +46,20 @@ async def _postgres_answers(url: str) -> bool:
     return True
 
 
+async def _setting(url: str, name: str) -> str | None:
+    """A setting of the server at ``url``; None if it cannot be read."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(url, timeout=3)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return None
+    try:
+        return str(await conn.fetchval("SELECT current_setting($1, true)", name))
+    finally:
+        await conn.close()
+
+
 def _redis_answers(url: str) -> bool:
     import redis
 
@@ -64,7 +78,11 @@ def postgres() -> Iterator[str]:
     """
     configured = os.environ.get("COMMERCE_DATABASE_URL")
     if configured or asyncio.run(_postgres_answers(DEFAULT_DSN)):
-        yield configured or DEFAULT_DSN
+        url = configured or DEFAULT_DSN
+        if asyncio.run(_setting(url, "autovacuum")) == "off":
+            print("PostgreSQL: autovacuum is off there, so the tables keep their dead rows and stale statistics: "
+                  "long runs slow down (a fall after 80,000 orders, docs/benchmarks.md, seventh round)", flush=True)
+        yield url
         return
     from store.embedded import EmbeddedPostgres
 
