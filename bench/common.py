@@ -35,19 +35,8 @@ def redis_url() -> str:
     return os.environ.get("COMMERCE_REDIS_URL", DEFAULT_REDIS)
 
 
-async def _postgres_answers(url: str) -> bool:
-    import asyncpg
-
-    try:
-        conn = await asyncpg.connect(url, timeout=3)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-        return False
-    await conn.close()
-    return True
-
-
-async def _setting(url: str, name: str) -> str | None:
-    """A setting of the server at ``url``; None if it cannot be read."""
+async def _autovacuum(url: str) -> str | None:
+    """The server's autovacuum setting ("on" or "off"), or None when no server answers at ``url``."""
     import asyncpg
 
     try:
@@ -55,7 +44,7 @@ async def _setting(url: str, name: str) -> str | None:
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return None
     try:
-        return str(await conn.fetchval("SELECT current_setting($1, true)", name))
+        return str(await conn.fetchval("SHOW autovacuum"))
     finally:
         await conn.close()
 
@@ -77,9 +66,10 @@ def postgres() -> Iterator[str]:
     Call it outside an event loop: the probe runs one of its own.
     """
     configured = os.environ.get("COMMERCE_DATABASE_URL")
-    if configured or asyncio.run(_postgres_answers(DEFAULT_DSN)):
-        url = configured or DEFAULT_DSN
-        if asyncio.run(_setting(url, "autovacuum")) == "off":
+    url = configured or DEFAULT_DSN
+    autovacuum = asyncio.run(_autovacuum(url))  # one connection: whether it answers, and how it is kept up
+    if configured or autovacuum is not None:
+        if autovacuum == "off":
             print("PostgreSQL: autovacuum is off there, so the tables keep their dead rows and stale statistics: "
                   "long runs slow down (a fall after 80,000 orders, docs/benchmarks.md, seventh round)", flush=True)
         yield url

@@ -170,8 +170,9 @@ class Runtime:
     def start_service(self) -> None:
         """The actors and Serve, after :meth:`start_ray`: Serve starts while the actors' processes start, then
         the actors' start is waited for (on a small machine both are bound by CPU: this saved about a second
-        in one round's starts, nothing measurable in another's, docs/benchmarks.md). An actor that cannot start therefore fails the start only after the application is deployed; the
-        stop removes both. Until then /livez answers and /health does not."""
+        in one round's starts, nothing measurable in another's, docs/benchmarks.md). An actor that cannot
+        start therefore fails the start only after the application is deployed; the stop removes both.
+        Until then /livez answers and /health does not."""
         from actors.deploy import await_started, check_layout, create_actors
 
         if self.settings.ray_address:

@@ -44,8 +44,7 @@ async def read_held(catalog: Catalog, prices: Prices) -> asyncio.Future[dict[uui
     """A read of PID that has reached the catalog and waits there for its answer (``catalog.gate``)."""
     catalog.gate.clear()
     reading = asyncio.ensure_future(prices.of([PID]))
-    while not catalog.reads:
-        await asyncio.sleep(0)
+    await reads_made(catalog, len(catalog.reads) + 1)
     return reading
 
 
