@@ -23,7 +23,7 @@ MAX_SNAPSHOT_INTERVAL = 10_000  # events: bounds what a load of a big entity rep
 
 
 class Entity(Generic[T]):
-    __slots__ = ("id", "state", "lock", "last_used", "snapshot_version", "retry_at", "stale")
+    __slots__ = ("id", "state", "lock", "last_used", "snapshot_version", "retry_at", "stale", "snapshotting")
 
     def __init__(self, entity_id: uuid.UUID, state: T, snapshot_version: int) -> None:
         self.id = entity_id
@@ -33,6 +33,7 @@ class Entity(Generic[T]):
         self.snapshot_version = snapshot_version  # of the snapshot in the store
         self.retry_at = 0  # after a failed snapshot write, the version at which to try again
         self.stale = False  # the store may be ahead of ``state``: read it again before the next command
+        self.snapshotting = False  # a snapshot of it is being written
 
 
 class EntityHost(Generic[T]):
@@ -191,12 +192,16 @@ class EntityHost(Generic[T]):
     async def _maybe_snapshot(self, ent: Entity[T]) -> None:
         due = min(max(self.snapshot_every, self._size(ent.state)), MAX_SNAPSHOT_INTERVAL)
         version = self._version(ent.state)
-        if version - ent.snapshot_version >= due and version >= ent.retry_at and not ent.stale:
-            state = ent.state
+        if version - ent.snapshot_version < due or version < ent.retry_at or ent.stale or ent.snapshotting:
+            return  # one write at a time: the commands that end meanwhile would each encode the state again
+        state, ent.snapshotting = ent.state, True
+        try:
             if await self.watch.run("writing snapshots", lambda: self._snapshot(state)):
                 ent.snapshot_version = max(ent.snapshot_version, version)
             else:  # tried again after snapshot_every more events, not on every command
                 ent.retry_at = version + self.snapshot_every
+        finally:
+            ent.snapshotting = False
 
     async def passivate_idle(self, idle_for: float) -> int:
         """Passivate every entity idle for ``idle_for`` seconds; returns how many."""

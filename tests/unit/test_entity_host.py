@@ -305,3 +305,33 @@ async def test_a_new_entity_starts_from_the_state_given_without_a_read() -> None
         async with h.entity(b):
             pass
     assert store.loads == [b]
+
+
+async def test_commands_that_end_while_a_snapshot_is_written_start_no_other_snapshot_of_it() -> None:
+    store = Store()
+    written = asyncio.Event()
+    started: list[int] = []
+
+    async def slow_snapshot(state: Counter) -> None:  # a big state's write: commands go on meanwhile
+        started.append(state.version)
+        await written.wait()
+        store.snapshots.append((state.entity_id, state.version))
+
+    h, a = EntityHost(store.load, slow_snapshot, lambda c: c.version, 10, 3), uuid.uuid4()
+
+    async def command() -> None:
+        async with h.entity(a) as ent:
+            ent.state = Counter(a, ent.state.version + 1)  # a new value: the one being written stays as it was
+
+    await command()
+    await command()
+    first = asyncio.create_task(command())  # the third event makes a snapshot due; its caller waits for the write
+    later = [asyncio.create_task(command()) for _ in range(5)]
+    await asyncio.wait(later, timeout=5)  # each ends while the write is under way
+    assert all(t.done() for t in later) and not first.done()
+    assert started == [3]  # one write of an entity at a time: no second encoding of a state as big
+    written.set()
+    await first
+    assert store.snapshots == [(a, 3)]
+    await command()  # due again: 9 events, 6 since the one stored
+    assert started == [3, 9] and store.snapshots == [(a, 3), (a, 9)]
