@@ -10,6 +10,7 @@ state before it, which stays valid (states are values, never changed in place).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
@@ -165,44 +166,87 @@ class SaleReturned(DomainEvent):
 
 
 _OUTCOMES = tuple(Outcome)
-_CLOSED = struct.Struct("<IqqB")  # quantity, expires_at (µs since the epoch), version, outcome; the owner follows
+_CLOSED = struct.Struct("<IqqBB")  # quantity, expires_at (µs since the epoch), version, outcome, owner's form
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
+_TEXT, _ORDER = 0, 1  # the owner's form: its text, or the id of an order (ORDER_OWNER and the id's 16 bytes)
+_REMOVED = b""  # among the closed reservations changed since the last merge: one the merged map holds no more
+# Closed reservations changed since the last merge: past an eighth of those merged (and MERGE_AT), a new merged
+# map is made. At most a ninth of them are in the costlier hash trie, and a merge's O(n) copy is O(1) per put.
+MERGE_AT = 256
 
 
 def _pack(r: Reservation) -> bytes:
-    """A closed reservation in about 40 % of the memory of its object, the map's own share included (a busy
-    SKU keeps its sales for SALE_RETENTION: most of its memory)."""
+    """A closed reservation in a few dozen bytes: a busy SKU keeps its sales for SALE_RETENTION, most of its
+    memory; an order's id as the owner (every sale's) takes 16 of them."""
+    form, owner = _TEXT, r.owner.encode()
+    if r.owner.startswith(ORDER_OWNER):
+        with contextlib.suppress(ValueError):
+            order_id = uuid.UUID(r.owner[len(ORDER_OWNER):])
+            if order_owner(order_id) == r.owner:  # only the id's own spelling reads back the same
+                form, owner = _ORDER, order_id.bytes
     return _CLOSED.pack(r.quantity, (r.expires_at - _EPOCH) // _MICROSECOND, r.version,
-                        _OUTCOMES.index(r.outcome)) + r.owner.encode()
+                        _OUTCOMES.index(r.outcome), form) + owner
 
 
 def _unpack(key: bytes, packed: bytes) -> Reservation:
-    quantity, expires, version, outcome = _CLOSED.unpack_from(packed)
-    return Reservation(uuid.UUID(bytes=key), quantity, _EPOCH + expires * _MICROSECOND,
-                       packed[_CLOSED.size:].decode(), version, _OUTCOMES[outcome])
+    quantity, expires, version, outcome, form = _CLOSED.unpack_from(packed)
+    rest = packed[_CLOSED.size:]
+    owner = order_owner(uuid.UUID(bytes=rest)) if form == _ORDER else rest.decode()
+    return Reservation(uuid.UUID(bytes=key), quantity, _EPOCH + expires * _MICROSECOND, owner, version,
+                       _OUTCOMES[outcome])
 
 
 class Reservations(Mapping[uuid.UUID, Reservation]):
     """A SKU's reservations by id, closed ones too: the active ones as objects, the closed ones packed (they
     are only read again by a retry, a return or a look-up). A value that is never changed in place:
-    :meth:`put` and :meth:`keep_closed` make a new one in O(log n) per entry changed, sharing the rest
-    (``rpds`` hash tries); a reservation is in exactly one of the two maps."""
+    :meth:`put` makes a new one in O(log n), sharing the rest; a reservation is in exactly one of the two.
 
-    __slots__ = ("_active", "_closed")
+    The active ones are a hash trie (``rpds``). The closed ones are a plain dict that is never changed once
+    made (``_merged``), under a hash trie of those closed or removed since (``_recent``); past MERGE_AT of
+    those (or an eighth of the dict), the next :meth:`put` merges them into a new dict. A hash trie's entry
+    costs about as much again as the packed reservation it holds; a dict's, a third of it."""
+
+    __slots__ = ("_active", "_merged", "_recent", "_closed")
 
     def __init__(self, entries: Mapping[uuid.UUID, Reservation] | None = None) -> None:
         entries = entries or {}
         self._active: HashTrieMap[uuid.UUID, Reservation] = HashTrieMap(
             {k: r for k, r in entries.items() if r.outcome is Outcome.ACTIVE})
-        self._closed: HashTrieMap[bytes, bytes] = HashTrieMap(
-            {k.bytes: _pack(r) for k, r in entries.items() if r.outcome is not Outcome.ACTIVE})
+        self._merged: dict[bytes, bytes] = {
+            k.bytes: _pack(r) for k, r in entries.items() if r.outcome is not Outcome.ACTIVE}
+        self._recent: HashTrieMap[bytes, bytes] = HashTrieMap()
+        self._closed = len(self._merged)  # how many closed ones there are
 
     @classmethod
-    def _of(cls, active: HashTrieMap[uuid.UUID, Reservation], closed: HashTrieMap[bytes, bytes]) -> Reservations:
+    def _of(cls, active: HashTrieMap[uuid.UUID, Reservation], merged: dict[bytes, bytes],
+            recent: HashTrieMap[bytes, bytes], closed: int) -> Reservations:
+        if len(recent) > max(MERGE_AT, len(merged) // 8):
+            merged = dict(merged)
+            for key, packed in recent.items():
+                if packed:
+                    merged[key] = packed
+                else:  # marked _REMOVED only while the merged map held it
+                    del merged[key]
+            recent = HashTrieMap()
         made = cls.__new__(cls)
-        made._active, made._closed = active, closed
+        made._active, made._merged, made._recent, made._closed = active, merged, recent, closed
         return made
+
+    def _packed(self, key: bytes) -> bytes | None:
+        packed = self._recent.get(key)
+        if packed is None:
+            return self._merged.get(key)
+        return packed or None
+
+    def _closed_items(self) -> Iterator[tuple[bytes, bytes]]:
+        recent = self._recent
+        for key, packed in recent.items():
+            if packed:
+                yield key, packed
+        for key, packed in self._merged.items():
+            if key not in recent:
+                yield key, packed
 
     def __getitem__(self, reservation_id: uuid.UUID) -> Reservation:
         r = self.get(reservation_id)
@@ -214,22 +258,22 @@ class Reservations(Mapping[uuid.UUID, Reservation]):
         r = self._active.get(reservation_id)
         if r is not None:
             return r
-        packed = self._closed.get(reservation_id.bytes) if isinstance(reservation_id, uuid.UUID) else None
+        packed = self._packed(reservation_id.bytes) if isinstance(reservation_id, uuid.UUID) else None
         return default if packed is None else _unpack(reservation_id.bytes, packed)
 
     def __contains__(self, reservation_id: object) -> bool:
         return reservation_id in self._active or (
-            isinstance(reservation_id, uuid.UUID) and reservation_id.bytes in self._closed)
+            isinstance(reservation_id, uuid.UUID) and self._packed(reservation_id.bytes) is not None)
 
     def __iter__(self) -> Iterator[uuid.UUID]:
         yield from self._active
-        for key in self._closed:
+        for key, _ in self._closed_items():
             yield uuid.UUID(bytes=key)
 
     def items(self) -> Iterator[tuple[uuid.UUID, Reservation]]:  # type: ignore[override]
         """Every reservation with its id, each closed one unpacked once (a snapshot encodes them all)."""
         yield from self._active.items()
-        for key, packed in self._closed.items():
+        for key, packed in self._closed_items():
             r = _unpack(key, packed)
             yield r.reservation_id, r
 
@@ -237,11 +281,12 @@ class Reservations(Mapping[uuid.UUID, Reservation]):
         return (r for _, r in self.items())
 
     def __len__(self) -> int:
-        return len(self._active) + len(self._closed)
+        return len(self._active) + self._closed
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Reservations):
-            return self._active == other._active and self._closed == other._closed
+            return (self._active == other._active and self._closed == other._closed
+                    and dict(self._closed_items()) == dict(other._closed_items()))
         return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
 
     __hash__ = None  # type: ignore[assignment]
@@ -250,20 +295,27 @@ class Reservations(Mapping[uuid.UUID, Reservation]):
         return f"Reservations({dict(self.items())!r})"
 
     def put(self, r: Reservation) -> Reservations:
-        rid = r.reservation_id
+        rid, key = r.reservation_id, r.reservation_id.bytes
+        was_closed = self._packed(key) is not None
         if r.outcome is Outcome.ACTIVE:
-            return Reservations._of(self._active.insert(rid, r), self._closed.discard(rid.bytes))
-        return Reservations._of(self._active.discard(rid), self._closed.insert(rid.bytes, _pack(r)))
+            if not was_closed:
+                return Reservations._of(self._active.insert(rid, r), self._merged, self._recent, self._closed)
+            recent = self._recent.insert(key, _REMOVED) if key in self._merged else self._recent.discard(key)
+            return Reservations._of(self._active.insert(rid, r), self._merged, recent, self._closed - 1)
+        return Reservations._of(self._active.discard(rid), self._merged, self._recent.insert(key, _pack(r)),
+                                self._closed + (not was_closed))
 
     def keep_closed(self, wanted: Callable[[Outcome, dt.datetime], bool]) -> Reservations:
         """The active reservations, and the closed ones whose outcome and expiry ``wanted`` keeps; looks at
-        the head of every closed one, and shares what it keeps."""
-        closed = self._closed
-        for key, packed in self._closed.items():
-            _, expires, _, outcome = _CLOSED.unpack_from(packed)
-            if not wanted(_OUTCOMES[outcome], _EPOCH + expires * _MICROSECOND):
-                closed = closed.discard(key)
-        return Reservations._of(self._active, closed)
+        the head of every closed one. Keeping them all, it is this value itself."""
+        kept: dict[bytes, bytes] = {}
+        for key, packed in self._closed_items():
+            _, expires, _, outcome, _ = _CLOSED.unpack_from(packed)
+            if wanted(_OUTCOMES[outcome], _EPOCH + expires * _MICROSECOND):
+                kept[key] = packed
+        if len(kept) == self._closed:
+            return self
+        return Reservations._of(self._active, kept, HashTrieMap(), len(kept))
 
     def active(self) -> list[Reservation]:
         """The active reservations, oldest first (a hash trie has no order of its own)."""

@@ -289,3 +289,45 @@ def test_a_replay_from_any_snapshot_gives_the_live_state_as_time_forgets_reserva
             state = inv.evolve(state, r)
         assert state == sku and state is not None and state.active() == sku.active()
     assert sku.reserved == sum(r.quantity for r in sku.active())
+
+
+IDS = [uuid.UUID(int=i) for i in range(1, 13)]
+OWNERS = ["order:" + str(IDS[0]), "order:" + str(IDS[1]).upper(), "order:x", "customer:ünïcode", "service:bulk"]
+edits = st.one_of(
+    st.tuples(st.just("put"), st.sampled_from(IDS), st.sampled_from(list(inv.Outcome)), st.sampled_from(OWNERS),
+              st.integers(1, 5), st.integers(-3, 3)),
+    st.tuples(st.just("forget"), st.sets(st.sampled_from([o for o in inv.Outcome if o is not inv.Outcome.ACTIVE])),
+              st.integers(-3, 3)))
+
+
+@settings(max_examples=300, deadline=None)
+@hypothesis_given(st.lists(edits, max_size=60))
+def test_reservations_read_back_as_a_plain_map_of_the_same_edits_would_every_version_of_them_too(
+        steps: list[tuple]) -> None:  # type: ignore[type-arg]
+    """Closed reservations live in a merged dict under a hash trie of the recent ones (MERGE_AT, lowered here
+    so that merges, removals of merged ones and forgetting come in short runs): whatever the edits, each
+    version reads as a dict given the same edits would, and stays so once later versions are made."""
+    model: dict[uuid.UUID, inv.Reservation] = {}
+    versions: list[tuple[inv.Reservations, dict[uuid.UUID, inv.Reservation]]] = []
+    built = inv.Reservations()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inv, "MERGE_AT", 2)
+        for step in steps:
+            if step[0] == "put":
+                _, rid, outcome, owner, quantity, hours = step
+                r = inv.Reservation(rid, quantity, NOW + dt.timedelta(hours=hours), owner, len(versions), outcome)
+                built, model = built.put(r), {**model, rid: r}
+            else:
+                _, dropped, hours = step
+                cutoff = NOW + dt.timedelta(hours=hours)
+                built = built.keep_closed(lambda outcome, expires, d=dropped, c=cutoff: outcome not in d or expires > c)
+                model = {k: r for k, r in model.items() if r.outcome is inv.Outcome.ACTIVE or r.outcome not in dropped
+                         or r.expires_at > cutoff}
+            versions.append((built, model))
+    for version, expected in versions:
+        assert dict(version.items()) == expected and len(version) == len(expected) and set(version) == set(expected)
+        assert [version.get(rid) for rid in IDS] == [expected.get(rid) for rid in IDS]
+        assert [rid in version for rid in IDS] == [rid in expected for rid in IDS]
+        assert version == inv.Reservations(expected) == expected
+        assert sorted(version.active(), key=lambda r: r.reservation_id) == sorted(
+            (r for r in expected.values() if r.outcome is inv.Outcome.ACTIVE), key=lambda r: r.reservation_id)
