@@ -31,10 +31,12 @@ WINDOWS = 10
 DRAIN_TIMEOUT = 1800.0
 
 
-async def rss_mib(directory: ActorDirectory) -> float:
-    """The resident memory of every actor of the service (order, inventory shards and the projector)."""
-    pids = [a["pid"] for a in await directory.describe()]
-    return sum(psutil.Process(pid).memory_info().rss for pid in pids) / 2**20
+async def rss_mib(directory: ActorDirectory) -> dict[str, float]:
+    """The resident memory of the service's actors, by kind (order, inventory shards and the projector)."""
+    by_kind: dict[str, float] = {}
+    for actor in await directory.describe():
+        by_kind[actor["kind"]] = by_kind.get(actor["kind"], 0.0) + psutil.Process(actor["pid"]).memory_info().rss / 2**20
+    return by_kind
 
 
 async def run(orders: OrderClient, inventory: InventoryClient, directory: ActorDirectory, sagas: SagaStore,
@@ -46,6 +48,7 @@ async def run(orders: OrderClient, inventory: InventoryClient, directory: ActorD
     marks: list[float] = []  # when each window of n / WINDOWS orders was accepted
     window = n // WINDOWS
     rss: list[float] = []
+    kinds: list[dict[str, float]] = []
     queue = iter(range(n))
 
     async def caller() -> None:
@@ -55,7 +58,8 @@ async def run(orders: OrderClient, inventory: InventoryClient, directory: ActorD
             done += 1
             if done % window == 0:
                 marks.append(time.perf_counter())
-                rss.append(await rss_mib(directory))
+                kinds.append(await rss_mib(directory))
+                rss.append(sum(kinds[-1].values()))
 
     start = time.perf_counter()
     await asyncio.gather(*[caller() for _ in range(concurrency)])
@@ -63,6 +67,8 @@ async def run(orders: OrderClient, inventory: InventoryClient, directory: ActorD
     rates = [window / (b - a) for a, b in zip(edges, edges[1:], strict=False)]
     print("accepted/s by window of", window, "orders:", " ".join(f"{r:.1f}" for r in rates))
     print("RSS (MiB) of the actors after each window:", " ".join(f"{r:.0f}" for r in rss))
+    for kind in kinds[0]:
+        print(f"  of which {kind}:", " ".join(f"{k.get(kind, 0.0):.0f}" for k in kinds))
     half = WINDOWS // 2
     first, second = n / 2 / (edges[half] - edges[0]), n / 2 / (edges[-1] - edges[half])
     drained = await drain(sagas, DRAIN_TIMEOUT)
