@@ -67,7 +67,7 @@ async def run(orders: OrderClient, inventory: InventoryClient, directory: ActorD
     rates = [window / (b - a) for a, b in zip(edges, edges[1:], strict=False)]
     print("accepted/s by window of", window, "orders:", " ".join(f"{r:.1f}" for r in rates))
     print("RSS (MiB) of the actors after each window:", " ".join(f"{r:.0f}" for r in rss))
-    for kind in kinds[0]:
+    for kind in sorted({kind for window in kinds for kind in window}):
         print(f"  of which {kind}:", " ".join(f"{k.get(kind, 0.0):.0f}" for k in kinds))
     half = WINDOWS // 2
     first, second = n / 2 / (edges[half] - edges[0]), n / 2 / (edges[-1] - edges[half])

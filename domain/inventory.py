@@ -241,6 +241,9 @@ class Reservations(Mapping[uuid.UUID, Reservation]):
 
     def _closed_items(self) -> Iterator[tuple[bytes, bytes]]:
         recent = self._recent
+        if not recent:
+            yield from self._merged.items()
+            return
         for key, packed in recent.items():
             if packed:
                 yield key, packed
@@ -308,14 +311,14 @@ class Reservations(Mapping[uuid.UUID, Reservation]):
     def keep_closed(self, wanted: Callable[[Outcome, dt.datetime], bool]) -> Reservations:
         """The active reservations, and the closed ones whose outcome and expiry ``wanted`` keeps; looks at
         the head of every closed one. Keeping them all, it is this value itself."""
-        kept: dict[bytes, bytes] = {}
-        for key, packed in self._closed_items():
+        def kept(packed: bytes) -> bool:
             _, expires, _, outcome, _ = _CLOSED.unpack_from(packed)
-            if wanted(_OUTCOMES[outcome], _EPOCH + expires * _MICROSECOND):
-                kept[key] = packed
-        if len(kept) == self._closed:
+            return wanted(_OUTCOMES[outcome], _EPOCH + expires * _MICROSECOND)
+
+        if all(kept(packed) for _, packed in self._closed_items()):
             return self
-        return Reservations._of(self._active, kept, HashTrieMap(), len(kept))
+        merged = {key: packed for key, packed in self._closed_items() if kept(packed)}
+        return Reservations._of(self._active, merged, HashTrieMap(), len(merged))
 
     def active(self) -> list[Reservation]:
         """The active reservations, oldest first (a hash trie has no order of its own)."""

@@ -327,7 +327,7 @@ async def test_commands_that_end_while_a_snapshot_is_written_start_no_other_snap
     await command()
     first = asyncio.create_task(command())  # the third event makes a snapshot due; its caller waits for the write
     later = [asyncio.create_task(command()) for _ in range(5)]
-    await asyncio.wait(later, timeout=5)  # each ends while the write is under way
+    await asyncio.wait(later, timeout=1)  # each ends while the write is under way
     assert all(t.done() for t in later) and not first.done()
     assert started == [3]  # one write of an entity at a time: no second encoding of a state as big
     written.set()
