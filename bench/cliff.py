@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import time
 import uuid
 
@@ -31,11 +32,11 @@ WINDOWS = 10
 DRAIN_TIMEOUT = 1800.0
 
 
-async def rss_mib(directory: ActorDirectory) -> dict[str, float]:
-    """The resident memory of the service's actors, by kind (order, inventory shards and the projector)."""
-    by_kind: dict[str, float] = {}
+async def rss_by_kind(directory: ActorDirectory) -> dict[str, float]:
+    """The resident memory (MiB) of the service's actors, by kind (order, inventory shards and the projector)."""
+    by_kind: dict[str, float] = collections.defaultdict(float)
     for actor in await directory.describe():
-        by_kind[actor["kind"]] = by_kind.get(actor["kind"], 0.0) + psutil.Process(actor["pid"]).memory_info().rss / 2**20
+        by_kind[actor["kind"]] += psutil.Process(actor["pid"]).memory_info().rss / 2**20
     return by_kind
 
 
@@ -47,8 +48,7 @@ async def run(orders: OrderClient, inventory: InventoryClient, directory: ActorD
     done = 0
     marks: list[float] = []  # when each window of n / WINDOWS orders was accepted
     window = n // WINDOWS
-    rss: list[float] = []
-    kinds: list[dict[str, float]] = []
+    kinds: list[dict[str, float]] = []  # the actors' RSS by kind after each window
     queue = iter(range(n))
 
     async def caller() -> None:
@@ -58,14 +58,14 @@ async def run(orders: OrderClient, inventory: InventoryClient, directory: ActorD
             done += 1
             if done % window == 0:
                 marks.append(time.perf_counter())
-                kinds.append(await rss_mib(directory))
-                rss.append(sum(kinds[-1].values()))
+                kinds.append(await rss_by_kind(directory))
 
     start = time.perf_counter()
     await asyncio.gather(*[caller() for _ in range(concurrency)])
     edges = [start, *marks]
     rates = [window / (b - a) for a, b in zip(edges, edges[1:], strict=False)]
     print("accepted/s by window of", window, "orders:", " ".join(f"{r:.1f}" for r in rates))
+    rss = [sum(window.values()) for window in kinds]
     print("RSS (MiB) of the actors after each window:", " ".join(f"{r:.0f}" for r in rss))
     for kind in sorted({kind for window in kinds for kind in window}):
         print(f"  of which {kind}:", " ".join(f"{k.get(kind, 0.0):.0f}" for k in kinds))
