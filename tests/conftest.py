@@ -28,12 +28,13 @@ def ray_session() -> Iterator[Path]:
     import ray
 
     from commerce import logs
-    from commerce.runtime import serve_env
+    from commerce.runtime import serve_env, stop_log_monitor
 
     os.environ.update(serve_env())
     os.environ.update(serve_ports(31000, 41000))  # not the defaults: another Serve may be running here
     context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                        runtime_env={"env_vars": serve_env()}, logging_config=logs.ray_logging())
+    stop_log_monitor()  # as the service's own local Ray runs
     yield Path(context.address_info["session_dir"]) / "logs"
     ray.shutdown()
 

@@ -37,6 +37,13 @@ def listening_ports(processes: list[psutil.Process]) -> set[int]:
     return ports
 
 
+def command(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
 def snapshot(service: Service) -> tuple[list[psutil.Process], set[int]]:
     processes = service.processes()
     return processes, listening_ports(processes)
@@ -68,6 +75,9 @@ def test_a_stop_leaves_no_process_and_no_port_behind(service: Service, how: str)
     # The API, HAProxy's stats and metrics, Ray's own. Serve may be reloading its HAProxy right now (the new
     # process takes the listeners over from the old one): the processes are looked at again until one holds them.
     processes, ports = wait_for(lambda: snapshot(service), lambda pp: service.port in pp[1] and len(pp[1]) >= 3, 30)
+    # Ray's log monitor is stopped once Ray is up (commerce.runtime.stop_log_monitor): the service's driver
+    # streams no worker's lines, and the lines stay in the workers' files (tests/e2e/test_logs.py).
+    assert [p.pid for p in processes if any(part.endswith("log_monitor.py") for part in command(p))] == []
     assert service.proc is not None
     started = time.monotonic()
     if how == "SIGTERM three times":
