@@ -25,6 +25,7 @@ from store.projections import (
     POLL_INTERVAL,
     REBUILD_LOCK,
     InventoryViews,
+    NewEvents,
     OrderViews,
     Projection,
     ProjectionRunner,
@@ -214,6 +215,36 @@ async def test_a_live_runner_applies_nothing_while_a_rebuild_holds_its_lock(even
             await conn.execute("SELECT pg_advisory_unlock($1)", projection_lock("order_views"))
     assert await runner.step() == POLL_INTERVAL and not runner.paused
     assert (await view(event_store, order_id) or {}).get("status") == "PENDING"
+
+
+async def test_caught_up_runners_are_woken_exactly_when_their_next_batch_would_read_an_event(
+        event_store: PostgresEventStore) -> None:
+    runners = [ProjectionRunner(event_store, p) for p in all_projections()]
+    news = NewEvents(event_store.pool, [r.projection.name for r in runners], interval=0.01)
+    for r in runners:
+        await r.catch_up()
+    assert [await r.step() for r in runners] == [IDLE_INTERVAL] * 2 and all(r.caught_up for r in runners)
+    assert not await news.pending()
+
+    order_id = await an_order(event_store)
+    assert await news.pending()
+    await asyncio.wait_for(news.wait(), 30)
+    await runners[0].catch_up()  # the order views apply it; the inventory views have yet to move past it
+    assert await news.pending()
+    await runners[1].catch_up()
+    assert not await news.pending() and (await view(event_store, order_id) or {}).get("status") == "PENDING"
+
+    # An event committed after a transaction that is still open is not read yet, by the runners nor by the
+    # question; once that transaction ends, it is.
+    async with event_store.pool.acquire() as open_one:
+        async with open_one.transaction():
+            await open_one.fetchval("SELECT pg_current_xact_id()")
+            later = await an_order(event_store)
+            assert not await news.pending()
+            assert [await r.run_once() for r in runners] == [0, 0]
+        assert await news.pending()
+    assert [await r.step() for r in runners] == [POLL_INTERVAL] * 2 and not any(r.caught_up for r in runners)
+    assert (await view(event_store, later) or {}).get("status") == "PENDING" and not await news.pending()
 
 
 async def test_a_second_rebuild_is_refused_while_one_runs(event_store: PostgresEventStore) -> None:
