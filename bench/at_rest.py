@@ -4,7 +4,10 @@ Ray's processes, the actors, Serve's controller, proxy and replicas) use over a 
 as a share of one core, by process, and the transactions PostgreSQL ran for it meanwhile (PostgreSQL is not
 among the processes when it is the machine's own). Stops the service with SIGTERM.
 
-    python -m bench.at_rest [--settle 30] [--window 60]
+    python -m bench.at_rest [--settle 30] [--window 60] [--by-thread N]
+
+With ``--by-thread N``, also the N threads that used the most CPU, grouped by process kind and thread name,
+with how often they woke up (their voluntary context switches, from /proc).
 
 Servers: COMMERCE_DATABASE_URL / COMMERCE_REDIS_URL, else the defaults of bench/common.py, else embedded.
 """
@@ -14,10 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import tempfile
 import time
+from pathlib import Path
 
 import asyncpg
+import psutil
 
 from bench.common import cpu_seconds, postgres, process_tree, redis_server, running_service
 from tests.support import create_database, drop_database
@@ -34,13 +40,56 @@ async def transactions_so_far(database: str) -> int:
         await conn.close()
 
 
-def main(database: str, redis: str, settle: float, window: float) -> None:
+Thread = tuple[str, str]  # the process's kind, the thread's name
+
+
+def threads(processes: list[psutil.Process]) -> dict[tuple[int, int], tuple[Thread, float, int]]:
+    """Each thread of these processes, by (pid, tid): its process's kind and its own name, its CPU time so far
+    and how often it went to sleep of its own accord (each such sleep ends in a wake-up), from /proc."""
+    kinds = cpu_seconds(processes)
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid, (kind, _) in kinds.items():
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            sleeps = next(int(line.split()[1]) for line in status.splitlines()
+                          if line.startswith("voluntary_ctxt_switches"))
+            out[(pid, tid)] = ((kind, name), (int(fields[11]) + int(fields[12])) / tick, sleeps)
+    return out
+
+
+def print_threads(before: dict[tuple[int, int], tuple[Thread, float, int]],
+                  after: dict[tuple[int, int], tuple[Thread, float, int]], window: float, top: int) -> None:
+    used: dict[Thread, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    for key, (thread, t, sleeps) in after.items():
+        _, t0, sleeps0 = before.get(key, (thread, 0.0, 0))
+        used[thread][0] += t - t0
+        used[thread][1] += sleeps - sleeps0
+    print("| process | thread | % of one core | wake-ups/s |")
+    print("|---|---|---|---|")
+    for (kind, name), (t, wakes) in sorted(used.items(), key=lambda kv: -kv[1][0])[:top]:
+        print(f"| `{kind}` | `{name}` | {100 * t / window:.2f} | {wakes / window:.1f} |")
+
+
+def main(database: str, redis: str, settle: float, window: float, by_thread: int) -> None:
     with tempfile.TemporaryDirectory(prefix="commerce-at-rest-") as data, running_service(
             {"COMMERCE_DATABASE_URL": database, "COMMERCE_REDIS_URL": redis, "COMMERCE_DATA_DIR": data}) as (root, _, _):
         time.sleep(settle)  # the start's own work (migrations, deploys, the first pings) is over
         before, transactions = cpu_seconds(process_tree(root)), asyncio.run(transactions_so_far(database))
+        threads_before = threads(process_tree(root)) if by_thread else {}
         time.sleep(window)
         after = cpu_seconds(process_tree(root))
+        threads_after = threads(process_tree(root)) if by_thread else {}
         transactions = asyncio.run(transactions_so_far(database)) - transactions
     used: dict[str, float] = collections.defaultdict(float)
     for pid, (name, t) in after.items():
@@ -52,16 +101,21 @@ def main(database: str, redis: str, settle: float, window: float) -> None:
     print("|---|---|")
     for name, t in sorted(used.items(), key=lambda kv: -kv[1])[:12]:
         print(f"| `{name}` | {100 * t / window:.2f} |")
+    if by_thread:
+        print()
+        print_threads(threads_before, threads_after, window, by_thread)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--settle", type=float, default=30.0)
     parser.add_argument("--window", type=float, default=60.0)
+    parser.add_argument("--by-thread", type=int, default=0, metavar="N",
+                        help="also the N threads (by process kind and thread name) that used the most CPU")
     args = parser.parse_args()
     with postgres() as base_dsn, redis_server() as redis:
         database = asyncio.run(create_database(base_dsn, "commerce_at_rest"))
         try:
-            main(database, redis, args.settle, args.window)
+            main(database, redis, args.settle, args.window, args.by_thread)
         finally:
             asyncio.run(drop_database(base_dsn, database))
