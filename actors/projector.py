@@ -26,7 +26,7 @@ from commerce.settings import ResolvedSettings
 from store.durable_carts import CartJournal
 from store.event_store import SERVICE, PostgresEventStore, create_pool
 from store.idempotency import IdempotencyStore
-from store.projections import NewEvents, ProjectionRunner, all_projections
+from store.projections import NewEvents, ProjectionRunner, all_projections, tail
 from store.reservations import DirectReservations
 
 SUPERVISE_INTERVAL = 2.0
@@ -51,19 +51,13 @@ class Projector(ServiceActor):
         self.news = NewEvents(pool, [r.projection.name for r in self.runners])
         self.directory = ActorDirectory(self.settings.namespace, self.settings.order_shards,
                                         self.settings.inventory_shards)
-        self._tasks = [asyncio.create_task(self._run(r)) for r in self.runners]
+        # a runner parks a failing projection itself and backs off; once caught up, it waits for news of
+        # its next event, asked after for all runners at once
+        self._tasks = [asyncio.create_task(tail(r, self.news, self._stepped)) for r in self.runners]
         self._tasks.append(asyncio.create_task(self._supervise()))
 
-    async def _run(self, runner: ProjectionRunner) -> None:
-        # the runner parks a failing projection itself and says how long to wait (backing off on failures);
-        # once caught up, it waits for new events, asked after for all runners at once
-        while True:
-            delay = await runner.step()
-            self.errors.labels(runner.projection.name).set(1 if runner.error else 0)
-            if runner.caught_up:
-                await self.news.wait()
-            else:
-                await asyncio.sleep(delay)
+    def _stepped(self, runner: ProjectionRunner) -> None:
+        self.errors.labels(runner.projection.name).set(1 if runner.error else 0)
 
     async def _supervise(self) -> None:
         last_purge = 0.0

@@ -47,8 +47,10 @@ def stop_log_monitor() -> None:
     import ray._private.worker as ray_worker
 
     node = getattr(ray_worker, "_global_node", None)
-    if node is not None and hasattr(node, "kill_log_monitor"):
-        node.kill_log_monitor(check_alive=False)
+    if node is None or not hasattr(node, "kill_log_monitor"):
+        log.warning("this Ray has no log monitor to stop where Ray 2.60 had one; it keeps running")
+        return
+    node.kill_log_monitor(check_alive=False)
 
 
 async def run_migrations(database_url: str) -> list[int]:

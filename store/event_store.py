@@ -209,6 +209,18 @@ async def _no_session_state(conn: asyncpg.Connection) -> None:
     """Nothing to reset (see create_pool)."""
 
 
+def after_checkpoint(position: str) -> str:
+    """The condition on ``events`` of the rows that a reader of the log, whose checkpoint is the row at
+    ``position`` (an SQL expression; 0 for none), reads next: after that row in (transaction_id, position)
+    order, and only of transactions older than every one still in progress, since one of those could still
+    commit rows that sort before the rows of a later transaction. Ordered by (transaction_id, position), a
+    read under it follows the index of that name."""
+    return f"""(transaction_id, position) > (
+                    COALESCE((SELECT transaction_id FROM events WHERE position <= {position}
+                              ORDER BY position DESC LIMIT 1), '0'::xid8), {position})
+              AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"""
+
+
 class PostgresEventStore:
     """The event store on PostgreSQL through an asyncpg pool."""
 
@@ -302,10 +314,7 @@ class PostgresEventStore:
                    CASE WHEN $3::varchar[] IS NULL OR aggregate_type = ANY($3) THEN event_data END AS event_data,
                    CASE WHEN $3::varchar[] IS NULL OR aggregate_type = ANY($3) THEN metadata END AS metadata,
                    version, created_at, transaction_id::text AS transaction_id FROM events
-            WHERE (transaction_id, position) > (
-                    COALESCE((SELECT transaction_id FROM events WHERE position <= $1 ORDER BY position DESC LIMIT 1),
-                             '0'::xid8), $1)
-              AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+            WHERE """ + after_checkpoint("$1") + """
               AND ($4::text IS NULL OR transaction_id < $4::text::xid8)
             -- The table's columns, qualified: a bare name would be the text column above, ordered as text
             -- ('1000' before '999'), so that a batch across such a boundary skipped events or misordered them.
@@ -321,10 +330,7 @@ class PostgresEventStore:
                     event_type: str | None = None, after_position: int = 0, limit: int = 100) -> list[ev.Recorded]:
         sql = f"""
             SELECT {_COLUMNS} FROM events
-            WHERE (transaction_id, position) > (
-                    COALESCE((SELECT transaction_id FROM events WHERE position <= $1 ORDER BY position DESC LIMIT 1),
-                             '0'::xid8), $1)
-              AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+            WHERE {after_checkpoint("$1")}
               AND ($2::uuid IS NULL OR aggregate_id = $2)
               AND ($3::varchar IS NULL OR aggregate_type = $3)
               AND ($4::varchar IS NULL OR event_type = $4)

@@ -23,7 +23,7 @@ from domain import events as ev
 from domain import inventory as inv
 from domain import order as o
 from store.errors import StoreError, StoreUnavailable, postgres_errors
-from store.event_store import PostgresEventStore, record_from_row
+from store.event_store import PostgresEventStore, after_checkpoint, record_from_row
 
 log = logging.getLogger(__name__)
 
@@ -367,49 +367,75 @@ class ProjectionRunner:
 
 
 class NewEvents:
-    """Wakes the caught-up runners of a projector once the log holds an event past one of their checkpoints.
+    """Tells the caught-up runners of a projector when the log holds an event that their next batch would read.
 
     One statement per ``interval`` for all of them, shared by those waiting, instead of each runner's batch
-    (a transaction of five round trips) every ``interval``: at rest, the projector's only work on the
-    database. It asks what their batches would read (past the checkpoint, below the oldest transaction in
-    progress), so a runner it wakes finds work, and it errs towards waking: when the question fails, the
-    runners' own batches meet the failure and report it."""
+    (a transaction of five round trips) every ``interval``. It asks, for each projection, what its batch
+    would read (:func:`~store.event_store.after_checkpoint`), and wakes only the runners that have something
+    to read: one projection parked on a failure or lagging does not make the others read in vain. When the
+    question fails, every runner is woken, and its batch meets the failure and reports it; the question's
+    own failures are logged once per run of them."""
 
     def __init__(self, pool: asyncpg.Pool, names: list[str], interval: float = IDLE_INTERVAL) -> None:
         self.pool = pool
         self.names = names
         self.interval = interval
-        self._tick: asyncio.Task[bool] | None = None
+        self._tick: asyncio.Task[set[str]] | None = None
+        self._failing = False
 
-    async def pending(self) -> bool:
-        """Whether any of the projections has an event its next batch would read."""
+    async def pending(self) -> set[str]:
+        """The projections that have an event their next batch would read."""
         with postgres_errors():
-            return bool(await self.pool.fetchval(
-                """SELECT EXISTS (
-                     SELECT FROM unnest($1::text[]) AS n(name)
-                     LEFT JOIN projection_checkpoints c USING (name)
-                     CROSS JOIN LATERAL (SELECT COALESCE(c.position, 0) AS position) AS p
-                     WHERE EXISTS (
-                       SELECT FROM events
-                       WHERE (transaction_id, position) > (
-                               COALESCE((SELECT transaction_id FROM events WHERE position <= p.position
-                                         ORDER BY position DESC LIMIT 1), '0'::xid8), p.position)
-                         AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())))""", self.names))
+            names = await self.pool.fetchval(
+                """SELECT array_agg(n.name) FROM unnest($1::text[]) AS n(name)
+                   LEFT JOIN projection_checkpoints c USING (name)
+                   CROSS JOIN LATERAL (SELECT FROM events WHERE """ + after_checkpoint("COALESCE(c.position, 0)") + """
+                                       ORDER BY transaction_id, position LIMIT 1) AS next""", self.names)
+        return set(names or ())
 
-    async def wait(self) -> None:
-        """Return once there is something to apply, asking every ``interval``."""
+    async def wait(self, name: str) -> None:
+        """Return once projection ``name`` has something to read, asking every ``interval``."""
         while True:
             if self._tick is None or self._tick.done():
                 self._tick = asyncio.create_task(self._ask_later())
-            if await asyncio.shield(self._tick):
-                return
+            tick = self._tick
+            try:
+                if name in await asyncio.shield(tick):
+                    return
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not tick.cancelled() or (current is not None and current.cancelling()):
+                    raise  # the waiter itself is cancelled; a cancelled question is only asked again
 
-    async def _ask_later(self) -> bool:
+    async def _ask_later(self) -> set[str]:
         await asyncio.sleep(self.interval)
         try:
-            return await self.pending()
-        except Exception:
-            return True
+            pending = await self.pending()
+        except Exception as e:
+            if not self._failing:
+                log.warning("asking for new events failed (%s: %s); the projections read their batches instead",
+                            type(e).__name__, e)
+            self._failing = True
+            return set(self.names)
+        if self._failing:
+            log.info("asking for new events works again")
+        self._failing = False
+        return pending
+
+
+async def tail(runner: ProjectionRunner, news: NewEvents, stepped: Callable[[ProjectionRunner], None] | None = None,
+               longest: float | None = None) -> None:
+    """A projector's live loop for one runner, until cancelled: a batch, then the runner's own delay (a short
+    one after a batch, a growing one after failures), or, once it is caught up, a wait for ``news`` of its
+    next event. ``stepped`` sees the runner after each batch; ``longest`` caps each delay."""
+    while True:
+        delay = await runner.step()
+        if stepped is not None:
+            stepped(runner)
+        if runner.caught_up:
+            await news.wait(runner.projection.name)
+        else:
+            await asyncio.sleep(delay if longest is None else min(delay, longest))
 
 
 def all_projections() -> tuple[Projection, ...]:

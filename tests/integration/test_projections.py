@@ -34,6 +34,7 @@ from store.projections import (
     projection_lock,
     rebuild,
     retry_delay,
+    tail,
 )
 from tests.support import Servers, create_database, drop_database
 
@@ -41,12 +42,13 @@ NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 ADDRESS = o.ShippingAddress("Ada", "1 Main St", "Springfield", "12345", "US")
 
 
-async def an_order(store: PostgresEventStore, *more: ev.DomainEvent) -> uuid.UUID:
+async def an_order(store: PostgresEventStore, *more: ev.DomainEvent, conn: asyncpg.Connection | None = None) -> uuid.UUID:
+    """A new order's events, in a transaction of their own or in ``conn``'s."""
     order_id = uuid.uuid4()
     line = o.OrderLine(uuid.uuid4(), 2, Decimal("5.00"))
     created = o.OrderCreated(order_id, uuid.uuid4(), (line,), Decimal("10.00"), uuid.uuid4(), ADDRESS, "tok_visa")
     await store.append([StreamAppend(order_id, o.AGGREGATE_TYPE, 0, [created, *more])],
-                       CommandContext.new(order_id, NOW))
+                       CommandContext.new(order_id, NOW), conn)
     return order_id
 
 
@@ -217,22 +219,23 @@ async def test_a_live_runner_applies_nothing_while_a_rebuild_holds_its_lock(even
     assert (await view(event_store, order_id) or {}).get("status") == "PENDING"
 
 
-async def test_caught_up_runners_are_woken_exactly_when_their_next_batch_would_read_an_event(
+async def test_caught_up_runners_are_told_exactly_when_their_next_batch_would_read_an_event(
         event_store: PostgresEventStore) -> None:
     runners = [ProjectionRunner(event_store, p) for p in all_projections()]
-    news = NewEvents(event_store.pool, [r.projection.name for r in runners], interval=0.01)
+    orders, stock = (r.projection.name for r in runners)
+    news = NewEvents(event_store.pool, [orders, stock], interval=0.01)
     for r in runners:
         await r.catch_up()
     assert [await r.step() for r in runners] == [IDLE_INTERVAL] * 2 and all(r.caught_up for r in runners)
-    assert not await news.pending()
+    assert await news.pending() == set()
 
     order_id = await an_order(event_store)
-    assert await news.pending()
-    await asyncio.wait_for(news.wait(), 30)
+    assert await news.pending() == {orders, stock}
+    await asyncio.wait_for(news.wait(stock), 30)
     await runners[0].catch_up()  # the order views apply it; the inventory views have yet to move past it
-    assert await news.pending()
+    assert await news.pending() == {stock}
     await runners[1].catch_up()
-    assert not await news.pending() and (await view(event_store, order_id) or {}).get("status") == "PENDING"
+    assert await news.pending() == set() and (await view(event_store, order_id) or {}).get("status") == "PENDING"
 
     # An event committed after a transaction that is still open is not read yet, by the runners nor by the
     # question; once that transaction ends, it is.
@@ -240,11 +243,35 @@ async def test_caught_up_runners_are_woken_exactly_when_their_next_batch_would_r
         async with open_one.transaction():
             await open_one.fetchval("SELECT pg_current_xact_id()")
             later = await an_order(event_store)
-            assert not await news.pending()
+            assert await news.pending() == set()
             assert [await r.run_once() for r in runners] == [0, 0]
-        assert await news.pending()
+        assert await news.pending() == {orders, stock}
     assert [await r.step() for r in runners] == [POLL_INTERVAL] * 2 and not any(r.caught_up for r in runners)
-    assert (await view(event_store, later) or {}).get("status") == "PENDING" and not await news.pending()
+    assert (await view(event_store, later) or {}).get("status") == "PENDING" and await news.pending() == set()
+
+    # The log is read in (transaction_id, position) order, not by position: an event of an earlier transaction
+    # that took its position after the checkpoint's row is before it, one of a later transaction after it.
+    async with event_store.pool.acquire() as first, event_store.pool.acquire() as second:
+        early, late = first.transaction(), second.transaction()
+        await early.start()
+        await first.fetchval("SELECT pg_current_xact_id()")  # the earlier transaction id
+        await late.start()
+        await second.fetchval("SELECT pg_current_xact_id()")
+        late_order = await an_order(event_store, conn=second)  # a lower position, in the later transaction
+        early_order = await an_order(event_store, conn=first)  # a higher position, in the earlier one
+        assert await first.fetchval("SELECT position FROM events WHERE aggregate_id = $1", early_order) > \
+            await second.fetchval("SELECT position FROM events WHERE aggregate_id = $1", late_order)
+        await early.commit()
+        assert [await r.catch_up() for r in runners] == [1, 1]  # up to the earlier transaction's event
+        assert await news.pending() == set()  # the later transaction is still open
+        await late.commit()
+    assert await news.pending() == {orders, stock}  # its event sorts after the checkpoint, at a lower position
+    assert [await r.catch_up() for r in runners] == [1, 1]
+    assert {(await view(event_store, o) or {}).get("status") for o in (early_order, late_order)} == {"PENDING"}
+
+    # A projection with no checkpoint (a new one, or one a rebuild has reset) reads from the start.
+    await runners[1].reset()
+    assert await news.pending() == {stock}
 
 
 async def test_a_second_rebuild_is_refused_while_one_runs(event_store: PostgresEventStore) -> None:
@@ -333,10 +360,13 @@ class HeldBatch:
         await self.inner.apply(conn, record)
 
 
-async def live(runner: ProjectionRunner, stop: asyncio.Event) -> None:
-    """The projector actor's loop, polling faster."""
-    while not stop.is_set():
-        await asyncio.sleep(min(await runner.step(), 0.01))
+async def live(runner: ProjectionRunner, news: NewEvents, stop: asyncio.Event) -> None:
+    """The projector actor's loop (``tail``) until ``stop``, with its delays and its question's cut to 10 ms."""
+    task = asyncio.create_task(tail(runner, news, longest=0.01))
+    await stop.wait()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 @contextlib.asynccontextmanager
@@ -400,7 +430,8 @@ async def test_a_rebuild_while_the_projector_runs_loses_no_event(event_store: Po
 
     await shop.move(sku)  # the held batch starts with the SKU's next event
     held.armed = True
-    async with running(*(lambda stop, r=r: live(r, stop) for r in runners)):
+    news = NewEvents(event_store.pool, [r.projection.name for r in runners], interval=0.01)
+    async with running(*(lambda stop, r=r: live(r, news, stop) for r in runners)):
         try:
             async with running(lambda stop: shop.keep_going([uuid.uuid4() for _ in range(3)], stop)):
                 await asyncio.wait_for(held.holding.wait(), 10)
