@@ -211,14 +211,15 @@ async def _no_session_state(conn: asyncpg.Connection) -> None:
 
 def after_checkpoint(position: str) -> str:
     """The condition on ``events`` of the rows that a reader of the log, whose checkpoint is the row at
-    ``position`` (an SQL expression; 0 for none), reads next: after that row in (transaction_id, position)
-    order, and only of transactions older than every one still in progress, since one of those could still
-    commit rows that sort before the rows of a later transaction. Ordered by (transaction_id, position), a
-    read under it follows the index of that name."""
-    return f"""(transaction_id, position) > (
+    ``position`` (an SQL expression, 0 for none, that names no column of ``events`` unqualified: those would
+    be the inner subquery's), reads next: after that row in (transaction_id, position) order, and only of
+    transactions older than every one still in progress, since one of those could still commit rows that
+    sort before the rows of a later transaction. Ordered by (transaction_id, position), a read under it
+    follows the index of that name."""
+    return f"""((transaction_id, position) > (
                     COALESCE((SELECT transaction_id FROM events WHERE position <= {position}
                               ORDER BY position DESC LIMIT 1), '0'::xid8), {position})
-              AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())"""
+              AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()))"""
 
 
 class PostgresEventStore:

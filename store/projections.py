@@ -372,9 +372,9 @@ class NewEvents:
     One statement per ``interval`` for all of them, shared by those waiting, instead of each runner's batch
     (a transaction of five round trips) every ``interval``. It asks, for each projection, what its batch
     would read (:func:`~store.event_store.after_checkpoint`), and wakes only the runners that have something
-    to read: one projection parked on a failure or lagging does not make the others read in vain. When the
-    question fails, every runner is woken, and its batch meets the failure and reports it; the question's
-    own failures are logged once per run of them."""
+    to read (as of the question's snapshot): one projection parked on a failure or lagging does not make the
+    others read in vain. When the question fails, every runner is woken, and its batch meets the failure and
+    reports it; the question's own failures are logged once per run of them."""
 
     def __init__(self, pool: asyncpg.Pool, names: list[str], interval: float = IDLE_INTERVAL) -> None:
         self.pool = pool
@@ -383,18 +383,21 @@ class NewEvents:
         self._tick: asyncio.Task[set[str]] | None = None
         self._failing = False
 
+    PENDING = """SELECT array_agg(n.name) FROM unnest($1::text[]) AS n(name)
+                 LEFT JOIN projection_checkpoints c USING (name)
+                 CROSS JOIN LATERAL (SELECT FROM events WHERE """ + after_checkpoint("COALESCE(c.position, 0)") + """
+                                     ORDER BY transaction_id, position LIMIT 1) AS next"""
+
     async def pending(self) -> set[str]:
         """The projections that have an event their next batch would read."""
         with postgres_errors():
-            names = await self.pool.fetchval(
-                """SELECT array_agg(n.name) FROM unnest($1::text[]) AS n(name)
-                   LEFT JOIN projection_checkpoints c USING (name)
-                   CROSS JOIN LATERAL (SELECT FROM events WHERE """ + after_checkpoint("COALESCE(c.position, 0)") + """
-                                       ORDER BY transaction_id, position LIMIT 1) AS next""", self.names)
+            names = await self.pool.fetchval(self.PENDING, self.names)
         return set(names or ())
 
     async def wait(self, name: str) -> None:
         """Return once projection ``name`` has something to read, asking every ``interval``."""
+        if name not in self.names:
+            raise ValueError(f"no projection {name!r} is asked after here")
         while True:
             if self._tick is None or self._tick.done():
                 self._tick = asyncio.create_task(self._ask_later())
