@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import asyncpg
-import psutil
 
 from bench.common import cpu_seconds, postgres, process_tree, redis_server, running_service
 from tests.support import create_database, drop_database
@@ -43,10 +42,10 @@ async def transactions_so_far(database: str) -> int:
 Thread = tuple[str, str]  # the process's kind, the thread's name
 
 
-def threads(processes: list[psutil.Process]) -> dict[tuple[int, int], tuple[Thread, float, int]]:
-    """Each thread of these processes, by (pid, tid): its process's kind and its own name, its CPU time so far
-    and how often it went to sleep of its own accord (each such sleep ends in a wake-up), from /proc."""
-    kinds = cpu_seconds(processes)
+def threads(kinds: dict[int, tuple[str, float]]) -> dict[tuple[int, int], tuple[Thread, float, int]]:
+    """Each thread of the processes that ``kinds`` names (by pid, as :func:`cpu_seconds` gives them), by
+    (pid, tid): its process's kind and its own name, its CPU time so far and how often it went to sleep of its
+    own accord (each such sleep ends in a wake-up), from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for pid, (kind, _) in kinds.items():
@@ -86,10 +85,10 @@ def main(database: str, redis: str, settle: float, window: float, by_thread: int
             {"COMMERCE_DATABASE_URL": database, "COMMERCE_REDIS_URL": redis, "COMMERCE_DATA_DIR": data}) as (root, _, _):
         time.sleep(settle)  # the start's own work (migrations, deploys, the first pings) is over
         before, transactions = cpu_seconds(process_tree(root)), asyncio.run(transactions_so_far(database))
-        threads_before = threads(process_tree(root)) if by_thread else {}
+        threads_before = threads(before) if by_thread else {}
         time.sleep(window)
         after = cpu_seconds(process_tree(root))
-        threads_after = threads(process_tree(root)) if by_thread else {}
+        threads_after = threads(after) if by_thread else {}
         transactions = asyncio.run(transactions_so_far(database)) - transactions
     used: dict[str, float] = collections.defaultdict(float)
     for pid, (name, t) in after.items():
