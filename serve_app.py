@@ -45,8 +45,8 @@ class Ingress(OperatorRoutes):
     @put(f"{API}/inventory/{{product_id}}")
     async def set_stock(self, product_id: uuid.UUID, body: api.SetStock, who: Principal = Admin,
                         svc: Services = Svc) -> dict[str, Any]:
-        """Set a product's stock on hand, price and name (admin)."""
-        return (await svc.inventory.set_stock(product_id, body.on_hand, body.price, body.name)).json()
+        """Set a product's stock on hand, price and name (admin); with expected_version, only at that version."""
+        return (await svc.inventory.set_stock(product_id, **body.model_dump())).json()
 
     @get(f"{API}/inventory/{{product_id}}")
     async def get_stock(self, product_id: uuid.UUID, request: Request, svc: Services = Svc) -> dict[str, Any]:

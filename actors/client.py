@@ -48,8 +48,13 @@ class InventoryClient:
             return await self._lanes.call(shard_of(product_id, len(self.refs)), "commands", method, *args)
         return await call(self._ref(product_id), method, *args, timeout=self.timeout, withdraw=True, **kwargs)
 
-    async def set_stock(self, product_id: uuid.UUID, on_hand: int, price: str, name: str | None) -> StockView:
-        result: StockView = await self._call(product_id, "set_stock", product_id, on_hand, price, name)
+    async def set_stock(self, product_id: uuid.UUID, on_hand: int, price: str, name: str | None,
+                        expected_version: int | None = None) -> StockView:
+        """Sent once, by this client and by Ray: a stock level is absolute, so a second sending after the shard
+        was lost could undo the sales made in between. The caller learns that the outcome is unknown (ActorLost)
+        and reads the stock again."""
+        result: StockView = await call(self._ref(product_id), "set_stock", product_id, on_hand, price, name,
+                                       expected_version, timeout=self.timeout, withdraw=True, attempts=1)
         return result
 
     async def get_stock(self, product_id: uuid.UUID) -> StockView:

@@ -71,9 +71,10 @@ class InventoryShard(Shard):
         return await self.batches.run(product_id, decide, ctx)
 
     async def set_stock(self, product_id: uuid.UUID, on_hand: int, price: str, name: str | None,
-                        command_id: uuid.UUID | None = None) -> StockView:
-        ctx = CommandContext.new(product_id, now(), command_id=command_id)
-        sku, _ = await self._decide(product_id, lambda s: inv.decide_set_stock(s, product_id, on_hand, Decimal(price), name), ctx)
+                        expected_version: int | None = None) -> StockView:
+        ctx = CommandContext.new(product_id, now())
+        sku, _ = await self._decide(product_id, lambda s: inv.decide_set_stock(
+            s, product_id, on_hand, Decimal(price), name, expected_version), ctx)
         view = StockView.of(inv.require(sku, product_id))
         await self._announce(view)
         return view

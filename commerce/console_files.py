@@ -17,9 +17,15 @@ CONSOLE_HEADERS = {"Content-Security-Policy": CONSOLE_CSP, "X-Content-Type-Optio
                    "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
 
 
+# The files there, by name, listed once: a name that is not one of them is a 404 without touching the file
+# system (a name too long for it would raise there).
+CONSOLE_FILES = frozenset(p.name for p in CONSOLE_DIR.iterdir()
+                          if p.is_file() and not p.name.startswith(".") and p.suffix in CONSOLE_TYPES)
+
+
 def console_file(name: str) -> Response:
     """A file of the console by its plain name; anything else (a dot file, a path, another type) is a 404."""
-    path = CONSOLE_DIR / name
-    if name.startswith(".") or path.suffix not in CONSOLE_TYPES or not path.is_file():
+    if name not in CONSOLE_FILES:
         raise HTTPException(404, "no such console file")
+    path = CONSOLE_DIR / name
     return Response(path.read_bytes(), media_type=CONSOLE_TYPES[path.suffix], headers=CONSOLE_HEADERS)

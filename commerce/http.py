@@ -64,6 +64,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (inventory.StockBelowReserved, 409, "stock-below-reserved"),
     (inventory.ReservationNotActive, 409, "reservation-closed"),
     (cart.EmptyCart, 409, "empty-cart"),
+    (cart.CartFull, 409, "cart-full"),
     (order.OrderAlreadyExists, 409, "order-exists"),
     (ConcurrencyConflict, 409, "concurrent-update"),
     (KeyInFlight, 409, "request-in-progress"),

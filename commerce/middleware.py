@@ -22,9 +22,14 @@ class _Refused(Exception):
         self.response = response
 
 
+class _Gone(Exception):
+    pass
+
+
 class BodyGuard:
     """Reads the body before the app sees it: over ``limit`` bytes is a 413, bytes that are not UTF-8
-    a 400. Bodies are small (the limit is 64 KiB), so reading them whole costs nothing."""
+    a 400, and a body cut short by the client's leaving is never handed to the app (a command would run on
+    part of it). Bodies are small (the limit is 64 KiB), so reading them whole costs nothing."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -38,6 +43,8 @@ class BodyGuard:
             body = await self._read(scope, receive)
         except _Refused as refused:
             await refused.response(scope, receive, send)
+            return
+        except _Gone:  # the client left before its body was whole: what came is not the request it meant
             return
         delivered = False
 
@@ -58,8 +65,8 @@ class BodyGuard:
         size = 0
         while True:
             message = await receive()
-            if message["type"] != "http.request":
-                break
+            if message["type"] != "http.request":  # http.disconnect
+                raise _Gone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:

@@ -10,15 +10,24 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from domain.cart import CartStatus
-from domain.order import OrderStatus
+from domain.order import MAX_LINES, OrderStatus
 from domain.saga import SagaStatus
 
 MAX_QUANTITY = 10_000
-MAX_ITEMS = 100
+MAX_ITEMS = MAX_LINES
 
 
 def printable(value: str) -> str:
@@ -35,7 +44,8 @@ def bounded(max_length: int, min_length: int = 1) -> object:
                      AfterValidator(printable)]
 
 
-Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
+# Integers in a body are JSON integers: not true/false, "3" or 5.0, which pydantic's lax mode would take.
+Quantity = Annotated[StrictInt, Field(ge=1, le=MAX_QUANTITY)]
 Text = bounded(200)
 Reason = bounded(500, min_length=0)
 City = bounded(100)
@@ -69,10 +79,15 @@ def money(value: str) -> str:
 
 
 class SetStock(Strict):
-    model_config = examples({"on_hand": 100, "price": "29.99", "name": "Mug"}, {"on_hand": 0, "price": "4.50"})
-    on_hand: int = Field(ge=0, le=1_000_000_000)
-    price: str = Field(examples=["29.99"], pattern=r"^\d{1,10}(\.\d{1,2})?$")
+    model_config = examples({"on_hand": 100, "price": "29.99", "name": "Mug"}, {"on_hand": 0, "price": "4.50"},
+                            {"on_hand": 40, "price": "29.99", "expected_version": 7})
+    on_hand: StrictInt = Field(ge=0, le=1_000_000_000)
+    price: str = Field(examples=["29.99"], pattern=r"^[0-9]{1,10}(\.[0-9]{1,2})?$")
     name: Text | None = None  # type: ignore[valid-type]
+    expected_version: StrictInt | None = Field(
+        default=None, ge=0, le=2**31 - 1,
+        description="Set only if the product is still at this version (0: it does not exist yet); else a 409 "
+                    "with current_version")
 
     @field_validator("price")
     @classmethod
@@ -86,8 +101,8 @@ class Reserve(Strict):
                              "ttl_seconds": 900})
     quantity: Quantity
     reservation_id: uuid.UUID | None = None
-    expected_version: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    ttl_seconds: int | None = Field(default=None, ge=1, le=86_400)
+    expected_version: StrictInt | None = Field(default=None, ge=0, le=2**31 - 1)
+    ttl_seconds: StrictInt | None = Field(default=None, ge=1, le=86_400)
 
 
 class Release(Strict):
@@ -103,7 +118,7 @@ class CreateCart(Strict):
 class SetCartItem(Strict):
     model_config = examples({"product_id": EXAMPLE_PRODUCT, "quantity": 3}, {"product_id": EXAMPLE_PRODUCT, "quantity": 0})
     product_id: uuid.UUID
-    quantity: int = Field(ge=0, le=10_000)
+    quantity: StrictInt = Field(ge=0, le=MAX_QUANTITY)
 
 
 class ShippingAddress(Strict):

@@ -97,6 +97,8 @@ async def checkout(svc: Services, who: Principal, cart_id: uuid.UUID, shipping_a
         placed = await svc.orders.create_order(order_id, cart.customer_id,
                                                [(x.product_id, x.quantity) for x in cart.lines],
                                                shipping_address, payment_token)
+    except order.OrderAlreadyExists:
+        raise  # an order under this cart's id: the cart must never open again to place a second
     except errors.DomainError:
         await svc.carts.abort_checkout(cart_id, order_id)  # no order: the cart is the customer's again
         raise

@@ -23,6 +23,10 @@ class EmptyCart(CartError):
     """A cart without lines cannot be checked out."""
 
 
+class CartFull(CartError):
+    """A cart holds at most as many products as an order may."""
+
+
 class CartStatus(enum.StrEnum):
     OPEN = "OPEN"
     CHECKING_OUT = "CHECKING_OUT"

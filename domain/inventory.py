@@ -354,7 +354,12 @@ MAX_QUANTITY = 10_000
 MAX_ON_HAND = 1_000_000_000
 
 
-def decide_set_stock(state: Sku | None, product_id: uuid.UUID, on_hand: int, price: Decimal, name: str | None) -> list[DomainEvent]:
+def decide_set_stock(state: Sku | None, product_id: uuid.UUID, on_hand: int, price: Decimal, name: str | None,
+                     expected_version: int | None = None) -> list[DomainEvent]:
+    """Set the stock on hand, the price and the name. ``expected_version`` (0: the product is new) makes the
+    change conditional: an admin who read the stock before a sale does not put the sold units back."""
+    if expected_version is not None and expected_version != (state.version if state else 0):
+        raise VersionMismatch(product_id, expected_version, state.version if state else 0)
     if not 0 <= on_hand <= MAX_ON_HAND:
         raise InvalidStock(f"on_hand must be between 0 and {MAX_ON_HAND}")
     if price < 0 or price != price.quantize(Decimal("0.01")):

@@ -46,6 +46,7 @@ class OrderTooLarge(OrderError):
 
 
 MAX_LINE_QUANTITY = 10_000
+MAX_LINES = 100  # products in one order (and in one cart, which becomes one)
 # order_views.total_amount is DECIMAL(12, 2): no order may total more than that column holds.
 MAX_ORDER_TOTAL = Decimal("9999999999.99")
 
@@ -198,22 +199,25 @@ def decide_create(
     shipping_address: ShippingAddress,
     payment_token: str,
 ) -> list[DomainEvent]:
-    """Create an order; creating the same order again is a no-op (idempotent by order id)."""
+    """Create an order; creating the same order again is a no-op (idempotent by order id), also when its
+    prices have changed since: the limits are the new order's, not a repeat's."""
     if not lines:
         raise EmptyOrder("an order needs at least one item")
     lines = _merge_lines(lines)
-    for line in lines:
-        if not 1 <= line.quantity <= MAX_LINE_QUANTITY:
-            raise OrderTooLarge(f"product {line.product_id}: {line.quantity} units; at most {MAX_LINE_QUANTITY} per product")
-    total = order_total(lines)
-    if total > MAX_ORDER_TOTAL:
-        raise OrderTooLarge(f"the order totals {total}; at most {MAX_ORDER_TOTAL}")
     if state is not None:
         if state.customer_id == customer_id and {(x.product_id, x.quantity) for x in state.lines} == {
             (x.product_id, x.quantity) for x in lines
         }:
             return []
         raise OrderAlreadyExists(f"order {order_id} already exists")
+    if len(lines) > MAX_LINES:
+        raise OrderTooLarge(f"the order has {len(lines)} products; at most {MAX_LINES}")
+    for line in lines:
+        if not 1 <= line.quantity <= MAX_LINE_QUANTITY:
+            raise OrderTooLarge(f"product {line.product_id}: {line.quantity} units; at most {MAX_LINE_QUANTITY} per product")
+    total = order_total(lines)
+    if total > MAX_ORDER_TOTAL:
+        raise OrderTooLarge(f"the order totals {total}; at most {MAX_ORDER_TOTAL}")
     return [OrderCreated(order_id, customer_id, lines, total, saga_id, shipping_address, payment_token)]
 
 

@@ -16,12 +16,11 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from domain.cart import Cart, CartLine, CartStatus, EmptyCart
+from domain.cart import Cart, CartFull, CartLine, CartStatus, EmptyCart
 from domain.errors import NotFound, TransitionForbidden
-from store.errors import StoreUnavailable
+from domain.order import MAX_LINES
+from store.errors import redis_errors
 
 ACTIVITY = "carts:activity"
 OPERATIONS = "metrics:cart_operations"
@@ -41,7 +40,8 @@ redis.call('HINCRBY', KEYS[4], 'created', 1)
 return 1
 """
 
-# The last argument is the customer the caller acts for ('' for an admin): another's cart is not found.
+# ARGV[9] is the customer the caller acts for ('' for an admin): another's cart is not found. ARGV[10]: the
+# most products a cart may hold (a new one past it is refused; a change to one it holds is not).
 _SET_LINE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
 if ARGV[9] ~= '' and redis.call('HGET', KEYS[1], 'customer_id') ~= ARGV[9] then return {'NOT_FOUND'} end
@@ -50,6 +50,13 @@ if status ~= 'OPEN' then return {'FORBIDDEN', status} end
 if tonumber(ARGV[2]) == 0 then
   redis.call('HDEL', KEYS[1], 'line:' .. ARGV[1])
 else
+  if redis.call('HEXISTS', KEYS[1], 'line:' .. ARGV[1]) == 0 then
+    local lines = 0
+    for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+      if string.sub(field, 1, 5) == 'line:' then lines = lines + 1 end
+    end
+    if lines >= tonumber(ARGV[10]) then return {'FULL'} end
+  end
   redis.call('HSET', KEYS[1], 'line:' .. ARGV[1], ARGV[2] .. '|' .. ARGV[3])
 end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
@@ -142,10 +149,8 @@ class RedisCartStore:
         await self.redis.aclose(close_connection_pool=True)
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        try:
+        with redis_errors():
             return await fn()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-            raise StoreUnavailable(f"Redis unavailable: {e}") from e
 
     async def ping(self) -> bool:
         return bool(await self._call(lambda: self.redis.ping()))
@@ -174,7 +179,7 @@ class RedisCartStore:
                        now: dt.datetime, operation: str = "set_item", owner: uuid.UUID | None = None) -> Cart:
         keys = [_key(cart_id), ACTIVITY, OPERATIONS]
         args: list[str | int | float] = [str(product_id), quantity, str(unit_price), now.isoformat(), self.ttl,
-                                         now.timestamp(), str(cart_id), operation, str(owner or "")]
+                                         now.timestamp(), str(cart_id), operation, str(owner or ""), MAX_LINES]
         result = await self._call(lambda: self._set_line(keys, args))
         return self._result(cart_id, result, self.ttl)
 
@@ -224,6 +229,8 @@ class RedisCartStore:
             raise NotFound(f"unknown cart {cart_id}")
         if result[0] == "FORBIDDEN":
             raise TransitionForbidden(f"cart {cart_id} is {result[1]}", result[1])
+        if result[0] == "FULL":
+            raise CartFull(f"cart {cart_id} holds {MAX_LINES} products, as many as an order may")
         flat = result[1]
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         return self._decode(cart_id, fields, ttl)

@@ -9,10 +9,8 @@ from __future__ import annotations
 import math
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from store.errors import StoreUnavailable
+from store.errors import redis_errors
 
 _TAKE = """
 local rate = tonumber(ARGV[1])
@@ -45,10 +43,8 @@ class RateLimiter:
 
     async def take(self, caller: str) -> float:
         """Take one request from the caller's budget: 0 when allowed, else the seconds to wait."""
-        try:
+        with redis_errors():
             wait = await self._take([f"ratelimit:{caller}"], [self.rate, self.burst])
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-            raise StoreUnavailable(f"Redis unavailable: {e}") from e
         return float(wait)
 
 

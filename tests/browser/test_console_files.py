@@ -50,7 +50,8 @@ async def test_every_file_is_served_with_its_type_and_the_policy(client: httpx.A
 
 
 @pytest.mark.parametrize("path", ["/console/nope.js", "/console/.hidden.js", "/console/serve_app.py",
-                                  "/console/..%2Fserve_app.py", "/console/app.js/x"])
+                                  "/console/..%2Fserve_app.py", "/console/app.js/x",
+                                  "/console/" + "a" * 300 + ".js"])  # longer than a file name may be
 async def test_anything_else_is_a_404_problem(client: httpx.AsyncClient, path: str) -> None:
     r = await client.get(path)
     assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"

@@ -273,3 +273,23 @@ async def test_stats_count_idle_open_carts_as_abandoned_and_checked_out_ones_as_
         await carts.begin_checkout(cart_id, uuid.uuid4(), now())
     stats = await carts.stats(now(), abandoned_after=15 * 60)
     assert (stats["abandoned"], stats["open"]) == (2, 4)
+
+
+async def test_a_cart_holds_at_most_as_many_products_as_an_order_may(carts: RedisCartStore) -> None:
+    from domain.cart import CartFull
+    from domain.order import MAX_LINES
+
+    cart_id, customer = uuid.uuid4(), uuid.uuid4()
+    await carts.create(cart_id, customer, now())
+    products = [uuid.uuid4() for _ in range(MAX_LINES)]
+    for pid in products:
+        cart = await carts.set_line(cart_id, pid, 1, Decimal("1.00"), now())
+    assert len(cart.lines) == MAX_LINES
+    with pytest.raises(CartFull):
+        await carts.set_line(cart_id, uuid.uuid4(), 1, Decimal("1.00"), now())
+    unchanged = await carts.get(cart_id)
+    assert unchanged.lines == cart.lines and unchanged.version == cart.version  # the refusal changed nothing
+    changed = await carts.set_line(cart_id, products[0], 5, Decimal("1.00"), now())  # a product it holds
+    assert {line.quantity for line in changed.lines if line.product_id == products[0]} == {5}
+    await carts.set_line(cart_id, products[1], 0, Decimal("0"), now())  # a line removed makes room again
+    assert len((await carts.set_line(cart_id, uuid.uuid4(), 1, Decimal("1.00"), now())).lines) == MAX_LINES

@@ -168,3 +168,26 @@ async def test_a_burst_over_a_customers_budget_is_a_429_with_retry_after(http: h
     _, other = customer_headers()
     assert (await http.get(f"{API}/orders", headers=other)).status_code == 200  # budgets are per customer
     assert (await http.get(f"{API}/orders", headers=ADMIN)).status_code == 200  # admins are not limited
+
+
+async def test_numbers_that_are_not_json_integers_or_ascii_digits_are_refused_and_change_nothing(
+        http: httpx.AsyncClient) -> None:
+    pid = await product(http)
+    _, headers = customer_headers()
+    cart = (await http.post(f"{API}/cart", headers=headers)).json()
+    line = f"{API}/cart/{cart['id']}/items"
+    held = await http.put(line, json={"product_id": pid, "quantity": 2}, headers=headers)
+    assert held.status_code == 200
+    for quantity in (False, True, "3", 5.0):  # false would have removed the line, true bought one
+        r = await http.put(line, json={"product_id": pid, "quantity": quantity}, headers=headers)
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, quantity
+    assert (await http.get(f"{API}/cart/{cart['id']}", headers=headers)).json() == held.json()
+    for body in ({"on_hand": "3", "price": "1.00"}, {"on_hand": 3.0, "price": "1.00"},
+                 {"on_hand": 3, "price": "\u0661\u0662.50"}):  # Arabic-Indic digits
+        assert (await http.put(f"{API}/inventory/{pid}", json=body)).status_code == 422, body
+    stock = (await http.get(f"{API}/inventory/{pid}")).json()
+    assert (stock["on_hand"], stock["price"]) == (10, "29.99")
+    reserve = await http.post(f"{API}/inventory/{pid}/reserve", json={"quantity": 1, "ttl_seconds": True},
+                              headers=bearer(token("w", role="service")))
+    assert reserve.status_code == 422
+    assert (await http.get(f"{API}/inventory/{pid}")).json()["reserved"] == 0

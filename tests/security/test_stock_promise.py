@@ -47,6 +47,26 @@ async def test_a_sold_reservation_cannot_be_released_by_anyone(http: httpx.Async
     assert await stock(http, pid) == (0, 0, 0)
 
 
+async def test_a_stock_change_that_names_the_version_it_read_cannot_put_sold_units_back(
+        http: httpx.AsyncClient) -> None:
+    pid = await product(http, on_hand=10, price="5.00")
+    read = (await http.get(f"{API}/inventory/{pid}")).json()
+    await sold_order(http, pid, 4)  # sold after the admin's read
+    stale = await http.put(f"{API}/inventory/{pid}",
+                           json={"on_hand": 10, "price": "6.00", "expected_version": read["version"]})
+    assert stale.status_code == 409 and stale.json()["type"].endswith("/version-conflict")
+    now = (await http.get(f"{API}/inventory/{pid}")).json()
+    assert stale.json()["current_version"] == now["version"] > read["version"]
+    assert (now["on_hand"], now["price"]) == (6, "5.00")  # the refusal changed nothing
+    fresh = await http.put(f"{API}/inventory/{pid}",
+                           json={"on_hand": now["on_hand"], "price": "6.00", "expected_version": now["version"]})
+    assert fresh.status_code == 200 and (fresh.json()["on_hand"], fresh.json()["price"]) == (6, "6.00")
+    new = str(uuid.uuid4())
+    assert (await http.put(f"{API}/inventory/{new}", json={"on_hand": 1, "price": "1.00", "expected_version": 1})
+            ).status_code == 409  # a product that does not exist yet is at version 0
+    assert (await http.get(f"{API}/inventory/{new}")).status_code == 404
+
+
 async def test_a_reservation_id_is_the_same_reservation_only_for_its_caller_product_and_quantity(
         http: httpx.AsyncClient) -> None:
     pid, other = await product(http, on_hand=10), await product(http, on_hand=10)

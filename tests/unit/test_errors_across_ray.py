@@ -33,7 +33,7 @@ PID, RID = uuid.uuid4(), uuid.uuid4()
 EXAMPLES: list[Exception] = [
     domain.errors.DomainError("refused"), domain.errors.NotFound("no such thing"),
     TransitionForbidden("order is CANCELLED", status="CANCELLED"),
-    domain.cart.CartError("cart"), domain.cart.EmptyCart("empty"),
+    domain.cart.CartError("cart"), domain.cart.EmptyCart("empty"), domain.cart.CartFull("full"),
     domain.order.OrderError("order"), domain.order.OrderAlreadyExists("exists"), domain.order.EmptyOrder("no lines"),
     domain.order.OrderTooLarge("too large"),
     inv.InventoryError("inventory"), inv.UnknownProduct(f"unknown product {PID}"), inv.UnknownReservation("unknown"),

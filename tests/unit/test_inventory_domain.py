@@ -139,6 +139,21 @@ def test_an_expired_reservation_cannot_be_committed() -> None:
         inv.decide_commit(expired, PID, rid, "test")
 
 
+def test_a_stock_change_made_on_a_stale_read_is_refused_when_it_names_the_version_it_read() -> None:
+    read = stocked(10)
+    reserved = reserve(read, 4, rid := uuid.uuid4())
+    sold = fold(reserved, inv.decide_commit(reserved, PID, rid, "test"))
+    assert sold is not None and sold.on_hand == 6
+    with pytest.raises(inv.VersionMismatch) as refused:  # a price change that would put the 4 sold units back
+        inv.decide_set_stock(sold, PID, 10, Decimal("3.00"), None, expected_version=read.version)
+    assert refused.value.current_version == sold.version
+    [event] = inv.decide_set_stock(sold, PID, 6, Decimal("3.00"), None, expected_version=sold.version)
+    assert isinstance(event, inv.StockSet) and event.on_hand == 6
+    assert inv.decide_set_stock(None, PID, 1, Decimal("1.00"), "New", expected_version=0)  # 0: a new product
+    with pytest.raises(inv.VersionMismatch):
+        inv.decide_set_stock(None, PID, 1, Decimal("1.00"), "New", expected_version=1)
+
+
 def test_stock_cannot_be_set_below_what_is_reserved() -> None:
     sku = reserve(stocked(5), 4)
     with pytest.raises(inv.StockBelowReserved):

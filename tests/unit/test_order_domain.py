@@ -50,6 +50,23 @@ def test_creating_the_same_order_again_changes_nothing() -> None:
     assert create(given(created())) == []
 
 
+def test_creating_the_same_order_again_after_its_prices_rose_past_the_limit_changes_nothing() -> None:
+    """A checkout retried after a price rise is the order placed before, not a new one over the limits (which
+    would reopen its cart for a second order)."""
+    dearer = o.OrderLine(PRODUCT, 2, o.MAX_ORDER_TOTAL)
+    with pytest.raises(o.OrderTooLarge):
+        create(None, (dearer,))
+    assert create(given(created()), (dearer,)) == []
+
+
+def test_an_order_of_more_products_than_the_limit_is_refused() -> None:
+    lines = tuple(o.OrderLine(uuid.uuid4(), 1, Decimal("1.00")) for _ in range(o.MAX_LINES + 1))
+    with pytest.raises(o.OrderTooLarge):
+        create(None, lines)
+    [event] = create(None, lines[:-1])
+    assert isinstance(event, o.OrderCreated) and len(event.lines) == o.MAX_LINES
+
+
 def test_creating_another_order_under_an_existing_id_is_refused() -> None:
     with pytest.raises(o.OrderAlreadyExists):
         create(given(created()), (o.OrderLine(uuid.uuid4(), 1, Decimal("1.00")),))

@@ -62,3 +62,32 @@ async def test_a_good_answer_is_passed_on_untouched_and_a_read_writes_no_line(
         r = await client.get("/fine")
     assert r.status_code == 200 and r.json() == {"ok": "yes"} and "instance" not in r.text
     assert [x for x in caplog.records if x.name == "ray.serve.commerce"] == []
+
+
+async def test_a_body_cut_short_by_the_client_leaving_never_reaches_the_app() -> None:
+    from commerce.middleware import BodyGuard
+
+    seen: list[bytes] = []
+
+    async def inner(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        message = await receive()  # type: ignore[operator]
+        seen.append(message["body"])
+
+    messages = [{"type": "http.request", "body": b'{"reason": "cha', "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[dict] = []  # type: ignore[type-arg]
+
+    async def receive() -> dict:  # type: ignore[type-arg]
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:  # type: ignore[type-arg]
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [(b"content-length", b"27")]}
+    await BodyGuard(inner, 65536)(scope, receive, send)
+    assert seen == [] and sent == []  # nobody is left to answer
+
+    whole = [{"type": "http.request", "body": b'{"reason": "cha', "more_body": True},
+             {"type": "http.request", "body": b'nged"}', "more_body": False}]
+    messages[:] = whole
+    await BodyGuard(inner, 65536)(scope, receive, send)
+    assert seen == [b'{"reason": "changed"}']
