@@ -142,9 +142,11 @@ class SagaParked(DomainEvent):
 @event
 @dataclasses.dataclass(frozen=True, slots=True)
 class SagaResumed(DomainEvent):
-    """An operator resumed a FAILED saga from its failed step."""
+    """An operator resumed a FAILED saga from its failed step; a saga resumed going forward gets a new
+    deadline (its first one has passed, most likely, by the time an operator acts)."""
 
     run: int
+    deadline: dt.datetime | None = None  # None: a compensation resumed (or an event recorded before deadlines)
 
 
 # --- state ------------------------------------------------------------------------------------
@@ -316,11 +318,12 @@ def decide_compensate(saga: Saga, reason: str) -> list[DomainEvent]:
     return [CompensationStarted(reason)]
 
 
-def decide_retry(saga: Saga) -> list[DomainEvent]:
-    """Operator resumes a FAILED saga from its failed step."""
+def decide_retry(saga: Saga, now: dt.datetime, policy: SagaPolicy) -> list[DomainEvent]:
+    """Operator resumes a FAILED saga from its failed step; going forward, it has the policy's time again."""
     if saga.status is not SagaStatus.FAILED:
         raise TransitionForbidden(f"saga {saga.saga_id} is {saga.status}, not FAILED", saga.status)
-    return [SagaResumed(saga.run + 1)]
+    forward = saga.phase is Phase.EXECUTE
+    return [SagaResumed(saga.run + 1, now + dt.timedelta(seconds=policy.timeout) if forward else None)]
 
 
 def preview(saga_id: uuid.UUID, saga: Saga | None, events: list[DomainEvent], at: dt.datetime) -> Saga | None:
@@ -380,7 +383,8 @@ def evolve(saga: Saga | None, recorded: Recorded) -> Saga | None:
         return dataclasses.replace(saga, status=SagaStatus.FAILED, retry_at=None, last_error=e.error)
     if isinstance(e, SagaResumed):
         status = SagaStatus.RUNNING if saga.phase is Phase.EXECUTE else SagaStatus.COMPENSATING
-        return dataclasses.replace(saga, status=status, run=e.run, attempt=0, retry_at=None)
+        return dataclasses.replace(saga, status=status, run=e.run, attempt=0, retry_at=None,
+                                   deadline=e.deadline or saga.deadline)
     if isinstance(e, SagaCompleted):
         return dataclasses.replace(saga, status=SagaStatus.COMPLETED)
     if isinstance(e, SagaCompensated):

@@ -120,7 +120,7 @@ def test_a_saga_the_engine_cannot_take_further_is_compensated_or_parked() -> Non
     parked = saga_after(start, forward, backward)
     assert parked.status is sg.SagaStatus.FAILED and parked.last_error == "boom again"
     assert sg.decide_stuck(parked, "again") == []  # parked already: nothing more
-    resumed = saga_after(start, forward, backward, sg.decide_retry(parked))
+    resumed = saga_after(start, forward, backward, sg.decide_retry(parked, NOW, POLICY))
     again = sg.next_action(resumed, NOW, POLICY)  # an operator's retry runs the compensation again, as a new run
     assert isinstance(again, sg.RunStep) and again.action is sg.Phase.COMPENSATE and again.run == 2
 

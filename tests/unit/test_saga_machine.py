@@ -105,9 +105,22 @@ def test_a_compensation_that_keeps_failing_parks_the_saga_and_an_operator_retry_
     run = Run({"create_shipment": fails(retryable=False), "refund_payment": refund})
     parked = run.until_rest()
     assert parked.status is sg.SagaStatus.FAILED and parked.current_step == "refund_payment"
-    run.apply(sg.decide_retry(parked))
+    run.apply(sg.decide_retry(parked, run.clock, POLICY))
     saga = run.until_rest()
     assert saga.status is sg.SagaStatus.COMPENSATED and saga.run == 2
+
+
+def test_an_operator_retry_of_a_saga_parked_going_forward_goes_forward_long_after_its_deadline() -> None:
+    run = Run({"process_payment": fails(retryable=True, times=1)})
+    run.apply(sg.decide_attempt(sg.RunStep("reserve_inventory", sg.Phase.EXECUTE, 1, 1, 300.0)))
+    assert run.saga is not None
+    run.apply(sg.decide_stuck(run.saga, "the engine kept failing", compensate=False))
+    assert run.saga.status is sg.SagaStatus.FAILED and run.saga.phase is sg.Phase.EXECUTE
+    run.clock = NOW + dt.timedelta(minutes=30)  # the operator comes back well past the first deadline
+    run.apply(sg.decide_retry(run.saga, run.clock, POLICY))
+    assert isinstance(sg.next_action(run.saga, run.clock, POLICY), sg.RunStep)  # not TimedOut: no refund
+    saga = run.until_rest()
+    assert saga.status is sg.SagaStatus.COMPLETED and saga.run == 2
 
 
 def test_the_saga_timeout_starts_compensation() -> None:
@@ -131,7 +144,7 @@ def test_operator_transitions_follow_the_status() -> None:
     done = run.until_rest()
     assert sg.decide_compensate(done, "x") == [sg.CompensationStarted("x")]
     with pytest.raises(TransitionForbidden):
-        sg.decide_retry(done)
+        sg.decide_retry(done, NOW, POLICY)
     run.apply(sg.decide_compensate(done, "x"))
     compensated = run.until_rest()
     with pytest.raises(TransitionForbidden):
