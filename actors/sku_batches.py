@@ -96,14 +96,22 @@ class SkuBatches:
                 ent.state, _ = await repo.load(self.store, repo.SKU, product_id)
             raise ConcurrencyConflict(product_id, -1)
         except Exception as e:
-            self._stale.add(product_id)  # the append may have committed all the same (a lost answer)
+            self._mark_stale(product_id)  # the append may have committed all the same (a lost answer)
             for command in batch:
                 if not command.result.done():
                     command.result.set_exception(e)
+        except BaseException:  # cancelled, perhaps while its append was under way: its outcome is unknown too
+            self._mark_stale(product_id)
+            raise
         finally:
             for command in batch:  # interrupted (cancelled): the waiting callers must not hang
                 if not command.result.done():
                     command.result.set_exception(StoreUnavailable("the command was interrupted; retry"))
+
+    def _mark_stale(self, product_id: uuid.UUID) -> None:
+        """Read the SKU again before its next decision, and before its next read (a price, a stock level)."""
+        self._stale.add(product_id)
+        self.host.mark_stale(product_id)
 
     async def _try_apply(self, product_id: uuid.UUID, ent: Entity[inv.Sku | None], batch: list[Queued]) -> bool:
         """Decide the batch on the current state and append; False on a concurrency conflict."""

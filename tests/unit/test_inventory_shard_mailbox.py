@@ -66,3 +66,38 @@ async def test_a_reserve_whose_sku_failed_to_load_does_not_run_with_the_next_com
         await shard.reserve(PID, uuid.uuid4(), 4, SOON, "service:a")
     (await shard.reserve(PID, uuid.uuid4(), 1, SOON, "service:b"))
     assert await reserved(shard) == 1
+
+
+class _StoreThatHangsAfterCommitting(InMemoryEventStore):
+    """Appends, then does not answer while ``hang`` is set: an append committed whose answer is lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang = False
+        self.committed = asyncio.Event()
+
+    async def append(self, appends: object, ctx: object) -> object:  # type: ignore[override]
+        records = await super().append(appends, ctx)  # type: ignore[arg-type]
+        if self.hang:
+            self.committed.set()
+            await asyncio.Event().wait()  # until cancelled
+        return records
+
+
+async def test_a_command_cancelled_while_its_append_committed_leaves_the_sku_to_be_read_again() -> None:
+    shard = await shard_over_memory()
+    store = _StoreThatHangsAfterCommitting()
+    shard.use(store)
+    await shard.set_stock(PID, 10, "1.00", "Mug")
+    store.hang = True
+    task = asyncio.ensure_future(shard.reserve(PID, uuid.uuid4(), 4, SOON, "service:a"))
+    await store.committed.wait()
+    task.cancel()  # the caller gives up: the leader still finishes its batch...
+    await asyncio.sleep(0)
+    task.cancel()  # ...unless it is cancelled again (a withdrawal and a cancel of its Ray task)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    store.hang = False
+    assert await reserved(shard) == 4  # what the store holds, read again, not the state from before
+    (await shard.reserve(PID, uuid.uuid4(), 6, SOON, "service:b"))
+    assert (await shard.get_stock(PID)).available == 0
