@@ -86,9 +86,9 @@ class InventoryClient:
 
     async def reserve(self, product_id: uuid.UUID, reservation_id: uuid.UUID, quantity: int, expires_at: dt.datetime,
                       owner: str, expected_version: int | None = None,
-                      correlation_id: uuid.UUID | None = None) -> ReservationView:
+                      correlation_id: uuid.UUID | None = None, held_before: bool = False) -> ReservationView:
         result: ReservationView = await self._call(product_id, "reserve", product_id, reservation_id, quantity,
-                                                   expires_at, owner, expected_version, correlation_id)
+                                                   expires_at, owner, expected_version, correlation_id, held_before)
         return result
 
     async def release(self, product_id: uuid.UUID, reservation_id: uuid.UUID, caller: str, admin: bool = False,

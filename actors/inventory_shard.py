@@ -101,10 +101,10 @@ class InventoryShard(Shard):
 
     async def reserve(self, product_id: uuid.UUID, reservation_id: uuid.UUID, quantity: int, expires_at: dt.datetime,
                       owner: str, expected_version: int | None = None,
-                      correlation_id: uuid.UUID | None = None) -> ReservationView:
+                      correlation_id: uuid.UUID | None = None, held_before: bool = False) -> ReservationView:
         ctx = CommandContext.new(correlation_id or reservation_id, now())
         sku, _ = await self._decide(product_id, lambda s: inv.decide_reserve(
-            s, product_id, reservation_id, quantity, expires_at, owner, expected_version), ctx)
+            s, product_id, reservation_id, quantity, expires_at, owner, expected_version, held_before), ctx)
         return ReservationView.of(inv.require(sku, product_id), reservation_id)
 
     async def release(self, product_id: uuid.UUID, reservation_id: uuid.UUID, caller: str, admin: bool = False,

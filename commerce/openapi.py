@@ -74,7 +74,8 @@ ROUTES: dict[str, dict[str, Any]] = {
         **api.problems(*CALLER, *BODY, notes={
             404: "Unknown product",
             409: "Insufficient stock (`available`), a stale expected_version (`current_version`), a reservation_id "
-                 f"used otherwise before (reservation-id-conflict), or {KEY_IN_FLIGHT}"})}},
+                 "used otherwise before (reservation-id-conflict), a reservation sent again after it ended "
+                 f"(reservation-closed), or {KEY_IN_FLIGHT}"})}},
     "release": {"tags": ["inventory"], "responses": {
         200: api.answer(api.StockStatus, "The product's stock status (also when the reservation was released "
                                          "before)", keyed=True),

@@ -17,7 +17,7 @@ from commerce.services import Services
 from domain import cart as cart_domain
 from domain import errors, inventory, order
 from store import queries
-from store.reservations import DirectReservation
+from store.reservations import Claim, DirectReservation
 
 
 def now() -> dt.datetime:
@@ -46,11 +46,20 @@ def owner_filter(who: Principal) -> uuid.UUID | None:
 async def reserve(svc: Services, who: Principal, product_id: uuid.UUID, reservation_id: uuid.UUID, quantity: int,
                   ttl_seconds: int | None, expected_version: int | None) -> dict[str, Any]:
     """A direct reservation, owned by its caller; its id is registered first, so that reusing it for
-    another caller, product or quantity is refused even after the reservation has ended."""
-    if not await svc.direct_reservations.claim(DirectReservation(reservation_id, product_id, who.key, quantity)):
+    another caller, product or quantity is refused even after the reservation has ended. A reserve sent
+    again answers the same reservation while it holds stock; once it has ended (released, expired, sold,
+    or forgotten by its SKU), a 409 ``reservation-closed``: the caller must not believe it holds stock."""
+    claim = await svc.direct_reservations.claim(DirectReservation(reservation_id, product_id, who.key, quantity))
+    if claim is Claim.TAKEN:
         raise inventory.ReservationIdConflict(reservation_id)
     expires_at = now() + dt.timedelta(seconds=ttl_seconds or svc.settings.reservation_ttl)
-    reserved = await svc.inventory.reserve(product_id, reservation_id, quantity, expires_at, who.key, expected_version)
+    reserved = await svc.inventory.reserve(product_id, reservation_id, quantity, expires_at, who.key, expected_version,
+                                           held_before=claim is Claim.HELD)
+    if claim is Claim.OPEN:
+        await svc.direct_reservations.held(reservation_id)
+    if reserved.outcome is not inventory.Outcome.ACTIVE or reserved.expires_at <= now():
+        raise inventory.ReservationNotActive(reservation_id, "expired" if reserved.outcome is inventory.Outcome.ACTIVE
+                                             else reserved.outcome.value)
     return reserved.json()
 
 

@@ -387,15 +387,20 @@ def decide_reserve(
     expires_at: dt.datetime,
     owner: str,
     expected_version: int | None = None,
+    held_before: bool = False,
 ) -> list[DomainEvent]:
     """Reserve units. The same id again by the same owner for the same quantity is the same
-    reservation (no event); any other reuse of the id is a :class:`ReservationIdConflict`."""
+    reservation (no event); any other reuse of the id is a :class:`ReservationIdConflict`. With
+    ``held_before`` (the id's registry knows this SKU held it), an id the SKU no longer remembers is a
+    reservation closed and forgotten, not a new one."""
     sku = require(state, product_id)
     existing = sku.reservations.get(reservation_id)
     if existing is not None:
         if (existing.owner, existing.quantity) == (owner, quantity):
             return []
         raise ReservationIdConflict(reservation_id)
+    if held_before:
+        raise ReservationNotActive(reservation_id, "closed")
     if expected_version is not None and expected_version != sku.version:
         raise VersionMismatch(product_id, expected_version, sku.version)
     if not 1 <= quantity <= MAX_QUANTITY:

@@ -326,6 +326,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         DELETE FROM projection_checkpoints;
         """,
     ),
+    (
+        12,
+        "the registry of direct reservation ids says whether a SKU held each",
+        # Entries made before are taken as never held (as the service treated them until now): a reserve
+        # re-sent under one of them after its SKU forgot it is, as before, a new reservation.
+        """
+        ALTER TABLE direct_reservations ADD COLUMN held BOOLEAN NOT NULL DEFAULT FALSE;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

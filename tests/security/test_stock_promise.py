@@ -86,6 +86,25 @@ async def test_a_reservation_id_is_the_same_reservation_only_for_its_caller_prod
     assert await stock(http, other) == (10, 0, 10)
 
 
+async def test_a_reserve_sent_again_after_its_reservation_ended_says_so_and_holds_nothing(
+        http: httpx.AsyncClient) -> None:
+    pid = await product(http, on_hand=10)
+    rid = str(uuid.uuid4())
+    body = {"quantity": 3, "reservation_id": rid}
+    assert (await http.post(f"{API}/inventory/{pid}/reserve", json=body, headers=WAREHOUSE)).status_code == 201
+    released = await http.post(f"{API}/inventory/{pid}/release", json={"reservation_id": rid}, headers=WAREHOUSE)
+    assert released.status_code == 200 and await stock(http, pid) == (10, 0, 10)
+    again = await http.post(f"{API}/inventory/{pid}/reserve", json=body, headers=WAREHOUSE)  # a late retry
+    assert again.status_code == 409 and again.json()["type"].endswith("/reservation-closed")
+    assert await stock(http, pid) == (10, 0, 10)  # it holds nothing, and it says so
+    refused = str(uuid.uuid4())  # an id whose reserve was refused holds nothing, and may be tried again
+    short = {"quantity": 11, "reservation_id": refused}
+    assert (await http.post(f"{API}/inventory/{pid}/reserve", json=short, headers=WAREHOUSE)).status_code == 409
+    await http.put(f"{API}/inventory/{pid}", json={"on_hand": 20, "price": "29.99"})
+    assert (await http.post(f"{API}/inventory/{pid}/reserve", json=short, headers=WAREHOUSE)).status_code == 201
+    assert await stock(http, pid) == (20, 11, 9)
+
+
 async def test_only_the_caller_that_reserved_or_an_admin_releases(http: httpx.AsyncClient) -> None:
     pid = await product(http, on_hand=10)
     mine = (await http.post(f"{API}/inventory/{pid}/reserve", json={"quantity": 3}, headers=WAREHOUSE)).json()

@@ -154,6 +154,17 @@ def test_a_stock_change_made_on_a_stale_read_is_refused_when_it_names_the_versio
         inv.decide_set_stock(None, PID, 1, Decimal("1.00"), "New", expected_version=1)
 
 
+def test_a_reservation_its_registry_saw_held_is_not_made_again_once_the_sku_forgot_it() -> None:
+    rid = uuid.uuid4()
+    fresh = stocked(10)  # a SKU that does not know the id (never made here, or forgotten since)
+    with pytest.raises(inv.ReservationNotActive):
+        inv.decide_reserve(fresh, PID, rid, 3, NOW + dt.timedelta(minutes=5), "test", held_before=True)
+    [event] = inv.decide_reserve(fresh, PID, rid, 3, NOW + dt.timedelta(minutes=5), "test")
+    assert isinstance(event, inv.StockReserved)
+    held = reserve(fresh, 3, rid)  # one it still knows is answered as before, whatever the registry says
+    assert inv.decide_reserve(held, PID, rid, 3, NOW + dt.timedelta(minutes=5), "test", held_before=True) == []
+
+
 def test_stock_cannot_be_set_below_what_is_reserved() -> None:
     sku = reserve(stocked(5), 4)
     with pytest.raises(inv.StockBelowReserved):

@@ -33,6 +33,7 @@ from domain import inventory as inv
 from domain import order as o
 from domain import saga as sg
 from domain.events import Metadata, Recorded
+from store.reservations import Claim
 from tests.unit.test_health import HEALTHY, Provider, services
 
 API = "/api/v1"
@@ -239,7 +240,8 @@ def request(method: str = "GET") -> Request:
 
 
 def sku() -> inv.Sku:
-    reservation = inv.Reservation(RESERVATION, 2, NOW, "service:warehouse-1", 4)
+    held_until = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15)  # active: a reserve answers it
+    reservation = inv.Reservation(RESERVATION, 2, held_until, "service:warehouse-1", 4)
     return inv.Sku(PRODUCT, "Mug", Decimal("29.99"), 100, 4, {RESERVATION: reservation}, reserved=2)
 
 
@@ -293,7 +295,8 @@ def fakes() -> Any:
             get_stock=returns(StockView.of(s)), set_stock=returns(StockView.of(s)),
             reserve=returns(ReservationView.of(s, RESERVATION)),
             release=returns(StockView.of(s)), prices=returns({PRODUCT: Decimal("29.99")})),
-        direct_reservations=SimpleNamespace(claim=returns(True)), idempotency=None,  # no Idempotency-Key sent
+        direct_reservations=SimpleNamespace(claim=returns(Claim.OPEN), held=returns(None)),
+        idempotency=None,  # no Idempotency-Key sent
         carts=SimpleNamespace(get=returns(a_cart(c.checkout_order_id(CART))), create=returns(a_cart(lines=0)),
                               set_line=returns(a_cart(lines=2)), begin_checkout=returns(a_cart(ORDER, lines=2)),
                               finish_checkout=returns(None)),
