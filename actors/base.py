@@ -28,6 +28,8 @@ from store.errors import StoreError
 PROTOCOL = 5
 # Errors a batched call raises to its caller as they are, as an unbatched call's reach it out of RayTaskError.
 BATCH_ERRORS = (DomainError, StoreError, TimeoutError, ServiceUnavailable)
+START_RETRY = 1.0  # seconds before a failed start is tried again on its own; doubled up to START_RETRY_MAX
+START_RETRY_MAX = 30.0
 
 
 class ServiceActor(abc.ABC):
@@ -40,7 +42,16 @@ class ServiceActor(abc.ABC):
         self._started: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
-            ray.get_runtime_context().current_actor.start.remote()  # start without waiting for a first call
+            ray.get_runtime_context().current_actor.keep_starting.remote()  # without waiting for a first call
+
+    async def keep_starting(self) -> None:
+        """Start, and while a dependency is down, try again with a growing delay: an actor that Ray restarted
+        while PostgreSQL was away resumes its work (sagas, expiries, projections) once it is back, even when
+        no call reaches it. Each failure is the watch's (logged, and in /health while it persists)."""
+        delay = START_RETRY
+        while not await self.watch.run("starting", self.start):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, START_RETRY_MAX)
 
     async def start(self) -> bool:
         if self._started is None:

@@ -38,3 +38,31 @@ async def test_a_start_that_fails_closes_the_pool_it_opened_and_the_next_try_ope
         with pytest.raises(StoreUnavailable):
             await shard.start()
     assert [p.closed for p in opened] == [True, True]
+
+
+async def test_a_start_that_fails_is_tried_again_on_its_own_until_it_succeeds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No call needs to reach a shard that Ray restarted while PostgreSQL was away: it starts once it can."""
+    from actors import base
+
+    opened: list[Pool] = []
+    failures = [StoreUnavailable("PostgreSQL is away"), StoreUnavailable("still away")]
+
+    async def create_pool(*args: object, **kwargs: object) -> Pool:
+        return Pool(opened)
+
+    async def unfinished(self: SagaStore, include_failed: bool = True) -> list[object]:
+        if failures:
+            raise failures.pop(0)
+        return []
+
+    monkeypatch.setattr(order_shard, "create_pool", create_pool)
+    monkeypatch.setattr(SagaStore, "unfinished", unfinished)
+    monkeypatch.setattr(base, "START_RETRY", 0.001)
+    shard = OrderShard(Settings(database_url="unused", redis_url="unused", server_secret="s"), 0)  # type: ignore[arg-type]
+    await shard.keep_starting()
+    assert shard.watch.failures["starting"] == 2 and [p.closed for p in opened] == [True, True, False]
+    assert await shard.start()  # started: a call does not start it again
+    assert len(opened) == 3
+    for task in shard._tasks:
+        task.cancel()
