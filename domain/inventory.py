@@ -162,6 +162,17 @@ class SaleReturned(DomainEvent):
     quantity: int
 
 
+@event
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReservationVoided(DomainEvent):
+    """An order's compensation found no reservation under this id: the id is closed before any is made, so a
+    reserve of that order arriving late (sent before the compensation, by another instance of its shard)
+    holds nothing. No units move."""
+
+    reservation_id: uuid.UUID
+    owner: str
+
+
 # --- state ------------------------------------------------------------------------------------
 
 
@@ -432,10 +443,13 @@ def decide_release(state: Sku | None, product_id: uuid.UUID, reservation_id: uui
 
 def decide_undo(state: Sku | None, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str) -> list[DomainEvent]:
     """An order's compensation: give back what the owner holds, a sale's units included. A reservation
-    that was never made, or that someone else holds under this id, is left alone. Idempotent."""
+    that someone else holds under this id is left alone; one never made is voided, so that it is never
+    made later (:class:`ReservationVoided`). Idempotent."""
     sku = require(state, product_id)
     r = sku.reservations.get(reservation_id)
-    if r is None or r.owner != owner:
+    if r is None:
+        return [ReservationVoided(reservation_id, owner)]
+    if r.owner != owner:
         return []
     if r.outcome is Outcome.ACTIVE:
         return [ReservationReleased(reservation_id, r.quantity)]
@@ -529,4 +543,6 @@ def evolve(state: Sku | None, recorded: Recorded) -> Sku | None:
         return _close(state, e.reservation_id, Outcome.COMMITTED, v, -e.quantity, -e.quantity, at)
     if isinstance(e, SaleReturned):
         return _close(state, e.reservation_id, Outcome.RETURNED, v, e.quantity, 0, at)
+    if isinstance(e, ReservationVoided):  # closed as it is made, for none of the stock: forgotten like the others
+        return _put(_forget_old(state, at), Reservation(e.reservation_id, 0, at, e.owner, v, Outcome.RELEASED), v, 0, 0)
     return dataclasses.replace(state, version=v)

@@ -165,6 +165,19 @@ def test_a_reservation_its_registry_saw_held_is_not_made_again_once_the_sku_forg
     assert inv.decide_reserve(held, PID, rid, 3, NOW + dt.timedelta(minutes=5), "test", held_before=True) == []
 
 
+def test_a_reserve_arriving_after_its_orders_compensation_holds_nothing() -> None:
+    """Two instances of an order's shard: one compensates (undoes a reservation not made yet), the other's
+    reserve, sent before, lands after. It must not hold the cancelled order's stock until it expires."""
+    owner, rid = inv.order_owner(uuid.uuid4()), uuid.uuid4()
+    sku = stocked(10)
+    [voided] = inv.decide_undo(sku, PID, rid, owner)
+    sku = fold(sku, [voided])
+    assert sku is not None and (sku.on_hand, sku.reserved, sku.available) == (10, 0, 10)
+    assert inv.decide_undo(sku, PID, rid, owner) == []  # undone again: nothing more
+    with pytest.raises(inv.ReservationIdConflict):  # the id is closed: the late step fails, holding nothing
+        inv.decide_reserve(sku, PID, rid, 3, NOW + dt.timedelta(minutes=5), owner)
+
+
 def test_stock_cannot_be_set_below_what_is_reserved() -> None:
     sku = reserve(stocked(5), 4)
     with pytest.raises(inv.StockBelowReserved):
