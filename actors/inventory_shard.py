@@ -19,7 +19,7 @@ from actors.base import Shard
 from actors.calls import ActorRef, call
 from actors.client import BATCHED_COMMANDS
 from actors.entities import EntityHost
-from actors.routing import order_shard_name, shard_of
+from actors.routing import order_shard_name
 from actors.sku_batches import Decide, Outcome, SkuBatches
 from actors.views import ReservationView, StockView
 from commerce.settings import ResolvedSettings, Settings
@@ -136,8 +136,8 @@ class InventoryShard(Shard):
         await self.start()
         at = now()
         in_memory = {pid for pid, sku in self.host.states() if (t := inv.next_expiry(sku)) and t <= at}
-        stored = {pid for pid in await self.store.due(inv.AGGREGATE_TYPE, at, DUE_PER_PASS)
-                  if shard_of(pid, self.settings.inventory_shards) == self.index} - in_memory
+        stored = set(await self.store.due(inv.AGGREGATE_TYPE, at, DUE_PER_PASS,
+                                          (self.index, self.settings.inventory_shards))) - in_memory
         changed, failures = 0, []
         for pid in [*in_memory, *stored]:
             try:

@@ -111,14 +111,24 @@ class EventStore(Protocol):
                        version: int) -> None:
         """Set (None: clear) the stream's deadline as of ``version``; an older version never overwrites it."""
 
-    async def due(self, aggregate_type: str, now: dt.datetime, limit: int = 1000) -> list[uuid.UUID]:
-        """The streams of this type whose deadline has come, earliest first."""
+    async def due(self, aggregate_type: str, now: dt.datetime, limit: int = 1000,
+                  shard: tuple[int, int] | None = None) -> list[uuid.UUID]:
+        """The streams of this type whose deadline has come, earliest first; with ``shard`` (index, count),
+        only those whose id, as a 128-bit integer, is ``index`` modulo ``count`` (``actors.routing.shard_of``)."""
 
     async def next_due(self, aggregate_type: str) -> dt.datetime | None:
         """The earliest deadline of the streams of this type; None when none has one."""
 
     async def contains(self, event_id: uuid.UUID) -> bool:
         """Whether an event with this id was stored (so the command that makes it was applied)."""
+
+
+# A UUID in hex (``h``) as the 128-bit integer Python's ``UUID.int`` is, modulo $4: four 32-bit parts, each read
+# unsigned from its bits, combined in numeric.
+_UUID_MOD = """mod(('x' || substr(h, 1, 8))::bit(32)::bigint::numeric * 79228162514264337593543950336
+                  + ('x' || substr(h, 9, 8))::bit(32)::bigint::numeric * 18446744073709551616
+                  + ('x' || substr(h, 17, 8))::bit(32)::bigint::numeric * 4294967296
+                  + ('x' || substr(h, 25, 8))::bit(32)::bigint, $4)"""
 
 
 def metadata_json(meta: ev.Metadata) -> dict[str, Any]:
@@ -347,11 +357,17 @@ class PostgresEventStore:
             async with self.pool.acquire() as c:
                 await _schedule(c, aggregate_id, aggregate_type, due_at, version)
 
-    async def due(self, aggregate_type: str, now: dt.datetime, limit: int = 1000) -> list[uuid.UUID]:
+    async def due(self, aggregate_type: str, now: dt.datetime, limit: int = 1000,
+                  shard: tuple[int, int] | None = None) -> list[uuid.UUID]:
+        index, count = shard or (0, 1)
         with postgres_errors():
+            # Filtered here, not by the caller: streams of other shards due first (a shard down with a backlog)
+            # would fill the limit and keep this shard's from being seen at all.
             rows = await self.pool.fetch(
-                "SELECT aggregate_id FROM deadlines WHERE aggregate_type = $1 AND due_at <= $2 ORDER BY due_at LIMIT $3",
-                aggregate_type, now, limit)
+                f"""SELECT aggregate_id FROM deadlines, LATERAL (SELECT replace(aggregate_id::text, '-', '') AS h) AS x
+                    WHERE aggregate_type = $1 AND due_at <= $2 AND ($4 = 1 OR {_UUID_MOD} = $5)
+                    ORDER BY due_at LIMIT $3""",
+                aggregate_type, now, limit, count, index)
         return [r["aggregate_id"] for r in rows]
 
     async def next_due(self, aggregate_type: str) -> dt.datetime | None:

@@ -51,9 +51,11 @@ class InMemoryEventStore:
                        version: int) -> None:
         self._schedule(aggregate_id, aggregate_type, due_at, version)
 
-    async def due(self, aggregate_type: str, now: dt.datetime, limit: int = 1000) -> list[uuid.UUID]:
+    async def due(self, aggregate_type: str, now: dt.datetime, limit: int = 1000,
+                  shard: tuple[int, int] | None = None) -> list[uuid.UUID]:
+        index, count = shard or (0, 1)
         found = sorted((t, aid) for aid, (kind, t, _) in self._deadlines.items()
-                       if kind == aggregate_type and t is not None and t <= now)
+                       if kind == aggregate_type and t is not None and t <= now and aid.int % count == index)
         return [aid for _, aid in found[:limit]]
 
     async def next_due(self, aggregate_type: str) -> dt.datetime | None:

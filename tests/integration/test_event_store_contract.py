@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 
+from actors.routing import shard_of
 from domain import inventory as inv
 from store.errors import ConcurrencyConflict, DuplicateCommand
 from store.event_store import CommandContext, Deadline, PostgresEventStore, Snapshot, StreamAppend
@@ -180,3 +181,21 @@ async def test_streams_load_together_each_from_its_snapshot(event_store: Postgre
     kept = loaded[other_kind].snapshot
     assert kept is not None and kept.aggregate_type == "Order" and loaded[other_kind].records == []
     assert await event_store.load_streams([]) == {}
+
+
+async def test_the_streams_due_of_one_shard_are_found_whatever_is_due_before_them_elsewhere(store: object) -> None:
+    """As ``actors.routing.shard_of`` routes them (the id's integer modulo the count): a shard down with a
+    backlog due earlier must not fill another shard's page."""
+    assert isinstance(store, (InMemoryEventStore, PostgresEventStore))
+    kind = f"probe-{uuid.uuid4().hex[:8]}"  # streams of a kind of their own: nobody else's deadlines
+    ids = [uuid.uuid4() for _ in range(40)]
+    for i, pid in enumerate(ids):
+        due = NOW + dt.timedelta(seconds=i)
+        await store.append([StreamAppend(pid, kind, 0, [stock(pid)], deadline=Deadline(due))], ctx())
+    later = NOW + dt.timedelta(minutes=1)
+    assert await store.due(kind, later) == ids
+    for count in (1, 2, 3, 4, 7):
+        for index in range(count):
+            assert await store.due(kind, later, shard=(index, count)) == [p for p in ids if shard_of(p, count) == index]
+    last = [p for p in ids if shard_of(p, 4) == 3]
+    assert await store.due(kind, later, limit=2, shard=(3, 4)) == last[:2]
