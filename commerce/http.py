@@ -236,10 +236,12 @@ async def answer(view: Awaitable[dict[str, Any]], status: int = 200, location: s
 Work = Callable[[uuid.UUID | None], Awaitable[JSONResponse]]
 
 
-def derived_id(key: bytes, scope: str, idempotency_key: str) -> uuid.UUID:
-    """The id that the work of a keyed request uses: the same for every repeat by the same caller, and
-    impossible for anyone else to compute (it is keyed with a server secret)."""
-    digest = hmac.new(key, f"{scope}\n{idempotency_key}".encode(), hashlib.sha256).digest()
+def derived_id(key: bytes, scope: str, idempotency_key: str, salt: uuid.UUID | None = None) -> uuid.UUID:
+    """The id that the work of a keyed request uses: the same for every repeat by the same caller while the
+    key is kept (its ``salt`` is the key's own, new once the key was purged), and impossible for anyone else
+    to compute (it is keyed with a server secret)."""
+    text = f"{scope}\n{idempotency_key}" if salt is None else f"{scope}\n{idempotency_key}\n{salt}"
+    digest = hmac.new(key, text.encode(), hashlib.sha256).digest()
     return uuid.UUID(bytes=digest[:16], version=4)
 
 
@@ -259,13 +261,13 @@ async def idempotent(request: Request, store: IdempotencyStore, secret: bytes, c
         return await work(None)
     scope = f"{caller.key} {request.method} {request.url.path}"
     body = await request.body()
-    stored = await store.claim(scope, key, fingerprint(request.method, request.url.path, body))
+    stored, salt = await store.claim_salted(scope, key, fingerprint(request.method, request.url.path, body))
     if stored is not None:
         headers = {**stored.headers, "Idempotent-Replayed": "true"}
         return JSONResponse(stored.body, stored.status, headers=headers, media_type=stored.headers.get("content-type"))
     try:
         async with store.held(scope, key):
-            response = await work(derived_id(secret, scope, key))
+            response = await work(derived_id(secret, scope, key, salt))
     except Exception as e:
         response = error_response(e)
     except BaseException:

@@ -4,7 +4,12 @@ A key is claimed before the work starts, and the request that holds the claim re
 (``held``). A second request with the key while the first is still in flight is told to retry; a claim
 that nobody renews any more (its request died with its process or node) is taken over ``stale_after``
 seconds after its last renewal (the work itself is idempotent, its ids derive from the key). Server errors are not stored, so a
-retry after a 503 does the work again. Keys are kept for ``keep_hours`` (at least 24).
+retry after a 503 does the work again: the claim is released, not forgotten, and the retry takes it over. Keys are
+kept for ``keep_hours`` (at least 24).
+
+Each key has a salt of its own, made when the key is first claimed and kept until the key is purged: the ids the
+work derives from the key include it, so a key used again after its purge is a new request with new ids, not
+the old one's order or cart (whose ids would otherwise be the same forever).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -55,26 +61,34 @@ class IdempotencyStore:
 
     async def claim(self, scope: str, key: str, fp: str) -> StoredResponse | None:
         """Claim ``key``; returns the stored response when the request was already answered."""
+        stored, _ = await self.claim_salted(scope, key, fp)
+        return stored
+
+    async def claim_salted(self, scope: str, key: str, fp: str) -> tuple[StoredResponse | None, uuid.UUID | None]:
+        """As :meth:`claim`, with the key's salt once claimed (None for a key claimed before keys had salts).
+        A claim its request released (a server error) is taken over at once, with any body, as a first
+        claim would be; one left by a crash, after ``stale_after`` and with the same body only."""
         with postgres_errors():
             async with self.pool.acquire() as conn:
-                claimed = await conn.fetchval(
+                claimed = await conn.fetchrow(
                     """INSERT INTO idempotency_keys (scope, key, fingerprint) VALUES ($1, $2, $3)
-                       ON CONFLICT (scope, key) DO UPDATE SET created_at = NOW()
-                       WHERE idempotency_keys.status IS NULL AND idempotency_keys.fingerprint = $3
-                         AND idempotency_keys.created_at < NOW() - make_interval(secs => $4)
-                       RETURNING 1""", scope, key, fp, self.stale_after)
-                if claimed:
-                    return None
+                       ON CONFLICT (scope, key) DO UPDATE SET created_at = NOW(), fingerprint = $3, released = FALSE
+                       WHERE idempotency_keys.status IS NULL
+                         AND (idempotency_keys.released OR (idempotency_keys.fingerprint = $3
+                              AND idempotency_keys.created_at < NOW() - make_interval(secs => $4)))
+                       RETURNING salt""", scope, key, fp, self.stale_after)
+                if claimed is not None:
+                    return None, claimed["salt"]
                 row = await conn.fetchrow(
                     "SELECT fingerprint, status, body, headers FROM idempotency_keys WHERE scope = $1 AND key = $2",
                     scope, key)
-        if row is None:  # released between the two statements
-            return await self.claim(scope, key, fp)
+        if row is None:  # purged between the two statements
+            return await self.claim_salted(scope, key, fp)
         if row["fingerprint"] != fp:
             raise KeyReused(key)
         if row["status"] is None:
             raise KeyInFlight(key)
-        return StoredResponse(row["status"], row["body"], row["headers"] or {})
+        return StoredResponse(row["status"], row["body"], row["headers"] or {}), None
 
     @contextlib.asynccontextmanager
     async def held(self, scope: str, key: str) -> AsyncIterator[None]:
@@ -104,10 +118,12 @@ class IdempotencyStore:
                 scope, key, response.status, response.body, response.headers)
 
     async def release(self, scope: str, key: str) -> None:
-        """Forget an unanswered claim (the request failed with a server error)."""
+        """Release an unanswered claim (the request failed with a server error): the next claim takes it over,
+        with its salt, so that the retry's ids are the ones the failed request may have used."""
         with postgres_errors():
             await self.pool.execute(
-                "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND status IS NULL", scope, key)
+                "UPDATE idempotency_keys SET released = TRUE WHERE scope = $1 AND key = $2 AND status IS NULL",
+                scope, key)
 
     async def purge(self) -> int:
         with postgres_errors():

@@ -335,6 +335,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE direct_reservations ADD COLUMN held BOOLEAN NOT NULL DEFAULT FALSE;
         """,
     ),
+    (
+        13,
+        "idempotency keys have a salt of their own, and a released claim is kept",
+        # Keys claimed before keep no salt (NULL): their requests, retried across the upgrade, derive the
+        # ids they derived before. New keys get one when first claimed.
+        """
+        ALTER TABLE idempotency_keys ADD COLUMN salt UUID;
+        ALTER TABLE idempotency_keys ALTER COLUMN salt SET DEFAULT gen_random_uuid();
+        ALTER TABLE idempotency_keys ADD COLUMN released BOOLEAN NOT NULL DEFAULT FALSE;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

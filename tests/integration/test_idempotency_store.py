@@ -199,3 +199,42 @@ async def test_a_claim_its_request_keeps_renewing_is_not_taken_over(event_store:
             await store.claim(scope, key, FIRST)
     await age(event_store, scope, key, 20)  # its request is gone: nobody renews the claim
     assert await store.claim(scope, key, FIRST) is None
+
+
+# --- the key's salt --------------------------------------------------------------------------------
+
+
+async def test_a_key_keeps_its_salt_through_a_release_and_a_takeover_and_gets_a_new_one_after_its_purge(
+        event_store: PostgresEventStore) -> None:
+    """The ids a keyed request derives include the salt: a retry's must be the failed request's (it may have
+    made the order), and a key used again once purged must not reach the old request's order or cart."""
+    store = IdempotencyStore(event_store, stale_after=10.0, keep_hours=48)
+    scope, key = fresh()
+    stored, salt = await store.claim_salted(scope, key, FIRST)
+    assert stored is None and salt is not None
+    await store.release(scope, key)  # a 5xx: the retry does the work again, with the same ids
+    assert await store.claim_salted(scope, key, FIRST) == (None, salt)
+    await age(event_store, scope, key, 20)  # its request died: taken over, with the same ids
+    assert await store.claim_salted(scope, key, FIRST) == (None, salt)
+    await store.complete(scope, key, ANSWER)
+    assert await store.claim_salted(scope, key, FIRST) == (ANSWER, None)
+    await age(event_store, scope, key, 49 * 3600)
+    await store.purge()
+    again, new_salt = await store.claim_salted(scope, key, FIRST)
+    assert again is None and new_salt not in (None, salt)
+    other_scope, _ = fresh()
+    assert (await store.claim_salted(other_scope, key, FIRST))[1] not in (salt, new_salt)
+
+
+async def test_a_released_claim_is_taken_over_with_another_body_as_a_first_claim_would_be(
+        event_store: PostgresEventStore) -> None:
+    store = IdempotencyStore(event_store)
+    scope, key = fresh()
+    _, salt = await store.claim_salted(scope, key, FIRST)
+    await store.release(scope, key)
+    assert await store.claim_salted(scope, key, OTHER) == (None, salt)
+    with pytest.raises(KeyInFlight):  # taken over: in flight again
+        await store.claim(scope, key, OTHER)
+    await store.complete(scope, key, ANSWER)
+    with pytest.raises(KeyReused):  # answered: the body it was answered for is the key's
+        await store.claim(scope, key, FIRST)

@@ -11,6 +11,8 @@ import pytest
 from commerce.http import derived_id
 from commerce.settings import Settings
 from domain import fulfilment
+from store.event_store import PostgresEventStore, create_pool
+from store.idempotency import IdempotencyStore
 from tests.e2e.conftest import ADMIN, bearer, customer_headers, token
 from tests.e2e.helpers import API, order_body, order_status, product
 
@@ -121,13 +123,22 @@ async def test_only_the_caller_that_reserved_or_an_admin_releases(http: httpx.As
 @pytest.mark.parametrize("ordered", [1, 5000])
 async def test_a_pre_claimed_order_reservation_id_cannot_cause_an_oversell(
         http: httpx.AsyncClient, actor_settings: Settings, ordered: int) -> None:
-    """Even with the server secret in hand (the worst case), an attacker who reserves 1 unit under the id
-    that an order will use can neither have that order take the attacker's unit as its own (ordering 1)
-    nor pass for 5,000 units with 5 on hand."""
+    """Even with the server secret and the database in hand (the worst case: the id also depends on the key's
+    salt, which the database alone knows), an attacker who reserves 1 unit under the id that an order will use
+    can neither have that order take the attacker's unit as its own (ordering 1) nor pass for 5,000 units
+    with 5 on hand."""
     pid = await product(http, on_hand=5)
     customer, headers = customer_headers()
     key = f"attack-{uuid.uuid4()}"
-    order_id = derived_id(actor_settings.derived_key("idempotency"), f"customer:{customer} POST {API}/orders", key)
+    scope = f"customer:{customer} POST {API}/orders"
+    pool = await create_pool(actor_settings.database_url, 1)
+    try:  # the key claimed and released, as a request that failed would leave it: the order takes it over
+        keys = IdempotencyStore(PostgresEventStore(pool))
+        _, salt = await keys.claim_salted(scope, key, "a request that failed")
+        await keys.release(scope, key)
+    finally:
+        await pool.close()
+    order_id = derived_id(actor_settings.derived_key("idempotency"), scope, key, salt)
     planned = fulfilment.reservation_id(actor_settings.derived_key("order-reservations"), fulfilment.saga_id_of(order_id),
                                         uuid.UUID(pid))
     claim = await http.post(f"{API}/inventory/{pid}/reserve", json={"quantity": 1, "reservation_id": str(planned)},
