@@ -4,7 +4,10 @@ Redis stays the fast path and the one place where a cart changes (its Lua script
 atomic and count it in the cart's ``version``). After each change the new state is written to
 ``carts`` unless a newer version is there already, so concurrent requests cannot put back an older
 state. A cart missing from Redis is restored from that record on its next use, with its lines, status
-and the TTL it has left; a checked-out cart stays checked out. Records of expired carts are purged.
+and the TTL it has left; a checked-out cart stays checked out. A copy in Redis of another version than the
+record (an older one brought back by a failover or a restart from an old snapshot, or a change whose record
+failed and was never answered) is put back from the record when it is read, and before a change it refuses
+stands. Records of expired carts are purged.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from domain.cart import Cart, CartLine, CartStatus
-from domain.errors import NotFound
+from domain.cart import Cart, CartError, CartLine, CartStatus
+from domain.errors import NotFound, TransitionForbidden
 from store.carts import RedisCartStore
 from store.errors import ConcurrencyConflict, postgres_errors
 
@@ -66,6 +69,13 @@ class CartJournal:
                 cart.id, cart.customer_id, cart.status.value, cart.order_id, json.dumps(lines), cart.created_at,
                 cart.updated_at, cart.expires_at, cart.version)
         return True
+
+    async def version(self, cart_id: uuid.UUID, now: dt.datetime) -> int | None:
+        """The recorded version of a cart that has not expired; None for none."""
+        with postgres_errors():
+            version: int | None = await self.pool.fetchval(
+                "SELECT version FROM carts WHERE cart_id = $1 AND expires_at > $2", cart_id, now)
+        return version
 
     async def load(self, cart_id: uuid.UUID, conn: asyncpg.Connection | None = None) -> Cart | None:
         with postgres_errors():
@@ -120,6 +130,13 @@ class DurableCartStore:
         return await self._change(cart_id, lambda: self.redis.create(cart_id, customer_id, now))
 
     async def get(self, cart_id: uuid.UUID, owner: uuid.UUID | None = None) -> Cart:
+        """The cart as recorded: the copy in Redis, unless the record has another version (then it is put
+        back from the record first, holding the cart's lock)."""
+        cart = await self._restoring(cart_id, lambda: self.redis.get(cart_id, owner))
+        if await self.journal.version(cart_id, dt.datetime.now(dt.UTC)) in (None, cart.version):
+            return cart
+        async with self.journal.changing(cart_id) as conn:
+            await self._put_back(cart_id, conn)
         return await self._restoring(cart_id, lambda: self.redis.get(cart_id, owner))
 
     async def set_line(self, cart_id: uuid.UUID, product_id: uuid.UUID, quantity: int, unit_price: Decimal,
@@ -143,7 +160,12 @@ class DurableCartStore:
         again on it."""
         async with self.journal.changing(cart_id) as conn:
             for _ in range(CHANGE_ATTEMPTS):
-                cart = await self._restoring(cart_id, operation, conn)
+                try:
+                    cart = await self._restoring(cart_id, operation, conn)
+                except (CartError, TransitionForbidden, NotFound):
+                    if await self._put_back(cart_id, conn):
+                        continue  # refused by a copy the record does not know: made again on the record's
+                    raise
                 if await self.journal.save(conn, cart, dt.datetime.now(dt.UTC)):
                     return cart
                 record = await self.journal.load(cart_id, conn)
@@ -151,6 +173,23 @@ class DurableCartStore:
                 if record is not None:
                     await self.redis.restore(record, dt.datetime.now(dt.UTC))
         raise ConcurrencyConflict(cart_id, -1)
+
+    async def _put_back(self, cart_id: uuid.UUID, conn: asyncpg.Connection) -> bool:
+        """Put the recorded cart back in Redis if Redis holds another version of it; whether it did. ``conn``
+        holds the cart's lock."""
+        now = dt.datetime.now(dt.UTC)
+        record = await self.journal.load(cart_id, conn)
+        if record is None or record.expires_at <= now:
+            return False
+        try:
+            copy: Cart | None = await self.redis.get(cart_id)
+        except NotFound:
+            copy = None
+        if copy is not None and copy.version == record.version:
+            return False
+        await self.redis.forget(cart_id)
+        await self.redis.restore(record, now)
+        return True
 
     async def _restoring(self, cart_id: uuid.UUID, operation: Callable[[], Awaitable[T]],
                          conn: asyncpg.Connection | None = None) -> T:

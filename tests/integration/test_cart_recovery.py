@@ -4,7 +4,9 @@ unchanged on its next use, and a checked-out cart stays checked out and names th
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -130,3 +132,40 @@ async def test_a_cart_that_expired_is_not_brought_back(service_over_embedded: De
     assert expired == "UPDATE 1"  # the cart was recorded when it was made
     await flushall(redis)
     assert (await http.get(f"/api/v1/cart/{cart['id']}", headers=alice)).status_code == 404
+
+
+async def test_an_older_copy_back_in_redis_is_neither_read_nor_lets_a_checkout_be_refused_as_empty(
+        service_over_embedded: Deployment) -> None:
+    """Redis restarted from a snapshot taken before the cart's acknowledged change: what a customer reads,
+    and what decides a refusal, is the recorded cart."""
+    http, redis = service_over_embedded.http, service_over_embedded.redis
+    mug = await product(http, "29.99")
+    cart, alice = await new_cart(http)
+    key = f"cart:{cart['id']}"
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        empty = await client.dump(key)  # the snapshot: the cart before its line
+        changed = (await http.put(f"/api/v1/cart/{cart['id']}/items", json={"product_id": mug, "quantity": 2},
+                                  headers=alice)).json()
+        await client.restore(key, 3_600_000, empty, replace=True)
+        assert (await http.get(f"/api/v1/cart/{cart['id']}", headers=alice)).json() == changed
+        await client.restore(key, 3_600_000, empty, replace=True)
+    finally:
+        await client.aclose()
+    body = {"payment_token": "tok_visa", "shipping_address": ADDRESS}
+    placed = await http.post(f"/api/v1/cart/{cart['id']}/checkout", json=body, headers=alice)
+    assert placed.status_code == 202, placed.text  # not 409 empty-cart from the old copy
+
+
+async def test_a_change_that_reached_redis_but_not_its_record_is_not_what_the_cart_reads(
+        service_over_embedded: Deployment) -> None:
+    """The request failed between the two writes (and was never answered): the cart is as recorded."""
+    http = service_over_embedded.http
+    mug, pen = await product(http, "29.99"), await product(http, "1.50")
+    cart, alice = await new_cart(http)
+    recorded = (await http.put(f"/api/v1/cart/{cart['id']}/items", json={"product_id": mug, "quantity": 1},
+                               headers=alice)).json()
+    services = await service_over_embedded.ingress.provider.get()
+    await services.carts.redis.set_line(uuid.UUID(cart["id"]), uuid.UUID(pen), 5, Decimal("1.50"),
+                                        dt.datetime.now(dt.UTC))  # Redis only: its record never written
+    assert (await http.get(f"/api/v1/cart/{cart['id']}", headers=alice)).json() == recorded
