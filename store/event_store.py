@@ -219,15 +219,18 @@ async def _no_session_state(conn: asyncpg.Connection) -> None:
     """Nothing to reset (see create_pool)."""
 
 
-def after_checkpoint(position: str) -> str:
+def after_checkpoint(position: str, transaction_id: str = "NULL::xid8") -> str:
     """The condition on ``events`` of the rows that a reader of the log, whose checkpoint is the row at
     ``position`` (an SQL expression, 0 for none, that names no column of ``events`` unqualified: those would
     be the inner subquery's), reads next: after that row in (transaction_id, position) order, and only of
     transactions older than every one still in progress, since one of those could still commit rows that
     sort before the rows of a later transaction. Ordered by (transaction_id, position), a read under it
-    follows the index of that name."""
+    follows the index of that name. ``transaction_id`` (an xid8 expression) is that row's, when the reader
+    kept it with its checkpoint: the row may be gone since (moved to quarantine), and the row found below
+    its position in its place could belong to a later transaction, past rows not read yet. Without it (NULL),
+    it is looked up."""
     return f"""((transaction_id, position) > (
-                    COALESCE((SELECT transaction_id FROM events WHERE position <= {position}
+                    COALESCE({transaction_id}, (SELECT transaction_id FROM events WHERE position <= {position}
                               ORDER BY position DESC LIMIT 1), '0'::xid8), {position})
               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()))"""
 
@@ -315,17 +318,19 @@ class PostgresEventStore:
 
     async def read_all_rows(self, after_position: int, limit: int, conn: asyncpg.Connection | None = None,
                             aggregate_types: Sequence[str] | None = None,
-                            before_transaction: str | None = None) -> list[asyncpg.Record]:
+                            before_transaction: str | None = None,
+                            after_transaction: str | None = None) -> list[asyncpg.Record]:
         """The rows after ``after_position`` in global order. With ``aggregate_types``, the rows of other
         aggregates come without their data and metadata (NULL): a reader that skips them moves past them
         without transferring or decoding them. With ``before_transaction`` (an xid8 as text), only the rows
-        of the transactions before it: a reader that stops where the log stood when it began."""
+        of the transactions before it: a reader that stops where the log stood when it began. With
+        ``after_transaction``, the transaction of the row at ``after_position`` (a checkpoint's own)."""
         sql = """
             SELECT id, position, aggregate_id, aggregate_type, event_type, schema_version,
                    CASE WHEN $3::varchar[] IS NULL OR aggregate_type = ANY($3) THEN event_data END AS event_data,
                    CASE WHEN $3::varchar[] IS NULL OR aggregate_type = ANY($3) THEN metadata END AS metadata,
                    version, created_at, transaction_id::text AS transaction_id FROM events
-            WHERE """ + after_checkpoint("$1") + """
+            WHERE """ + after_checkpoint("$1", "$5::text::xid8") + """
               AND ($4::text IS NULL OR transaction_id < $4::text::xid8)
             -- The table's columns, qualified: a bare name would be the text column above, ordered as text
             -- ('1000' before '999'), so that a batch across such a boundary skipped events or misordered them.
@@ -334,8 +339,9 @@ class PostgresEventStore:
         types = list(aggregate_types) if aggregate_types is not None else None
         with postgres_errors():
             if conn is not None:
-                return list(await conn.fetch(sql, after_position, limit, types, before_transaction))
-            return list(await self.pool.fetch(sql, after_position, limit, types, before_transaction))
+                return list(await conn.fetch(sql, after_position, limit, types, before_transaction, after_transaction))
+            return list(await self.pool.fetch(sql, after_position, limit, types, before_transaction,
+                                              after_transaction))
 
     async def query(self, *, aggregate_id: uuid.UUID | None = None, aggregate_type: str | None = None,
                     event_type: str | None = None, after_position: int = 0, limit: int = 100) -> list[ev.Recorded]:

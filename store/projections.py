@@ -230,6 +230,12 @@ class ProjectionRunner:
         self.caught_up = False  # the last step applied nothing and was neither paused nor failed
         self._before_checkpoint = before_checkpoint
 
+    async def _checkpoint_row(self, conn: asyncpg.Connection) -> tuple[int, str | None]:
+        """The checkpoint's position and the transaction of the row there (None for no checkpoint)."""
+        row = await conn.fetchrow("SELECT position, transaction_id::text AS xid FROM projection_checkpoints "
+                                  "WHERE name = $1", self.projection.name)
+        return (row["position"], row["xid"]) if row is not None else (0, None)
+
     async def checkpoint(self, conn: asyncpg.Connection | None = None) -> int:
         with postgres_errors():
             pos = await (conn or self.store.pool).fetchval(
@@ -262,8 +268,9 @@ class ProjectionRunner:
                 if self.paused:
                     return 0
                 wanted = self.projection.aggregate_types
-                rows = await self.store.read_all_rows(await self.checkpoint(conn), self.batch_size, conn, wanted,
-                                                      self.before_transaction)
+                position, transaction = await self._checkpoint_row(conn)
+                rows = await self.store.read_all_rows(position, self.batch_size, conn, wanted,
+                                                      self.before_transaction, transaction)
                 if not rows:
                     return 0
                 decoded = [(row, self._decode(row)) for row in rows if row["aggregate_type"] in wanted]
@@ -385,7 +392,8 @@ class NewEvents:
 
     PENDING = """SELECT array_agg(n.name) FROM unnest($1::text[]) AS n(name)
                  LEFT JOIN projection_checkpoints c USING (name)
-                 CROSS JOIN LATERAL (SELECT FROM events WHERE """ + after_checkpoint("COALESCE(c.position, 0)") + """
+                 CROSS JOIN LATERAL (SELECT FROM events WHERE """ + after_checkpoint("COALESCE(c.position, 0)",
+                                                                                     "c.transaction_id") + """
                                      ORDER BY transaction_id, position LIMIT 1) AS next"""
 
     async def pending(self) -> set[str]:

@@ -588,3 +588,35 @@ async def test_a_batch_that_fails_at_once_is_applied_again_one_event_at_a_time(
         "CONFIRMED", "CANCELLED", "CANCELLED", "INVENTORY_RESERVED", "INVENTORY_RESERVED", "PENDING"]
     assert runner.fallbacks > 0  # the batches did fail at once, and were applied one event at a time
     assert runner.error is None and runner.failed_event is None
+
+
+async def test_a_checkpoints_event_moved_to_quarantine_does_not_make_its_runner_skip_the_events_after_it(
+        event_store: PostgresEventStore) -> None:
+    """The runner's checkpoint is an earlier transaction's event at a higher position than a later one's that
+    it has not read yet; ``commerce repair`` then moves the checkpoint's event aside. The row found below
+    the checkpoint's position now belongs to the later transaction: resuming from it would skip its event."""
+    from store.repair import _quarantine
+
+    runner = ProjectionRunner(event_store, OrderViews())
+    await runner.catch_up()
+    async with event_store.pool.acquire() as first, event_store.pool.acquire() as second:
+        late = second.transaction()
+        async with first.transaction():
+            await first.fetchval("SELECT pg_current_xact_id()")  # the earlier transaction id
+            await late.start()
+            await second.fetchval("SELECT pg_current_xact_id()")
+            late_order = await an_order(event_store, conn=second)  # a lower position, in the later transaction
+            early_order = await an_order(event_store, conn=first)  # a higher position, in the earlier one
+        try:
+            assert await runner.catch_up() == 1  # the checkpoint: the earlier transaction's event
+        except BaseException:
+            await late.rollback()
+            raise
+        await late.commit()
+    early_id = await event_store.pool.fetchval("SELECT id FROM events WHERE aggregate_id = $1", early_order)
+    assert await event_store.pool.fetchval("SELECT position FROM projection_checkpoints WHERE name = $1",
+                                           runner.projection.name) == \
+        await event_store.pool.fetchval("SELECT position FROM events WHERE id = $1", early_id)
+    await _quarantine(event_store.pool, early_id)
+    assert await runner.catch_up() == 1
+    assert (await view(event_store, late_order) or {}).get("status") == "PENDING"
