@@ -51,7 +51,8 @@ async def _rows(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Record]:
     while True:
         rows = await pool.fetch(
             """SELECT id, position, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata,
-                      version, created_at FROM events WHERE position > $1 ORDER BY position LIMIT $2""", after, BATCH)
+                      version, created_at, transaction_id FROM events WHERE position > $1 ORDER BY position LIMIT $2""",
+            after, BATCH)
         if not rows:
             return
         for row in rows:
@@ -76,8 +77,11 @@ async def find_problems(pool: asyncpg.Pool) -> list[Problem]:
     # running meanwhile moves orders and sagas on, and that is no problem.
     views = {r["order_id"]: r for r in await pool.fetch(
         "SELECT order_id, customer_id, status, total_amount, version FROM order_views")}
-    projected = int(await pool.fetchval(
-        "SELECT COALESCE(MAX(position), 0) FROM projection_checkpoints WHERE name = 'order_views'") or 0)
+    # The projector reads in (transaction, position) order: an event at a lower position than its checkpoint's,
+    # of a later transaction, may not be projected yet.
+    checkpoint = await pool.fetchrow(
+        "SELECT transaction_id, position FROM projection_checkpoints WHERE name = 'order_views'")
+    projected = (checkpoint["transaction_id"], checkpoint["position"]) if checkpoint is not None else None
     rows: dict[Any, asyncpg.Record] = {r["saga_id"]: r for r in await pool.fetch(
         """SELECT s.saga_id, s.status, s.current_step, s.version,
                   (SELECT COUNT(*) FROM saga_steps h WHERE h.saga_id = s.saga_id) AS steps FROM sagas s""")}
@@ -99,7 +103,7 @@ async def find_problems(pool: asyncpg.Pool) -> list[Problem]:
         aid = record.aggregate_id
         if record.aggregate_type == o.AGGREGATE_TYPE:
             orders[aid] = o.evolve(orders.get(aid), record)
-            if (record.position or 0) > projected:
+            if projected is None or (row["transaction_id"], row["position"]) > projected:
                 unprojected.add(aid)
         elif record.aggregate_type == sg.AGGREGATE_TYPE and (aid not in rows or record.version <= rows[aid]["version"]):
             sagas[aid] = sg.evolve(sagas.get(aid), record)
