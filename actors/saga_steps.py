@@ -47,8 +47,8 @@ class StepRunner:
             return await self._steps[sg.Step(action.step)](order, saga, action)
         except _BUSINESS as e:
             return sg.StepResult(False, retryable=False, error=str(e)), ff.StepData()
-        except (StoreUnavailable, ServiceUnavailable, TimeoutError, OSError) as e:
-            return sg.StepResult(False, retryable=True, error=f"{type(e).__name__}: {e}"), ff.StepData()
+        except (StoreUnavailable, ServiceUnavailable, TimeoutError, OSError) as e:  # an outage, not the business's
+            return sg.StepResult(False, retryable=True, error=f"{type(e).__name__}: {e}", unavailable=True), ff.StepData()
 
     async def reserve_inventory(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
         """Reserve every line; the step succeeds only with exactly what it asked for."""

@@ -71,6 +71,17 @@ class SagaPolicy:
     def backoff(self, attempt: int) -> dt.timedelta:
         return dt.timedelta(seconds=self.retry_delay * 2 ** (attempt - 1))
 
+    def outage_backoff(self, outages: int) -> dt.timedelta:
+        """The wait after the ``outages``-th call in a row that found what it calls unavailable: doubling, at
+        most OUTAGE_RETRY_CAP."""
+        return dt.timedelta(seconds=min(OUTAGE_RETRY_CAP, self.retry_delay * 2.0 ** min(outages - 1, 16)))
+
+
+# A step whose call found the service below it unavailable (a shard lost or restarting, a timeout, the store
+# down) is tried again without counting against its retry_attempts: an outage is waited out, going forward
+# until the saga's deadline, and without end in a compensation. Waits grow to this many seconds.
+OUTAGE_RETRY_CAP = 60.0
+
 
 # --- events -----------------------------------------------------------------------------------
 
@@ -109,6 +120,7 @@ class StepFailed(DomainEvent):
     attempt: int
     error: str
     retry_at: dt.datetime | None
+    unavailable: bool = False  # an outage of what the step calls: not counted against its retry_attempts
 
 
 @event
@@ -178,6 +190,7 @@ class Saga:
     compensated: tuple[str, ...] = ()
     reason: str | None = None
     last_error: str | None = None
+    outages: int = 0  # failures of the current step that were outages (StepFailed.unavailable)
 
     @property
     def current_step(self) -> str | None:
@@ -224,12 +237,14 @@ Action = RunStep | Wait | TimedOut | Idle
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StepResult:
-    """What a step's call came back with. ``effective`` is False when a compensation found nothing to undo."""
+    """What a step's call came back with. ``effective`` is False when a compensation found nothing to undo;
+    ``unavailable`` when the call did not get an answer from what it calls (retryable, and an outage)."""
 
     ok: bool
     retryable: bool = False
     error: str | None = None
     effective: bool = True
+    unavailable: bool = False
 
 
 def next_action(saga: Saga, now: dt.datetime, policy: SagaPolicy) -> Action:
@@ -273,8 +288,12 @@ def decide_outcome(saga: Saga, action: RunStep, result: StepResult, now: dt.date
             events.append(SagaCompensated())
         return events
     error = result.error or "step failed"
-    if result.retryable and action.attempt < policy.retry_attempts:
-        retry_at = now + policy.backoff(action.attempt)
+    if result.unavailable:
+        retry_at = now + policy.outage_backoff(saga.outages + 1)
+        return [StepFailed(action.step, action.action, action.attempt, error, retry_at, unavailable=True)]
+    counted = action.attempt - saga.outages  # this step's failures that were not outages, this one included
+    if result.retryable and counted < policy.retry_attempts:
+        retry_at = now + policy.backoff(counted)
         return [StepFailed(action.step, action.action, action.attempt, error, retry_at)]
     failed = StepFailed(action.step, action.action, action.attempt, error, None)
     if action.action is Phase.EXECUTE:
@@ -368,23 +387,24 @@ def evolve(saga: Saga | None, recorded: Recorded) -> Saga | None:
             attempts_total=saga.attempts_total + 1,
         )
     if isinstance(e, StepSucceeded):
-        done = dataclasses.replace(saga, attempt=0, in_flight=False, retry_at=None, last_error=None)
+        done = dataclasses.replace(saga, attempt=0, in_flight=False, retry_at=None, last_error=None, outages=0)
         if e.action is Phase.EXECUTE:
             return dataclasses.replace(done, succeeded=saga.succeeded + (e.step,))
         return dataclasses.replace(done, compensated=saga.compensated + (e.step,))
     if isinstance(e, StepFailed):
-        return dataclasses.replace(saga, in_flight=False, retry_at=e.retry_at, last_error=e.error)
+        return dataclasses.replace(saga, in_flight=False, retry_at=e.retry_at, last_error=e.error,
+                                   outages=saga.outages + e.unavailable)
     if isinstance(e, CompensationStarted):
         return dataclasses.replace(
             saga, status=SagaStatus.COMPENSATING, phase=Phase.COMPENSATE, attempt=0,
-            in_flight=False, retry_at=None, reason=e.reason,
+            in_flight=False, retry_at=None, reason=e.reason, outages=0,
         )
     if isinstance(e, SagaParked):
         return dataclasses.replace(saga, status=SagaStatus.FAILED, retry_at=None, last_error=e.error)
     if isinstance(e, SagaResumed):
         status = SagaStatus.RUNNING if saga.phase is Phase.EXECUTE else SagaStatus.COMPENSATING
         return dataclasses.replace(saga, status=status, run=e.run, attempt=0, retry_at=None,
-                                   deadline=e.deadline or saga.deadline)
+                                   deadline=e.deadline or saga.deadline, outages=0)
     if isinstance(e, SagaCompleted):
         return dataclasses.replace(saga, status=SagaStatus.COMPLETED)
     if isinstance(e, SagaCompensated):

@@ -29,9 +29,11 @@ class Run:
         self.saga: sg.Saga | None = None
         self.version = 0
         self.order_events: list[str] = []
+        self.history: list[DomainEvent] = []
         self.apply(sg.decide_start(uuid.uuid4(), self.clock, POLICY))
 
     def apply(self, events: list[DomainEvent]) -> None:
+        self.history += events
         for e in events:
             self.version += 1
             meta = Metadata(uuid.uuid4(), uuid.uuid4(), SAGA_ID, None, self.clock)
@@ -69,6 +71,19 @@ def fails(retryable: bool, times: int = 1_000) -> Provider:
         if calls["n"] <= times:
             return sg.StepResult(False, retryable=retryable, error="boom")
         return sg.StepResult(True)
+
+    return provider
+
+
+def down(times: int, then: Provider | None = None) -> Provider:
+    """What the step calls is unavailable for ``times`` calls (a shard lost, a timeout), then ``then``."""
+    calls = {"n": 0}
+
+    def provider(action: sg.RunStep) -> sg.StepResult:
+        calls["n"] += 1
+        if calls["n"] <= times:
+            return sg.StepResult(False, retryable=True, error="ServiceUnavailable: shard lost", unavailable=True)
+        return then(action) if then is not None else sg.StepResult(True)
 
     return provider
 
@@ -121,6 +136,34 @@ def test_an_operator_retry_of_a_saga_parked_going_forward_goes_forward_long_afte
     assert isinstance(sg.next_action(run.saga, run.clock, POLICY), sg.RunStep)  # not TimedOut: no refund
     saga = run.until_rest()
     assert saga.status is sg.SagaStatus.COMPLETED and saga.run == 2
+
+
+def test_an_outage_longer_than_the_retry_budget_is_waited_out_and_the_order_completes() -> None:
+    run = Run({"confirm_order": down(times=6)})  # waits 5, 10, 20, 40, 60, 60 s: within the 300 s deadline
+    saga = run.until_rest()
+    assert saga.status is sg.SagaStatus.COMPLETED and saga.attempts_total == 4 + 6
+    assert "PaymentRefunded" not in run.order_events and run.clock - NOW < dt.timedelta(seconds=300)
+
+
+def test_business_failures_after_an_outage_still_get_their_whole_budget_and_no_more() -> None:
+    run = Run({"process_payment": down(times=2, then=fails(retryable=True, times=3))})
+    saga = run.until_rest()
+    assert saga.status is sg.SagaStatus.COMPENSATED  # the third business failure, not the first, gave up
+    steps = [e for e in run.history if isinstance(e, sg.StepFailed) and e.step == "process_payment"]
+    assert [e.unavailable for e in steps] == [True, True, False, False, False]
+    ok = Run({"process_payment": down(times=2, then=fails(retryable=True, times=2))}).until_rest()
+    assert ok.status is sg.SagaStatus.COMPLETED
+
+
+def test_an_outage_past_the_deadline_still_times_the_order_out() -> None:
+    saga = Run({"reserve_inventory": down(times=1_000)}).until_rest()
+    assert saga.status is sg.SagaStatus.COMPENSATED and saga.reason == "saga timed out"
+
+
+def test_a_compensation_waits_out_an_outage_instead_of_parking() -> None:
+    run = Run({"create_shipment": fails(retryable=False), "refund_payment": down(times=20)})
+    saga = run.until_rest(max_steps=200)
+    assert saga.status is sg.SagaStatus.COMPENSATED and "PaymentRefunded" in run.order_events
 
 
 def test_the_saga_timeout_starts_compensation() -> None:
