@@ -47,7 +47,9 @@ class StepRunner:
             return await self._steps[sg.Step(action.step)](order, saga, action)
         except _BUSINESS as e:
             return sg.StepResult(False, retryable=False, error=str(e)), ff.StepData()
-        except (StoreUnavailable, ServiceUnavailable, TimeoutError, OSError) as e:  # an outage, not the business's
+        except TimeoutError as e:  # what it called is there but too slow: counted, as the engine's own timeout is
+            return sg.StepResult(False, retryable=True, error=f"{type(e).__name__}: {e}"), ff.StepData()
+        except (StoreUnavailable, ServiceUnavailable, OSError) as e:  # unreachable or down: an outage, waited out
             return sg.StepResult(False, retryable=True, error=f"{type(e).__name__}: {e}", unavailable=True), ff.StepData()
 
     async def reserve_inventory(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
