@@ -135,6 +135,10 @@ def install_error_handlers(app: FastAPI) -> None:
         body_shape = {"json_invalid", "model_attributes_type", "dict_type", "missing"}
         if any(x.get("type") == "json_invalid" or (tuple(x.get("loc", ())) == ("body",) and x.get("type") in body_shape)
                for x in errs):
+            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media != "application/json" and not media.endswith("+json"):  # not read as JSON at all
+                return problem(415, "unsupported-media-type", "send the body as JSON, with Content-Type: "
+                               f"application/json (not {media or 'none'})")
             return problem(400, "malformed-body", "the body must be a JSON object")
         fields = [{"loc": [str(p) for p in x.get("loc", ())], "msg": str(x.get("msg", ""))} for x in errs]
         return problem(422, "validation-error", "the request is not valid", errors=fields)

@@ -44,10 +44,10 @@ IdempotencyKey = Annotated[
 
 # Error responses, per route: every route that identifies its caller may meet a bad token (401), a role
 # that may not do this (403), a customer's spent budget (429; a customer's token spends it before its
-# role is checked) and a dependency that is down (503); every route with a parameter, 422; with a body, 400
-# and 413 as well.
+# role is checked) and a dependency that is down (503); every route with a parameter, 422; with a body, 400,
+# 413 and 415 as well.
 CALLER = (401, 403, 422, 429, 503)
-BODY = (400, 413)
+BODY = (400, 413, 415)
 KEY_IN_FLIGHT = "a request with the same Idempotency-Key is still in progress (request-in-progress)"
 UNKNOWN_ORDER = {404: "Unknown order, or another customer's"}
 UNKNOWN_CART = "Unknown or expired cart, or another customer's"

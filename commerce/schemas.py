@@ -417,7 +417,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_DESCRIPTIONS = {
     400: "Malformed JSON, or a body that is not an object", 401: "Missing or invalid bearer token",
     403: "The caller may not do this", 404: "Unknown id", 409: "Conflict with the current state",
-    413: "Body over 64 KiB", 422: "Well-formed but invalid (schema, ranges, unknown field, Idempotency-Key)",
+    413: "Body over 64 KiB", 415: "A body not sent as application/json", 422: "Well-formed but invalid (schema, ranges, unknown field, Idempotency-Key)",
     429: "A customer's request budget is spent; see Retry-After",
     503: "A dependency is unavailable; see Retry-After",
 }

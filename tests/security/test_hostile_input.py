@@ -86,6 +86,19 @@ async def test_a_body_that_is_not_utf8_is_a_bad_request(http: httpx.AsyncClient)
     assert (await http.get(f"{API}/inventory/{pid}")).json()["on_hand"] == 10
 
 
+async def test_a_json_body_sent_as_another_media_type_is_a_415_that_says_so(http: httpx.AsyncClient) -> None:
+    pid = await product(http)
+    body = b'{"on_hand": 3, "price": "1.00"}'
+    for media in ("text/plain", None):
+        headers = {"content-type": media} if media else {}
+        r = await http.put(f"{API}/inventory/{pid}", content=body, headers=headers)
+        assert r.status_code == 415 and r.headers["content-type"] == PROBLEM, (media, r.text)
+        assert "application/json" in r.json()["detail"]
+    assert (await http.get(f"{API}/inventory/{pid}")).json()["on_hand"] == 10
+    assert (await http.put(f"{API}/inventory/{pid}", content=body,
+                           headers={"content-type": "application/json; charset=utf-8"})).status_code == 200
+
+
 @pytest.mark.parametrize("cursor", [
     "!!!", base64.urlsafe_b64encode(b"\xff\xfe").decode(), base64.urlsafe_b64encode(b'["x"]').decode(),
     base64.urlsafe_b64encode(b"[1, 2]").decode(), base64.urlsafe_b64encode(b'{"a": 1, "b": 2}').decode(),
