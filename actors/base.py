@@ -24,8 +24,9 @@ from store.errors import StoreError
 # The shape of the actors' calls (their arguments, their answers, the errors they raise); a start refuses
 # running actors of another (actors.deploy.check_layout). 2: frozen views and raised domain errors;
 # 4: batched calls to the shards (run_batch, withdraw), each call with its caller's deadline; 5: create_order's
-# `new`, and order shards told of prices (price_changed).
-PROTOCOL = 5
+# `new`, and order shards told of prices (price_changed); 6: set_stock's expected_version, reserve's held_before,
+# undo's void, keep_starting.
+PROTOCOL = 6
 # Errors a batched call raises to its caller as they are, as an unbatched call's reach it out of RayTaskError.
 BATCH_ERRORS = (DomainError, StoreError, TimeoutError, ServiceUnavailable)
 START_RETRY = 1.0  # seconds before a failed start is tried again on its own; doubled up to START_RETRY_MAX

@@ -21,6 +21,10 @@ class ActorLost(ServiceUnavailable):
     """The actor died (or could not be reached) while it had the call: whether the call ran is unknown."""
 
 
+class ServiceTimeout(ServiceUnavailable):
+    """The actor is there but did not answer within the call's deadline: slow, not down."""
+
+
 class ActorRef:
     """A named actor, looked up when first used and again after it failed."""
 
@@ -76,7 +80,7 @@ async def call(ref: ActorRef, method: str, *args: Any, timeout: float = 30.0, wi
                 raise ActorLost(f"actor {ref.name} is unavailable: {type(e).__name__}") from e
             await asyncio.sleep(0.5)
         except (TimeoutError, GetTimeoutError) as e:
-            raise ServiceUnavailable(f"actor {ref.name} did not answer within {timeout}s") from e
+            raise ServiceTimeout(f"actor {ref.name} did not answer within {timeout}s") from e
     raise ServiceUnavailable(ref.name)
 
 

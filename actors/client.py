@@ -13,7 +13,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from actors.calls import ActorLost, ActorRef, ServiceUnavailable, call
+from actors.calls import ActorLost, ActorRef, ServiceTimeout, ServiceUnavailable, call
 from actors.lanes import Lanes
 from actors.routing import inventory_shard_name, order_shard_name, shard_of
 from actors.views import Cancelled, OrderView, Placed, ReservationView, SagaState, StockView
@@ -21,7 +21,7 @@ from actors.watch import Watch
 from domain import inventory
 
 __all__ = ["BATCHED_COMMANDS", "BATCHED_ORDER_CALLS", "ActorLost", "ActorRef", "InventoryClient", "Lanes",
-           "OrderClient", "ServiceUnavailable", "call"]
+           "OrderClient", "ServiceTimeout", "ServiceUnavailable", "call"]
 
 BATCHED_COMMANDS = frozenset({"reserve", "commit", "undo"})  # the SKU commands of the sagas
 BATCHED_ORDER_CALLS = {"create_order": "commands", "get_order": "reads"}  # the calls of an order shard, by lane
@@ -50,11 +50,10 @@ class InventoryClient:
 
     async def set_stock(self, product_id: uuid.UUID, on_hand: int, price: str, name: str | None,
                         expected_version: int | None = None) -> StockView:
-        """Sent once, by this client and by Ray: a stock level is absolute, so a second sending after the shard
-        was lost could undo the sales made in between. The caller learns that the outcome is unknown (ActorLost)
-        and reads the stock again."""
-        result: StockView = await call(self._ref(product_id), "set_stock", product_id, on_hand, price, name,
-                                       expected_version, timeout=self.timeout, withdraw=True, attempts=1)
+        """One change under one command id, however often this client or Ray sends it again (a shard lost
+        meanwhile): the SKU applies it once (``inv.decide_set_stock``)."""
+        result: StockView = await self._call(product_id, "set_stock", product_id, on_hand, price, name,
+                                             expected_version, uuid.uuid4())
         return result
 
     async def get_stock(self, product_id: uuid.UUID) -> StockView:
@@ -98,8 +97,9 @@ class InventoryClient:
         return result
 
     async def undo(self, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str,
-                   correlation_id: uuid.UUID | None = None) -> StockView:
-        result: StockView = await self._call(product_id, "undo", product_id, reservation_id, owner, correlation_id)
+                   correlation_id: uuid.UUID | None = None, void: bool = False) -> StockView:
+        result: StockView = await self._call(product_id, "undo", product_id, reservation_id, owner, correlation_id,
+                                             void)
         return result
 
     async def commit(self, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str,

@@ -71,10 +71,10 @@ class InventoryShard(Shard):
         return await self.batches.run(product_id, decide, ctx)
 
     async def set_stock(self, product_id: uuid.UUID, on_hand: int, price: str, name: str | None,
-                        expected_version: int | None = None) -> StockView:
-        ctx = CommandContext.new(product_id, now())
+                        expected_version: int | None = None, command_id: uuid.UUID | None = None) -> StockView:
+        ctx = CommandContext.new(product_id, now(), command_id=command_id)
         sku, _ = await self._decide(product_id, lambda s: inv.decide_set_stock(
-            s, product_id, on_hand, Decimal(price), name, expected_version), ctx)
+            s, product_id, on_hand, Decimal(price), name, expected_version, command_id), ctx)
         view = StockView.of(inv.require(sku, product_id))
         await self._announce(view)
         return view
@@ -114,10 +114,10 @@ class InventoryShard(Shard):
                                   lambda s: inv.decide_release(s, product_id, reservation_id, caller, admin=admin))
 
     async def undo(self, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str,
-                   correlation_id: uuid.UUID | None = None) -> StockView:
+                   correlation_id: uuid.UUID | None = None, void: bool = False) -> StockView:
         """An order's compensation gives back what it holds (see ``inv.decide_undo``)."""
         return await self._change(product_id, reservation_id, correlation_id,
-                                  lambda s: inv.decide_undo(s, product_id, reservation_id, owner))
+                                  lambda s: inv.decide_undo(s, product_id, reservation_id, owner, void))
 
     async def commit(self, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str,
                      correlation_id: uuid.UUID | None = None) -> StockView:
@@ -157,10 +157,9 @@ class InventoryShard(Shard):
         return bool(records)
 
     async def next_pass(self) -> float:
-        """Seconds until the next expiry pass is due: this shard's earliest deadline, in memory or stored
-        (the store's earliest of any shard: never later than this shard's), within EXPIRY_INTERVAL and
-        EXPIRY_RESCAN."""
-        stored = await self.store.next_due(inv.AGGREGATE_TYPE)
+        """Seconds until the next expiry pass is due: this shard's earliest deadline, in memory or stored,
+        within EXPIRY_INTERVAL and EXPIRY_RESCAN."""
+        stored = await self.store.next_due(inv.AGGREGATE_TYPE, (self.index, self.settings.inventory_shards))
         found = [t for _, sku in self.host.states() if (t := inv.next_expiry(sku))]
         if self._expiry_wake.is_set() and self._next_expiry is not None:  # a command's, stored during this pass
             found.append(self._next_expiry)

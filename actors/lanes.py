@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from actors.call_batches import Answer, Call, CallBatches, Key, Withdrawn
-from actors.calls import ActorLost, ActorRef, ServiceUnavailable, call
+from actors.calls import ActorLost, ActorRef, ServiceTimeout, call
 from actors.watch import Watch
 
 RESEND_AFTER = 0.2  # seconds before a batch goes again to a shard that was lost; doubled each time
@@ -33,7 +33,7 @@ class Lanes:
         try:
             return await self._batches[shard, lane].call(method, *args)
         except (TimeoutError, Withdrawn) as e:
-            raise ServiceUnavailable(f"shard {shard} did not answer {method}: {type(e).__name__}") from e
+            raise ServiceTimeout(f"shard {shard} did not answer {method}: {type(e).__name__}") from e
 
     async def _send(self, ref: ActorRef, awaited: Callable[[], list[Call]]) -> dict[Key, Answer]:
         """The batch's calls that are still awaited, once; if the shard was lost meanwhile, those still awaited

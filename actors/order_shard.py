@@ -166,8 +166,9 @@ class OrderShard(Shard):
     async def retry_saga(self, order_id: uuid.UUID, command_id: uuid.UUID) -> SagaState:
         await self.start()
         async with self.host.entity(order_id) as ent:
-            await self._saga_command(
-                ent, lambda order, saga: ff.implied(order, sg.decide_retry(saga, now(), self.policy)), command_id)
+            holds = dt.timedelta(seconds=self.settings.reservation_ttl)  # an order's reservations: deadline + ttl
+            await self._saga_command(ent, lambda order, saga: ff.implied(
+                order, sg.decide_retry(saga, now(), self.policy, saga.deadline + holds)), command_id)
             return SagaState(self._saga(ent).saga_id, self._saga(ent).status)
 
     async def compensate_saga(self, order_id: uuid.UUID, reason: str, command_id: uuid.UUID) -> SagaState:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Awaitable, Callable
 
-from actors.client import InventoryClient, ServiceUnavailable
+from actors.client import InventoryClient, ServiceTimeout, ServiceUnavailable
 from actors.providers import PaymentProvider, ProviderResult, ShippingProvider
 from domain import fulfilment as ff
 from domain import inventory as inv
@@ -47,7 +47,7 @@ class StepRunner:
             return await self._steps[sg.Step(action.step)](order, saga, action)
         except _BUSINESS as e:
             return sg.StepResult(False, retryable=False, error=str(e)), ff.StepData()
-        except TimeoutError as e:  # what it called is there but too slow: counted, as the engine's own timeout is
+        except (TimeoutError, ServiceTimeout) as e:  # there but too slow: counted, as the engine's own timeout is
             return sg.StepResult(False, retryable=True, error=f"{type(e).__name__}: {e}"), ff.StepData()
         except (StoreUnavailable, ServiceUnavailable, OSError) as e:  # unreachable or down: an outage, waited out
             return sg.StepResult(False, retryable=True, error=f"{type(e).__name__}: {e}", unavailable=True), ff.StepData()
@@ -68,7 +68,7 @@ class StepRunner:
                     raise inv.ReservationNotActive(r.reservation_id, got.outcome)
         except _BUSINESS:
             # Give back what this order already holds before the step counts as failed.
-            await self._release_all(order)
+            await self._release_all(order, void=False)
             raise
         return sg.StepResult(True), ff.StepData(reservations=tuple(made))
 
@@ -79,18 +79,22 @@ class StepRunner:
         return sg.StepResult(True), ff.StepData()
 
     async def release_inventory(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
-        await self._release_all(order)
+        await self._release_all(order, void=True)
         # The order's stream records a release only where it recorded the reservation.
         return sg.StepResult(True, effective=bool(order.reservations)), ff.StepData()
 
-    async def _release_all(self, order: o.Order) -> None:
+    async def _release_all(self, order: o.Order, void: bool) -> None:
+        """Give back what the order holds. With ``void`` (the compensation), an id of this order's that no
+        reservation has yet is closed, so that a reserve still under way for the order (sent by another live
+        instance of its shard) holds nothing when it lands; ids of an earlier scheme are only given back."""
         owner = inv.order_owner(order.order_id)
         # Reservations made under ids of an earlier scheme (or secret) are given back too: the owner check
         # of ``undo`` leaves alone whatever is not this order's.
         earlier = () if order.reservations else ff.legacy_reservations(order)
-        for r in (*ff.held_reservations(order, self.reservation_key), *earlier):
+        for r, closes in [*((r, void) for r in ff.held_reservations(order, self.reservation_key)),
+                          *((r, False) for r in earlier)]:
             try:
-                await self.inventory.undo(r.product_id, r.reservation_id, owner, correlation_id=order.order_id)
+                await self.inventory.undo(r.product_id, r.reservation_id, owner, order.order_id, closes)
             except inv.UnknownProduct:
                 continue
 

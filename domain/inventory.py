@@ -119,6 +119,7 @@ class StockSet(DomainEvent):
     on_hand: int
     price: Decimal
     name: str
+    command_id: uuid.UUID | None = None  # the change's own id: the same change sent again applies once
 
 
 @event
@@ -348,6 +349,7 @@ class Sku:
     reservations: Mapping[uuid.UUID, Reservation] = dataclasses.field(default_factory=Reservations)
     reserved: int = 0
     forgotten_at: dt.datetime | None = None  # when closed reservations past their retention were last forgotten
+    last_set: uuid.UUID | None = None  # the command id of the last stock change (StockSet.command_id)
 
     def __post_init__(self) -> None:
         if not isinstance(self.reservations, Reservations):  # decoded from a snapshot, or built by hand
@@ -366,9 +368,13 @@ MAX_ON_HAND = 1_000_000_000
 
 
 def decide_set_stock(state: Sku | None, product_id: uuid.UUID, on_hand: int, price: Decimal, name: str | None,
-                     expected_version: int | None = None) -> list[DomainEvent]:
+                     expected_version: int | None = None, command_id: uuid.UUID | None = None) -> list[DomainEvent]:
     """Set the stock on hand, the price and the name. ``expected_version`` (0: the product is new) makes the
-    change conditional: an admin who read the stock before a sale does not put the sold units back."""
+    change conditional: an admin who read the stock before a sale does not put the sold units back. The
+    same change sent again (``command_id``: a Ray retry after its shard was lost, with sales in between)
+    changes nothing: a stock level is absolute, and setting it again would undo those sales."""
+    if command_id is not None and state is not None and state.last_set == command_id:
+        return []
     if expected_version is not None and expected_version != (state.version if state else 0):
         raise VersionMismatch(product_id, expected_version, state.version if state else 0)
     if not 0 <= on_hand <= MAX_ON_HAND:
@@ -381,7 +387,7 @@ def decide_set_stock(state: Sku | None, product_id: uuid.UUID, on_hand: int, pri
     name = name if name is not None else (state.name if state else "")
     if state and (state.on_hand, state.price, state.name) == (on_hand, price, name):
         return []
-    return [StockSet(product_id, on_hand, price, name)]
+    return [StockSet(product_id, on_hand, price, name, command_id)]
 
 
 def require(state: Sku | None, product_id: uuid.UUID) -> Sku:
@@ -441,14 +447,15 @@ def decide_release(state: Sku | None, product_id: uuid.UUID, reservation_id: uui
     return []
 
 
-def decide_undo(state: Sku | None, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str) -> list[DomainEvent]:
+def decide_undo(state: Sku | None, product_id: uuid.UUID, reservation_id: uuid.UUID, owner: str,
+                void: bool = False) -> list[DomainEvent]:
     """An order's compensation: give back what the owner holds, a sale's units included. A reservation
-    that someone else holds under this id is left alone; one never made is voided, so that it is never
-    made later (:class:`ReservationVoided`). Idempotent."""
+    that someone else holds under this id is left alone; with ``void``, one never made is voided, so that it
+    is never made later (:class:`ReservationVoided`). Idempotent."""
     sku = require(state, product_id)
     r = sku.reservations.get(reservation_id)
     if r is None:
-        return [ReservationVoided(reservation_id, owner)]
+        return [ReservationVoided(reservation_id, owner)] if void else []
     if r.owner != owner:
         return []
     if r.outcome is Outcome.ACTIVE:
@@ -529,8 +536,9 @@ def evolve(state: Sku | None, recorded: Recorded) -> Sku | None:
     e, v, at = recorded.event, recorded.version, recorded.at
     if isinstance(e, StockSet):
         if state is None:
-            return Sku(e.product_id, e.name, e.price, e.on_hand, v)
-        return dataclasses.replace(state, name=e.name, price=e.price, on_hand=e.on_hand, version=v)
+            return Sku(e.product_id, e.name, e.price, e.on_hand, v, last_set=e.command_id)
+        return dataclasses.replace(state, name=e.name, price=e.price, on_hand=e.on_hand, version=v,
+                                   last_set=e.command_id)
     if state is None:
         return None
     if isinstance(e, StockReserved):

@@ -337,12 +337,22 @@ def decide_compensate(saga: Saga, reason: str) -> list[DomainEvent]:
     return [CompensationStarted(reason)]
 
 
-def decide_retry(saga: Saga, now: dt.datetime, policy: SagaPolicy) -> list[DomainEvent]:
-    """Operator resumes a FAILED saga from its failed step; going forward, it has the policy's time again."""
+def decide_retry(saga: Saga, now: dt.datetime, policy: SagaPolicy,
+                 holds_until: dt.datetime | None = None) -> list[DomainEvent]:
+    """Operator resumes a FAILED saga from its failed step. Going forward, it has the policy's time again, but
+    once its reserve step was tried, no longer than the reservations it made (or may have made) hold
+    (``holds_until``): past that, it would charge and ship an order whose stock it no longer holds. With no
+    time left, it keeps its deadline, and times out into its compensation."""
     if saga.status is not SagaStatus.FAILED:
         raise TransitionForbidden(f"saga {saga.saga_id} is {saga.status}, not FAILED", saga.status)
-    forward = saga.phase is Phase.EXECUTE
-    return [SagaResumed(saga.run + 1, now + dt.timedelta(seconds=policy.timeout) if forward else None)]
+    deadline: dt.datetime | None = None
+    if saga.phase is Phase.EXECUTE:
+        deadline = now + dt.timedelta(seconds=policy.timeout)
+        if holds_until is not None and Step.RESERVE_INVENTORY in saga.attempted:
+            deadline = min(deadline, holds_until)
+        if deadline <= now:
+            deadline = None
+    return [SagaResumed(saga.run + 1, deadline)]
 
 
 def preview(saga_id: uuid.UUID, saga: Saga | None, events: list[DomainEvent], at: dt.datetime) -> Saga | None:

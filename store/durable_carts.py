@@ -25,7 +25,7 @@ import asyncpg
 from domain.cart import Cart, CartError, CartLine, CartStatus
 from domain.errors import NotFound, TransitionForbidden
 from store.carts import RedisCartStore
-from store.errors import ConcurrencyConflict, postgres_errors
+from store.errors import ConcurrencyConflict, StoreUnavailable, postgres_errors
 
 T = TypeVar("T")
 CHANGE_ATTEMPTS = 3
@@ -131,9 +131,13 @@ class DurableCartStore:
 
     async def get(self, cart_id: uuid.UUID, owner: uuid.UUID | None = None) -> Cart:
         """The cart as recorded: the copy in Redis, unless the record has another version (then it is put
-        back from the record first, holding the cart's lock)."""
+        back from the record first, holding the cart's lock). While PostgreSQL is away, the copy in Redis."""
         cart = await self._restoring(cart_id, lambda: self.redis.get(cart_id, owner))
-        if await self.journal.version(cart_id, dt.datetime.now(dt.UTC)) in (None, cart.version):
+        try:
+            recorded = await self.journal.version(cart_id, dt.datetime.now(dt.UTC))
+        except StoreUnavailable:
+            return cart  # nothing to compare it with: a read goes on as it did before records were kept
+        if recorded in (None, cart.version):
             return cart
         async with self.journal.changing(cart_id) as conn:
             await self._put_back(cart_id, conn)

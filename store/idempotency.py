@@ -71,7 +71,7 @@ class IdempotencyStore:
         with postgres_errors():
             async with self.pool.acquire() as conn:
                 claimed = await conn.fetchrow(
-                    """INSERT INTO idempotency_keys (scope, key, fingerprint) VALUES ($1, $2, $3)
+                    """INSERT INTO idempotency_keys (scope, key, fingerprint, salt) VALUES ($1, $2, $3, gen_random_uuid())
                        ON CONFLICT (scope, key) DO UPDATE SET created_at = NOW(), fingerprint = $3, released = FALSE
                        WHERE idempotency_keys.status IS NULL
                          AND (idempotency_keys.released OR (idempotency_keys.fingerprint = $3

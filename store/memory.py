@@ -58,9 +58,10 @@ class InMemoryEventStore:
                        if kind == aggregate_type and t is not None and t <= now and aid.int % count == index)
         return [aid for _, aid in found[:limit]]
 
-    async def next_due(self, aggregate_type: str) -> dt.datetime | None:
-        return min((t for kind, t, _ in self._deadlines.values() if kind == aggregate_type and t is not None),
-                   default=None)
+    async def next_due(self, aggregate_type: str, shard: tuple[int, int] | None = None) -> dt.datetime | None:
+        index, count = shard or (0, 1)
+        return min((t for aid, (kind, t, _) in self._deadlines.items()
+                    if kind == aggregate_type and t is not None and aid.int % count == index), default=None)
 
     async def aggregate_type(self, aggregate_id: uuid.UUID) -> str | None:
         stream = self._streams.get(aggregate_id)

@@ -339,10 +339,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         13,
         "idempotency keys have a salt of their own, and a released claim is kept",
         # Keys claimed before keep no salt (NULL): their requests, retried across the upgrade, derive the
-        # ids they derived before. New keys get one when first claimed.
+        # ids they derived before. The salt is no column default: a replica of the release before, still
+        # serving during a rolling upgrade, inserts keys whose ids it derives without one, and they must
+        # stay without one. The service's claim sets it.
         """
         ALTER TABLE idempotency_keys ADD COLUMN salt UUID;
-        ALTER TABLE idempotency_keys ALTER COLUMN salt SET DEFAULT gen_random_uuid();
         ALTER TABLE idempotency_keys ADD COLUMN released BOOLEAN NOT NULL DEFAULT FALSE;
         """,
     ),

@@ -199,3 +199,8 @@ async def test_the_streams_due_of_one_shard_are_found_whatever_is_due_before_the
             assert await store.due(kind, later, shard=(index, count)) == [p for p in ids if shard_of(p, count) == index]
     last = [p for p in ids if shard_of(p, 4) == 3]
     assert await store.due(kind, later, limit=2, shard=(3, 4)) == last[:2]
+    for count in (1, 4, 7):  # and the earliest of one shard's deadlines, not of everyone's
+        for index in range(count):
+            first = next((i for i, p in enumerate(ids) if shard_of(p, count) == index), None)
+            assert await store.next_due(kind, (index, count)) == (None if first is None else
+                                                                  NOW + dt.timedelta(seconds=first))

@@ -170,12 +170,30 @@ def test_a_reserve_arriving_after_its_orders_compensation_holds_nothing() -> Non
     reserve, sent before, lands after. It must not hold the cancelled order's stock until it expires."""
     owner, rid = inv.order_owner(uuid.uuid4()), uuid.uuid4()
     sku = stocked(10)
-    [voided] = inv.decide_undo(sku, PID, rid, owner)
+    assert inv.decide_undo(sku, PID, rid, owner) == []  # a reserve step giving back after a refusal: no tombstone
+    [voided] = inv.decide_undo(sku, PID, rid, owner, void=True)  # the compensation closes the id
     sku = fold(sku, [voided])
     assert sku is not None and (sku.on_hand, sku.reserved, sku.available) == (10, 0, 10)
-    assert inv.decide_undo(sku, PID, rid, owner) == []  # undone again: nothing more
+    assert inv.decide_undo(sku, PID, rid, owner, void=True) == []  # undone again: nothing more
     with pytest.raises(inv.ReservationIdConflict):  # the id is closed: the late step fails, holding nothing
         inv.decide_reserve(sku, PID, rid, 3, NOW + dt.timedelta(minutes=5), owner)
+
+
+def test_a_stock_change_sent_again_after_sales_does_not_undo_them() -> None:
+    """Its shard was lost after the change was applied; Ray sends it again once the shard is back, and sales
+    were made in between: they stay made."""
+    change = uuid.uuid4()
+    before = stocked(10)
+    sku = fold(before, inv.decide_set_stock(before, PID, 20, Decimal("2.50"), None, command_id=change))
+    assert sku is not None and sku.on_hand == 20
+    reserved = reserve(sku, 5, rid := uuid.uuid4())
+    sold = fold(reserved, inv.decide_commit(reserved, PID, rid, "test"))
+    assert sold is not None and sold.on_hand == 15
+    assert inv.decide_set_stock(sold, PID, 20, Decimal("2.50"), None, command_id=change) == []
+    again = inv.decide_set_stock(sold, PID, 20, Decimal("2.50"), None, command_id=uuid.uuid4())  # a new change
+    assert [e.on_hand for e in again if isinstance(e, inv.StockSet)] == [20]
+    assert inv.decide_set_stock(sold, PID, 20, Decimal("2.50"), None, expected_version=sku.version,
+                                command_id=change) == []  # sent again with its version: not a 409 either
 
 
 def test_stock_cannot_be_set_below_what_is_reserved() -> None:

@@ -121,8 +121,8 @@ class SlowDeadlines(InMemoryEventStore):
         super().__init__()
         self.asked, self.release = asyncio.Event(), asyncio.Event()
 
-    async def next_due(self, aggregate_type: str) -> dt.datetime | None:
-        found = await super().next_due(aggregate_type)  # read before the command below commits
+    async def next_due(self, aggregate_type: str, shard: tuple[int, int] | None = None) -> dt.datetime | None:
+        found = await super().next_due(aggregate_type, shard)  # read before the command below commits
         self.asked.set()
         await self.release.wait()
         return found

@@ -166,6 +166,26 @@ def test_a_compensation_waits_out_an_outage_instead_of_parking() -> None:
     assert saga.status is sg.SagaStatus.COMPENSATED and "PaymentRefunded" in run.order_events
 
 
+def test_a_forward_retry_has_time_only_while_the_reservations_it_made_hold() -> None:
+    run = Run({"process_payment": fails(retryable=True, times=1)})
+    for step in ("reserve_inventory", "process_payment"):
+        run.apply(sg.decide_attempt(sg.RunStep(step, sg.Phase.EXECUTE, 1, 1, 300.0)))
+        if step == "reserve_inventory":
+            assert run.saga is not None
+            run.apply(sg.decide_outcome(run.saga, sg.RunStep(step, sg.Phase.EXECUTE, 1, 1, 300.0),
+                                        sg.StepResult(True), run.clock, POLICY))
+    assert run.saga is not None
+    run.apply(sg.decide_stuck(run.saga, "the engine kept failing", compensate=False))
+    holds_until = run.saga.deadline + dt.timedelta(seconds=900)
+    run.clock = holds_until - dt.timedelta(seconds=60)  # the reservations hold another minute
+    [resumed] = sg.decide_retry(run.saga, run.clock, POLICY, holds_until)
+    assert isinstance(resumed, sg.SagaResumed) and resumed.deadline == holds_until
+    run.clock = holds_until + dt.timedelta(seconds=1)  # they have lapsed: no charge, no shipment
+    run.apply(sg.decide_retry(run.saga, run.clock, POLICY, holds_until))
+    assert isinstance(sg.next_action(run.saga, run.clock, POLICY), sg.TimedOut)
+    assert run.until_rest().status is sg.SagaStatus.COMPENSATED and "PaymentProcessed" not in run.order_events
+
+
 def test_the_saga_timeout_starts_compensation() -> None:
     slow = Run({"process_payment": fails(retryable=True)})
     slow.clock = NOW + dt.timedelta(seconds=301)
