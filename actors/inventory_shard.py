@@ -72,7 +72,8 @@ class InventoryShard(Shard):
 
     async def set_stock(self, product_id: uuid.UUID, on_hand: int, price: str, name: str | None,
                         expected_version: int | None = None, command_id: uuid.UUID | None = None) -> StockView:
-        ctx = CommandContext.new(product_id, now(), command_id=command_id)
+        # The change's id is in its event's data, not its event ids: those follow from the batch it lands in.
+        ctx = CommandContext.new(product_id, now())
         sku, _ = await self._decide(product_id, lambda s: inv.decide_set_stock(
             s, product_id, on_hand, Decimal(price), name, expected_version, command_id), ctx)
         view = StockView.of(inv.require(sku, product_id))

@@ -24,15 +24,21 @@ class Lanes:
     def __init__(self, refs: list[ActorRef], lanes: tuple[str, ...], timeout: float, watch: Watch | None) -> None:
         self.timeout = timeout
         self.watch = watch
+        self._refs = refs
+        self._lost: set[str] = set()  # shards found lost since they last answered a batch
         self._withdrawals: set[asyncio.Task[bool]] = set()  # under way: kept, so that none is collected early
         self._batches = {(i, lane): CallBatches(functools.partial(self._send, ref),
                                                 functools.partial(self._withdraw, ref) if watch else _kept, timeout)
                          for i, ref in enumerate(refs) for lane in lanes}
 
     async def call(self, shard: int, lane: str, method: str, *args: Any) -> Any:
+        """The shard's answer; ActorLost when the caller's deadline passed while the shard was lost (an outage),
+        ServiceTimeout when it passed while the shard was there (slow)."""
         try:
             return await self._batches[shard, lane].call(method, *args)
-        except (TimeoutError, Withdrawn) as e:
+        except (TimeoutError, Withdrawn, ServiceTimeout) as e:
+            if self._refs[shard].name in self._lost:
+                raise ActorLost(f"shard {shard} was lost and has not answered {method} since") from e
             raise ServiceTimeout(f"shard {shard} did not answer {method}: {type(e).__name__}") from e
 
     async def _send(self, ref: ActorRef, awaited: Callable[[], list[Call]]) -> dict[Key, Answer]:
@@ -46,9 +52,11 @@ class Lanes:
                 waited = max(c[3] for c in calls) - time.time()  # no longer than the last of its callers waits
                 answers: list[Answer] = await call(ref, "run_batch", calls, timeout=max(waited, 0.001), attempts=1)
             except ActorLost:
+                self._lost.add(ref.name)
                 await asyncio.sleep(min(RESEND_AFTER * 2 ** lost, RESEND_AFTER_AT_MOST))
                 lost += 1
                 continue
+            self._lost.discard(ref.name)
             return {c[0]: a for c, a in zip(calls, answers, strict=True)}
         return {}
 

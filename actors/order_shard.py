@@ -166,9 +166,9 @@ class OrderShard(Shard):
     async def retry_saga(self, order_id: uuid.UUID, command_id: uuid.UUID) -> SagaState:
         await self.start()
         async with self.host.entity(order_id) as ent:
-            holds = dt.timedelta(seconds=self.settings.reservation_ttl)  # an order's reservations: deadline + ttl
+            holds = dt.timedelta(seconds=self.settings.reservation_ttl)  # as reserve_inventory sets their expiry
             await self._saga_command(ent, lambda order, saga: ff.implied(
-                order, sg.decide_retry(saga, now(), self.policy, saga.deadline + holds)), command_id)
+                order, sg.decide_retry(saga, now(), self.policy, saga.holds_from + holds)), command_id)
             return SagaState(self._saga(ent).saga_id, self._saga(ent).status)
 
     async def compensate_saga(self, order_id: uuid.UUID, reason: str, command_id: uuid.UUID) -> SagaState:

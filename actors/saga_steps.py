@@ -54,7 +54,7 @@ class StepRunner:
 
     async def reserve_inventory(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
         """Reserve every line; the step succeeds only with exactly what it asked for."""
-        expires_at = saga.deadline + dt.timedelta(seconds=self.reservation_ttl)
+        expires_at = saga.holds_from + dt.timedelta(seconds=self.reservation_ttl)
         owner = inv.order_owner(order.order_id)
         made: list[o.ReservedLine] = []
         try:

@@ -216,6 +216,11 @@ class CpuUse:
         return dict(sorted(used.items(), key=lambda kv: -kv[1]))
 
 
+def busy_seconds() -> float:
+    """The CPU time the whole machine has been busy since it started, in seconds."""
+    return _busy(psutil.cpu_times())
+
+
 def _busy(t: Any) -> float:
     return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
                  + getattr(t, "steal", 0.0))

@@ -349,7 +349,7 @@ class Sku:
     reservations: Mapping[uuid.UUID, Reservation] = dataclasses.field(default_factory=Reservations)
     reserved: int = 0
     forgotten_at: dt.datetime | None = None  # when closed reservations past their retention were last forgotten
-    last_set: uuid.UUID | None = None  # the command id of the last stock change (StockSet.command_id)
+    recent_sets: tuple[uuid.UUID, ...] = ()  # the command ids of its last RECENT_SETS stock changes
 
     def __post_init__(self) -> None:
         if not isinstance(self.reservations, Reservations):  # decoded from a snapshot, or built by hand
@@ -365,6 +365,7 @@ class Sku:
 
 MAX_QUANTITY = 10_000
 MAX_ON_HAND = 1_000_000_000
+RECENT_SETS = 16  # stock changes a SKU knows again when sent again (another change may have come between)
 
 
 def decide_set_stock(state: Sku | None, product_id: uuid.UUID, on_hand: int, price: Decimal, name: str | None,
@@ -373,7 +374,7 @@ def decide_set_stock(state: Sku | None, product_id: uuid.UUID, on_hand: int, pri
     change conditional: an admin who read the stock before a sale does not put the sold units back. The
     same change sent again (``command_id``: a Ray retry after its shard was lost, with sales in between)
     changes nothing: a stock level is absolute, and setting it again would undo those sales."""
-    if command_id is not None and state is not None and state.last_set == command_id:
+    if command_id is not None and state is not None and command_id in state.recent_sets:
         return []
     if expected_version is not None and expected_version != (state.version if state else 0):
         raise VersionMismatch(product_id, expected_version, state.version if state else 0)
@@ -535,10 +536,11 @@ def _close(state: Sku, reservation_id: uuid.UUID, outcome: Outcome, version: int
 def evolve(state: Sku | None, recorded: Recorded) -> Sku | None:
     e, v, at = recorded.event, recorded.version, recorded.at
     if isinstance(e, StockSet):
+        recent = (*(state.recent_sets if state else ()), *([e.command_id] if e.command_id else []))[-RECENT_SETS:]
         if state is None:
-            return Sku(e.product_id, e.name, e.price, e.on_hand, v, last_set=e.command_id)
+            return Sku(e.product_id, e.name, e.price, e.on_hand, v, recent_sets=recent)
         return dataclasses.replace(state, name=e.name, price=e.price, on_hand=e.on_hand, version=v,
-                                   last_set=e.command_id)
+                                   recent_sets=recent)
     if state is None:
         return None
     if isinstance(e, StockReserved):

@@ -191,6 +191,13 @@ class Saga:
     reason: str | None = None
     last_error: str | None = None
     outages: int = 0  # failures of the current step that were outages (StepFailed.unavailable)
+    reserved_under: dt.datetime | None = None  # the deadline its reserve step was first tried under
+
+    @property
+    def holds_from(self) -> dt.datetime:
+        """The deadline from which the order's reservations' expiry counts (a retry may move the deadline
+        since; the reservations keep theirs)."""
+        return self.reserved_under or self.deadline
 
     @property
     def current_step(self) -> str | None:
@@ -392,9 +399,12 @@ def evolve(saga: Saga | None, recorded: Recorded) -> Saga | None:
         attempted = saga.attempted
         if e.action is Phase.EXECUTE and e.step not in attempted:
             attempted = attempted + (e.step,)
+        reserved_under = saga.reserved_under
+        if e.step == Step.RESERVE_INVENTORY and e.action is Phase.EXECUTE and reserved_under is None:
+            reserved_under = saga.deadline
         return dataclasses.replace(
             saga, attempt=e.attempt, in_flight=True, retry_at=None, attempted=attempted,
-            attempts_total=saga.attempts_total + 1,
+            attempts_total=saga.attempts_total + 1, reserved_under=reserved_under,
         )
     if isinstance(e, StepSucceeded):
         done = dataclasses.replace(saga, attempt=0, in_flight=False, retry_at=None, last_error=None, outages=0)

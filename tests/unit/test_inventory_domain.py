@@ -192,6 +192,9 @@ def test_a_stock_change_sent_again_after_sales_does_not_undo_them() -> None:
     assert inv.decide_set_stock(sold, PID, 20, Decimal("2.50"), None, command_id=change) == []
     again = inv.decide_set_stock(sold, PID, 20, Decimal("2.50"), None, command_id=uuid.uuid4())  # a new change
     assert [e.on_hand for e in again if isinstance(e, inv.StockSet)] == [20]
+    damaged = fold(sold, inv.decide_set_stock(sold, PID, 4, Decimal("2.50"), None, command_id=uuid.uuid4()))
+    assert damaged is not None and damaged.on_hand == 4  # another change came between the two sendings
+    assert inv.decide_set_stock(damaged, PID, 20, Decimal("2.50"), None, command_id=change) == []
     assert inv.decide_set_stock(sold, PID, 20, Decimal("2.50"), None, expected_version=sku.version,
                                 command_id=change) == []  # sent again with its version: not a 409 either
 

@@ -186,6 +186,25 @@ def test_a_forward_retry_has_time_only_while_the_reservations_it_made_hold() -> 
     assert run.until_rest().status is sg.SagaStatus.COMPENSATED and "PaymentProcessed" not in run.order_events
 
 
+def test_a_second_forward_retry_is_bounded_by_the_reservations_the_first_run_made() -> None:
+    """The reservations expire at the deadline the reserve step ran under plus their TTL; a retry that moved
+    the deadline does not move them."""
+    ttl = dt.timedelta(seconds=900)
+    run = Run()
+    reserve = sg.RunStep("reserve_inventory", sg.Phase.EXECUTE, 1, 1, 300.0)
+    run.apply(sg.decide_attempt(reserve))
+    assert run.saga is not None
+    first_deadline = run.saga.deadline
+    run.apply(sg.decide_outcome(run.saga, reserve, sg.StepResult(True), run.clock, POLICY))
+    for at in (500, 1150):  # parked going forward, retried; parked again, retried again
+        assert run.saga is not None
+        run.apply(sg.decide_stuck(run.saga, "the engine kept failing", compensate=False))
+        run.clock = NOW + dt.timedelta(seconds=at)
+        run.apply(sg.decide_retry(run.saga, run.clock, POLICY, run.saga.holds_from + ttl))
+    assert run.saga is not None and run.saga.holds_from == first_deadline
+    assert run.saga.deadline == first_deadline + ttl  # not 1,150 s + the timeout: the stock is not held then
+
+
 def test_the_saga_timeout_starts_compensation() -> None:
     slow = Run({"process_payment": fails(retryable=True)})
     slow.clock = NOW + dt.timedelta(seconds=301)
