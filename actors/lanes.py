@@ -25,7 +25,7 @@ class Lanes:
         self.timeout = timeout
         self.watch = watch
         self._refs = refs
-        self._lost: set[str] = set()  # shards found lost since they last answered a batch
+        self._lost_at: dict[str, float] = {}  # when each shard was last found lost (time.monotonic())
         self._withdrawals: set[asyncio.Task[bool]] = set()  # under way: kept, so that none is collected early
         self._batches = {(i, lane): CallBatches(functools.partial(self._send, ref),
                                                 functools.partial(self._withdraw, ref) if watch else _kept, timeout)
@@ -34,10 +34,11 @@ class Lanes:
     async def call(self, shard: int, lane: str, method: str, *args: Any) -> Any:
         """The shard's answer; ActorLost when the caller's deadline passed while the shard was lost (an outage),
         ServiceTimeout when it passed while the shard was there (slow)."""
+        started = time.monotonic()
         try:
             return await self._batches[shard, lane].call(method, *args)
         except (TimeoutError, Withdrawn, ServiceTimeout) as e:
-            if self._refs[shard].name in self._lost:
+            if self._lost_at.get(self._refs[shard].name, -1.0) >= started:  # lost while this call waited
                 raise ActorLost(f"shard {shard} was lost and has not answered {method} since") from e
             raise ServiceTimeout(f"shard {shard} did not answer {method}: {type(e).__name__}") from e
 
@@ -52,11 +53,10 @@ class Lanes:
                 waited = max(c[3] for c in calls) - time.time()  # no longer than the last of its callers waits
                 answers: list[Answer] = await call(ref, "run_batch", calls, timeout=max(waited, 0.001), attempts=1)
             except ActorLost:
-                self._lost.add(ref.name)
+                self._lost_at[ref.name] = time.monotonic()
                 await asyncio.sleep(min(RESEND_AFTER * 2 ** lost, RESEND_AFTER_AT_MOST))
                 lost += 1
                 continue
-            self._lost.discard(ref.name)
             return {c[0]: a for c, a in zip(calls, answers, strict=True)}
         return {}
 

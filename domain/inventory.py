@@ -386,8 +386,8 @@ def decide_set_stock(state: Sku | None, product_id: uuid.UUID, on_hand: int, pri
     if on_hand < reserved:
         raise StockBelowReserved(f"product {product_id} has {reserved} units reserved; on_hand cannot go below")
     name = name if name is not None else (state.name if state else "")
-    if state and (state.on_hand, state.price, state.name) == (on_hand, price, name):
-        return []
+    if state and (state.on_hand, state.price, state.name) == (on_hand, price, name) and command_id is None:
+        return []  # (with an id it is recorded all the same: sent again after a sale, it must be known)
     return [StockSet(product_id, on_hand, price, name, command_id)]
 
 

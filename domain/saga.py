@@ -423,8 +423,12 @@ def evolve(saga: Saga | None, recorded: Recorded) -> Saga | None:
         return dataclasses.replace(saga, status=SagaStatus.FAILED, retry_at=None, last_error=e.error)
     if isinstance(e, SagaResumed):
         status = SagaStatus.RUNNING if saga.phase is Phase.EXECUTE else SagaStatus.COMPENSATING
+        # The deadline the reservations count from, kept before a resume moves it (a saga decoded from a
+        # snapshot older than the field, whose reserve step was tried, has it only so).
+        reserved_under = saga.reserved_under or (
+            saga.deadline if Step.RESERVE_INVENTORY in saga.attempted else None)
         return dataclasses.replace(saga, status=status, run=e.run, attempt=0, retry_at=None,
-                                   deadline=e.deadline or saga.deadline, outages=0)
+                                   deadline=e.deadline or saga.deadline, outages=0, reserved_under=reserved_under)
     if isinstance(e, SagaCompleted):
         return dataclasses.replace(saga, status=SagaStatus.COMPLETED)
     if isinstance(e, SagaCompensated):

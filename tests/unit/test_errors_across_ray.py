@@ -224,10 +224,21 @@ class Hanging:
         return type("Options", (), {"options": staticmethod(lambda **kwargs: method_)})()
 
 
-async def test_a_shard_that_is_there_but_does_not_answer_in_time_is_slow_not_lost() -> None:
+async def test_a_shard_that_is_there_but_does_not_answer_in_time_is_slow_not_lost(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also after it was lost once: what counts is what the call met while it waited."""
+    monkeypatch.setattr(lanes_module, "RESEND_AFTER", 0.001)
     ref = ActorRef("inventory-shard-0", "test")
-    ref._handle = Hanging()
     lanes = Lanes([ref], ("commands",), 0.2, Watch("test"))
+    lost = LostOnce(lambda: None, lost=math.inf)
+    ref._handle = lost
+    ref.handle = lambda: lost  # type: ignore[method-assign]
+    with pytest.raises(ActorLost):
+        await lanes.call(0, "commands", "reserve", ConcurrencyConflict(PID, 1))
+    await asyncio.wait_for(asyncio.gather(*lanes._batches[0, "commands"]._senders), 5.0)
+    hanging = Hanging()  # back, but stuck
+    ref._handle = hanging
+    ref.handle = lambda: hanging  # type: ignore[method-assign]
     with pytest.raises(ServiceTimeout):  # counted against a saga step's attempts
         await lanes.call(0, "commands", "reserve", ConcurrencyConflict(PID, 1))
 

@@ -192,6 +192,13 @@ def test_a_stock_change_sent_again_after_sales_does_not_undo_them() -> None:
     assert inv.decide_set_stock(sold, PID, 20, Decimal("2.50"), None, command_id=change) == []
     again = inv.decide_set_stock(sold, PID, 20, Decimal("2.50"), None, command_id=uuid.uuid4())  # a new change
     assert [e.on_hand for e in again if isinstance(e, inv.StockSet)] == [20]
+    same = uuid.uuid4()  # a change that changes no value (a catalog sync), sent again after a sale
+    synced = fold(sold, inv.decide_set_stock(sold, PID, 15, Decimal("2.50"), None, command_id=same))
+    assert synced is not None and same in synced.recent_sets and synced.on_hand == 15
+    reserved_again = reserve(synced, 1, rid2 := uuid.uuid4())
+    sold_again = fold(reserved_again, inv.decide_commit(reserved_again, PID, rid2, "test"))
+    assert sold_again is not None and inv.decide_set_stock(sold_again, PID, 15, Decimal("2.50"), None,
+                                                           command_id=same) == []
     damaged = fold(sold, inv.decide_set_stock(sold, PID, 4, Decimal("2.50"), None, command_id=uuid.uuid4()))
     assert damaged is not None and damaged.on_hand == 4  # another change came between the two sendings
     assert inv.decide_set_stock(damaged, PID, 20, Decimal("2.50"), None, command_id=change) == []

@@ -205,6 +205,32 @@ def test_a_second_forward_retry_is_bounded_by_the_reservations_the_first_run_mad
     assert run.saga.deadline == first_deadline + ttl  # not 1,150 s + the timeout: the stock is not held then
 
 
+def test_a_saga_from_a_snapshot_older_than_its_reservations_basis_still_bounds_its_retries() -> None:
+    """A snapshot written before sagas kept the deadline their reservations count from decodes without it;
+    the first resume keeps the deadline it is about to move."""
+    from domain.codec import from_primitive, to_primitive
+
+    ttl = dt.timedelta(seconds=900)
+    run = Run()
+    reserve = sg.RunStep("reserve_inventory", sg.Phase.EXECUTE, 1, 1, 300.0)
+    run.apply(sg.decide_attempt(reserve))
+    assert run.saga is not None
+    first_deadline = run.saga.deadline
+    run.apply(sg.decide_outcome(run.saga, reserve, sg.StepResult(True), run.clock, POLICY))
+    run.apply(sg.decide_stuck(run.saga, "the engine kept failing", compensate=False))
+    old = to_primitive(run.saga)
+    del old["reserved_under"]
+    run.saga = from_primitive(sg.Saga, old)
+    assert run.saga is not None and run.saga.reserved_under is None
+    for at in (500, 1150):
+        run.clock = NOW + dt.timedelta(seconds=at)
+        run.apply(sg.decide_retry(run.saga, run.clock, POLICY, run.saga.holds_from + ttl))
+        assert run.saga is not None
+        run.apply(sg.decide_stuck(run.saga, "the engine kept failing", compensate=False))
+    assert run.saga is not None and run.saga.holds_from == first_deadline
+    assert run.saga.deadline == first_deadline + ttl
+
+
 def test_the_saga_timeout_starts_compensation() -> None:
     slow = Run({"process_payment": fails(retryable=True)})
     slow.clock = NOW + dt.timedelta(seconds=301)
