@@ -53,6 +53,29 @@ async def an_order(store: PostgresEventStore, *more: ev.DomainEvent, conn: async
     return order_id
 
 
+@contextlib.asynccontextmanager
+async def a_later_transaction_left_open(store: PostgresEventStore) -> AsyncIterator[tuple[uuid.UUID, uuid.UUID]]:
+    """An order of an earlier transaction at a higher position than an order of a later one: yields (early,
+    late) once the earlier has committed, the later still open, and commits it on leaving (rolls it back on
+    an error)."""
+    async with store.pool.acquire() as first, store.pool.acquire() as second:
+        late = second.transaction()
+        async with first.transaction():
+            await first.fetchval("SELECT pg_current_xact_id()")  # the earlier transaction id
+            await late.start()
+            await second.fetchval("SELECT pg_current_xact_id()")
+            late_order = await an_order(store, conn=second)  # a lower position, in the later transaction
+            early_order = await an_order(store, conn=first)  # a higher position, in the earlier one
+            assert await first.fetchval("SELECT position FROM events WHERE aggregate_id = $1", early_order) > \
+                await second.fetchval("SELECT position FROM events WHERE aggregate_id = $1", late_order)
+        try:
+            yield early_order, late_order
+        except BaseException:
+            await late.rollback()
+            raise
+        await late.commit()
+
+
 async def view(store: PostgresEventStore, order_id: uuid.UUID) -> dict[str, Any] | None:
     row = await store.pool.fetchrow("SELECT * FROM order_views WHERE order_id = $1", order_id)
     return dict(row) if row else None
@@ -260,24 +283,10 @@ async def test_caught_up_runners_are_told_exactly_when_their_next_batch_would_re
 
     # The log is read in (transaction_id, position) order, not by position: an event of an earlier transaction
     # that took its position after a later transaction's event comes before it, and the later one's after it.
-    async with event_store.pool.acquire() as first, event_store.pool.acquire() as second:
-        late = second.transaction()
-        async with first.transaction():
-            await first.fetchval("SELECT pg_current_xact_id()")  # the earlier transaction id
-            await late.start()
-            await second.fetchval("SELECT pg_current_xact_id()")
-            late_order = await an_order(event_store, conn=second)  # a lower position, in the later transaction
-            early_order = await an_order(event_store, conn=first)  # a higher position, in the earlier one
-            assert await first.fetchval("SELECT position FROM events WHERE aggregate_id = $1", early_order) > \
-                await second.fetchval("SELECT position FROM events WHERE aggregate_id = $1", late_order)
-        try:  # the earlier transaction has committed, the later one is still open
-            await pending_is(news, {orders, stock})
-            assert [await r.catch_up() for r in runners] == [1, 1]  # the checkpoint passes the later one's position
-            assert await news.pending() == set()
-        except BaseException:
-            await late.rollback()
-            raise
-        await late.commit()
+    async with a_later_transaction_left_open(event_store) as (early_order, late_order):
+        await pending_is(news, {orders, stock})  # the earlier transaction has committed, the later one not
+        assert [await r.catch_up() for r in runners] == [1, 1]  # the checkpoint passes the later one's position
+        assert await news.pending() == set()
     await pending_is(news, {orders, stock})  # its event sorts after the checkpoint, at a lower position
     assert [await r.catch_up() for r in runners] == [1, 1]
     assert {(await view(event_store, oid) or {}).get("status") for oid in (early_order, late_order)} == {"PENDING"}
@@ -599,20 +608,8 @@ async def test_a_checkpoints_event_moved_to_quarantine_does_not_make_its_runner_
 
     runner = ProjectionRunner(event_store, OrderViews())
     await runner.catch_up()
-    async with event_store.pool.acquire() as first, event_store.pool.acquire() as second:
-        late = second.transaction()
-        async with first.transaction():
-            await first.fetchval("SELECT pg_current_xact_id()")  # the earlier transaction id
-            await late.start()
-            await second.fetchval("SELECT pg_current_xact_id()")
-            late_order = await an_order(event_store, conn=second)  # a lower position, in the later transaction
-            early_order = await an_order(event_store, conn=first)  # a higher position, in the earlier one
-        try:
-            assert await runner.catch_up() == 1  # the checkpoint: the earlier transaction's event
-        except BaseException:
-            await late.rollback()
-            raise
-        await late.commit()
+    async with a_later_transaction_left_open(event_store) as (early_order, late_order):
+        assert await runner.catch_up() == 1  # the checkpoint: the earlier transaction's event
     early_id = await event_store.pool.fetchval("SELECT id FROM events WHERE aggregate_id = $1", early_order)
     assert await event_store.pool.fetchval("SELECT position FROM projection_checkpoints WHERE name = $1",
                                            runner.projection.name) == \

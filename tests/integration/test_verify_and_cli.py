@@ -234,23 +234,11 @@ async def test_verify_does_not_count_a_later_transactions_event_below_the_checkp
         fresh: tuple[str, PostgresEventStore]) -> None:
     """The projector reads in (transaction, position) order: an event that took a lower position than its
     checkpoint's, in a transaction that committed later, is lag too, not a read model gone wrong."""
-    from tests.integration.test_projections import an_order
+    from tests.integration.test_projections import a_later_transaction_left_open
 
     _, store = fresh
     await three_orders(store)
-    async with store.pool.acquire() as first, store.pool.acquire() as second:
-        late = second.transaction()
-        async with first.transaction():
-            await first.fetchval("SELECT pg_current_xact_id()")
-            await late.start()
-            await second.fetchval("SELECT pg_current_xact_id()")
-            await an_order(store, conn=second)  # the lower position, in the later transaction
-            await an_order(store, conn=first)
-        try:
-            for projection in all_projections():  # the checkpoint passes the later transaction's position
-                await ProjectionRunner(store, projection).catch_up()
-        except BaseException:
-            await late.rollback()
-            raise
-        await late.commit()
+    async with a_later_transaction_left_open(store):
+        for projection in all_projections():  # the checkpoint passes the later transaction's position
+            await ProjectionRunner(store, projection).catch_up()
     assert await verify(store.pool) == []

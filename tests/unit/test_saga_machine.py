@@ -186,16 +186,22 @@ def test_a_forward_retry_has_time_only_while_the_reservations_it_made_hold() -> 
     assert run.until_rest().status is sg.SagaStatus.COMPENSATED and "PaymentProcessed" not in run.order_events
 
 
+def reserved(run: Run) -> dt.datetime:
+    """The saga's reserve step run and succeeded; the deadline it ran under."""
+    reserve = sg.RunStep("reserve_inventory", sg.Phase.EXECUTE, 1, 1, 300.0)
+    run.apply(sg.decide_attempt(reserve))
+    assert run.saga is not None
+    deadline = run.saga.deadline
+    run.apply(sg.decide_outcome(run.saga, reserve, sg.StepResult(True), run.clock, POLICY))
+    return deadline
+
+
 def test_a_second_forward_retry_is_bounded_by_the_reservations_the_first_run_made() -> None:
     """The reservations expire at the deadline the reserve step ran under plus their TTL; a retry that moved
     the deadline does not move them."""
     ttl = dt.timedelta(seconds=900)
     run = Run()
-    reserve = sg.RunStep("reserve_inventory", sg.Phase.EXECUTE, 1, 1, 300.0)
-    run.apply(sg.decide_attempt(reserve))
-    assert run.saga is not None
-    first_deadline = run.saga.deadline
-    run.apply(sg.decide_outcome(run.saga, reserve, sg.StepResult(True), run.clock, POLICY))
+    first_deadline = reserved(run)
     for at in (500, 1150):  # parked going forward, retried; parked again, retried again
         assert run.saga is not None
         run.apply(sg.decide_stuck(run.saga, "the engine kept failing", compensate=False))
@@ -212,11 +218,8 @@ def test_a_saga_from_a_snapshot_older_than_its_reservations_basis_still_bounds_i
 
     ttl = dt.timedelta(seconds=900)
     run = Run()
-    reserve = sg.RunStep("reserve_inventory", sg.Phase.EXECUTE, 1, 1, 300.0)
-    run.apply(sg.decide_attempt(reserve))
+    first_deadline = reserved(run)
     assert run.saga is not None
-    first_deadline = run.saga.deadline
-    run.apply(sg.decide_outcome(run.saga, reserve, sg.StepResult(True), run.clock, POLICY))
     run.apply(sg.decide_stuck(run.saga, "the engine kept failing", compensate=False))
     old = to_primitive(run.saga)
     del old["reserved_under"]
