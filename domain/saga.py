@@ -77,9 +77,10 @@ class SagaPolicy:
         return dt.timedelta(seconds=min(OUTAGE_RETRY_CAP, self.retry_delay * 2.0 ** min(outages - 1, 16)))
 
 
-# A step whose call found the service below it unavailable (a shard lost or restarting, a timeout, the store
-# down) is tried again without counting against its retry_attempts: an outage is waited out, going forward
-# until the saga's deadline, and without end in a compensation. Waits grow to this many seconds.
+# A step whose call found the service below it unavailable (a shard lost or restarting, the store down; not
+# one there but too slow) is tried again without counting against its retry_attempts: an outage is waited
+# out, going forward until the saga's deadline, and without end in a compensation. Waits grow to this many
+# seconds.
 OUTAGE_RETRY_CAP = 60.0
 
 
