@@ -169,8 +169,8 @@ class EntityHost(Generic[T]):
             self._changed.notify_all()
 
     def mark_stale(self, entity_id: uuid.UUID) -> None:
-        """The entity's state may be behind the store (a write whose outcome is unknown): the next command
-        reads it again first; reads (:meth:`read`) go on answering with the state in memory."""
+        """The entity's state may be behind the store (a write whose outcome is unknown): the next command, and
+        the next read (:meth:`read`), read it again first. One not in memory is read when it is next used."""
         ent = self._entities.get(entity_id)
         if ent is not None:
             ent.stale = True

@@ -143,8 +143,9 @@ class SagaEngine:
         if task.cancelled():
             return None, ff.StepData()
         exc = task.exception()
-        if isinstance(exc, TimeoutError):  # the step took longer than it may: counted, so that one that always
-            # does is parked for an operator (a provider too slow for the compensation timeout) rather than tried forever
+        # The step took longer than it may: counted (not an outage), so that a step that always does is parked for
+        # an operator (a provider too slow for the compensation timeout) rather than tried forever.
+        if isinstance(exc, TimeoutError):
             return sg.StepResult(False, retryable=True, error=f"{action.step} timed out"), ff.StepData()
         if exc is not None:
             return sg.StepResult(False, retryable=True, error=f"{type(exc).__name__}: {exc}"), ff.StepData()

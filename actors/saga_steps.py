@@ -90,11 +90,11 @@ class StepRunner:
         owner = inv.order_owner(order.order_id)
         # Reservations made under ids of an earlier scheme (or secret) are given back too: the owner check
         # of ``undo`` leaves alone whatever is not this order's.
+        held = ff.held_reservations(order, self.reservation_key)
         earlier = () if order.reservations else ff.legacy_reservations(order)
-        for r, closes in [*((r, void) for r in ff.held_reservations(order, self.reservation_key)),
-                          *((r, False) for r in earlier)]:
+        for r in (*held, *earlier):
             try:
-                await self.inventory.undo(r.product_id, r.reservation_id, owner, order.order_id, closes)
+                await self.inventory.undo(r.product_id, r.reservation_id, owner, order.order_id, void and r in held)
             except inv.UnknownProduct:
                 continue
 

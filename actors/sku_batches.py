@@ -41,7 +41,6 @@ class SkuBatches:
         self.store = store
         self.host = host
         self.queues: dict[uuid.UUID, list[Queued]] = {}
-        self._stale: set[uuid.UUID] = set()  # an append whose outcome is unknown: reload before the next decision
         self._on_conflict = on_conflict
         self._on_records = on_records
         self._on_deadline = on_deadline  # told each deadline a commit stores with its events
@@ -51,11 +50,10 @@ class SkuBatches:
         ``fresh``, the SKU is read again from the store first (its state in memory may be behind)."""
         command = Queued(decide, ctx, asyncio.get_running_loop().create_future())
         self.queues.setdefault(product_id, []).append(command)
+        if fresh:
+            self.host.mark_stale(product_id)  # read again as its mailbox is taken
         try:
             async with self.host.entity(product_id) as ent:
-                if fresh or product_id in self._stale:
-                    ent.state, _ = await repo.load(self.store, repo.SKU, product_id)
-                    self._stale.discard(product_id)
                 batch = [c for c in self.queues.pop(product_id, []) if not c.result.done()]
                 if batch:
                     await self._apply_shielded(product_id, ent, batch, command)
@@ -96,22 +94,17 @@ class SkuBatches:
                 ent.state, _ = await repo.load(self.store, repo.SKU, product_id)
             raise ConcurrencyConflict(product_id, -1)
         except Exception as e:
-            self._mark_stale(product_id)  # the append may have committed all the same (a lost answer)
+            self.host.mark_stale(product_id)  # the append may have committed all the same (a lost answer)
             for command in batch:
                 if not command.result.done():
                     command.result.set_exception(e)
         except BaseException:  # cancelled, perhaps while its append was under way: its outcome is unknown too
-            self._mark_stale(product_id)
+            self.host.mark_stale(product_id)
             raise
         finally:
             for command in batch:  # interrupted (cancelled): the waiting callers must not hang
                 if not command.result.done():
                     command.result.set_exception(StoreUnavailable("the command was interrupted; retry"))
-
-    def _mark_stale(self, product_id: uuid.UUID) -> None:
-        """Read the SKU again before its next decision, and before its next read (a price, a stock level)."""
-        self._stale.add(product_id)
-        self.host.mark_stale(product_id)
 
     async def _try_apply(self, product_id: uuid.UUID, ent: Entity[inv.Sku | None], batch: list[Queued]) -> bool:
         """Decide the batch on the current state and append; False on a concurrency conflict."""

@@ -27,7 +27,6 @@ from domain.order import MAX_LINES, OrderStatus
 from domain.saga import SagaStatus
 
 MAX_QUANTITY = 10_000
-MAX_ITEMS = MAX_LINES
 
 
 def printable(value: str) -> str:
@@ -152,7 +151,7 @@ class CreateOrder(Strict):
         {"customer_id": EXAMPLE_CUSTOMER, "items": [{"product_id": EXAMPLE_PRODUCT, "quantity": 1}],
          "payment_token": "tok_visa", "shipping_address": EXAMPLE_ADDRESS})
     customer_id: uuid.UUID | None = Field(default=None, description="A customer's own id by default; an admin names the customer")
-    items: list[OrderItem] = Field(min_length=1, max_length=MAX_ITEMS)
+    items: list[OrderItem] = Field(min_length=1, max_length=MAX_LINES)
     payment_token: PaymentToken
     shipping_address: ShippingAddress
 
@@ -417,7 +416,8 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_DESCRIPTIONS = {
     400: "Malformed JSON, or a body that is not an object", 401: "Missing or invalid bearer token",
     403: "The caller may not do this", 404: "Unknown id", 409: "Conflict with the current state",
-    413: "Body over 64 KiB", 415: "A body not sent as application/json", 422: "Well-formed but invalid (schema, ranges, unknown field, Idempotency-Key)",
+    413: "Body over 64 KiB", 415: "A body not sent as application/json",
+    422: "Well-formed but invalid (schema, ranges, unknown field, Idempotency-Key)",
     429: "A customer's request budget is spent; see Retry-After",
     503: "A dependency is unavailable; see Retry-After",
 }

@@ -57,9 +57,10 @@ async def reserve(svc: Services, who: Principal, product_id: uuid.UUID, reservat
                                            held_before=claim is Claim.HELD)
     if claim is Claim.OPEN:
         await svc.direct_reservations.held(reservation_id)
-    if reserved.outcome is not inventory.Outcome.ACTIVE or reserved.expires_at <= now():
-        raise inventory.ReservationNotActive(reservation_id, "expired" if reserved.outcome is inventory.Outcome.ACTIVE
-                                             else reserved.outcome.value)
+    if reserved.outcome is not inventory.Outcome.ACTIVE:
+        raise inventory.ReservationNotActive(reservation_id, reserved.outcome.value)
+    if reserved.expires_at <= now():  # its expiry has not run yet
+        raise inventory.ReservationNotActive(reservation_id, inventory.Outcome.EXPIRED.value)
     return reserved.json()
 
 

@@ -54,7 +54,6 @@ def postgres_errors() -> Iterator[None]:
         raise StoreUnavailable(f"PostgreSQL unavailable: {e}") from e
 
 
-
 # What a Redis that cannot serve right now answers: unreachable or slow, but also out of memory (maxmemory with
 # noeviction), a replica made read-only by a failover, a master down, a script running too long. A retry may
 # succeed once it passes; any other error (a script's bug) stays an error. Inside a Lua script such an answer

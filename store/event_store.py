@@ -124,12 +124,18 @@ class EventStore(Protocol):
         """Whether an event with this id was stored (so the command that makes it was applied)."""
 
 
-# A UUID in hex (``h``) as the 128-bit integer Python's ``UUID.int`` is, modulo $4: four 32-bit parts, each read
-# unsigned from its bits, combined in numeric.
-_UUID_MOD = """mod(('x' || substr(h, 1, 8))::bit(32)::bigint::numeric * 79228162514264337593543950336
-                  + ('x' || substr(h, 9, 8))::bit(32)::bigint::numeric * 18446744073709551616
-                  + ('x' || substr(h, 17, 8))::bit(32)::bigint::numeric * 4294967296
-                  + ('x' || substr(h, 25, 8))::bit(32)::bigint, $4)"""
+# The deadlines with each stream's id in hex (``h``), for :func:`_in_shard`.
+_DEADLINES_HEX = "deadlines, LATERAL (SELECT replace(aggregate_id::text, '-', '') AS h) AS x"
+
+
+def _in_shard(count: str, index: str) -> str:
+    """The condition that a deadline's stream is shard ``index`` of ``count`` (SQL parameters) as
+    ``actors.routing.shard_of`` has it: its id as the 128-bit integer Python's ``UUID.int`` is (four 32-bit
+    parts, each read unsigned from its bits, combined in numeric), modulo ``count``. Over ``_DEADLINES_HEX``."""
+    return f"""({count} = 1 OR mod(('x' || substr(h, 1, 8))::bit(32)::bigint::numeric * 79228162514264337593543950336
+                              + ('x' || substr(h, 9, 8))::bit(32)::bigint::numeric * 18446744073709551616
+                              + ('x' || substr(h, 17, 8))::bit(32)::bigint::numeric * 4294967296
+                              + ('x' || substr(h, 25, 8))::bit(32)::bigint, {count}) = {index})"""
 
 
 def metadata_json(meta: ev.Metadata) -> dict[str, Any]:
@@ -371,8 +377,8 @@ class PostgresEventStore:
             # Filtered here, not by the caller: streams of other shards due first (a shard down with a backlog)
             # would fill the limit and keep this shard's from being seen at all.
             rows = await self.pool.fetch(
-                f"""SELECT aggregate_id FROM deadlines, LATERAL (SELECT replace(aggregate_id::text, '-', '') AS h) AS x
-                    WHERE aggregate_type = $1 AND due_at <= $2 AND ($4 = 1 OR {_UUID_MOD} = $5)
+                f"""SELECT aggregate_id FROM {_DEADLINES_HEX}
+                    WHERE aggregate_type = $1 AND due_at <= $2 AND {_in_shard("$4", "$5")}
                     ORDER BY due_at LIMIT $3""",
                 aggregate_type, now, limit, count, index)
         return [r["aggregate_id"] for r in rows]
@@ -384,8 +390,8 @@ class PostgresEventStore:
                 # A stream with nothing due keeps its row with 'infinity' (which asyncpg reads as a naive year 9999).
                 # In due_at order, up to this shard's first: another shard's backlog (a shard down) does not
                 # make this one pass every second.
-                f"""SELECT due_at FROM deadlines, LATERAL (SELECT replace(aggregate_id::text, '-', '') AS h) AS x
-                    WHERE aggregate_type = $1 AND due_at < 'infinity' AND ($2 = 1 OR {_UUID_MOD.replace('$4', '$2')} = $3)
+                f"""SELECT due_at FROM {_DEADLINES_HEX}
+                    WHERE aggregate_type = $1 AND due_at < 'infinity' AND {_in_shard("$2", "$3")}
                     ORDER BY due_at LIMIT 1""", aggregate_type, count, index)
         return due
 

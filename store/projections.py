@@ -230,29 +230,27 @@ class ProjectionRunner:
         self.caught_up = False  # the last step applied nothing and was neither paused nor failed
         self._before_checkpoint = before_checkpoint
 
-    async def _checkpoint_row(self, conn: asyncpg.Connection) -> tuple[int, str | None]:
-        """The checkpoint's position and the transaction of the row there (None for no checkpoint)."""
-        row = await conn.fetchrow("SELECT position, transaction_id::text AS xid FROM projection_checkpoints "
-                                  "WHERE name = $1", self.projection.name)
-        return (row["position"], row["xid"]) if row is not None else (0, None)
+    async def _checkpoint_row(self, conn: asyncpg.Connection | None = None) -> tuple[int, str | None]:
+        """The checkpoint's position and the transaction of the row there, as text (0 and None for none)."""
+        with postgres_errors():
+            row = await (conn or self.store.pool).fetchrow(
+                "SELECT position, transaction_id::text AS xid FROM projection_checkpoints WHERE name = $1",
+                self.projection.name)
+        return (int(row["position"]), row["xid"]) if row is not None else (0, None)
 
     async def checkpoint(self, conn: asyncpg.Connection | None = None) -> int:
-        with postgres_errors():
-            pos = await (conn or self.store.pool).fetchval(
-                "SELECT position FROM projection_checkpoints WHERE name = $1", self.projection.name)
-        return int(pos or 0)
+        position, _ = await self._checkpoint_row(conn)
+        return position
 
     async def backlog(self, upto_position: int | None = None) -> tuple[int, float]:
         """How many committed events are not applied yet (up to a position), and the oldest one's age."""
+        position, transaction = await self._checkpoint_row()
         with postgres_errors():
-            cp = await self.store.pool.fetchrow(
-                "SELECT position, transaction_id::text AS xid FROM projection_checkpoints WHERE name = $1",
-                self.projection.name)
             row = await self.store.pool.fetchrow(
                 """SELECT COUNT(*) AS n, EXTRACT(EPOCH FROM NOW() - MIN(created_at)) AS age FROM events
                    WHERE (transaction_id, position) > ($1::text::xid8, $2::bigint)
                      AND ($3::bigint IS NULL OR position <= $3)""",
-                cp["xid"] if cp else "0", cp["position"] if cp else 0, upto_position)
+                transaction or "0", position, upto_position)
         return int(row["n"]), float(row["age"] or 0)
 
     async def run_once(self) -> int:

@@ -8,6 +8,7 @@ import asyncio
 import math
 import pickle
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -110,6 +111,18 @@ class Shard:
         raise error
 
 
+def remote_method(run: Callable[..., Awaitable[Any]]) -> Any:
+    """An actor method as a handle has it, ``.options(...).remote(*args)``: a future of ``run(*args)``."""
+    method_ = type("Method", (), {"remote": staticmethod(lambda *a: asyncio.ensure_future(run(*a)))})()
+    return type("Options", (), {"options": staticmethod(lambda **kwargs: method_)})()
+
+
+def restarts_as(ref: ActorRef, handle: Any) -> None:
+    """The actor behind ``ref`` is ``handle``, also when looked up again (the same actor, restarted)."""
+    ref._handle = handle
+    ref.handle = lambda: handle  # type: ignore[method-assign]
+
+
 class BatchHandle:
     """A shard's handle whose batches run on the shard's BatchRunner, the answers pickled as Ray does."""
 
@@ -120,8 +133,7 @@ class BatchHandle:
         async def run(calls: list[Any]) -> Any:
             return pickle.loads(pickle.dumps(await self.runner.run(pickle.loads(pickle.dumps(calls)))))
 
-        method_ = type("Method", (), {"remote": staticmethod(lambda calls: asyncio.ensure_future(run(calls)))})()
-        return type("Options", (), {"options": staticmethod(lambda **kwargs: method_)})()
+        return remote_method(run)
 
 
 @pytest.mark.parametrize("error", [ServiceUnavailable("inventory shard 1 is unavailable"), *EXAMPLES[:3],
@@ -171,8 +183,7 @@ async def test_a_batch_sent_again_after_its_shard_was_lost_leaves_out_the_calls_
     lanes = Lanes([ref], ("commands",), 5.0, Watch("test"))
     calls: list[asyncio.Future[Any]] = []
     handle = LostOnce(lambda: calls[1].cancel())  # a saga cancelled while the shard was lost
-    ref._handle = handle
-    ref.handle = lambda: handle  # type: ignore[method-assign]  # looked up again: the same, restarted
+    restarts_as(ref, handle)
     calls += [asyncio.ensure_future(lanes.call(0, "commands", "reserve", ConcurrencyConflict(PID, n)))
               for n in range(3)]
     done = await asyncio.gather(*calls, return_exceptions=True)
@@ -187,8 +198,7 @@ async def test_callers_wait_for_a_lost_shard_to_come_back_within_their_deadlines
     ref = ActorRef("inventory-shard-0", "test")
     lanes = Lanes([ref], ("commands",), 5.0, Watch("test"))
     handle = LostOnce(lambda: None, lost=6)  # restarting elsewhere: several sends fail before it answers
-    ref._handle = handle
-    ref.handle = lambda: handle  # type: ignore[method-assign]
+    restarts_as(ref, handle)
     with pytest.raises(ConcurrencyConflict):  # the shard's own answer, not "unavailable"
         await lanes.call(0, "commands", "reserve", ConcurrencyConflict(PID, 1))
     assert len(handle.sent) == 7
@@ -201,8 +211,7 @@ async def test_a_shard_that_does_not_come_back_fails_its_callers_at_their_deadli
     ref = ActorRef("inventory-shard-0", "test")
     lanes = Lanes([ref], ("commands",), 0.2, Watch("test"))
     handle = LostOnce(lambda: None, lost=math.inf)
-    ref._handle = handle
-    ref.handle = lambda: handle  # type: ignore[method-assign]
+    restarts_as(ref, handle)
     with pytest.raises(ActorLost):  # an outage, which a saga waits out, not a shard too slow
         await lanes.call(0, "commands", "reserve", ConcurrencyConflict(PID, 1))
     assert len(handle.sent) > 2  # sent again while its caller waited
@@ -220,8 +229,7 @@ class Hanging:
         async def hang(*args: Any) -> None:
             await asyncio.Event().wait()
 
-        method_ = type("Method", (), {"remote": staticmethod(lambda *a: asyncio.ensure_future(hang(*a)))})()
-        return type("Options", (), {"options": staticmethod(lambda **kwargs: method_)})()
+        return remote_method(hang)
 
 
 async def test_a_shard_that_is_there_but_does_not_answer_in_time_is_slow_not_lost(
@@ -231,14 +239,11 @@ async def test_a_shard_that_is_there_but_does_not_answer_in_time_is_slow_not_los
     ref = ActorRef("inventory-shard-0", "test")
     lanes = Lanes([ref], ("commands",), 0.2, Watch("test"))
     lost = LostOnce(lambda: None, lost=math.inf)
-    ref._handle = lost
-    ref.handle = lambda: lost  # type: ignore[method-assign]
+    restarts_as(ref, lost)
     with pytest.raises(ActorLost):
         await lanes.call(0, "commands", "reserve", ConcurrencyConflict(PID, 1))
     await asyncio.wait_for(asyncio.gather(*lanes._batches[0, "commands"]._senders), 5.0)
-    hanging = Hanging()  # back, but stuck
-    ref._handle = hanging
-    ref.handle = lambda: hanging  # type: ignore[method-assign]
+    restarts_as(ref, Hanging())  # back, but stuck
     with pytest.raises(ServiceTimeout):  # counted against a saga step's attempts
         await lanes.call(0, "commands", "reserve", ConcurrencyConflict(PID, 1))
 
@@ -250,8 +255,7 @@ class GoneOnWithdraw:
         async def gone(*args: Any) -> None:
             raise RayActorError()
 
-        method_ = type("Method", (), {"remote": staticmethod(lambda *a: asyncio.ensure_future(gone(*a)))})()
-        return type("Options", (), {"options": staticmethod(lambda **kwargs: method_)})()
+        return remote_method(gone)
 
 
 async def test_a_withdrawal_that_fails_is_counted_and_reported_by_the_owners_watch() -> None:
