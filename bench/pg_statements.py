@@ -87,8 +87,10 @@ async def top_statements(dsn: str, top: int) -> str:
     conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch(
-            """SELECT regexp_replace(query, '\\s+', ' ', 'g') AS query, calls, total_exec_time, rows
+            """SELECT regexp_replace(query, '\\s+', ' ', 'g') AS query, calls, total_exec_time, rows, wal_records,
+                      wal_fpi, wal_bytes
                FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'""")
+        wal = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
     finally:
         await conn.close()
     orders = sum(r["calls"] for r in rows if r["query"].startswith(ORDER_CREATED))
@@ -97,12 +99,17 @@ async def top_statements(dsn: str, top: int) -> str:
     total_calls = sum(r["calls"] for r in rows)
     total_ms = sum(r["total_exec_time"] for r in rows)
     lines = [f"{orders} orders; per order: {total_calls / orders:.1f} statements, "
-             f"{1000 * total_ms / orders:.0f} µs of execution in PostgreSQL", "",
-             "| statement | calls per order | µs per order | µs per call |", "|---|---|---|---|"]
+             f"{1000 * total_ms / orders:.0f} µs of execution in PostgreSQL; WAL per order (the whole server's): "
+             f"{wal['wal_records'] / orders:.0f} records, {wal['wal_fpi'] / orders:.2f} full-page images, "
+             f"{wal['wal_bytes'] / orders / 1024:.1f} KiB", "",
+             "| statement | calls per order | µs per order | µs per call | WAL records, full-page images, KiB per order |",
+             "|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r["calls"])[:top]:
         query = r["query"] if len(r["query"]) <= 110 else r["query"][:107] + "..."
         lines.append(f"| `{query.replace('|', '/')}` | {r['calls'] / orders:.2f} | "
-                     f"{1000 * r['total_exec_time'] / orders:.0f} | {1000 * r['total_exec_time'] / r['calls']:.0f} |")
+                     f"{1000 * r['total_exec_time'] / orders:.0f} | {1000 * r['total_exec_time'] / r['calls']:.0f} | "
+                     f"{r['wal_records'] / orders:.1f}, {r['wal_fpi'] / orders:.2f}, "
+                     f"{int(r['wal_bytes']) / orders / 1024:.2f} |")
     return "\n".join(lines)
 
 
@@ -120,6 +127,7 @@ async def _extension(dsn: str) -> None:
     try:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         await conn.execute("SELECT pg_stat_statements_reset()")
+        await conn.execute("SELECT pg_stat_reset_shared('wal')")
     finally:
         await conn.close()
 
