@@ -157,7 +157,7 @@ class OrderShard(Shard):
         async with self.host.entity(order_id) as ent:
             if await self._applied(ent, command_id):
                 return Cancelled(True, OrderView.of(self._order(ent)))
-            decision = ff.decide_cancel(self._order(ent), self._saga(ent), reason)
+            decision = ff.decide_cancel(self._order(ent), self._saga(ent), reason, now())
             if decision is None:
                 return Cancelled(False, OrderView.of(self._order(ent)))
             await self._saga_command(ent, lambda order, saga: decision, command_id)
@@ -175,7 +175,7 @@ class OrderShard(Shard):
         await self.start()
         async with self.host.entity(order_id) as ent:
             await self._saga_command(
-                ent, lambda order, saga: ff.implied(order, sg.decide_compensate(saga, reason)), command_id)
+                ent, lambda order, saga: ff.decide_compensate(order, saga, reason, now()), command_id)
             return SagaState(self._saga(ent).saga_id, self._saga(ent).status)
 
     async def _applied(self, ent: Entity[OrderEntity], command_id: uuid.UUID) -> bool:

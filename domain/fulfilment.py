@@ -111,13 +111,21 @@ def implied(order: o.Order, saga_events: list[DomainEvent], order_events: list[D
     return Decision(list(saga_events), [*(order_events or []), *more])
 
 
-def decide_cancel(order: o.Order, saga: sg.Saga, reason: str) -> Decision | None:
+def decide_cancel(order: o.Order, saga: sg.Saga, reason: str, now: dt.datetime) -> Decision | None:
     """A customer's cancel: the saga compensates, and the order shows it (a saga compensating already
     needs nothing recorded). None for an order cancelled already: the cancel has nothing left to do. An
-    order that compensates without it refuses the cancel (TransitionForbidden)."""
-    o.ensure_cancellable(order)
+    order that compensates without it, or was confirmed too long ago, refuses the cancel
+    (TransitionForbidden)."""
+    o.ensure_cancellable(order, now)
     if order.status is o.OrderStatus.CANCELLED:
         return None
+    return implied(order, sg.decide_compensate(saga, reason))
+
+
+def decide_compensate(order: o.Order, saga: sg.Saga, reason: str, now: dt.datetime) -> Decision:
+    """An operator's compensation of the saga, which the order shows; refused (TransitionForbidden) as the
+    saga refuses it, and for an order confirmed too long ago to be undone."""
+    o.ensure_undoable(order, now)
     return implied(order, sg.decide_compensate(saga, reason))
 
 

@@ -232,11 +232,26 @@ _CANCELLABLE = frozenset(
 )
 
 
-def ensure_cancellable(state: Order) -> None:
+# A confirmed order is undone (refunded, its units put back) for this long after its confirmation; later,
+# giving it back is a return, which is not the saga's. Well within the time a SKU remembers a sale
+# (domain.inventory.SALE_RETENTION), so that an undo always finds the sale whose units it puts back.
+CANCEL_WINDOW = dt.timedelta(days=30)
+
+
+def ensure_cancellable(state: Order, now: dt.datetime) -> None:
     """A customer may cancel an order until compensation has started without it (a cancelled order is
-    cancelled already: the cancel has nothing left to do)."""
+    cancelled already: the cancel has nothing left to do), a confirmed one within CANCEL_WINDOW."""
     if state.status not in _CANCELLABLE and state.status is not OrderStatus.CANCELLED:
         raise TransitionForbidden(f"order {state.order_id} is {state.status}", state.status)
+    ensure_undoable(state, now)
+
+
+def ensure_undoable(state: Order, now: dt.datetime) -> None:
+    """An order confirmed more than CANCEL_WINDOW ago cannot be undone (a customer's cancel, an operator's
+    compensation): its SKUs may have forgotten the sales whose units an undo would put back."""
+    if state.status is OrderStatus.CONFIRMED and now - state.updated_at > CANCEL_WINDOW:
+        raise TransitionForbidden(f"order {state.order_id} was confirmed on {state.updated_at:%Y-%m-%d}: it can "
+                                  f"be undone for {CANCEL_WINDOW.days} days after, not later", state.status)
 
 
 def decide_start_compensation(state: Order, reason: str) -> list[DomainEvent]:

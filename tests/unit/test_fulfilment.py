@@ -3,6 +3,7 @@ command records for the saga and the order, with no Ray, no store and a fixed cl
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 
@@ -91,19 +92,33 @@ def test_an_operator_compensation_shows_on_the_order_once() -> None:
 
 def test_a_customer_cancel_compensates_once_and_is_refused_while_the_saga_compensates_on_its_own() -> None:
     order, saga, _ = started()
-    decision = ff.decide_cancel(order, saga, "changed my mind")
+    decision = ff.decide_cancel(order, saga, "changed my mind", NOW)
     assert names(decision.saga_events) == ["CompensationStarted"]
     assert decision.order_events == [o.OrderCompensationStarted("changed my mind")]
     cancelled = given(created(), o.OrderCompensationStarted("x"), o.OrderCancelled("x"))
-    assert cancelled is not None and ff.decide_cancel(cancelled, saga, "again") is None
+    assert cancelled is not None and ff.decide_cancel(cancelled, saga, "again", NOW) is None
     compensating = given(created(), o.OrderCompensationStarted("payment failed"))
     assert compensating is not None
     with pytest.raises(TransitionForbidden):
-        ff.decide_cancel(compensating, saga, "too late")
+        ff.decide_cancel(compensating, saga, "too late", NOW)
     # The saga compensates already (an older stream whose order does not show it): nothing to record, accepted.
     moving = saga_after(sg.with_next_attempt(order.saga_id, None, sg.decide_start(order.order_id, NOW, POLICY),
                                              NOW, POLICY), sg.decide_compensate(saga, "first"))
-    assert ff.decide_cancel(order, moving, "second") == ff.Decision([], [])
+    assert ff.decide_cancel(order, moving, "second", NOW) == ff.Decision([], [])
+
+
+def test_an_order_confirmed_longer_ago_than_the_cancel_window_is_not_undone_by_a_customer_or_an_operator(
+        ) -> None:
+    order, saga, _ = started()
+    confirmed = given(created(), o.OrderConfirmed())
+    assert confirmed is not None
+    done = dataclasses.replace(saga, status=sg.SagaStatus.COMPLETED)
+    in_time = confirmed.updated_at + o.CANCEL_WINDOW
+    for decide in (ff.decide_cancel, ff.decide_compensate):
+        decision = decide(confirmed, done, "changed my mind", in_time)
+        assert decision is not None and names(decision.saga_events) == ["CompensationStarted"]
+        with pytest.raises(TransitionForbidden):
+            decide(confirmed, done, "changed my mind", in_time + dt.timedelta(seconds=1))
 
 
 def test_a_saga_the_engine_cannot_take_further_is_compensated_or_parked() -> None:

@@ -87,19 +87,41 @@ def test_the_happy_path_moves_through_every_status() -> None:
 def test_a_confirmed_order_can_be_cancelled_and_a_cancelled_one_has_nothing_left_to_cancel() -> None:
     confirmed = given(created(), o.OrderConfirmed())
     assert confirmed is not None
-    o.ensure_cancellable(confirmed)
+    o.ensure_cancellable(confirmed, NOW)
     assert o.decide_start_compensation(confirmed, "changed my mind") == [o.OrderCompensationStarted("changed my mind")]
     cancelled = given(created(), o.OrderCompensationStarted("x"), o.OrderCancelled("x"))
     assert cancelled is not None
-    o.ensure_cancellable(cancelled)  # cancelled already: nothing is left to do, and nothing is refused
+    o.ensure_cancellable(cancelled, NOW)  # cancelled already: nothing is left to do, and nothing is refused
     assert o.decide_start_compensation(cancelled, "again") == []
+
+
+def test_a_confirmed_order_is_undone_within_the_cancel_window_and_not_after() -> None:
+    confirmed = given(created(), o.OrderConfirmed())
+    assert confirmed is not None
+    last_day = confirmed.updated_at + o.CANCEL_WINDOW
+    o.ensure_cancellable(confirmed, last_day)
+    o.ensure_undoable(confirmed, last_day)
+    for refused in (o.ensure_cancellable, o.ensure_undoable):
+        with pytest.raises(TransitionForbidden, match="confirmed on 2026-01-01"):
+            refused(confirmed, last_day + dt.timedelta(seconds=1))
+    # An order not confirmed yet has no window: its sale, if any, was made moments ago.
+    shipped = given(created(), o.InventoryReserved(()), o.PaymentProcessed("pay_1", Decimal("59.98")),
+                    o.ShipmentCreated("shp_1"))
+    assert shipped is not None
+    o.ensure_cancellable(shipped, last_day + dt.timedelta(days=365))
+
+
+def test_the_cancel_window_ends_well_before_a_sku_forgets_the_sale() -> None:
+    from domain.inventory import SALE_RETENTION
+
+    assert o.CANCEL_WINDOW * 2 <= SALE_RETENTION
 
 
 def test_a_compensating_order_refuses_a_customer_cancel() -> None:
     compensating = given(created(), o.OrderCompensationStarted("payment failed"))
     assert compensating is not None
     with pytest.raises(TransitionForbidden):
-        o.ensure_cancellable(compensating)
+        o.ensure_cancellable(compensating, NOW)
     assert o.decide_start_compensation(compensating, "again") == []
 
 
