@@ -91,13 +91,13 @@ class SimulatedPayments:
         if charge.status == "voided":
             return ProviderResult(True, effective=False)
         done = await self.ledger.find(self.name, "refund", key)
-        if done is not None:
-            return ProviderResult(True, reference=charge.reference)
-        if charge.detail.get("token") == "tok_refundFailsOnce" and run == 1:
-            await self.ledger.attempt(self.name, "refund", key, "refund failed")
-            return ProviderResult(False, retryable=True, error="refund failed at the payment provider")
-        await self.ledger.put(Entry(self.name, "refund", key, f"re_{uuid.uuid4().hex[:16]}", "succeeded",
-                                    charge.amount, {"charge": charge.reference}))
+        if done is None:
+            if charge.detail.get("token") == "tok_refundFailsOnce" and run == 1:
+                await self.ledger.attempt(self.name, "refund", key, "refund failed")
+                return ProviderResult(False, retryable=True, error="refund failed at the payment provider")
+            await self.ledger.put(Entry(self.name, "refund", key, f"re_{uuid.uuid4().hex[:16]}", "succeeded",
+                                        charge.amount, {"charge": charge.reference}))
+        # A repeat too: the call before it may have stopped between the refund and the charge's new status.
         await self.ledger.set_status(self.name, "charge", charge_key, "refunded")
         return ProviderResult(True, reference=charge.reference)
 

@@ -52,6 +52,21 @@ async def test_a_charge_voided_before_it_landed_is_refused(event_store: Postgres
     assert [e.status for e in [await ledger.find("payments", "charge", key)] if e] == ["voided"]
 
 
+async def test_a_refund_repeated_after_a_stop_between_its_two_writes_marks_the_charge_refunded(
+        event_store: PostgresEventStore) -> None:
+    ledger, key = ProviderLedger(event_store), f"{uuid.uuid4()}:process_payment"
+    payments = SimulatedPayments(ledger)
+    charged = await payments.charge(key, "tok_visa", Decimal("5.00"), run=1)
+    # The first refund wrote its entry and stopped before the charge's status changed.
+    await ledger.put(Entry("payments", "refund", f"{key}:refund", "re_first", "succeeded", Decimal("5.00"),
+                           {"charge": charged.reference}))
+    again = await payments.refund(key, f"{key}:refund", run=2)
+    assert again.ok and again.effective and again.reference == charged.reference
+    assert [e.status for e in [await ledger.find("payments", "charge", key)] if e] == ["refunded"]
+    refund = await ledger.find("payments", "refund", f"{key}:refund")
+    assert refund is not None and refund.reference == "re_first"  # the first refund stands, none is added
+
+
 async def test_a_replayed_charge_and_shipment_return_their_first_reference(event_store: PostgresEventStore) -> None:
     ledger = ProviderLedger(event_store)
     saga = uuid.uuid4()
