@@ -92,6 +92,8 @@ class SkuBatches:
                     return
                 self._on_conflict()
                 ent.state, _ = await repo.load(self.store, repo.SKU, product_id)
+                if ent.state is None:  # the append found events there, and none of a SKU's: a final answer
+                    raise inv.ProductIdTaken(product_id)
             raise ConcurrencyConflict(product_id, -1)
         except Exception as e:
             self.host.mark_stale(product_id)  # the append may have committed all the same (a lost answer)

@@ -59,6 +59,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (inventory.InsufficientStock, 409, "insufficient-stock"),
     (inventory.VersionMismatch, 409, "version-conflict"),
     (inventory.ReservationIdConflict, 409, "reservation-id-conflict"),
+    (inventory.ProductIdTaken, 409, "product-id-conflict"),
     (inventory.ReservationAlreadyCommitted, 409, "reservation-committed"),
     (errors.TransitionForbidden, 409, "state-conflict"),
     (inventory.StockBelowReserved, 409, "stock-below-reserved"),

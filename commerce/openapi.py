@@ -65,7 +65,7 @@ ROUTES: dict[str, dict[str, Any]] = {
     "set_stock": {"tags": ["inventory"], **read(
         api.StockStatus, "The product's stock status", *CALLER, *BODY,
         notes={409: "on_hand below the units reserved (stock-below-reserved), or a stale expected_version "
-                    "(`current_version`)"})},
+                    "(`current_version`), or an id that is an order's or a saga's (product-id-conflict)"})},
     "get_stock": {"tags": ["inventory"], **read(
         api.StockStatus, "The product's stock status", 422, 429, 503,
         notes={401: "No token is needed, but one that comes along must be valid", 404: "Unknown product"})},

@@ -60,6 +60,13 @@ class ReservationNotActive(InventoryError):
         self.outcome = outcome
 
 
+class ProductIdTaken(InventoryError):
+    """The id names an aggregate of another kind (an order, a saga): no product can be made under it."""
+
+    def __init__(self, product_id: uuid.UUID) -> None:
+        super().__init__(f"id {product_id} is taken by something other than a product")
+
+
 class ReservationIdConflict(InventoryError):
     """The reservation id is taken: by another owner, or for another quantity."""
 

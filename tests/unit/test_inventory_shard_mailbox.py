@@ -11,7 +11,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from actors.inventory_shard import InventoryShard
+from commerce.http import error_response, is_final
 from commerce.settings import Settings
+from domain import inventory as inv
+from domain import order as o
+from store.event_store import CommandContext, StreamAppend
 from store.memory import InMemoryEventStore
 
 PID = uuid.uuid4()
@@ -101,3 +105,19 @@ async def test_a_command_cancelled_while_its_append_committed_leaves_the_sku_to_
     assert await reserved(shard) == 4  # what the store holds, read again, not the state from before
     (await shard.reserve(PID, uuid.uuid4(), 6, SOON, "service:b"))
     assert (await shard.get_stock(PID)).available == 0
+
+
+async def test_stock_set_under_an_order_s_id_is_refused_for_good_after_one_conflict() -> None:
+    shard = await shard_over_memory()
+    store = shard.store
+    order_id = uuid.uuid4()
+    await store.append([StreamAppend(order_id, o.AGGREGATE_TYPE, 0, [o.OrderConfirmed()])],
+                       CommandContext.new(order_id, SOON))
+    before = (await shard.stats())["conflicts"]
+    with pytest.raises(inv.ProductIdTaken) as refused:
+        await shard.set_stock(order_id, 5, "1.00", "Mug")
+    assert (await shard.stats())["conflicts"] == before + 1  # one conflict, not a retry per attempt
+    assert [r.aggregate_type for r in await store.load_stream(order_id)] == [o.AGGREGATE_TYPE]  # nothing added
+    answer = error_response(refused.value)
+    assert answer.status_code == 409 and b"product-id-conflict" in answer.body
+    assert is_final(answer)  # not "retry later": a repeated request is answered the same
