@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from typing import Any
 
-from actors.client import ActorRef, ServiceUnavailable, call
+from actors.client import ActorRef, call
 from actors.routing import PROJECTOR_NAME, inventory_shard_name, order_shard_name, shard_of
 
 
@@ -44,11 +44,12 @@ class ActorDirectory:
         return refs[shard_of(entity_id, len(refs))]
 
     async def each(self, method: str) -> dict[str, Any]:
-        """Call ``method`` on every actor; a failing actor maps to its exception."""
+        """Call ``method`` on every actor; a failing actor maps to its exception, whatever it is (lost, slow,
+        its store down while it starts): one actor's failure does not hide the others."""
         async def one(ref: ActorRef) -> Any:
             try:
                 return await call(ref, method, timeout=self.timeout)
-            except ServiceUnavailable as e:
+            except Exception as e:
                 return e
 
         results = await asyncio.gather(*[one(ref) for ref in self.all])

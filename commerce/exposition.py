@@ -38,7 +38,7 @@ async def actor_families(directory: ActorDirectory) -> dict[str, list[Family]]:
     """Every actor's families by ``shard`` label; an actor that does not answer is left out (its series
     disappear from this scrape). An actor without ``metrics_samples`` (started before it existed) is read
     through its ``metrics_text``."""
-    from actors.client import ServiceUnavailable, call
+    from actors.client import call
 
     async def one(name: str, ref: Any) -> tuple[str, list[Family] | None]:
         try:
@@ -48,7 +48,7 @@ async def actor_families(directory: ActorDirectory) -> dict[str, list[Family]]:
                 text = await call(ref, "metrics_text", timeout=directory.timeout)
                 found = families(text_string_to_metric_families(text))
             return name, found
-        except ServiceUnavailable:
+        except Exception:  # lost, slow, or its store down while it starts: the others are still shown
             return name, None
 
     answers = await asyncio.gather(*[one(shard_label(ref.name), ref) for ref in directory.all])

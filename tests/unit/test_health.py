@@ -11,6 +11,7 @@ from typing import Any
 from actors.directory import ActorDirectory
 from commerce.health import check_health
 from commerce.settings import Settings
+from store.errors import StoreUnavailable
 from store.migrations import LATEST
 
 
@@ -36,6 +37,8 @@ class FakeActor:
 
     def __getattr__(self, method: str) -> Any:
         async def answer() -> Any:
+            if isinstance(self.answers[method], Exception):
+                raise self.answers[method]
             return self.answers[method]
 
         return SimpleNamespace(remote=lambda *args, **kwargs: answer())
@@ -89,3 +92,14 @@ async def test_a_saga_waiting_for_an_operator_fails_the_sagas_check() -> None:
     assert report["status"] == "fail" and report["checks"]["sagas"]["status"] == "fail"
     assert "2 saga(s) FAILED" in report["checks"]["sagas"]["error"]
     assert report["checks"]["event_store"]["status"] == "ok"
+
+
+async def test_an_actor_that_answers_with_an_error_does_not_hide_the_others_from_the_operator() -> None:
+    directory = ActorDirectory("test", 1, 1)
+    order, inventory, projector = directory.all
+    order._handle = FakeActor({"describe": StoreUnavailable("the database is unavailable")})  # its start failed
+    inventory._handle = FakeActor({"describe": {"kind": "inventory"}})
+    projector._handle = FakeActor({"describe": ValueError("a bug of its own")})
+    found = await directory.each("describe")
+    assert found[inventory.name] == {"kind": "inventory"}
+    assert isinstance(found[order.name], StoreUnavailable) and isinstance(found[projector.name], ValueError)

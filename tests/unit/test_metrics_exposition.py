@@ -32,6 +32,7 @@ from commerce import exposition as ex
 from commerce.health import service_families
 from commerce.settings import Settings
 from domain import saga as sg
+from store.errors import StoreUnavailable
 from store.memory import InMemoryEventStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -264,7 +265,7 @@ async def test_samples_cross_ray_as_plain_data_and_equal_what_the_text_says() ->
 
 async def test_actors_without_metrics_samples_are_read_through_their_text(monkeypatch: pytest.MonkeyPatch) -> None:
     """Until every actor has ``metrics_samples`` (and while older actors still run), /metrics reads their text;
-    an actor that does not answer is left out."""
+    an actor that does not answer, or answers with an error, is left out."""
     shard = order_shard(0, 3)
     samples = await m.shard_samples(shard)
     text = m.render(shard.metrics.registry)
@@ -272,11 +273,14 @@ async def test_actors_without_metrics_samples_are_read_through_their_text(monkey
     async def call(ref: Any, method: str, *args: Any, timeout: float = 30.0, **kwargs: Any) -> Any:
         if ref.name == "projector":
             raise ServiceUnavailable("actor projector is not running")
+        if ref.name == "order-shard-2":  # its start cannot reach PostgreSQL: the actor raises the store's error
+            raise StoreUnavailable("the database is unavailable")
         if method == "metrics_samples" and ref.name == "order-shard-1":
             raise AttributeError("'ActorHandle' object has no attribute 'metrics_samples'")
         return samples if method == "metrics_samples" else text
 
     monkeypatch.setattr("actors.client.call", call)
-    refs = [types.SimpleNamespace(name=n) for n in (order_shard_name(0), order_shard_name(1), PROJECTOR_NAME)]
+    refs = [types.SimpleNamespace(name=n) for n in (order_shard_name(0), order_shard_name(1), order_shard_name(2),
+                                                     PROJECTOR_NAME)]
     found = await ex.actor_families(types.SimpleNamespace(all=refs, timeout=1.0))  # type: ignore[arg-type]
     assert found == {"order-0": samples, "order-1": samples}
