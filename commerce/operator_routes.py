@@ -76,7 +76,7 @@ class OperatorRoutes:
     async def query_events(self, aggregate_id: uuid.UUID | None = None,
                            aggregate_type: str | None = Query(None, max_length=100, pattern=NAME),
                            event_type: str | None = Query(None, max_length=100, pattern=NAME),
-                           after_position: int = Query(0, ge=0, le=2**63 - 1), limit: int = Query(100, ge=1, le=500),
+                           after_position: int = Query(0, ge=0, le=2**63 - 1), limit: int = Query(50, ge=1, le=500),
                            svc: Services = Svc) -> dict[str, Any]:
         """Events in commit order; pass ``next_position`` back as ``after_position`` for the next page."""
         return await uc.query_events(svc, limit, aggregate_id=aggregate_id, aggregate_type=aggregate_type,
