@@ -39,7 +39,7 @@ EXAMPLES: list[Exception] = [
     domain.order.OrderTooLarge("too large"),
     inv.InventoryError("inventory"), inv.UnknownProduct(f"unknown product {PID}"), inv.UnknownReservation("unknown"),
     inv.InsufficientStock(PID, 5, 2), inv.VersionMismatch(PID, 3, 4), inv.ReservationNotActive(RID, "expired"),
-    inv.ReservationIdConflict(RID), inv.ReservationAlreadyCommitted(RID), inv.InvalidStock("negative"),
+    inv.ReservationIdConflict(RID), inv.ProductIdTaken(RID), inv.ReservationAlreadyCommitted(RID), inv.InvalidStock("negative"),
     inv.StockBelowReserved("below"),
     store.errors.StoreError("store"), ConcurrencyConflict(PID, 7), store.errors.DuplicateCommand("cmd"),
     StoreUnavailable("PostgreSQL unavailable"),
