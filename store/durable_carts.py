@@ -4,10 +4,10 @@ Redis stays the fast path and the one place where a cart changes (its Lua script
 atomic and count it in the cart's ``version``). After each change the new state is written to
 ``carts`` unless a newer version is there already, so concurrent requests cannot put back an older
 state. A cart missing from Redis is restored from that record on its next use, with its lines, status
-and the TTL it has left; a checked-out cart stays checked out. A copy in Redis of another version than the
-record (an older one brought back by a failover or a restart from an old snapshot, or a change whose record
-failed and was never answered) is put back from the record when it is read, and before a change it refuses
-stands. Records of expired carts are purged.
+and the TTL it has left; a checked-out cart stays checked out. A copy in Redis that is not the record (an
+older one brought back by a failover or a restart from an old snapshot, a change whose record failed and
+was never answered, or such a copy changed since to the record's version with other contents) is put back
+from the record when it is read and before every change. Records of expired carts are purged.
 """
 
 from __future__ import annotations
@@ -70,13 +70,6 @@ class CartJournal:
                 cart.updated_at, cart.expires_at, cart.version)
         return True
 
-    async def version(self, cart_id: uuid.UUID, now: dt.datetime) -> int | None:
-        """The recorded version of a cart that has not expired; None for none."""
-        with postgres_errors():
-            version: int | None = await self.pool.fetchval(
-                "SELECT version FROM carts WHERE cart_id = $1 AND expires_at > $2", cart_id, now)
-        return version
-
     async def load(self, cart_id: uuid.UUID, conn: asyncpg.Connection | None = None) -> Cart | None:
         with postgres_errors():
             row = await (conn or self.pool).fetchrow("SELECT * FROM carts WHERE cart_id = $1", cart_id)
@@ -92,6 +85,14 @@ class CartJournal:
 def _lock_key(cart_id: uuid.UUID) -> int:
     """A 64-bit advisory lock key of its own for each cart."""
     return int.from_bytes(cart_id.bytes[:8], "big", signed=True)
+
+
+def _same(copy: Cart, record: Cart) -> bool:
+    """Whether the copy in Redis is the recorded cart. Its version alone does not say: a copy that went
+    another way (an older one back after a failover, then changed there, its record refused) reaches the
+    record's version with other contents."""
+    return (copy.version, copy.status, copy.order_id, frozenset(copy.lines)) == (
+        record.version, record.status, record.order_id, frozenset(record.lines))
 
 
 def _cart(row: asyncpg.Record) -> Cart:
@@ -130,14 +131,14 @@ class DurableCartStore:
         return await self._change(cart_id, lambda: self.redis.create(cart_id, customer_id, now))
 
     async def get(self, cart_id: uuid.UUID, owner: uuid.UUID | None = None) -> Cart:
-        """The cart as recorded: the copy in Redis, unless the record has another version (then it is put
-        back from the record first, holding the cart's lock). While PostgreSQL is away, the copy in Redis."""
+        """The cart as recorded: the copy in Redis, unless the record differs (then it is put back from the
+        record first, holding the cart's lock). While PostgreSQL is away, the copy in Redis."""
         cart = await self._restoring(cart_id, lambda: self.redis.get(cart_id, owner))
         try:
-            recorded = await self.journal.version(cart_id, dt.datetime.now(dt.UTC))
+            record = await self.journal.load(cart_id)
         except StoreUnavailable:
             return cart  # nothing to compare it with: a read goes on as it did before records were kept
-        if recorded in (None, cart.version):
+        if record is None or record.expires_at <= dt.datetime.now(dt.UTC) or _same(cart, record):
             return cart
         async with self.journal.changing(cart_id) as conn:
             await self._put_back(cart_id, conn)
@@ -163,6 +164,7 @@ class DurableCartStore:
         copy in Redis that went another way than the record is put back from the record, and the change made
         again on it."""
         async with self.journal.changing(cart_id) as conn:
+            await self._put_back(cart_id, conn)  # a change is made on the recorded cart, never on another copy
             for _ in range(CHANGE_ATTEMPTS):
                 try:
                     cart = await self._restoring(cart_id, operation, conn)
@@ -179,8 +181,8 @@ class DurableCartStore:
         raise ConcurrencyConflict(cart_id, -1)
 
     async def _put_back(self, cart_id: uuid.UUID, conn: asyncpg.Connection) -> bool:
-        """Put the recorded cart back in Redis if Redis holds another version of it; whether it did. ``conn``
-        holds the cart's lock."""
+        """Put the recorded cart back in Redis if Redis holds another copy of it (or none); whether it did.
+        ``conn`` holds the cart's lock."""
         now = dt.datetime.now(dt.UTC)
         record = await self.journal.load(cart_id, conn)
         if record is None or record.expires_at <= now:
@@ -189,7 +191,7 @@ class DurableCartStore:
             copy: Cart | None = await self.redis.get(cart_id)
         except NotFound:
             copy = None
-        if copy is not None and copy.version == record.version:
+        if copy is not None and _same(copy, record):
             return False
         await self.redis.forget(cart_id)
         await self.redis.restore(record, now)

@@ -169,3 +169,34 @@ async def test_a_change_that_reached_redis_but_not_its_record_is_not_what_the_ca
     await services.carts.redis.set_line(uuid.UUID(cart["id"]), uuid.UUID(pen), 5, Decimal("1.50"),
                                         dt.datetime.now(dt.UTC))  # Redis only: its record never written
     assert (await http.get(f"/api/v1/cart/{cart['id']}", headers=alice)).json() == recorded
+
+
+async def test_a_copy_changed_in_redis_to_the_record_s_version_with_other_lines_is_neither_read_nor_changed(
+        service_over_embedded: Deployment) -> None:
+    """An older copy came back after a failover, a change was made on it in Redis and its record refused,
+    and the process stopped before putting the record back: Redis holds the record's version with other
+    lines. What the customer reads, and what the next change is made on, is the record."""
+    http = service_over_embedded.http
+    services = await service_over_embedded.ingress.provider.get()
+    mug, pen, cup = await product(http, "29.99"), await product(http, "1.50"), await product(http, "5.00")
+    cart, alice = await new_cart(http)
+    cart_id, key = uuid.UUID(cart["id"]), f"cart:{cart['id']}"
+    client = aioredis.Redis.from_url(service_over_embedded.redis.url)
+    try:
+        await http.put(f"/api/v1/cart/{cart_id}/items", json={"product_id": mug, "quantity": 1}, headers=alice)
+        older = await client.dump(key)
+        recorded = (await http.put(f"/api/v1/cart/{cart_id}/items", json={"product_id": pen, "quantity": 2},
+                                   headers=alice)).json()
+        await client.restore(key, 3_600_000, older, replace=True)
+        diverged = await services.carts.redis.set_line(cart_id, uuid.UUID(cup), 3, Decimal("5.00"),
+                                                       dt.datetime.now(dt.UTC))  # in Redis only
+        record = await services.carts.journal.load(cart_id)
+        assert record is not None and diverged.version == record.version and diverged.lines != record.lines
+        left = await client.dump(key)
+        assert (await http.get(f"/api/v1/cart/{cart_id}", headers=alice)).json() == recorded
+        await client.restore(key, 3_600_000, left, replace=True)  # as the stop left it, for the next change
+    finally:
+        await client.aclose()
+    after = (await http.put(f"/api/v1/cart/{cart_id}/items", json={"product_id": pen, "quantity": 4},
+                            headers=alice)).json()
+    assert {(x["product_id"], x["quantity"]) for x in after["items"]} == {(mug, 1), (pen, 4)}  # no cup
