@@ -23,6 +23,7 @@ def servers() -> Iterator[Servers]:
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[Path]:
     """One local Ray for the whole session (starting it takes seconds); yields the folder of its logs."""
+    import logging
     import os
 
     import ray
@@ -32,11 +33,15 @@ def ray_session() -> Iterator[Path]:
 
     os.environ.update(serve_env())
     os.environ.update(serve_ports(31000, 41000))  # not the defaults: another Serve may be running here
+    root, before = logging.getLogger(), set(logging.getLogger().handlers)
     context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                        runtime_env={"env_vars": serve_env()}, logging_config=logs.ray_logging())
+    added = [h for h in root.handlers if h not in before]  # Ray's, writing to this session's captured stderr
     stop_log_monitor()  # as the service's own local Ray runs
     yield Path(context.address_info["session_dir"]) / "logs"
     ray.shutdown()
+    for handler in added:  # the stream is closed with the session: what logs at exit must not write to it
+        root.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")
