@@ -140,6 +140,8 @@ def test_python_and_runtime_packages_are_pinned_to_the_tested_versions() -> None
     assert "ray[serve]==" in setup
     for package in ("asyncpg", "redis", "fastapi", "pydantic", "pyjwt"):
         assert package in pins, package
+    # What they pull in (pydantic-settings, psutil, ...) is held to the lock the tests install from.
+    assert all("-c ~/commerce/requirements.lock" in command for command in installs), installs
     for package, version in pins.items():
         try:
             installed = metadata.version(package)
