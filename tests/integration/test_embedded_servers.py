@@ -46,6 +46,35 @@ async def test_embedded_servers_keep_their_data_across_a_restart(tmp_path: Path)
         rd2.stop()
 
 
+def test_a_second_process_on_the_same_directory_uses_its_redis_and_leaves_it_running(tmp_path: Path) -> None:
+    owner = EmbeddedRedis(tmp_path)
+    url = owner.start()
+    redis_pid = int(owner.pidfile.read_text())
+    second = EmbeddedRedis(tmp_path)  # its own lock attempt, as another process's would be
+    try:
+        assert second.start() == url and not second.owns
+        second.stop()  # a second service's stop (or its failed start) must not take the first one's Redis
+        assert process_alive(redis_pid) and redis.Redis.from_url(url).ping()
+    finally:
+        owner.stop()
+    assert not process_alive(redis_pid)
+
+
+def test_a_redis_left_by_an_owner_that_died_is_taken_over_and_stopped(tmp_path: Path) -> None:
+    first = EmbeddedRedis(tmp_path)
+    first.start()
+    redis_pid = int(first.pidfile.read_text())
+    first._give_up_ownership()  # as the kernel does when the owner dies: its Redis keeps running
+    first._process = None
+    heir = EmbeddedRedis(tmp_path)
+    try:
+        heir.start()
+        assert heir.owns and heir.pid == redis_pid  # the same server, with its data
+    finally:
+        heir.stop()
+    assert not process_alive(redis_pid)
+
+
 async def test_commerce_migrate_runs_on_embedded_defaults(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("COMMERCE_DATABASE_URL", "COMMERCE_REDIS_URL")}
     env["COMMERCE_DATA_DIR"] = str(tmp_path / "data")
