@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -93,3 +95,21 @@ def test_a_stop_leaves_no_process_and_no_port_behind(service: Service, how: str)
     assert service.proc.wait(timeout=STOP_WITHIN) == 0
     assert still_running(processes, timeout=max(STOP_WITHIN - (time.monotonic() - started), 0.1)) == []
     assert {p: holders(p) for p in ports if not port_is_free(p)} == {}
+
+
+def test_a_second_service_on_the_same_data_directory_fails_and_leaves_the_first_one_whole(service: Service) -> None:
+    """`make dev` run twice: the second cannot have the ports, and its stop must not take the first one's
+    embedded Redis or PostgreSQL with it."""
+    http = service.start()
+    redis_pid = int((service.data_dir / "redis" / "redis.pid").read_text())
+    second = subprocess.run([sys.executable, "-m", "commerce.cli", "serve"], env=service.env, capture_output=True,
+                            timeout=180, start_new_session=True)
+    assert second.returncode != 0, second.stdout.decode()[-2000:]
+    assert psutil.Process(redis_pid).status() != psutil.STATUS_ZOMBIE
+    health = http.get("/health")
+    assert health.status_code == 200, health.text  # Redis and PostgreSQL checked, both still there
+    pid = str(uuid.uuid4())
+    assert http.put(f"{API}/inventory/{pid}", json={"on_hand": 5, "price": "1.00"}).status_code == 200
+    http.close()
+    assert service.stop() == 0
+    assert not psutil.pid_exists(redis_pid)
