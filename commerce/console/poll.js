@@ -1,15 +1,20 @@
 // A page's refresh loop: one round now, the next `everyMs` after each round ends, until the page is left.
 // A round that succeeds marks the page ready and clears the error; one that fails shows its error. After
-// `stop()` (the page's cleanup) no round starts, and a late answer changes nothing.
+// `stop()` (the page's cleanup) no round starts, and a late answer changes nothing. While the browser tab
+// is hidden no round starts (an overview left open in a background tab would ask for /health and /metrics
+// for ever); one starts as soon as it is shown again.
 
 export function repeat(root, ctx, everyMs, work, { paused = () => false } = {}) {
   let timer = null;
   let stopped = false;
+  let running = false;
   const isStopped = () => stopped;
+  const waiting = () => stopped || paused() || document.hidden;
 
   async function round() {
     clearTimeout(timer);
-    if (stopped || paused()) return;
+    if (waiting() || running) return;
+    running = true;
     try {
       await work(isStopped);
       if (stopped) return;
@@ -20,10 +25,16 @@ export function repeat(root, ctx, everyMs, work, { paused = () => false } = {}) 
       root.dataset.state = "error";
       ctx.fail(error);
     } finally {
-      if (!stopped && !paused()) timer = setTimeout(round, everyMs);
+      running = false;
+      if (!waiting()) timer = setTimeout(round, everyMs);
     }
   }
 
+  function shown() {
+    if (!document.hidden) round();
+  }
+
+  document.addEventListener("visibilitychange", shown);
   round();
   return {
     again: round,
@@ -31,6 +42,7 @@ export function repeat(root, ctx, everyMs, work, { paused = () => false } = {}) 
     stop() {
       stopped = true;
       clearTimeout(timer);
+      document.removeEventListener("visibilitychange", shown);
     },
   };
 }

@@ -142,6 +142,13 @@ export function render(root, ctx) {
       reason.focus();
       return;
     }
+    if (kind === "compensate" && !window.confirm("Compensate this saga? Its shipment is cancelled, its payment "
+      + "refunded and its stock put back; this cannot be undone.")) {
+      outcome.className = "muted";
+      outcome.dataset.outcome = "not-sent";
+      outcome.textContent = "Compensation not requested.";
+      return;
+    }
     busy = true;
     retry.disabled = compensate.disabled = true;
     outcome.className = "muted";

@@ -101,6 +101,13 @@ async def test_an_operator_retries_a_failed_saga_from_its_page(browser: WebDrive
     wait(browser).until(ec.text_to_be_present_in_element(by_testid("action-result"), "Enter a reason"))
     assert (await http.get(f"{API}/admin/sagas/{saga_id}")).json()["status"] == "FAILED"
 
+    browser.find_element(*by_testid("action-reason")).send_keys("meant for the retry")
+    browser.find_element(*by_testid("compensate-button")).click()  # irreversible: asked first, and declined
+    wait(browser).until(ec.alert_is_present(), "Compensate asked for no confirmation").dismiss()
+    wait(browser).until(ec.text_to_be_present_in_element(by_testid("action-result"), "not requested"))
+    assert (await http.get(f"{API}/admin/sagas/{saga_id}")).json()["status"] == "FAILED"
+    browser.find_element(*by_testid("action-reason")).clear()
+
     browser.find_element(*by_testid("action-reason")).send_keys("refund provider is back <b>up</b>")
     browser.find_element(*by_testid("retry-button")).click()
     wait(browser, 60).until(ec.text_to_be_present_in_element_attribute(by_testid("saga"), "data-status", "COMPENSATED"),
