@@ -26,13 +26,22 @@ def actor_options(name: str, namespace: str, cpus: float) -> dict[str, Any]:
     }
 
 
+def running_shards(namespace: str) -> list[str]:
+    """The names of the shard actors that run in the namespace, of any index (a larger layout's too)."""
+    kinds = (order_shard_name(0)[:-1], inventory_shard_name(0)[:-1])
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["namespace"] == namespace and a["name"].startswith(kinds))
+
+
 def check_layout(settings: Settings) -> None:
     """Refuse to start next to shards made with other counts: found by name, they would be used with the
-    counts they were made with, and the entities and sagas they route would not match this start's."""
-    for name in (order_shard_name(0), inventory_shard_name(0)):
+    counts they were made with, and the entities and sagas they route would not match this start's. Every
+    running shard is asked, so that one left over from a larger layout (its lower shards removed) is found
+    too: it would go on resuming sagas by its own counts."""
+    for name in running_shards(settings.namespace):
         try:
             running = ray.get_actor(name, namespace=settings.namespace)
-        except ValueError:
+        except ValueError:  # gone meanwhile
             continue
         try:
             layout = ray.get(running.layout.remote(), timeout=LAYOUT_TIMEOUT)
@@ -43,7 +52,8 @@ def check_layout(settings: Settings) -> None:
                   "protocol": PROTOCOL}
         if layout != wanted:
             raise SettingsError(
-                f"shard actors made with {layout} run in namespace {settings.namespace!r}, and this start asks for "
+                f"shard actors made with {layout} ({name} among them) run in namespace {settings.namespace!r}, and "
+                f"this start asks for "
                 f"{wanted} (a protocol differs after an upgrade): stop the service that runs them (or remove them, "
                 "see docs/operations.md), then start")
 
