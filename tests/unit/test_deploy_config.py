@@ -23,6 +23,8 @@ def test_the_serve_config_and_the_rayservice_deploy_the_same_valid_application()
     cluster = service["spec"]["rayClusterConfig"]
     assert cluster["rayVersion"] == __import__("ray").__version__
     assert cluster["authOptions"] == {"mode": "token"}  # the dashboard it exposes to the operator is guarded
+    # Never two clusters on one database at once: an upgrade is a delete, then an apply.
+    assert service["spec"]["upgradeStrategy"] == {"type": "None"}
 
 
 def test_no_secret_is_written_in_the_deployment_files() -> None:
