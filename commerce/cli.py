@@ -206,6 +206,20 @@ def _stop_now(*_: object) -> None:
     raise _Stop
 
 
+class _StopOnceUp:
+    """While the embedded servers start: a signal is acted on once they are up, and the stop then stops
+    them cleanly. Raised in the middle of initdb or pg_ctl, it would kill those and leave the server they
+    began running, or a data directory that no longer starts. A second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, *_: object) -> None:
+        if self.received:
+            _stop_now()
+        self.received = True
+
+
 def serve(settings: Settings) -> int:
     """Run the service until SIGINT, SIGTERM or SIGHUP, then stop everything it started and exit.
 
@@ -218,9 +232,13 @@ def serve(settings: Settings) -> int:
     runtime = Runtime(settings)
     stop = threading.Event()
     code = 1
-    _on_signals(_stop_now)  # a stop while starting unwinds into the orderly stop below
+    servers_starting = _StopOnceUp()
+    _on_signals(servers_starting)
     try:
         settings = runtime.prepare()
+        if servers_starting.received:
+            raise _Stop
+        _on_signals(_stop_now)  # a stop while starting unwinds into the orderly stop below
         runtime.start_ray()
         _on_signals(_stop_now)  # Ray installs its own SIGTERM handling in the driver; ours comes after it
         runtime.start_service()

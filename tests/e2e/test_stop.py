@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from store.embedded import EmbeddedPostgres
 from tests.e2e.helpers import ADDRESS, API
 from tests.e2e.test_restart import Service, wait_for
 from tests.support import port_is_free, still_running
@@ -113,3 +114,29 @@ def test_a_second_service_on_the_same_data_directory_fails_and_leaves_the_first_
     http.close()
     assert service.stop() == 0
     assert not psutil.pid_exists(redis_pid)
+
+
+def test_a_signal_while_the_embedded_database_is_made_stops_once_it_is_up_and_leaves_nothing_behind(
+        tmp_path: Path) -> None:
+    """SIGTERM while pg_ctl waits for the new server to be ready: the service stops as soon as its servers are
+    up, stopping them too (the server must not be left running), and the new data directory starts again."""
+    service = Service(tmp_path)
+    with service.log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "commerce.cli", "serve"], env=service.env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    pgdata = tmp_path / "postgres"
+    deadline = time.monotonic() + 60
+    while not (pgdata / "postmaster.pid").exists():  # the server has begun, and pg_ctl waits for it to be ready
+        assert proc.poll() is None and time.monotonic() < deadline, service.log.read_text()[-2000:]
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, service.log.read_text()[-2000:]
+    assert b"stopping before it was ready" in service.log.read_bytes()
+    assert not (pgdata / "postmaster.pid").exists()
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert left == []
+    again = EmbeddedPostgres(tmp_path)
+    try:
+        assert again.start().startswith("postgresql://")
+    finally:
+        again.stop()
