@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Any
 
-from actors.client import ActorRef, call
+from actors.client import ActorRef, ServiceUnavailable, call
 from actors.routing import PROJECTOR_NAME, inventory_shard_name, order_shard_name, shard_of
+
+log = logging.getLogger(__name__)
 
 
 def restart_count(actor_id: str) -> int:
@@ -49,7 +52,10 @@ class ActorDirectory:
         async def one(ref: ActorRef) -> Any:
             try:
                 return await call(ref, method, timeout=self.timeout)
-            except Exception as e:
+            except ServiceUnavailable as e:  # lost or slow: the caller says so
+                return e
+            except Exception as e:  # its own error (its store down while it starts, or a bug): named here
+                log.warning("actor %s failed %s: %s: %s", ref.name, method, type(e).__name__, e)
                 return e
 
         results = await asyncio.gather(*[one(ref) for ref in self.all])

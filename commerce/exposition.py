@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -28,6 +29,7 @@ from actors.metrics import Family, Labels, Series, families
 if TYPE_CHECKING:
     from actors.directory import ActorDirectory
 
+log = logging.getLogger(__name__)
 
 def shard_label(actor_name: str) -> str:
     """The ``shard`` label of an actor: order-shard-0 -> order-0, projector -> projector."""
@@ -38,7 +40,7 @@ async def actor_families(directory: ActorDirectory) -> dict[str, list[Family]]:
     """Every actor's families by ``shard`` label; an actor that does not answer is left out (its series
     disappear from this scrape). An actor without ``metrics_samples`` (started before it existed) is read
     through its ``metrics_text``."""
-    from actors.client import call
+    from actors.client import ServiceUnavailable, call
 
     async def one(name: str, ref: Any) -> tuple[str, list[Family] | None]:
         try:
@@ -48,7 +50,10 @@ async def actor_families(directory: ActorDirectory) -> dict[str, list[Family]]:
                 text = await call(ref, "metrics_text", timeout=directory.timeout)
                 found = families(text_string_to_metric_families(text))
             return name, found
-        except Exception:  # lost, slow, or its store down while it starts: the others are still shown
+        except ServiceUnavailable:  # lost or slow
+            return name, None
+        except Exception as e:  # its own error (its store down while it starts, or a bug): the others are shown
+            log.warning("actor %s gave no metrics: %s: %s", name, type(e).__name__, e)
             return name, None
 
     answers = await asyncio.gather(*[one(shard_label(ref.name), ref) for ref in directory.all])

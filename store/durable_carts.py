@@ -126,8 +126,7 @@ class DurableCartStore:
         """A new cart; a cart made before under this id (a retried request) comes back as it was."""
         record = await self.journal.load(cart_id)
         if record is not None and record.expires_at > now:
-            await self.redis.restore(record, now)
-            return await self.redis.get(cart_id, customer_id)
+            return await self.get(cart_id, customer_id)  # restored if it is not in Redis, put back if it differs
         return await self._change(cart_id, lambda: self.redis.create(cart_id, customer_id, now))
 
     async def get(self, cart_id: uuid.UUID, owner: uuid.UUID | None = None) -> Cart:
