@@ -89,10 +89,12 @@ def await_started(started: list[ray.ObjectRef]) -> None:
 
 
 def remove_actors(settings: Settings) -> None:
-    """Kill every actor of the service (no restart); their state is all in PostgreSQL."""
-    names = [*(inventory_shard_name(i) for i in range(settings.inventory_shards)),
-             *(order_shard_name(i) for i in range(settings.order_shards)), PROJECTOR_NAME]
-    for name in names:
+    """Kill every actor of the service in its namespace (no restart), shards of another layout's counts too
+    (those check_layout refuses to start next to); their state is all in PostgreSQL."""
+    names = {*(inventory_shard_name(i) for i in range(settings.inventory_shards)),
+             *(order_shard_name(i) for i in range(settings.order_shards)), PROJECTOR_NAME,
+             *running_shards(settings.namespace)}
+    for name in sorted(names):
         try:
             ray.kill(ray.get_actor(name, namespace=settings.namespace), no_restart=True)
         except ValueError:

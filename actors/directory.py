@@ -31,6 +31,7 @@ class ActorDirectory:
         self.inventory = [ActorRef(inventory_shard_name(i), namespace) for i in range(inventory_shards)]
         self.projector = ActorRef(PROJECTOR_NAME, namespace)
         self.timeout = timeout
+        self._reported: dict[tuple[str, str], str] = {}  # the error last logged for an actor and a method
 
     @property
     def all(self) -> list[ActorRef]:
@@ -51,12 +52,17 @@ class ActorDirectory:
         its store down while it starts): one actor's failure does not hide the others."""
         async def one(ref: ActorRef) -> Any:
             try:
-                return await call(ref, method, timeout=self.timeout)
+                answer = await call(ref, method, timeout=self.timeout)
             except ServiceUnavailable as e:  # lost or slow: the caller says so
                 return e
-            except Exception as e:  # its own error (its store down while it starts, or a bug): named here
-                log.warning("actor %s failed %s: %s: %s", ref.name, method, type(e).__name__, e)
+            except Exception as e:  # its own error (its store down while it starts, or a bug): logged once
+                text = f"{type(e).__name__}: {e}"
+                if self._reported.get((ref.name, method)) != text:
+                    self._reported[ref.name, method] = text
+                    log.warning("actor %s failed %s: %s (logged again only when it changes)", ref.name, method, text)
                 return e
+            self._reported.pop((ref.name, method), None)
+            return answer
 
         results = await asyncio.gather(*[one(ref) for ref in self.all])
         return {ref.name: r for ref, r in zip(self.all, results, strict=True)}

@@ -206,18 +206,30 @@ def _stop_now(*_: object) -> None:
     raise _Stop
 
 
-class _StopOnceUp:
-    """While the embedded servers start: a signal is acted on once they are up, and the stop then stops
-    them cleanly. Raised in the middle of initdb or pg_ctl, it would kill those and leave the server they
-    began running, or a data directory that no longer starts. A second signal stops at once."""
+class _ServerStarting:
+    """While an embedded server starts: a signal is acted on once it is up, and the stop then stops it
+    cleanly; raised in the middle of initdb or pg_ctl, it would kill those and leave the server they began
+    running, or a data directory that no longer starts. A second signal stops at once. A start that failed
+    meanwhile (the terminal's Ctrl-C reaches initdb and pg_ctl too, in the same process group) is a stop."""
 
     def __init__(self) -> None:
         self.received = False
 
-    def __call__(self, *_: object) -> None:
+    def _signal(self, *_: object) -> None:
         if self.received:
             _stop_now()
         self.received = True
+
+    def __enter__(self) -> _ServerStarting:
+        _on_signals(self._signal)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: object) -> None:
+        if kind is not None and issubclass(kind, _Stop):
+            return  # a second signal stops already: further ones stay ignored
+        _on_signals(_stop_now)  # first, so that no signal is lost between the check and the handler
+        if self.received:
+            _stop_now()
 
 
 def serve(settings: Settings) -> int:
@@ -232,13 +244,9 @@ def serve(settings: Settings) -> int:
     runtime = Runtime(settings)
     stop = threading.Event()
     code = 1
-    servers_starting = _StopOnceUp()
-    _on_signals(servers_starting)
+    _on_signals(_stop_now)  # a stop while starting unwinds into the orderly stop below
     try:
-        settings = runtime.prepare()
-        if servers_starting.received:
-            raise _Stop
-        _on_signals(_stop_now)  # a stop while starting unwinds into the orderly stop below
+        settings = runtime.prepare(_ServerStarting)
         runtime.start_ray()
         _on_signals(_stop_now)  # Ray installs its own SIGTERM handling in the driver; ours comes after it
         runtime.start_service()

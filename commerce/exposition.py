@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from actors.directory import ActorDirectory
 
 log = logging.getLogger(__name__)
+_reported: dict[str, str] = {}  # the error last logged for each actor that gave no metrics
 
 def shard_label(actor_name: str) -> str:
     """The ``shard`` label of an actor: order-shard-0 -> order-0, projector -> projector."""
@@ -49,11 +50,15 @@ async def actor_families(directory: ActorDirectory) -> dict[str, list[Family]]:
             except AttributeError:  # the handle knows no such method
                 text = await call(ref, "metrics_text", timeout=directory.timeout)
                 found = families(text_string_to_metric_families(text))
+            _reported.pop(name, None)
             return name, found
         except ServiceUnavailable:  # lost or slow
             return name, None
         except Exception as e:  # its own error (its store down while it starts, or a bug): the others are shown
-            log.warning("actor %s gave no metrics: %s: %s", name, type(e).__name__, e)
+            text = f"{type(e).__name__}: {e}"
+            if _reported.get(name) != text:  # once per error, not once per scrape
+                _reported[name] = text
+                log.warning("actor %s gave no metrics: %s (logged again only when it changes)", name, text)
             return name, None
 
     answers = await asyncio.gather(*[one(shard_label(ref.name), ref) for ref in directory.all])

@@ -7,10 +7,13 @@ through the component's own shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import stat
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -131,28 +134,32 @@ class Runtime:
         self.secret_files: dict[str, Path] = {}
         self.dashboard_url = ""
 
-    def prepare_database(self) -> str:
+    def prepare_database(self, starting: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext) -> str:
         """The database's URL, for the tools that need only the database: the configured one, or an embedded
-        PostgreSQL's, started here; migrated either way."""
+        PostgreSQL's, started here (within ``starting``: the service defers signals meanwhile); migrated
+        either way."""
         self._refuse_embedded_servers_on_a_cluster(self.settings.database_url)
         database_url = self.settings.database_url
         if not database_url:
             self._pg = EmbeddedPostgres(self.settings.data_dir)
-            database_url = self._pg.start()
+            with starting():
+                database_url = self._pg.start()
         asyncio.run(run_migrations(database_url))
         return database_url
 
-    def prepare(self) -> ResolvedSettings:
+    def prepare(self, starting: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext) -> ResolvedSettings:
         """Everything the service needs before Ray: the database (as :meth:`prepare_database`), Redis (embedded
-        when none is configured) and the secrets, the server secret checked against the one the database
-        knows. Returns the settings complete, as actors, services and the ingress get them."""
+        when none is configured, started within ``starting`` too) and the secrets, the server secret checked
+        against the one the database knows. Returns the settings complete, as actors, services and the
+        ingress get them."""
         s = self.settings
         self._refuse_embedded_servers_on_a_cluster(s.database_url and s.redis_url)
-        database_url = self.prepare_database()
+        database_url = self.prepare_database(starting)
         redis_url = s.redis_url
         if not redis_url:
             self._redis = EmbeddedRedis(s.data_dir)
-            redis_url = self._redis.start()
+            with starting():
+                redis_url = self._redis.start()
         with_secrets, self.secret_files = resolve_secrets(s)
         resolved = with_secrets.resolved(database_url=database_url, redis_url=redis_url)
         asyncio.run(check_server_secret(resolved))

@@ -22,12 +22,14 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.pgdata = (data_dir / "postgres").resolve()
         self._server: Any = None
+        self._began = False  # a start was begun (it may have been cut short before it held the server)
 
     def start(self) -> str:
         from pgserver.postgres_server import get_server
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
         self._forget_dead_holders()
+        self._began = True
         # 'stop': the server stops when this process lets go of it (stop() below, or at exit).
         self._server = get_server(self.pgdata, cleanup_mode="stop")
         uri: str = self._server.get_uri()
@@ -47,10 +49,34 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         if self._server is None:
+            if self._began:
+                self._stop_unheld()
             return
         with contextlib.suppress(subprocess.CalledProcessError):
             self._server.cleanup()
         self._server = None
+
+    def _stop_unheld(self, timeout: float = 30.0) -> None:
+        """A start cut short (pg_ctl killed while it waited for the new server, by the signal a terminal sends
+        its whole process group) leaves a server that no process holds: stopped here (a fast shutdown, by its
+        pid), unless another live process holds it."""
+        import json
+
+        import psutil
+
+        holders = self.pgdata / ".handle_pids.json"
+        with contextlib.suppress(OSError, ValueError):
+            if any(psutil.pid_exists(pid) and pid != os.getpid() for pid in json.loads(holders.read_text() or "[]")):
+                return
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+            postmaster = psutil.Process(pid)
+            if str(self.pgdata) not in " ".join(postmaster.cmdline()):
+                return  # a stale pid file: the pid is another process's now
+            postmaster.send_signal(signal.SIGINT)
+            psutil.wait_procs([postmaster], timeout)
+        except (OSError, ValueError, IndexError, psutil.Error):
+            return
 
 
 class EmbeddedRedis:
@@ -101,12 +127,13 @@ class EmbeddedRedis:
         return self._process.pid if self._process else self._running_pid()
 
     def _running_pid(self) -> int | None:
-        """The pid in the pid file, if that process is this Redis (after a crash the pid may be another's)."""
+        """The pid in the pid file, if that process is this Redis (after a crash the pid may be another's, even
+        another Redis's: Redis names its socket in its process title)."""
         import psutil
 
         try:
             pid = int(self.pidfile.read_text().strip())
-            if "redis" not in " ".join(psutil.Process(pid).cmdline()):
+            if str(self.socket) not in " ".join(psutil.Process(pid).cmdline()):
                 return None
         except (OSError, ValueError, psutil.Error):
             return None

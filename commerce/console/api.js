@@ -55,6 +55,8 @@ async function problemOf(response) {
   return { title: response.statusText || `HTTP ${response.status}`, status: response.status, detail: text.slice(0, 300) };
 }
 
+const ANSWER_WITHIN_MS = 30000;
+
 async function send(path, { method = "GET", body, headers = {}, accept = [] } = {}) {
   const init = { method, cache: "no-store", headers: { Accept: "application/json, application/problem+json", ...headers } };
   const token = getToken();
@@ -63,11 +65,17 @@ async function send(path, { method = "GET", body, headers = {}, accept = [] } = 
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
+  const abort = new AbortController(); // a request that hangs must not hold a page's refresh loop for good
+  const timer = setTimeout(() => abort.abort(), ANSWER_WITHIN_MS);
+  init.signal = abort.signal;
   let response;
   try {
     response = await fetch(path, init);
   } catch (e) {
-    throw new ApiError(0, { title: "Network error", detail: `${path} did not answer (${e.message})` });
+    const why = abort.signal.aborted ? `no answer within ${ANSWER_WITHIN_MS / 1000} s` : e.message;
+    throw new ApiError(0, { title: "Network error", detail: `${path} did not answer (${why})` });
+  } finally {
+    clearTimeout(timer);
   }
   if (response.ok || accept.includes(response.status)) return response;
   throw new ApiError(response.status, await problemOf(response));

@@ -2,19 +2,25 @@
 // A round that succeeds marks the page ready and clears the error; one that fails shows its error. After
 // `stop()` (the page's cleanup) no round starts, and a late answer changes nothing. While the browser tab
 // is hidden no round starts (an overview left open in a background tab would ask for /health and /metrics
-// for ever); one starts as soon as it is shown again.
+// for ever); one starts as soon as it is shown again. `again()` during a round runs one more right after.
 
 export function repeat(root, ctx, everyMs, work, { paused = () => false } = {}) {
   let timer = null;
   let stopped = false;
   let running = false;
+  let wanted = false; // asked for while a round ran
   const isStopped = () => stopped;
   const waiting = () => stopped || paused() || document.hidden;
 
   async function round() {
     clearTimeout(timer);
-    if (waiting() || running) return;
+    if (running) {
+      wanted = true;
+      return;
+    }
+    if (waiting()) return;
     running = true;
+    wanted = false;
     try {
       await work(isStopped);
       if (stopped) return;
@@ -26,7 +32,7 @@ export function repeat(root, ctx, everyMs, work, { paused = () => false } = {}) 
       ctx.fail(error);
     } finally {
       running = false;
-      if (!waiting()) timer = setTimeout(round, everyMs);
+      if (!waiting()) timer = setTimeout(round, wanted ? 0 : everyMs);
     }
   }
 

@@ -86,8 +86,14 @@ export function render(root, ctx) {
       replace(summary, el("p", { class: "error-text", testid: "saga-error" }, error.message));
       ctx.fail(error);
     } finally {
-      if (!stopped && mine === ticket) timer = setTimeout(refresh, MOVING.has(status) || busy ? 1000 : 3000);
+      if (!stopped && mine === ticket && !document.hidden) {
+        timer = setTimeout(refresh, MOVING.has(status) || busy ? 1000 : 3000);
+      }
     }
+  }
+
+  function visible() { // no refresh while the tab is hidden; one at once when it is shown again
+    if (!document.hidden && !stopped) refresh();
   }
 
   // Draws the saga (only when it changed, so that nothing moves under the operator's eyes) and its order's events.
@@ -181,9 +187,11 @@ export function render(root, ctx) {
 
   retry.addEventListener("click", () => act("retry"));
   compensate.addEventListener("click", () => act("compensate"));
+  document.addEventListener("visibilitychange", visible);
   refresh();
   return () => {
     stopped = true;
     clearTimeout(timer);
+    document.removeEventListener("visibilitychange", visible);
   };
 }

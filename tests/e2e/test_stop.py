@@ -116,25 +116,34 @@ def test_a_second_service_on_the_same_data_directory_fails_and_leaves_the_first_
     assert not psutil.pid_exists(redis_pid)
 
 
-def test_a_signal_while_the_embedded_database_is_made_stops_once_it_is_up_and_leaves_nothing_behind(
-        tmp_path: Path) -> None:
-    """SIGTERM while pg_ctl waits for the new server to be ready: the service stops as soon as its servers are
-    up, stopping them too (the server must not be left running), and the new data directory starts again."""
+@pytest.mark.parametrize("how", ["SIGTERM to the process", "Ctrl-C to the process group",
+                                 "SIGTERM to the process group", "SIGTERM twice"])
+def test_a_signal_while_the_embedded_database_starts_stops_the_service_and_leaves_nothing_behind(
+        tmp_path: Path, how: str) -> None:
+    """A signal once PostgreSQL's files are there (initdb's bootstrap or pg_ctl's wait for the new server):
+    the service stops, with the server it was starting (never left running on its own), and the new data
+    directory starts again. A signal to the group reaches initdb and pg_ctl too; a second one stops at once."""
     service = Service(tmp_path)
     with service.log.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "commerce.cli", "serve"], env=service.env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     pgdata = tmp_path / "postgres"
     deadline = time.monotonic() + 60
-    while not (pgdata / "postmaster.pid").exists():  # the server has begun, and pg_ctl waits for it to be ready
+    while not (pgdata / "postmaster.pid").exists():
         assert proc.poll() is None and time.monotonic() < deadline, service.log.read_text()[-2000:]
         time.sleep(0.005)
-    proc.send_signal(signal.SIGTERM)
+    if how == "SIGTERM to the process":
+        proc.send_signal(signal.SIGTERM)
+    elif how == "SIGTERM twice":
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT if how.startswith("Ctrl-C") else signal.SIGTERM)
     assert proc.wait(timeout=120) == 0, service.log.read_text()[-2000:]
     assert b"stopping before it was ready" in service.log.read_bytes()
-    assert not (pgdata / "postmaster.pid").exists()
     left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
     assert left == []
+    assert not (pgdata / "postmaster.pid").exists()
     again = EmbeddedPostgres(tmp_path)
     try:
         assert again.start().startswith("postgresql://")

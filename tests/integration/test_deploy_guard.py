@@ -10,9 +10,10 @@ import pytest
 import ray
 
 from actors.base import PROTOCOL
-from actors.deploy import check_layout, deploy_actors
+from actors.deploy import check_layout, deploy_actors, remove_actors, running_shards
 from actors.routing import order_shard_name
 from commerce.settings import SettingsError
+from tests.integration.ray_support import eventually
 
 
 async def test_other_shard_counts_are_refused_while_the_old_shards_run(actor_settings: Any) -> None:
@@ -39,14 +40,24 @@ class LeftOver:
         return self._layout
 
 
-async def test_a_shard_left_over_from_a_larger_layout_is_refused(actor_settings: Any) -> None:
+async def test_a_shard_left_over_from_a_larger_layout_is_refused_and_removed_the_documented_way(
+        actor_settings: Any) -> None:
     name = order_shard_name(actor_settings.order_shards + 3)
     larger = {"order_shards": actor_settings.order_shards + 4, "inventory_shards": actor_settings.inventory_shards,
               "protocol": PROTOCOL}
-    left = LeftOver.options(name=name, namespace=actor_settings.namespace).remote(larger)  # type: ignore[attr-defined]
+    namespace = f"{actor_settings.namespace}-left"  # the session's own actors stay out of it
+    left = LeftOver.options(name=name, namespace=namespace).remote(larger)  # type: ignore[attr-defined]
     try:
         assert await left.layout.remote() == larger
+        settings = actor_settings.replace(namespace=namespace)
         with pytest.raises(SettingsError, match=name):
-            await asyncio.to_thread(check_layout, actor_settings)
+            await asyncio.to_thread(check_layout, settings)
+        await asyncio.to_thread(remove_actors, settings)  # with this start's counts, as docs/operations.md runs it
+
+        async def gone() -> bool:
+            return name not in await asyncio.to_thread(running_shards, namespace)
+
+        await eventually(gone, bool, timeout=30)
+        await asyncio.to_thread(check_layout, settings)  # nothing left to refuse
     finally:
         ray.kill(left)
