@@ -207,17 +207,16 @@ def _stop_now(*_: object) -> None:
 
 
 class _ServerStarting:
-    """While an embedded server starts: a signal is acted on once it is up, and the stop then stops it
-    cleanly; raised in the middle of initdb or pg_ctl, it would kill those and leave the server they began
-    running, or a data directory that no longer starts. A second signal stops at once. A start that failed
-    meanwhile (the terminal's Ctrl-C reaches initdb and pg_ctl too, in the same process group) is a stop."""
+    """While an embedded server starts (bounded: pgserver gives initdb and pg_ctl their own timeouts), every
+    signal is only noted, and acted on once the start is over: raised in the middle of initdb or pg_ctl, it
+    would kill those and leave the server they began running, or a data directory that no longer starts.
+    The runtime then abandons that start (EmbeddedPostgres.abandon_start); a start that failed meanwhile
+    (the terminal's Ctrl-C reaches initdb and pg_ctl too, in the same process group) is a stop too."""
 
     def __init__(self) -> None:
         self.received = False
 
     def _signal(self, *_: object) -> None:
-        if self.received:
-            _stop_now()
         self.received = True
 
     def __enter__(self) -> _ServerStarting:
@@ -225,8 +224,6 @@ class _ServerStarting:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: object) -> None:
-        if kind is not None and issubclass(kind, _Stop):
-            return  # a second signal stops already: further ones stay ignored
         _on_signals(_stop_now)  # first, so that no signal is lost between the check and the handler
         if self.received:
             _stop_now()

@@ -142,8 +142,12 @@ class Runtime:
         database_url = self.settings.database_url
         if not database_url:
             self._pg = EmbeddedPostgres(self.settings.data_dir)
-            with starting():
-                database_url = self._pg.start()
+            with starting() as signalled:
+                try:
+                    database_url = self._pg.start()
+                finally:
+                    if getattr(signalled, "received", False):  # a stop was asked for meanwhile
+                        self._pg.abandon_start()
         asyncio.run(run_migrations(database_url))
         return database_url
 

@@ -7,8 +7,10 @@ so a restart finds it again, and both are stopped by :meth:`stop`, by process id
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -22,14 +24,14 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.pgdata = (data_dir / "postgres").resolve()
         self._server: Any = None
-        self._began = False  # a start was begun (it may have been cut short before it held the server)
+        self._new = False  # the last start made the data directory (initdb ran in it)
 
     def start(self) -> str:
         from pgserver.postgres_server import get_server
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
         self._forget_dead_holders()
-        self._began = True
+        self._new = not (self.pgdata / "PG_VERSION").exists()
         # 'stop': the server stops when this process lets go of it (stop() below, or at exit).
         self._server = get_server(self.pgdata, cleanup_mode="stop")
         uri: str = self._server.get_uri()
@@ -38,45 +40,51 @@ class EmbeddedPostgres:
     def _forget_dead_holders(self) -> None:
         """pgserver stops the server when the last process that holds it lets go, by a list of pids in the data
         directory; a holder killed (a power cut, SIGKILL) stays on that list and the server would never stop."""
-        import json
-
-        import psutil
-
         holders = self.pgdata / ".handle_pids.json"
         if holders.exists():
-            alive = [pid for pid in json.loads(holders.read_text() or "[]") if psutil.pid_exists(pid)]
-            holders.write_text(json.dumps(alive))
+            holders.write_text(json.dumps(self._holders()))
+
+    def _holders(self, but: int | None = None) -> list[int]:
+        """The live processes that hold the server (pgserver's list), but ``but``."""
+        import psutil
+
+        try:
+            pids = json.loads((self.pgdata / ".handle_pids.json").read_text() or "[]")
+        except (OSError, ValueError):
+            return []
+        return [pid for pid in pids if pid != but and psutil.pid_exists(pid)]
 
     def stop(self) -> None:
         if self._server is None:
-            if self._began:
-                self._stop_unheld()
             return
         with contextlib.suppress(subprocess.CalledProcessError):
             self._server.cleanup()
         self._server = None
 
-    def _stop_unheld(self, timeout: float = 30.0) -> None:
-        """A start cut short (pg_ctl killed while it waited for the new server, by the signal a terminal sends
-        its whole process group) leaves a server that no process holds: stopped here (a fast shutdown, by its
-        pid), unless another live process holds it."""
-        import json
-
+    def abandon_start(self, timeout: float = 30.0) -> None:
+        """After a start during which a stop was asked for: stop the server it began, held or not (a signal to
+        the terminal's whole process group reaches initdb and pg_ctl too, and a pg_ctl killed while it waits
+        leaves the new server to itself), and remove the data directory if this start was making it: nothing
+        is in it yet, and an initdb that a signal reached leaves one that never starts, or one made with
+        lower limits (its test of max_connections cut short). Nothing more while another process holds it."""
         import psutil
 
-        holders = self.pgdata / ".handle_pids.json"
-        with contextlib.suppress(OSError, ValueError):
-            if any(psutil.pid_exists(pid) and pid != os.getpid() for pid in json.loads(holders.read_text() or "[]")):
-                return
-        try:
-            pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
-            postmaster = psutil.Process(pid)
-            if str(self.pgdata) not in " ".join(postmaster.cmdline()):
-                return  # a stale pid file: the pid is another process's now
-            postmaster.send_signal(signal.SIGINT)
-            psutil.wait_procs([postmaster], timeout)
-        except (OSError, ValueError, IndexError, psutil.Error):
+        if self._server is not None:
+            self.stop()  # held: let go of as at any stop (the server stops unless another process holds it)
+        if self._holders(but=os.getpid()):
             return
+        mine = [p for p in psutil.process_iter(["cmdline"])
+                if p.info["cmdline"] and p.info["cmdline"][0].endswith("postgres")
+                and str(self.pgdata) in p.info["cmdline"]]  # the postmaster (its children's titles name no -D)
+        for postmaster in mine:
+            with contextlib.suppress(psutil.Error):
+                postmaster.send_signal(signal.SIGINT)  # a fast shutdown
+        _, left = psutil.wait_procs(mine, timeout)
+        for postmaster in left:
+            with contextlib.suppress(psutil.Error):
+                postmaster.kill()
+        if self._new:
+            shutil.rmtree(self.pgdata, ignore_errors=True)
 
 
 class EmbeddedRedis:
@@ -128,12 +136,13 @@ class EmbeddedRedis:
 
     def _running_pid(self) -> int | None:
         """The pid in the pid file, if that process is this Redis (after a crash the pid may be another's, even
-        another Redis's: Redis names its socket in its process title)."""
+        another Redis's): a redis-server working in this directory (``--dir``)."""
         import psutil
 
         try:
             pid = int(self.pidfile.read_text().strip())
-            if str(self.socket) not in " ".join(psutil.Process(pid).cmdline()):
+            process = psutil.Process(pid)
+            if "redis" not in process.name() or Path(process.cwd()) != self.dir:
                 return None
         except (OSError, ValueError, psutil.Error):
             return None

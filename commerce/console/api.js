@@ -55,45 +55,55 @@ async function problemOf(response) {
   return { title: response.statusText || `HTTP ${response.status}`, status: response.status, detail: text.slice(0, 300) };
 }
 
-const ANSWER_WITHIN_MS = 30000;
-
-async function send(path, { method = "GET", body, headers = {}, accept = [] } = {}) {
-  const init = { method, cache: "no-store", headers: { Accept: "application/json, application/problem+json", ...headers } };
+async function send(path, { method = "GET", body, headers = {}, accept = [], signal } = {}) {
+  const init = { method, cache: "no-store", signal, headers: { Accept: "application/json, application/problem+json", ...headers } };
   const token = getToken();
   if (token) init.headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const abort = new AbortController(); // a request that hangs must not hold a page's refresh loop for good
-  const timer = setTimeout(() => abort.abort(), ANSWER_WITHIN_MS);
-  init.signal = abort.signal;
   let response;
   try {
     response = await fetch(path, init);
   } catch (e) {
-    const why = abort.signal.aborted ? `no answer within ${ANSWER_WITHIN_MS / 1000} s` : e.message;
-    throw new ApiError(0, { title: "Network error", detail: `${path} did not answer (${why})` });
-  } finally {
-    clearTimeout(timer);
+    throw new ApiError(0, { title: "Network error", detail: `${path} did not answer (${e.message})` });
   }
   if (response.ok || accept.includes(response.status)) return response;
   throw new ApiError(response.status, await problemOf(response));
 }
 
+// A read (never a command: its outcome would be unknown) is given up after this long, its body included, so
+// that a request that hangs does not hold a page's refresh loop for good; longer than any answer the API
+// gives (its requests time out at 30 s, its database statements at 60 s).
+const READ_WITHIN_MS = 75000;
+
+async function read(path, options, take) {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), READ_WITHIN_MS);
+  try {
+    return await take(await send(path, { ...options, signal: abort.signal }));
+  } catch (e) {
+    if (!abort.signal.aborted) throw e;
+    throw new ApiError(0, { title: "Network error", detail: `${path} did not answer within ${READ_WITHIN_MS / 1000} s` });
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export async function getJSON(path) {
-  return (await send(path)).json();
+  return read(path, {}, (response) => response.json());
 }
 
 export async function getText(path) {
-  return (await send(path, { headers: { Accept: "text/plain" } })).text();
+  return read(path, { headers: { Accept: "text/plain" } }, (response) => response.text());
 }
 
 // /health answers 503 with the same shape when a check fails; a 503 problem means no report at all.
 export async function getHealth() {
-  const response = await send("/health", { accept: [503] });
-  const body = await response.json();
-  if (!body || typeof body.checks !== "object") throw new ApiError(response.status, body || {});
+  const { status, body } = await read("/health", { accept: [503] },
+    async (response) => ({ status: response.status, body: await response.json() }));
+  if (!body || typeof body.checks !== "object") throw new ApiError(status, body || {});
   return body;
 }
 
