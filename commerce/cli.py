@@ -207,17 +207,26 @@ def _stop_now(*_: object) -> None:
 
 
 class _ServerStarting:
-    """While an embedded server starts (bounded: pgserver gives initdb and pg_ctl their own timeouts), every
-    signal is only noted, and acted on once the start is over: raised in the middle of initdb or pg_ctl, it
-    would kill those and leave the server they began running, or a data directory that no longer starts.
-    The runtime then abandons that start (EmbeddedPostgres.abandon_start); a start that failed meanwhile
-    (the terminal's Ctrl-C reaches initdb and pg_ctl too, in the same process group) is a stop too."""
+    """While an embedded server starts, a signal is only noted, and acted on once the start is over: raised
+    in the middle of initdb or pg_ctl, it would kill those and leave the server they began running, or a
+    data directory that no longer starts. The stop then abandons that start (EmbeddedPostgres.abandon_start);
+    a start that failed meanwhile (the terminal's Ctrl-C reaches initdb and pg_ctl too, in the same process
+    group) is a stop too. A start can hang (pgserver bounds pg_ctl's start, not initdb or its own waits):
+    the third signal stops at once, whatever that leaves."""
+
+    FORCE_AFTER = 3
 
     def __init__(self) -> None:
-        self.received = False
+        self.signals = 0
+
+    @property
+    def received(self) -> bool:
+        return self.signals > 0
 
     def _signal(self, *_: object) -> None:
-        self.received = True
+        self.signals += 1
+        if self.signals >= self.FORCE_AFTER:
+            _stop_now()
 
     def __enter__(self) -> _ServerStarting:
         _on_signals(self._signal)

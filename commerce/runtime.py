@@ -127,6 +127,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._pg: EmbeddedPostgres | None = None
+        self._pg_abandoned = False  # a stop was asked for while it started
         self._redis: EmbeddedRedis | None = None
         self._ray_started = False
         self._serve_started = False
@@ -145,9 +146,8 @@ class Runtime:
             with starting() as signalled:
                 try:
                     database_url = self._pg.start()
-                finally:
-                    if getattr(signalled, "received", False):  # a stop was asked for meanwhile
-                        self._pg.abandon_start()
+                finally:  # a stop asked for meanwhile: the stop abandons this start (with signals ignored by then)
+                    self._pg_abandoned = bool(getattr(signalled, "received", False))
         asyncio.run(run_migrations(database_url))
         return database_url
 
@@ -253,7 +253,10 @@ class Runtime:
         if self._redis:
             self._redis.stop()
         if self._pg:
-            self._pg.stop()
+            if self._pg_abandoned:
+                self._pg.abandon_start()
+            else:
+                self._pg.stop()
 
     def _leave_cluster(self) -> None:
         if self._serve_started:

@@ -62,29 +62,43 @@ class EmbeddedPostgres:
         self._server = None
 
     def abandon_start(self, timeout: float = 30.0) -> None:
-        """After a start during which a stop was asked for: stop the server it began, held or not (a signal to
-        the terminal's whole process group reaches initdb and pg_ctl too, and a pg_ctl killed while it waits
-        leaves the new server to itself), and remove the data directory if this start was making it: nothing
-        is in it yet, and an initdb that a signal reached leaves one that never starts, or one made with
-        lower limits (its test of max_connections cut short). Nothing more while another process holds it."""
+        """Stop, after a start during which a stop was asked for: the server that start began, held or not (a
+        signal to the terminal's whole process group reaches initdb and pg_ctl too, and a pg_ctl killed while
+        it waits leaves the new server to itself); and remove the data directory if that start was making it:
+        nothing is in it yet, and an initdb that a signal reached leaves one that never starts, or one made
+        with lower limits (its test of max_connections cut short). Nothing more while another process holds
+        the server; under pgserver's lock, so that no other start or stop comes in between."""
         import psutil
+        from pgserver.postgres_server import PostgresServer
 
-        if self._server is not None:
-            self.stop()  # held: let go of as at any stop (the server stops unless another process holds it)
-        if self._holders(but=os.getpid()):
-            return
-        mine = [p for p in psutil.process_iter(["cmdline"])
-                if p.info["cmdline"] and p.info["cmdline"][0].endswith("postgres")
-                and str(self.pgdata) in p.info["cmdline"]]  # the postmaster (its children's titles name no -D)
-        for postmaster in mine:
-            with contextlib.suppress(psutil.Error):
-                postmaster.send_signal(signal.SIGINT)  # a fast shutdown
-        _, left = psutil.wait_procs(mine, timeout)
-        for postmaster in left:
-            with contextlib.suppress(psutil.Error):
-                postmaster.kill()
-        if self._new:
-            shutil.rmtree(self.pgdata, ignore_errors=True)
+        self.stop()  # held: let go of as at any stop (the server stops unless another process holds it)
+        with PostgresServer._lock:
+            if self._holders(but=os.getpid()):
+                return
+            mine = [p for p in psutil.process_iter(["cmdline"])
+                    if p.info["cmdline"] and p.info["cmdline"][0].endswith("postgres")
+                    and str(self.pgdata) in p.info["cmdline"]]  # the postmaster: its children's titles name no -D
+            family = [*mine, *(child for p in mine for child in _children(p))]
+            for how, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 10.0)):  # a fast, then an immediate shutdown
+                for postmaster in mine:
+                    with contextlib.suppress(psutil.Error):
+                        postmaster.send_signal(how)
+                _, mine = psutil.wait_procs(mine, wait)
+            for process in family:  # still there: the postmaster and its backends, which hold its shared memory
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+            psutil.wait_procs(family, 5.0)
+            if self._new:
+                shutil.rmtree(self.pgdata, ignore_errors=True)
+
+
+def _children(process: Any) -> list[Any]:
+    import psutil
+
+    try:
+        return list(process.children(recursive=True))
+    except psutil.Error:
+        return []
 
 
 class EmbeddedRedis:
