@@ -127,7 +127,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._pg: EmbeddedPostgres | None = None
-        self._pg_abandoned = False  # a stop was asked for while it started
+        self._pg_starting: Any = None  # what noted the signals while it started (None: nothing did)
         self._redis: EmbeddedRedis | None = None
         self._ray_started = False
         self._serve_started = False
@@ -144,10 +144,8 @@ class Runtime:
         if not database_url:
             self._pg = EmbeddedPostgres(self.settings.data_dir)
             with starting() as signalled:
-                try:
-                    database_url = self._pg.start()
-                finally:  # a stop asked for meanwhile: the stop abandons this start (with signals ignored by then)
-                    self._pg_abandoned = bool(getattr(signalled, "received", False))
+                self._pg_starting = signalled  # a stop asked for meanwhile: the stop abandons this start
+                database_url = self._pg.start()
         asyncio.run(run_migrations(database_url))
         return database_url
 
@@ -253,7 +251,7 @@ class Runtime:
         if self._redis:
             self._redis.stop()
         if self._pg:
-            if self._pg_abandoned:
+            if getattr(self._pg_starting, "received", False):  # with signals ignored by now
                 self._pg.abandon_start()
             else:
                 self._pg.stop()

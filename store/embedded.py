@@ -19,6 +19,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+LOCK_WITHIN = 10.0  # seconds an abandoned start waits for pgserver's lock
+
 
 class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
@@ -67,29 +69,53 @@ class EmbeddedPostgres:
         it waits leaves the new server to itself); and remove the data directory if that start was making it:
         nothing is in it yet, and an initdb that a signal reached leaves one that never starts, or one made
         with lower limits (its test of max_connections cut short). Nothing more while another process holds
-        the server; under pgserver's lock, so that no other start or stop comes in between."""
-        import psutil
+        the server; under pgserver's lock, so that no other start or stop comes in between, and only if that
+        lock comes within LOCK_WITHIN (another pgserver user may be stuck holding it). Never raises: it runs
+        within a stop, with signals ignored."""
         from pgserver.postgres_server import PostgresServer
 
-        self.stop()  # held: let go of as at any stop (the server stops unless another process holds it)
-        with PostgresServer._lock:
-            if self._holders(but=os.getpid()):
+        try:
+            self.stop()  # held: let go of as at any stop (the server stops unless another process holds it)
+            if not PostgresServer._lock.acquire(timeout=LOCK_WITHIN):
+                log.warning("PostgreSQL's start in %s was cut short, and pgserver's lock did not come within %.0f s: "
+                            "its processes, if any, are left", self.pgdata, LOCK_WITHIN)
                 return
-            mine = [p for p in psutil.process_iter(["cmdline"])
-                    if p.info["cmdline"] and p.info["cmdline"][0].endswith("postgres")
-                    and str(self.pgdata) in p.info["cmdline"]]  # the postmaster: its children's titles name no -D
-            family = [*mine, *(child for p in mine for child in _children(p))]
-            for how, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 10.0)):  # a fast, then an immediate shutdown
-                for postmaster in mine:
-                    with contextlib.suppress(psutil.Error):
-                        postmaster.send_signal(how)
-                _, mine = psutil.wait_procs(mine, wait)
-            for process in family:  # still there: the postmaster and its backends, which hold its shared memory
+            try:
+                if not self._holders(but=os.getpid()):
+                    self._stop_its_processes(timeout)
+                    if self._new:
+                        shutil.rmtree(self.pgdata, ignore_errors=True)
+            finally:
+                PostgresServer._lock.release()
+        except Exception:
+            log.exception("abandoning PostgreSQL's start in %s failed", self.pgdata)
+
+    def _stop_its_processes(self, timeout: float) -> None:
+        """Every process working in the data directory (the postmaster, its backends, or initdb's standalone
+        ones, which name it in no argument): a fast shutdown of the postmaster, then an immediate one, then
+        SIGKILL for whatever is left, which would otherwise keep its shared memory or write into the
+        directory."""
+        import psutil
+
+        def working_here(p: psutil.Process) -> bool:
+            try:
+                return Path(p.cwd()) == self.pgdata or str(self.pgdata) in (p.info["cmdline"] or [])
+            except psutil.Error:
+                return False
+
+        family = [p for p in psutil.process_iter(["cmdline"]) if working_here(p)]
+        postmasters = [p for p in family if (p.info["cmdline"] or [""])[0].endswith("postgres")
+                       and str(self.pgdata) in p.info["cmdline"]]  # its children's titles name no -D
+        for how, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 10.0)):
+            for postmaster in postmasters:
                 with contextlib.suppress(psutil.Error):
-                    process.kill()
-            psutil.wait_procs(family, 5.0)
-            if self._new:
-                shutil.rmtree(self.pgdata, ignore_errors=True)
+                    postmaster.send_signal(how)
+            _, postmasters = psutil.wait_procs(postmasters, wait)
+        family += [child for p in family for child in _children(p)]
+        for process in family:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(family, 5.0)
 
 
 def _children(process: Any) -> list[Any]:
