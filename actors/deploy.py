@@ -11,7 +11,7 @@ from actors.base import PROTOCOL
 from actors.inventory_shard import InventoryShard
 from actors.order_shard import OrderShard
 from actors.projector import Projector
-from actors.routing import PROJECTOR_NAME, inventory_shard_name, order_shard_name
+from actors.routing import INVENTORY_SHARD, ORDER_SHARD, PROJECTOR_NAME, inventory_shard_name, order_shard_name
 from commerce.settings import Settings, SettingsError
 
 START_TIMEOUT = 300.0
@@ -28,9 +28,8 @@ def actor_options(name: str, namespace: str, cpus: float) -> dict[str, Any]:
 
 def running_shards(namespace: str) -> list[str]:
     """The names of the shard actors that run in the namespace, of any index (a larger layout's too)."""
-    kinds = (order_shard_name(0)[:-1], inventory_shard_name(0)[:-1])
     return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                  if a["namespace"] == namespace and a["name"].startswith(kinds))
+                  if a["namespace"] == namespace and a["name"].startswith((ORDER_SHARD, INVENTORY_SHARD)))
 
 
 def check_layout(settings: Settings) -> None:
@@ -53,9 +52,8 @@ def check_layout(settings: Settings) -> None:
         if layout != wanted:
             raise SettingsError(
                 f"shard actors made with {layout} ({name} among them) run in namespace {settings.namespace!r}, and "
-                f"this start asks for "
-                f"{wanted} (a protocol differs after an upgrade): stop the service that runs them (or remove them, "
-                "see docs/operations.md), then start")
+                f"this start asks for {wanted} (a protocol differs after an upgrade): stop the service that runs "
+                "them (or remove them, see docs/operations.md), then start")
 
 
 def deploy_actors(settings: Settings, check: bool = True) -> list[Any]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from typing import Any
 
 from actors.client import ActorRef, ServiceUnavailable, call
 from actors.routing import PROJECTOR_NAME, inventory_shard_name, order_shard_name, shard_of
-
-log = logging.getLogger(__name__)
+from actors.watch import Watch
 
 
 def restart_count(actor_id: str) -> int:
@@ -31,7 +29,7 @@ class ActorDirectory:
         self.inventory = [ActorRef(inventory_shard_name(i), namespace) for i in range(inventory_shards)]
         self.projector = ActorRef(PROJECTOR_NAME, namespace)
         self.timeout = timeout
-        self._reported: dict[tuple[str, str], str] = {}  # the error last logged for an actor and a method
+        self.watch = Watch("actor directory")  # an actor's own errors, logged once per change
 
     @property
     def all(self) -> list[ActorRef]:
@@ -51,17 +49,15 @@ class ActorDirectory:
         """Call ``method`` on every actor; a failing actor maps to its exception, whatever it is (lost, slow,
         its store down while it starts): one actor's failure does not hide the others."""
         async def one(ref: ActorRef) -> Any:
+            task = f"{method} of {ref.name}"
             try:
                 answer = await call(ref, method, timeout=self.timeout)
             except ServiceUnavailable as e:  # lost or slow: the caller says so
                 return e
-            except Exception as e:  # its own error (its store down while it starts, or a bug): logged once
-                text = f"{type(e).__name__}: {e}"
-                if self._reported.get((ref.name, method)) != text:
-                    self._reported[ref.name, method] = text
-                    log.warning("actor %s failed %s: %s (logged again only when it changes)", ref.name, method, text)
+            except Exception as e:  # its own error (its store down while it starts, or a bug)
+                self.watch.fail(task, e)
                 return e
-            self._reported.pop((ref.name, method), None)
+            self.watch.succeeded(task)
             return answer
 
         results = await asyncio.gather(*[one(ref) for ref in self.all])

@@ -10,12 +10,16 @@ def shard_of(entity_id: uuid.UUID, shards: int) -> int:
     return entity_id.int % shards
 
 
+ORDER_SHARD = "order-shard-"
+INVENTORY_SHARD = "inventory-shard-"
+
+
 def order_shard_name(index: int) -> str:
-    return f"order-shard-{index}"
+    return f"{ORDER_SHARD}{index}"
 
 
 def inventory_shard_name(index: int) -> str:
-    return f"inventory-shard-{index}"
+    return f"{INVENTORY_SHARD}{index}"
 
 
 PROJECTOR_NAME = "projector"

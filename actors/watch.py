@@ -25,10 +25,14 @@ class Watch:
         except Exception as e:  # counted and logged below, reported while it persists
             self.fail(task, e)
             return False
+        self.succeeded(task)
+        return True
+
+    def succeeded(self, task: str) -> None:
+        """A round of ``task`` that worked: said once after failures, and no longer failing."""
         if self._last.pop(task, None) is not None:
             log.info("%s: %s works again", self.owner, task)
         self._streak.pop(task, None)
-        return True
 
     def fail(self, task: str, e: BaseException) -> None:
         text = f"{type(e).__name__}: {e}"[:300]

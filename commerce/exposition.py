@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -25,12 +24,12 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.metrics import Family, Labels, Series, families
+from actors.watch import Watch
 
 if TYPE_CHECKING:
     from actors.directory import ActorDirectory
 
-log = logging.getLogger(__name__)
-_reported: dict[str, str] = {}  # the error last logged for each actor that gave no metrics
+_WATCH = Watch("metrics of the actors")  # an actor's own error, by shard label
 
 def shard_label(actor_name: str) -> str:
     """The ``shard`` label of an actor: order-shard-0 -> order-0, projector -> projector."""
@@ -50,15 +49,12 @@ async def actor_families(directory: ActorDirectory) -> dict[str, list[Family]]:
             except AttributeError:  # the handle knows no such method
                 text = await call(ref, "metrics_text", timeout=directory.timeout)
                 found = families(text_string_to_metric_families(text))
-            _reported.pop(name, None)
+            _WATCH.succeeded(name)
             return name, found
         except ServiceUnavailable:  # lost or slow
             return name, None
         except Exception as e:  # its own error (its store down while it starts, or a bug): the others are shown
-            text = f"{type(e).__name__}: {e}"
-            if _reported.get(name) != text:  # once per error, not once per scrape
-                _reported[name] = text
-                log.warning("actor %s gave no metrics: %s (logged again only when it changes)", name, text)
+            _WATCH.fail(name, e)  # logged once per change, not once per scrape
             return name, None
 
     answers = await asyncio.gather(*[one(shard_label(ref.name), ref) for ref in directory.all])

@@ -74,7 +74,7 @@ class SagaPolicy:
     def outage_backoff(self, outages: int) -> dt.timedelta:
         """The wait after the ``outages``-th call in a row that found what it calls unavailable: doubling, at
         most OUTAGE_RETRY_CAP."""
-        return dt.timedelta(seconds=min(OUTAGE_RETRY_CAP, self.retry_delay * 2.0 ** min(outages - 1, 16)))
+        return min(dt.timedelta(seconds=OUTAGE_RETRY_CAP), self.backoff(min(outages, 17)))  # bounded exponent
 
 
 # A step whose call found the service below it unavailable (a shard lost or restarting, the store down; not

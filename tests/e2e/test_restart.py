@@ -59,11 +59,16 @@ class Service:
         self.log = data_dir / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> httpx.Client:
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """``commerce serve`` started, its output appended to the log; not waited for."""
         self.env["COMMERCE_PORT"] = str(self.port)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "commerce.cli", "serve"], env=self.env,
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return self.proc
+
+    def start(self) -> httpx.Client:
+        self.spawn()
         probe = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
         wait_for(lambda: probe.get("/health").status_code, lambda code: code == 200, timeout=240)
         token = self.env.get("COMMERCE_ADMIN_TOKEN") or (self.data_dir / "admin_token").read_text().strip()

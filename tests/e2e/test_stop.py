@@ -146,9 +146,7 @@ def test_a_signal_while_the_embedded_database_is_made_stops_the_service_and_leav
     began (never left running on its own), and the half-made data directory is removed, so the next start
     makes it anew. A signal to the group reaches initdb and pg_ctl too."""
     service = Service(tmp_path)
-    with service.log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "commerce.cli", "serve"], env=service.env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    proc = service.spawn()
     pgdata = tmp_path / "postgres"
     deadline = time.monotonic() + 60
     while (pid := postmaster_pid(pgdata)) is None or (when == "pg_ctl waits" and pid < 0):
