@@ -575,6 +575,74 @@ async def test_a_batch_applied_at_once_leaves_the_rows_that_one_event_at_a_time_
         assert by_order[order_id]["updated_at"] == last_at.get(order_id, created)
 
 
+def sku_lives(products: list[uuid.UUID]) -> list[list[ev.DomainEvent]]:
+    """SKUs' events as the inventory shards leave them, including a reservation made and given up in one
+    batch, a stock change between reservations, a sale returned, and a SKU with no stock set (the view skips
+    its events); each list starts at version 1."""
+    r = [uuid.uuid4() for _ in range(6)]
+    later = NOW + dt.timedelta(minutes=10)
+    return [
+        [inv.StockSet(products[0], 10, Decimal("5.00"), "a"), inv.StockReserved(r[0], 2, later, "o"),
+         inv.ReservationCommitted(r[0], 2), inv.StockReserved(r[1], 3, later, "o"), inv.SaleReturned(r[0], 2)],
+        [inv.StockSet(products[1], 4, Decimal("1.00"), "b"), inv.StockReserved(r[2], 1, later, "o"),
+         inv.StockSet(products[1], 9, Decimal("2.00"), "b2"), inv.ReservationReleased(r[2], 1),
+         inv.StockReserved(r[3], 4, later, "o"), inv.ReservationExpired(r[3], 4)],
+        [inv.StockReserved(r[4], 1, later, "o"), inv.ReservationCommitted(r[4], 1)],
+        [inv.StockSet(products[3], 7, Decimal("3.00"), "c"), inv.StockReserved(r[5], 7, later, "o")],
+    ]
+
+
+@pytest.mark.parametrize("split", [2, 3, 7, 500], ids=lambda n: f"batches of {n}")
+async def test_a_batch_of_stock_events_applied_at_once_leaves_the_rows_that_one_event_at_a_time_leaves(
+        event_store: PostgresEventStore, split: int) -> None:
+    products, at = [uuid.uuid4() for _ in range(4)], NOW
+    lives = sku_lives(products)
+    for step in range(max(map(len, lives))):
+        for pid, life in zip(products, lives, strict=True):
+            if step < len(life):
+                await event_store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, step, [life[step]])],
+                                         CommandContext.new(pid, at))
+                at += dt.timedelta(seconds=1)
+    stream = sorted([r for pid in products for r in await event_store.load_stream(pid)], key=lambda r: r.position or 0)
+    projection = InventoryViews()
+
+    async def rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        skus = await event_store.pool.fetch(
+            "SELECT * FROM inventory_views WHERE product_id = ANY($1) ORDER BY product_id", products)
+        held = await event_store.pool.fetch(
+            "SELECT * FROM inventory_reservations WHERE product_id = ANY($1) ORDER BY reservation_id", products)
+        return [dict(x) for x in skus], [dict(x) for x in held]
+
+    async def forget() -> None:
+        await conn.execute("DELETE FROM inventory_views WHERE product_id = ANY($1)", products)
+        await conn.execute("DELETE FROM inventory_reservations WHERE product_id = ANY($1)", products)
+
+    async def at_once(records: list[ev.Recorded]) -> None:
+        for start in range(0, len(records), split):
+            await projection.apply_many(conn, records[start:start + split])
+
+    async with event_store.pool.acquire() as conn:
+        for r in stream:
+            await projection.apply(conn, r)
+        one_by_one = await rows()
+        await forget()
+        await at_once(stream)
+        assert await rows() == one_by_one
+        # Delivered again from an earlier point, over rows part of whose events were applied: nothing changes.
+        await forget()
+        half = len(stream) // 2
+        for r in stream[:half]:
+            await projection.apply(conn, r)
+        await at_once(stream[half // 2:])
+        assert await rows() == one_by_one
+    skus, held = one_by_one
+    by_product = {x["product_id"]: x for x in skus}
+    assert [(by_product[p]["name"], by_product[p]["on_hand"], by_product[p]["reserved"], by_product[p]["units_sold"])
+            for p in products if p in by_product] == [("a", 10, 3, 0), ("b2", 9, 0, 0), ("c", 7, 7, 0)]
+    assert products[2] not in by_product  # no stock set: its events changed nothing
+    assert sorted((x["product_id"], x["quantity"]) for x in held) == sorted([(products[0], 3), (products[3], 7)])
+
+
 class ManyFails(OrderViews):
     """Order views whose batch write fails (a value PostgreSQL refuses, say), as a statement fails mid-batch."""
 
