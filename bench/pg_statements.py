@@ -6,7 +6,8 @@ order phase on it, and prints the top statements by calls and by time, per confi
 
 Needs PostgreSQL's server binaries with the contrib modules (Debian: postgresql, postgresql-contrib):
 the highest version under /usr/lib/postgresql, or the directory of ``pg_config --bindir``. Orders are
-counted by the statement that projects a new order into ``order_views`` (once per order); every figure
+counted by the rows that the statement projecting new orders into ``order_views`` inserted (one per order,
+whether one statement inserts one order or a batch of them); every figure
 is over the whole run, the unmeasured warm-up and the service's background work (polls, pings) included.
 """
 
@@ -93,7 +94,7 @@ async def top_statements(dsn: str, top: int) -> str:
         wal = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
     finally:
         await conn.close()
-    orders = sum(r["calls"] for r in rows if r["query"].startswith(ORDER_CREATED))
+    orders = sum(r["rows"] for r in rows if r["query"].startswith(ORDER_CREATED))
     if orders == 0:
         raise SystemExit("no order was projected: nothing to divide by")
     total_calls = sum(r["calls"] for r in rows)

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypedDict
@@ -71,7 +70,7 @@ class OrderViews:
     async def apply_many(self, conn: asyncpg.Connection, records: list[ev.Recorded]) -> None:
         """A batch of events at once, as ``apply`` one after the other leaves the rows: each order's events
         fold into one change (its last status and when, its last reason, its highest version), written in
-        at most three set-based statements for the whole batch."""
+        at most three pipelined statements for the whole batch."""
         created: list[tuple[Any, ...]] = []
         changed: dict[Any, list[Any]] = {}  # order id: [status, reason, updated_at, version]
         for record in records:
@@ -89,13 +88,13 @@ class OrderViews:
                 change[0], change[2] = str(status), record.at
                 change[1] = reason if reason is not None else change[1]
         if created:
-            await conn.execute(_INSERT_ORDERS, *zip(*(row[:-1] + (json.dumps(row[-1]),) for row in created), strict=True))
+            await conn.executemany(_INSERT_ORDER, created)
         statuses = [(order_id, *c) for order_id, c in changed.items() if c[0] is not None]
         if statuses:
-            await conn.execute(_UPDATE_STATUSES, *zip(*statuses, strict=True))
+            await conn.executemany(_UPDATE_STATUS, statuses)
         versions = [(order_id, c[3]) for order_id, c in changed.items() if c[0] is None]
         if versions:
-            await conn.execute(_UPDATE_VERSIONS, *zip(*versions, strict=True))
+            await conn.executemany(_UPDATE_VERSION, versions)
 
 
 _INSERT_ORDER = """INSERT INTO order_views (order_id, customer_id, status, total_amount, created_at, updated_at,
@@ -104,20 +103,6 @@ _INSERT_ORDER = """INSERT INTO order_views (order_id, customer_id, status, total
 _UPDATE_STATUS = """UPDATE order_views SET status = $2, reason = COALESCE($3, reason), updated_at = $4, version = $5
                     WHERE order_id = $1 AND version < $5"""
 _UPDATE_VERSION = "UPDATE order_views SET version = $2 WHERE order_id = $1 AND version < $2"
-# The same, set-based: one statement for a whole batch, its rows as arrays, one element per order (the items as
-# JSON text: a list inside an array parameter would be read as one more dimension of the array).
-_INSERT_ORDERS = """INSERT INTO order_views (order_id, customer_id, status, total_amount, created_at, updated_at,
-                                             version, saga_id, items)
-                    SELECT o, c, s, t, a, a, v, g, i::jsonb FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::numeric[],
-                                                                 $5::timestamptz[], $6::int[], $7::uuid[], $8::text[])
-                                                       AS u(o, c, s, t, a, v, g, i)
-                    ON CONFLICT (order_id) DO NOTHING"""
-_UPDATE_STATUSES = """UPDATE order_views AS w SET status = u.s, reason = COALESCE(u.r, w.reason), updated_at = u.a,
-                                                  version = u.v
-                      FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::int[]) AS u(o, s, r, a, v)
-                      WHERE w.order_id = u.o AND w.version < u.v"""
-_UPDATE_VERSIONS = """UPDATE order_views AS w SET version = u.v FROM unnest($1::uuid[], $2::int[]) AS u(o, v)
-                      WHERE w.order_id = u.o AND w.version < u.v"""
 
 
 def _items(e: o.OrderCreated) -> list[dict[str, Any]]:
@@ -159,11 +144,12 @@ class InventoryViews:
             await conn.execute("DELETE FROM inventory_reservations WHERE reservation_id = $1",
                                e.reservation_id)  # type: ignore[attr-defined]
 
-
     async def apply_many(self, conn: asyncpg.Connection, records: list[ev.Recorded]) -> None:
-        """A batch of events at once, as ``apply`` one after the other leaves the rows: the batch's SKU rows are
-        read and locked in the order of their ids (a second projector's batch waits, then reads what this one wrote), each event is
-        applied to them in memory, and the rows and open reservations are written in at most four statements."""
+        """A batch of events at once, as ``apply`` one after the other leaves the rows. The batch's SKU rows are
+        read and locked in the order of their ids (a second projector's batch waits, then reads what this one
+        wrote), each event is applied to them in memory, and the rows and open reservations are written in at
+        most three pipelined statements: a hot SKU's row changes once a batch, and a reservation opened and
+        closed within the batch is never written."""
         products = list(dict.fromkeys(r.aggregate_id for r in records))
         rows = {row["product_id"]: dict(row) for row in await conn.fetch(
             "SELECT * FROM inventory_views WHERE product_id = ANY($1::uuid[]) ORDER BY product_id FOR UPDATE",
@@ -196,28 +182,22 @@ class InventoryViews:
                 dropped.add(reservation_id)
                 opened.pop(reservation_id, None)
         if changed:
-            await conn.execute(_UPSERT_SKUS, *zip(*(tuple(changed[pid][c] for c in _SKU_COLUMNS)
-                                                     for pid in sorted(changed)), strict=True))
+            await conn.executemany(_UPSERT_SKU, [tuple(changed[pid][c] for c in _SKU_COLUMNS) for pid in sorted(changed)])
         if dropped:
             await conn.execute("DELETE FROM inventory_reservations WHERE reservation_id = ANY($1::uuid[])",
                                list(dropped))
         if opened:
-            await conn.execute(_INSERT_RESERVATIONS, *zip(*opened.values(), strict=True))
+            await conn.executemany(_INSERT_RESERVATION, list(opened.values()))
 
 
 _SKU_COLUMNS = ("product_id", "name", "price", "on_hand", "reserved", "units_sold", "version", "updated_at")
-_UPSERT_SKUS = """INSERT INTO inventory_views AS w (product_id, name, price, on_hand, reserved, units_sold, version,
-                                                   updated_at)
-                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::int[], $5::int[], $6::bigint[],
-                                       $7::int[], $8::timestamptz[])
-                  ON CONFLICT (product_id) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price,
-                  on_hand = EXCLUDED.on_hand, reserved = EXCLUDED.reserved, units_sold = EXCLUDED.units_sold,
-                  version = EXCLUDED.version, updated_at = EXCLUDED.updated_at WHERE w.version < EXCLUDED.version"""
+_UPSERT_SKU = """INSERT INTO inventory_views AS w (product_id, name, price, on_hand, reserved, units_sold, version,
+                                                  updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (product_id) DO UPDATE SET name = $2, price = $3, on_hand = $4, reserved = $5,
+                 units_sold = $6, version = $7, updated_at = $8 WHERE w.version < $7"""
 _INSERT_RESERVATION = """INSERT INTO inventory_reservations (reservation_id, product_id, quantity, expires_at)
                          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"""
-_INSERT_RESERVATIONS = """INSERT INTO inventory_reservations (reservation_id, product_id, quantity, expires_at)
-                          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::timestamptz[])
-                          ON CONFLICT DO NOTHING"""
 
 
 def _inventory_deltas(e: ev.DomainEvent) -> tuple[int, int, int] | None:
