@@ -110,6 +110,10 @@ def _items(e: o.OrderCreated) -> list[dict[str, Any]]:
             for x in e.lines]
 
 
+class RowsRaced(StoreError):
+    """A batch's rows were written by another batch after it read them; applied one event at a time, it is exact."""
+
+
 class InventoryViews:
     """``inventory_views`` (stock per SKU, units sold) and ``inventory_reservations`` (open ones, by expiry)."""
 
@@ -146,10 +150,11 @@ class InventoryViews:
 
     async def apply_many(self, conn: asyncpg.Connection, records: list[ev.Recorded]) -> None:
         """A batch of events at once, as ``apply`` one after the other leaves the rows. The batch's SKU rows are
-        read and locked in the order of their ids (a second projector's batch waits, then reads what this one
-        wrote), each event is applied to them in memory, and the rows and open reservations are written in at
-        most three pipelined statements: a hot SKU's row changes once a batch, and a reservation opened and
-        closed within the batch is never written."""
+        read and locked in the order of their ids (a second projector's batch on them waits, then reads what this
+        one wrote), each event is applied to them in memory, and the rows and open reservations are written in
+        at most three statements: a hot SKU's row changes once a batch, and a reservation opened and closed
+        within the batch is never written. A SKU that had no row to lock, and whose row another batch wrote
+        meanwhile, raises :class:`RowsRaced`: the runner then applies the batch one event at a time."""
         products = list(dict.fromkeys(r.aggregate_id for r in records))
         rows = {row["product_id"]: dict(row) for row in await conn.fetch(
             "SELECT * FROM inventory_views WHERE product_id = ANY($1::uuid[]) ORDER BY product_id FOR UPDATE",
@@ -176,13 +181,16 @@ class InventoryViews:
             row.update(version=v, updated_at=record.at)
             changed[pid] = row
             reservation_id = e.reservation_id  # type: ignore[attr-defined]
-            if isinstance(e, inv.StockReserved):
-                opened[reservation_id] = (reservation_id, pid, e.quantity, e.expires_at)
+            if isinstance(e, inv.StockReserved):  # an id still open keeps its first row, as ON CONFLICT does
+                opened.setdefault(reservation_id, (reservation_id, pid, e.quantity, e.expires_at))
             else:
                 dropped.add(reservation_id)
                 opened.pop(reservation_id, None)
         if changed:
-            await conn.executemany(_UPSERT_SKU, [tuple(changed[pid][c] for c in _SKU_COLUMNS) for pid in sorted(changed)])
+            columns = zip(*(tuple(changed[pid][c] for c in _SKU_COLUMNS) for pid in sorted(changed)), strict=True)
+            written = {row["product_id"] for row in await conn.fetch(_UPSERT_SKUS, *columns)}
+            if written != set(changed):  # a row none was read for came meanwhile, newer: its events decide
+                raise RowsRaced(f"{len(set(changed) - written)} SKU rows were written meanwhile by another batch")
         if dropped:
             await conn.execute("DELETE FROM inventory_reservations WHERE reservation_id = ANY($1::uuid[])",
                                list(dropped))
@@ -191,11 +199,16 @@ class InventoryViews:
 
 
 _SKU_COLUMNS = ("product_id", "name", "price", "on_hand", "reserved", "units_sold", "version", "updated_at")
-_UPSERT_SKU = """INSERT INTO inventory_views AS w (product_id, name, price, on_hand, reserved, units_sold, version,
-                                                  updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (product_id) DO UPDATE SET name = $2, price = $3, on_hand = $4, reserved = $5,
-                 units_sold = $6, version = $7, updated_at = $8 WHERE w.version < $7"""
+# One statement, so that it can say which rows it wrote: a SKU that had no row when the batch read them may have
+# one by now, written by another projector's batch from later events.
+_UPSERT_SKUS = """INSERT INTO inventory_views AS w (product_id, name, price, on_hand, reserved, units_sold, version,
+                                                   updated_at)
+                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::int[], $5::int[], $6::bigint[],
+                                       $7::int[], $8::timestamptz[])
+                  ON CONFLICT (product_id) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price,
+                  on_hand = EXCLUDED.on_hand, reserved = EXCLUDED.reserved, units_sold = EXCLUDED.units_sold,
+                  version = EXCLUDED.version, updated_at = EXCLUDED.updated_at WHERE w.version < EXCLUDED.version
+                  RETURNING product_id"""
 _INSERT_RESERVATION = """INSERT INTO inventory_reservations (reservation_id, product_id, quantity, expires_at)
                          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"""
 

@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -30,6 +30,7 @@ from store.projections import (
     Projection,
     ProjectionRunner,
     RebuildInProgress,
+    RowsRaced,
     all_projections,
     projection_lock,
     rebuild,
@@ -534,6 +535,27 @@ async def interleaved(store: PostgresEventStore, lives: list[list[ev.DomainEvent
     return orders
 
 
+async def batches_match_one_at_a_time(conn: asyncpg.Connection, projection: Any, stream: list[ev.Recorded],
+                                      split: int, rows: Callable[[], Awaitable[Any]],
+                                      forget: Callable[[], Awaitable[None]]) -> Any:
+    """The rows that ``stream`` applied one event at a time leaves, after checking that batches of ``split``
+    leave the same, also when delivered again from an earlier point over rows part or all of whose events were
+    applied."""
+    for r in stream:
+        await projection.apply(conn, r)
+    one_by_one = await rows()
+    half = len(stream) // 2
+    for applied_first, delivered_from in ((0, 0), (half, half // 2), (len(stream), 0)):
+        await forget()
+        for r in stream[:applied_first]:
+            await projection.apply(conn, r)
+        rest = stream[delivered_from:]
+        for start in range(0, len(rest), split):
+            await projection.apply_many(conn, rest[start:start + split])
+        assert await rows() == one_by_one, (applied_first, delivered_from)
+    return one_by_one
+
+
 @pytest.mark.parametrize("split", [2, 3, 7, 500], ids=lambda n: f"batches of {n}")
 async def test_a_batch_applied_at_once_leaves_the_rows_that_one_event_at_a_time_leaves(
         event_store: PostgresEventStore, split: int) -> None:
@@ -547,24 +569,11 @@ async def test_a_batch_applied_at_once_leaves_the_rows_that_one_event_at_a_time_
                                              orders)
         return [dict(r) for r in found]
 
-    async def at_once(records: list[ev.Recorded]) -> None:
-        for start in range(0, len(records), split):
-            await projection.apply_many(conn, records[start:start + split])
+    async def forget() -> None:
+        await conn.execute("DELETE FROM order_views WHERE order_id = ANY($1)", orders)
 
     async with event_store.pool.acquire() as conn:
-        for r in stream:
-            await projection.apply(conn, r)
-        one_by_one = await rows()
-        await conn.execute("DELETE FROM order_views WHERE order_id = ANY($1)", orders)
-        await at_once(stream)
-        assert await rows() == one_by_one
-        # Delivered again from an earlier point, over rows part of whose events were applied: nothing changes.
-        await conn.execute("DELETE FROM order_views WHERE order_id = ANY($1)", orders)
-        half = len(stream) // 2
-        for r in stream[:half]:
-            await projection.apply(conn, r)
-        await at_once(stream[half // 2:])
-        assert await rows() == one_by_one
+        one_by_one = await batches_match_one_at_a_time(conn, projection, stream, split, rows, forget)
     by_order = {r["order_id"]: r for r in one_by_one}
     assert [by_order[order_id]["status"] for order_id in orders] == [
         "CONFIRMED", "CANCELLED", "CANCELLED", "INVENTORY_RESERVED", "INVENTORY_RESERVED", "PENDING"]
@@ -577,18 +586,22 @@ async def test_a_batch_applied_at_once_leaves_the_rows_that_one_event_at_a_time_
 
 def sku_lives(products: list[uuid.UUID]) -> list[list[ev.DomainEvent]]:
     """SKUs' events as the inventory shards leave them, including a reservation made and given up in one
-    batch, a stock change between reservations, a sale returned, and a SKU with no stock set (the view skips
-    its events); each list starts at version 1."""
-    r = [uuid.uuid4() for _ in range(6)]
+    batch, a stock change between reservations, sales kept and a sale returned, a SKU with no stock set (the
+    view skips its events), and an id reserved again on another SKU while still open (its first row stays);
+    each list starts at version 1."""
+    r = [uuid.uuid4() for _ in range(9)]
     later = NOW + dt.timedelta(minutes=10)
     return [
         [inv.StockSet(products[0], 10, Decimal("5.00"), "a"), inv.StockReserved(r[0], 2, later, "o"),
-         inv.ReservationCommitted(r[0], 2), inv.StockReserved(r[1], 3, later, "o"), inv.SaleReturned(r[0], 2)],
+         inv.ReservationCommitted(r[0], 2), inv.StockReserved(r[1], 3, later, "o"), inv.SaleReturned(r[0], 2),
+         inv.StockReserved(r[5], 1, later, "o")],
         [inv.StockSet(products[1], 4, Decimal("1.00"), "b"), inv.StockReserved(r[2], 1, later, "o"),
          inv.StockSet(products[1], 9, Decimal("2.00"), "b2"), inv.ReservationReleased(r[2], 1),
-         inv.StockReserved(r[3], 4, later, "o"), inv.ReservationExpired(r[3], 4)],
-        [inv.StockReserved(r[4], 1, later, "o"), inv.ReservationCommitted(r[4], 1)],
-        [inv.StockSet(products[3], 7, Decimal("3.00"), "c"), inv.StockReserved(r[5], 7, later, "o")],
+         inv.StockReserved(r[3], 4, later, "o"), inv.ReservationExpired(r[3], 4), inv.StockReserved(r[6], 2, later, "o"),
+         inv.ReservationCommitted(r[6], 2)],
+        [inv.StockReserved(r[4], 1, later, "o"), inv.ReservationCommitted(r[4], 1), inv.StockReserved(r[7], 1, later, "o")],
+        [inv.StockSet(products[3], 7, Decimal("3.00"), "c"), inv.StockReserved(r[5], 7, later, "o"),
+         inv.StockReserved(r[8], 1, later, "o"), inv.ReservationCommitted(r[8], 1)],
     ]
 
 
@@ -617,30 +630,52 @@ async def test_a_batch_of_stock_events_applied_at_once_leaves_the_rows_that_one_
         await conn.execute("DELETE FROM inventory_views WHERE product_id = ANY($1)", products)
         await conn.execute("DELETE FROM inventory_reservations WHERE product_id = ANY($1)", products)
 
-    async def at_once(records: list[ev.Recorded]) -> None:
-        for start in range(0, len(records), split):
-            await projection.apply_many(conn, records[start:start + split])
-
     async with event_store.pool.acquire() as conn:
-        for r in stream:
-            await projection.apply(conn, r)
-        one_by_one = await rows()
-        await forget()
-        await at_once(stream)
-        assert await rows() == one_by_one
-        # Delivered again from an earlier point, over rows part of whose events were applied: nothing changes.
-        await forget()
-        half = len(stream) // 2
-        for r in stream[:half]:
-            await projection.apply(conn, r)
-        await at_once(stream[half // 2:])
-        assert await rows() == one_by_one
-    skus, held = one_by_one
+        skus, held = await batches_match_one_at_a_time(conn, projection, stream, split, rows, forget)
     by_product = {x["product_id"]: x for x in skus}
     assert [(by_product[p]["name"], by_product[p]["on_hand"], by_product[p]["reserved"], by_product[p]["units_sold"])
-            for p in products if p in by_product] == [("a", 10, 3, 0), ("b2", 9, 0, 0), ("c", 7, 7, 0)]
+            for p in products if p in by_product] == [("a", 10, 4, 0), ("b2", 7, 0, 2), ("c", 6, 7, 1)]
     assert products[2] not in by_product  # no stock set: its events changed nothing
     assert sorted((x["product_id"], x["quantity"]) for x in held) == sorted([(products[0], 3), (products[3], 7)])
+
+
+async def test_a_stock_batch_raced_on_a_new_sku_by_a_later_batch_is_applied_one_event_at_a_time(
+        event_store: PostgresEventStore) -> None:
+    """Two projectors' batches on a SKU with no row yet, the first reading fewer events than the second, which
+    commits first: the first may not write what its events made of the row (the reservation the second saw
+    released would stay open for good). It raises, and the runner applies its batch one event at a time."""
+    product, reservation = uuid.uuid4(), uuid.uuid4()
+    life: list[ev.DomainEvent] = [inv.StockSet(product, 5, Decimal("1.00"), "x"),
+                                  inv.StockReserved(reservation, 2, NOW + dt.timedelta(minutes=10), "o"),
+                                  inv.ReservationReleased(reservation, 2)]
+    for version, e in enumerate(life):
+        await event_store.append([StreamAppend(product, inv.AGGREGATE_TYPE, version, [e])],
+                                 CommandContext.new(product, NOW))
+    stream = await event_store.load_stream(product)
+    projection = InventoryViews()
+    async with event_store.pool.acquire() as first, event_store.pool.acquire() as second:
+        later = second.transaction()
+        await later.start()
+        await projection.apply_many(second, stream)  # the whole life, not committed yet
+        earlier = first.transaction()
+        await earlier.start()
+        pid = first.get_server_pid()
+        applying = asyncio.create_task(projection.apply_many(first, stream[:2]))
+        await eventually(lambda: event_store.pool.fetchval(  # waiting on the second's row
+            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid), lambda waits: waits == "Lock",
+            timeout=10)
+        await later.commit()
+        with pytest.raises(RowsRaced):
+            await applying
+        await earlier.rollback()
+        async with first.transaction():
+            for r in stream[:2]:
+                await projection.apply(first, r)
+    row = await event_store.pool.fetchrow("SELECT on_hand, reserved, version FROM inventory_views WHERE product_id = $1",
+                                          product)
+    assert dict(row) == {"on_hand": 5, "reserved": 0, "version": 3}
+    assert await event_store.pool.fetchval("SELECT COUNT(*) FROM inventory_reservations WHERE product_id = $1",
+                                           product) == 0
 
 
 class ManyFails(OrderViews):
