@@ -151,10 +151,11 @@ class InventoryViews:
     async def apply_many(self, conn: asyncpg.Connection, records: list[ev.Recorded]) -> None:
         """A batch of events at once, as ``apply`` one after the other leaves the rows. The batch's SKU rows are
         read and locked in the order of their ids (a second projector's batch on them waits, then reads what this
-        one wrote), each event is applied to them in memory, and the rows and open reservations are written in
-        at most three statements: a hot SKU's row changes once a batch, and a reservation opened and closed
-        within the batch is never written. A SKU that had no row to lock, and whose row another batch wrote
-        meanwhile, raises :class:`RowsRaced`: the runner then applies the batch one event at a time."""
+        one wrote), and each event is applied to them in memory. Then one statement writes the rows, one deletes
+        the reservations closed, and the ones left open are inserted, pipelined: a hot SKU's row changes once a
+        batch, and a reservation opened and closed within the batch is never written. A SKU that had no row to
+        lock, and whose row another batch wrote meanwhile from later events, raises :class:`RowsRaced`: the
+        runner then applies the batch one event at a time."""
         products = list(dict.fromkeys(r.aggregate_id for r in records))
         rows = {row["product_id"]: dict(row) for row in await conn.fetch(
             "SELECT * FROM inventory_views WHERE product_id = ANY($1::uuid[]) ORDER BY product_id FOR UPDATE",
@@ -200,14 +201,16 @@ class InventoryViews:
 
 _SKU_COLUMNS = ("product_id", "name", "price", "on_hand", "reserved", "units_sold", "version", "updated_at")
 # One statement, so that it can say which rows it wrote: a SKU that had no row when the batch read them may have
-# one by now, written by another projector's batch from later events.
+# one by now, written by another projector's batch. A row of the same version is the same events' (rewritten as
+# it is), one of a lower version a prefix of them; one of a higher version came from events this batch has not
+# read, and is left as it is.
 _UPSERT_SKUS = """INSERT INTO inventory_views AS w (product_id, name, price, on_hand, reserved, units_sold, version,
                                                    updated_at)
                   SELECT * FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::int[], $5::int[], $6::bigint[],
                                        $7::int[], $8::timestamptz[])
                   ON CONFLICT (product_id) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price,
                   on_hand = EXCLUDED.on_hand, reserved = EXCLUDED.reserved, units_sold = EXCLUDED.units_sold,
-                  version = EXCLUDED.version, updated_at = EXCLUDED.updated_at WHERE w.version < EXCLUDED.version
+                  version = EXCLUDED.version, updated_at = EXCLUDED.updated_at WHERE w.version <= EXCLUDED.version
                   RETURNING product_id"""
 _INSERT_RESERVATION = """INSERT INTO inventory_reservations (reservation_id, product_id, quantity, expires_at)
                          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"""

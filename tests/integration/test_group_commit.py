@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
+import asyncpg
 import pytest
 
 from actors.order_commits import GroupCommit
@@ -63,11 +64,11 @@ class Placement:
         self.saga_id = ff.saga_id_of(self.order_id)
         self.ctx = CommandContext.new(self.order_id, NOW, command_id=command_id)
 
-    async def record(self, commits: GroupCommit, saga: sg.Saga | None = None) -> sg.Saga:
+    async def record(self, commits: GroupCommit, saga: sg.Saga | None = None, order_version: int = 0) -> sg.Saga:
         created = o.decide_create(None, order_id=self.order_id, customer_id=uuid.uuid4(),
                                   lines=(o.OrderLine(uuid.uuid4(), 1, Decimal("9.99")),), saga_id=self.saga_id,
                                   shipping_address=ADDRESS, payment_token="tok_visa")
-        order = StreamAppend(self.order_id, o.AGGREGATE_TYPE, 0, created)
+        order = StreamAppend(self.order_id, o.AGGREGATE_TYPE, order_version, created)
         after, _ = await commits.record(self.ctx, saga, self.saga_id, sg.decide_start(self.order_id, NOW, POLICY),
                                         [order])
         return after
@@ -109,6 +110,22 @@ async def test_a_conflict_inside_a_batch_fails_only_its_own_record(store: Postgr
     assert list(commits.flushes) == [1, 3, 1, 2, 1, 1] and commits.split == 2  # refused, split in halves
     assert await stored(store, first) == await stored(store, second) == (1, 1, True)
     assert await stored(store, placed) == (1, 1, True)  # the stale command wrote nothing
+
+
+async def test_a_record_the_driver_cannot_encode_fails_alone_and_is_not_taken_for_an_outage(
+        store: PostgresEventStore) -> None:
+    """An argument asyncpg cannot encode (a version beyond PostgreSQL's integer) is the record's own fault, as a
+    value PostgreSQL refuses is: it fails alone, with the driver's DataError, and the records flushed with it
+    commit. Taken for an outage, it would fail them all, and every flush it joined on each retry."""
+    commits = GroupCommit(store, SagaStore(store))
+    first, poisoned, second = Placement(), Placement(), Placement()
+    done = await outcomes(first.record(commits), poisoned.record(commits, order_version=2 ** 31),
+                          second.record(commits))
+    assert isinstance(done[0], sg.Saga) and isinstance(done[2], sg.Saga), done
+    assert isinstance(done[1], asyncpg.DataError), done
+    assert commits.split == 2
+    assert await stored(store, first) == await stored(store, second) == (1, 1, True)
+    assert await stored(store, poisoned) == (0, 0, False)
 
 
 async def test_a_duplicate_command_inside_a_batch_applies_once(store: PostgresEventStore) -> None:

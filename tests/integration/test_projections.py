@@ -30,7 +30,6 @@ from store.projections import (
     Projection,
     ProjectionRunner,
     RebuildInProgress,
-    RowsRaced,
     all_projections,
     projection_lock,
     rebuild,
@@ -643,39 +642,45 @@ async def test_a_stock_batch_raced_on_a_new_sku_by_a_later_batch_is_applied_one_
         event_store: PostgresEventStore) -> None:
     """Two projectors' batches on a SKU with no row yet, the first reading fewer events than the second, which
     commits first: the first may not write what its events made of the row (the reservation the second saw
-    released would stay open for good). It raises, and the runner applies its batch one event at a time."""
-    product, reservation = uuid.uuid4(), uuid.uuid4()
-    life: list[ev.DomainEvent] = [inv.StockSet(product, 5, Decimal("1.00"), "x"),
-                                  inv.StockReserved(reservation, 2, NOW + dt.timedelta(minutes=10), "o"),
-                                  inv.ReservationReleased(reservation, 2)]
-    for version, e in enumerate(life):
-        await event_store.append([StreamAppend(product, inv.AGGREGATE_TYPE, version, [e])],
-                                 CommandContext.new(product, NOW))
-    stream = await event_store.load_stream(product)
+    released would stay open for good). Its runner applies the batch one event at a time instead, in the same
+    transaction, and the batch's other SKU is written as well."""
+    raced, other, reservation = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    later = NOW + dt.timedelta(minutes=10)
+    lives: dict[uuid.UUID, list[ev.DomainEvent]] = {
+        raced: [inv.StockSet(raced, 5, Decimal("1.00"), "x"), inv.StockReserved(reservation, 2, later, "o"),
+                inv.ReservationReleased(reservation, 2)],
+        other: [inv.StockSet(other, 3, Decimal("2.00"), "y"), inv.StockReserved(uuid.uuid4(), 1, later, "o")],
+    }
+    for product, life in lives.items():
+        for version, e in enumerate(life):
+            await event_store.append([StreamAppend(product, inv.AGGREGATE_TYPE, version, [e])],
+                                     CommandContext.new(product, NOW))
+    raced_stream, other_stream = await event_store.load_stream(raced), await event_store.load_stream(other)
     projection = InventoryViews()
+    runner = ProjectionRunner(event_store, projection)
     async with event_store.pool.acquire() as first, event_store.pool.acquire() as second:
-        later = second.transaction()
-        await later.start()
-        await projection.apply_many(second, stream)  # the whole life, not committed yet
-        earlier = first.transaction()
-        await earlier.start()
+        whole = second.transaction()
+        await whole.start()
+        await projection.apply_many(second, raced_stream)  # the whole life, committed once the first waits
         pid = first.get_server_pid()
-        applying = asyncio.create_task(projection.apply_many(first, stream[:2]))
-        await eventually(lambda: event_store.pool.fetchval(  # waiting on the second's row
-            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid), lambda waits: waits == "Lock",
-            timeout=10)
-        await later.commit()
-        with pytest.raises(RowsRaced):
-            await applying
-        await earlier.rollback()
         async with first.transaction():
-            for r in stream[:2]:
+            batch = raced_stream[:2] + other_stream
+            applying = asyncio.create_task(runner._apply_many(first, batch))
+            await eventually(lambda: event_store.pool.fetchval(  # waiting on the second's row
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid), lambda waits: waits == "Lock",
+                timeout=10)
+            await whole.commit()
+            assert await applying is False and runner.fallbacks == 1  # raced: rolled back to its savepoint
+            for r in batch:  # what the runner does next, in the same transaction
                 await projection.apply(first, r)
-    row = await event_store.pool.fetchrow("SELECT on_hand, reserved, version FROM inventory_views WHERE product_id = $1",
-                                          product)
-    assert dict(row) == {"on_hand": 5, "reserved": 0, "version": 3}
-    assert await event_store.pool.fetchval("SELECT COUNT(*) FROM inventory_reservations WHERE product_id = $1",
-                                           product) == 0
+    rows = await event_store.pool.fetch(
+        "SELECT product_id, on_hand, reserved, version FROM inventory_views WHERE product_id = ANY($1::uuid[])",
+        [raced, other])
+    assert {r["product_id"]: (r["on_hand"], r["reserved"], r["version"]) for r in rows} == {
+        raced: (5, 0, 3), other: (3, 1, 2)}
+    held = await event_store.pool.fetch("SELECT product_id FROM inventory_reservations WHERE product_id = ANY($1::uuid[])",
+                                        [raced, other])
+    assert [r["product_id"] for r in held] == [other]
 
 
 class ManyFails(OrderViews):

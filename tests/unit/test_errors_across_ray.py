@@ -44,7 +44,7 @@ EXAMPLES: list[Exception] = [
     store.errors.StoreError("store"), ConcurrencyConflict(PID, 7), store.errors.DuplicateCommand("cmd"),
     StoreUnavailable("PostgreSQL unavailable"),
     store.projections.ProjectionFailed("orders", {"event_id": str(RID), "position": 9, "event_type": "X"}, "boom"),
-    store.projections.RebuildInProgress("rebuilding"),
+    store.projections.RebuildInProgress("rebuilding"), store.projections.RowsRaced("raced"),
 ]
 
 
