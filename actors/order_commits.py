@@ -5,10 +5,11 @@ transaction (``record_sagas``: every stream's events, the saga rows and the step
 acknowledged only once its flush has committed.
 
 A flush that the store refuses for a stale version, a command already applied or an error of the data
-(SQLSTATE classes 22 and 23; asyncpg raises an argument it cannot encode as a DataError too) is split in halves and each written again, down to the offending record,
-which fails alone. A flush that fails otherwise (PostgreSQL lost, a timeout, a failover) fails all its
-members: their outcome is unknown, and the shard marks those orders stale, so that the next command
-reads them again. A record whose caller gave up before its flush started is never written."""
+(SQLSTATE classes 22 and 23; asyncpg raises an argument it cannot encode as a DataError too) is split in
+halves and each written again, down to the offending record, which fails alone. A flush that fails
+otherwise (PostgreSQL lost, a timeout, a failover) fails all its members: their outcome is unknown, and the
+shard marks those orders stale, so that the next command reads them again. A record whose caller gave up
+before its flush started is never written."""
 
 from __future__ import annotations
 

@@ -190,7 +190,7 @@ class InventoryViews:
         if changed:
             columns = zip(*(tuple(changed[pid][c] for c in _SKU_COLUMNS) for pid in sorted(changed)), strict=True)
             written = {row["product_id"] for row in await conn.fetch(_UPSERT_SKUS, *columns)}
-            if written != set(changed):  # a row none was read for came meanwhile, newer: its events decide
+            if written != set(changed):  # a row this batch found absent was written meanwhile from later events
                 raise RowsRaced(f"{len(set(changed) - written)} SKU rows were written meanwhile by another batch")
         if dropped:
             await conn.execute("DELETE FROM inventory_reservations WHERE reservation_id = ANY($1::uuid[])",
