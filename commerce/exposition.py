@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 _WATCH = Watch("metrics of the actors")  # an actor's own error, by shard label
 
+
 def shard_label(actor_name: str) -> str:
     """The ``shard`` label of an actor: order-shard-0 -> order-0, projector -> projector."""
     return actor_name.replace("-shard-", "-")

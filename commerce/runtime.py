@@ -13,7 +13,6 @@ import os
 import secrets
 import stat
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +134,7 @@ class Runtime:
         self.secret_files: dict[str, Path] = {}
         self.dashboard_url = ""
 
-    def prepare_database(self, starting: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext) -> str:
+    def prepare_database(self, starting: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext) -> str:
         """The database's URL, for the tools that need only the database: the configured one, or an embedded
         PostgreSQL's, started here (within ``starting``: the service defers signals meanwhile); migrated
         either way."""
@@ -149,7 +148,7 @@ class Runtime:
         asyncio.run(run_migrations(database_url))
         return database_url
 
-    def prepare(self, starting: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext) -> ResolvedSettings:
+    def prepare(self, starting: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext) -> ResolvedSettings:
         """Everything the service needs before Ray: the database (as :meth:`prepare_database`), Redis (embedded
         when none is configured, started within ``starting`` too) and the secrets, the server secret checked
         against the one the database knows. Returns the settings complete, as actors, services and the

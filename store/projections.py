@@ -160,7 +160,7 @@ class InventoryViews:
         rows = {row["product_id"]: dict(row) for row in await conn.fetch(
             "SELECT * FROM inventory_views WHERE product_id = ANY($1::uuid[]) ORDER BY product_id FOR UPDATE",
             products)}
-        changed: dict[Any, dict[str, Any]] = {}
+        changed: set[Any] = set()  # the SKUs whose row the batch changed
         dropped: set[Any] = set()  # reservations deleted, then (if ``opened``) written again
         opened: dict[Any, tuple[Any, ...]] = {}
         for record in records:
@@ -171,7 +171,7 @@ class InventoryViews:
                 elif row["version"] >= v:
                     continue
                 row.update(name=e.name, price=e.price, on_hand=e.on_hand, version=v, updated_at=record.at)
-                changed[pid] = row
+                changed.add(pid)
                 continue
             deltas = _inventory_deltas(e)
             if deltas is None or row is None or row["version"] >= v:
@@ -180,7 +180,7 @@ class InventoryViews:
             row["reserved"] += deltas[1]
             row["units_sold"] += deltas[2]
             row.update(version=v, updated_at=record.at)
-            changed[pid] = row
+            changed.add(pid)
             reservation_id = e.reservation_id  # type: ignore[attr-defined]
             if isinstance(e, inv.StockReserved):  # an id still open keeps its first row, as ON CONFLICT does
                 opened.setdefault(reservation_id, (reservation_id, pid, e.quantity, e.expires_at))
@@ -188,10 +188,10 @@ class InventoryViews:
                 dropped.add(reservation_id)
                 opened.pop(reservation_id, None)
         if changed:
-            columns = zip(*(tuple(changed[pid][c] for c in _SKU_COLUMNS) for pid in sorted(changed)), strict=True)
+            columns = zip(*(tuple(rows[pid][c] for c in _SKU_COLUMNS) for pid in sorted(changed)), strict=True)
             written = {row["product_id"] for row in await conn.fetch(_UPSERT_SKUS, *columns)}
-            if written != set(changed):  # a row this batch found absent was written meanwhile from later events
-                raise RowsRaced(f"{len(set(changed) - written)} SKU rows were written meanwhile by another batch")
+            if written != changed:  # a row this batch found absent was written meanwhile from later events
+                raise RowsRaced(f"{len(changed - written)} SKU rows were written meanwhile by another batch")
         if dropped:
             await conn.execute("DELETE FROM inventory_reservations WHERE reservation_id = ANY($1::uuid[])",
                                list(dropped))
