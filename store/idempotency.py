@@ -4,8 +4,9 @@ A key is claimed before the work starts, and the request that holds the claim re
 (``held``). A second request with the key while the first is still in flight is told to retry; a claim
 that nobody renews any more (its request died with its process or node) is taken over ``stale_after``
 seconds after its last renewal (the work itself is idempotent, its ids derive from the key). Server errors are not stored, so a
-retry after a 503 does the work again: the claim is released, not forgotten, and the retry takes it over. Keys are
-kept for ``keep_hours`` (at least 24).
+retry after a 503 does the work again: the claim is released, not forgotten, and the retry takes it over, with the
+same body only (the failed request may have done its work under the key's ids). Keys are kept for ``keep_hours``
+(at least 24).
 
 Each key has a salt of its own, made when the key is first claimed and kept until the key is purged: the ids the
 work derives from the key include it, so a key used again after its purge is a new request with new ids, not
@@ -66,16 +67,18 @@ class IdempotencyStore:
 
     async def claim_salted(self, scope: str, key: str, fp: str) -> tuple[StoredResponse | None, uuid.UUID | None]:
         """As :meth:`claim`, with the key's salt once claimed (None for a key claimed before keys had salts).
-        A claim its request released (a server error) is taken over at once, with any body, as a first
-        claim would be; one left by a crash, after ``stale_after`` and with the same body only."""
+        A claim its request released (a server error) is taken over at once; one left by a crash, after
+        ``stale_after``; both with the same body only. Another body is KeyReused, as for an answered key: the
+        request that failed may have done its work (an order placed, then the answer lost), and the retry
+        works with its ids, so it must be the same request."""
         with postgres_errors():
             async with self.pool.acquire() as conn:
                 claimed = await conn.fetchrow(
                     """INSERT INTO idempotency_keys (scope, key, fingerprint, salt) VALUES ($1, $2, $3, gen_random_uuid())
-                       ON CONFLICT (scope, key) DO UPDATE SET created_at = NOW(), fingerprint = $3, released = FALSE
-                       WHERE idempotency_keys.status IS NULL
-                         AND (idempotency_keys.released OR (idempotency_keys.fingerprint = $3
-                              AND idempotency_keys.created_at < NOW() - make_interval(secs => $4)))
+                       ON CONFLICT (scope, key) DO UPDATE SET created_at = NOW(), released = FALSE
+                       WHERE idempotency_keys.status IS NULL AND idempotency_keys.fingerprint = $3
+                         AND (idempotency_keys.released
+                              OR idempotency_keys.created_at < NOW() - make_interval(secs => $4))
                        RETURNING salt""", scope, key, fp, self.stale_after)
                 if claimed is not None:
                     return None, claimed["salt"]
