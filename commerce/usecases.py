@@ -108,11 +108,15 @@ async def checkout(svc: Services, who: Principal, cart_id: uuid.UUID, shipping_a
                                                [(x.product_id, x.quantity) for x in cart.lines],
                                                shipping_address, payment_token)
     except order.OrderAlreadyExists:
-        raise  # an order under this cart's id: the cart must never open again to place a second
-    except errors.DomainError:
-        await svc.carts.abort_checkout(cart_id, order_id)  # no order: the cart is the customer's again
+        # Placed before from other lines (a request of an earlier checkout of this cart made it late): the
+        # cart's order exists, so the cart is checked out, and never opens again to place a second.
+        await svc.carts.finish_checkout(cart_id, order_id)
         raise
-    await svc.carts.finish_checkout(cart_id)
+    except errors.DomainError:
+        # No order: the cart is the customer's again, unless a later checkout of it is under way.
+        await svc.carts.abort_checkout(cart_id, cart.version)
+        raise
+    await svc.carts.finish_checkout(cart_id, order_id)
     return order_id, placed.json()
 
 

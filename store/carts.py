@@ -87,18 +87,30 @@ end
 return {'OK', redis.call('HGETALL', KEYS[1])}
 """
 
+# The cart's order exists. A cart opened again meanwhile (another request of the same checkout was refused and
+# aborted it, or the record was put back from before the checkout) is checked out now: its order exists, and it
+# must not place another.
 _FINISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
-if redis.call('HGET', KEYS[1], 'status') == 'CHECKING_OUT' then
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'CHECKING_OUT' then
   redis.call('HSET', KEYS[1], 'status', 'CHECKED_OUT')
   redis.call('HINCRBY', KEYS[1], 'version', 1)
+elseif status == 'OPEN' then
+  redis.call('HSET', KEYS[1], 'status', 'CHECKED_OUT', 'order_id', ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'version', 1)
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('HINCRBY', KEYS[3], 'checked_out', 1)
 end
 return {'OK', redis.call('HGETALL', KEYS[1])}
 """
 
-# Checkout refused for good (an unknown product, an order over the limits): the cart opens again.
+# Checkout refused for good (an unknown product, an order over the limits): the cart opens again, if it is
+# still in the checkout that was refused. ARGV[1] is the version that checkout began at (the version
+# begin_checkout returned): nothing but finishing or aborting changes a cart in checkout, so a request of an
+# earlier checkout, refused late, cannot open a later one.
 _ABORT = """
-if redis.call('HGET', KEYS[1], 'status') == 'CHECKING_OUT' and redis.call('HGET', KEYS[1], 'order_id') == ARGV[1] then
+if redis.call('HGET', KEYS[1], 'status') == 'CHECKING_OUT' and redis.call('HGET', KEYS[1], 'version') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'status', 'OPEN')
   redis.call('HDEL', KEYS[1], 'order_id')
   redis.call('HINCRBY', KEYS[1], 'version', 1)
@@ -193,14 +205,17 @@ class RedisCartStore:
             raise EmptyCart(f"cart {cart_id} is empty")
         return self._result(cart_id, result, None)
 
-    async def finish_checkout(self, cart_id: uuid.UUID) -> Cart:
-        result = await self._call(lambda: self._finish([_key(cart_id)], []))
+    async def finish_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID) -> Cart:
+        """The cart's order ``order_id`` exists: the cart is checked out, also if it was opened again meanwhile."""
+        keys = [_key(cart_id), ACTIVITY, COUNTERS]
+        result = await self._call(lambda: self._finish(keys, [str(order_id), str(cart_id)]))
         return self._result(cart_id, result, None)
 
-    async def abort_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID) -> Cart:
-        """Open a cart again whose checkout could not make its order (no order exists)."""
+    async def abort_checkout(self, cart_id: uuid.UUID, began_at: int) -> Cart:
+        """Open a cart again whose checkout could not make its order (no order exists); ``began_at`` is the
+        version begin_checkout returned. A cart no longer in that checkout is left as it is."""
         keys = [_key(cart_id), ACTIVITY, COUNTERS]
-        result = await self._call(lambda: self._abort(keys, [str(order_id), dt.datetime.now(dt.UTC).timestamp(),
+        result = await self._call(lambda: self._abort(keys, [str(began_at), dt.datetime.now(dt.UTC).timestamp(),
                                                              str(cart_id)]))
         return self._result(cart_id, result, None)
 

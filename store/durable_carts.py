@@ -152,11 +152,11 @@ class DurableCartStore:
                              owner: uuid.UUID | None = None) -> Cart:
         return await self._change(cart_id, lambda: self.redis.begin_checkout(cart_id, order_id, now, owner))
 
-    async def finish_checkout(self, cart_id: uuid.UUID) -> Cart:
-        return await self._change(cart_id, lambda: self.redis.finish_checkout(cart_id))
+    async def finish_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID) -> Cart:
+        return await self._change(cart_id, lambda: self.redis.finish_checkout(cart_id, order_id))
 
-    async def abort_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID) -> Cart:
-        return await self._change(cart_id, lambda: self.redis.abort_checkout(cart_id, order_id))
+    async def abort_checkout(self, cart_id: uuid.UUID, began_at: int) -> Cart:
+        return await self._change(cart_id, lambda: self.redis.abort_checkout(cart_id, began_at))
 
     async def _change(self, cart_id: uuid.UUID, operation: Callable[[], Awaitable[Cart]]) -> Cart:
         """Make a change in Redis and record it, holding the cart's lock; answered only once it is recorded. A

@@ -7,13 +7,20 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 
 import store.carts as cart_store
-from domain.cart import Cart, CartStatus
+from actors.views import Placed
+from commerce import usecases as uc
+from commerce.auth import Principal, Role
+from domain.cart import Cart, CartStatus, checkout_order_id
 from domain.errors import NotFound, TransitionForbidden
+from domain.order import OrderAlreadyExists, OrderStatus, OrderTooLarge
 from store.carts import ACTIVITY, RedisCartStore
+from store.durable_carts import CartJournal, DurableCartStore
+from store.event_store import PostgresEventStore
 from tests.integration.ray_support import eventually
 from tests.support import Servers
 
@@ -91,7 +98,7 @@ async def test_two_checkouts_name_one_order(carts: RedisCartStore) -> None:
     first, second = await asyncio.gather(carts.begin_checkout(cart_id, uuid.uuid4(), now()),
                                          carts.begin_checkout(cart_id, uuid.uuid4(), now()))
     assert first.order_id == second.order_id is not None
-    await carts.finish_checkout(cart_id)
+    await carts.finish_checkout(cart_id, first.order_id)
     assert (await carts.get(cart_id)).status is CartStatus.CHECKED_OUT
     with pytest.raises(TransitionForbidden):
         await carts.set_line(cart_id, uuid.uuid4(), 1, Decimal("1.00"), now())
@@ -183,18 +190,19 @@ async def test_a_checkout_retried_after_a_crash_gets_the_order_pinned_first(cart
 
 async def test_a_pinned_cart_stays_checking_out_until_the_checkout_finishes(carts: RedisCartStore) -> None:
     cart_id = await a_cart_with_a_line(carts)
-    await carts.begin_checkout(cart_id, uuid.uuid4(), now())
+    pinned = await carts.begin_checkout(cart_id, uuid.uuid4(), now())
     await carts.begin_checkout(cart_id, uuid.uuid4(), now())
     assert (await carts.get(cart_id)).status is CartStatus.CHECKING_OUT
-    await carts.finish_checkout(cart_id)
+    await carts.finish_checkout(cart_id, pinned.order_id)
     assert (await carts.get(cart_id)).status is CartStatus.CHECKED_OUT
 
 
 async def test_a_retried_and_twice_finished_checkout_counts_once(carts: RedisCartStore, own_metrics: None) -> None:
     cart_id = await a_cart_with_a_line(carts)
+    order_id = uuid.uuid4()
     for _ in range(2):
-        await carts.begin_checkout(cart_id, uuid.uuid4(), now())
-        await carts.finish_checkout(cart_id)
+        await carts.begin_checkout(cart_id, order_id, now())
+        await carts.finish_checkout(cart_id, order_id)
     stats = await carts.stats(now(), 0)
     assert (stats["checked_out"], stats["operations"]["checkout"]) == (1, 1)
 
@@ -202,8 +210,8 @@ async def test_a_retried_and_twice_finished_checkout_counts_once(carts: RedisCar
 async def test_an_aborted_checkout_reopens_the_cart_and_no_longer_counts(carts: RedisCartStore,
                                                                          own_metrics: None) -> None:
     cart_id, order_id = await a_cart_with_a_line(carts), uuid.uuid4()
-    await carts.begin_checkout(cart_id, order_id, now())
-    await carts.abort_checkout(cart_id, order_id)
+    began = await carts.begin_checkout(cart_id, order_id, now())
+    await carts.abort_checkout(cart_id, began.version)
     cart = await carts.get(cart_id)
     assert (cart.status, cart.order_id, await checked_out(carts)) == (CartStatus.OPEN, None, 0)
     assert await carts.redis.zscore(cart_store.ACTIVITY, str(cart_id)) is not None
@@ -212,26 +220,52 @@ async def test_an_aborted_checkout_reopens_the_cart_and_no_longer_counts(carts: 
 
 async def test_aborts_repeated_even_at_once_uncount_a_checkout_once(carts: RedisCartStore, own_metrics: None) -> None:
     cart_id, order_id = await a_cart_with_a_line(carts), uuid.uuid4()
-    await carts.begin_checkout(cart_id, order_id, now())
+    began = await carts.begin_checkout(cart_id, order_id, now())
     await asyncio.gather(*[carts.ping() for _ in range(10)])  # connections open, so the aborts do run at once
-    await asyncio.gather(*[carts.abort_checkout(cart_id, order_id) for _ in range(10)])
-    await carts.abort_checkout(cart_id, order_id)
+    await asyncio.gather(*[carts.abort_checkout(cart_id, began.version) for _ in range(10)])
+    await carts.abort_checkout(cart_id, began.version)
     assert ((await carts.get(cart_id)).status, await checked_out(carts)) == (CartStatus.OPEN, 0)
 
 
-async def test_an_abort_for_another_order_leaves_the_checkout_alone(carts: RedisCartStore, own_metrics: None) -> None:
+async def test_an_abort_of_an_earlier_checkout_leaves_a_later_one_alone(carts: RedisCartStore,
+                                                                         own_metrics: None) -> None:
+    """Every checkout of a cart names the same order: a request of a refused checkout that is refused late
+    (it had joined that checkout) must not open the cart while a later checkout places its order."""
     cart_id, order_id = await a_cart_with_a_line(carts), uuid.uuid4()
-    await carts.begin_checkout(cart_id, order_id, now())
-    await carts.abort_checkout(cart_id, uuid.uuid4())
+    first = await carts.begin_checkout(cart_id, order_id, now())
+    joined = await carts.begin_checkout(cart_id, order_id, now())  # a double click: the same checkout
+    await carts.abort_checkout(cart_id, first.version)
+    await carts.set_line(cart_id, uuid.uuid4(), 2, Decimal("1.00"), now())  # the customer changes the cart
+    later = await carts.begin_checkout(cart_id, order_id, now())
+    await carts.abort_checkout(cart_id, joined.version)  # the double click's order was refused too, late
     cart = await carts.get(cart_id)
-    assert (cart.status, cart.order_id, await checked_out(carts)) == (CartStatus.CHECKING_OUT, order_id, 1)
+    assert (cart.status, cart.order_id, cart.version, await checked_out(carts)) == (
+        CartStatus.CHECKING_OUT, order_id, later.version, 1)
+    assert (await carts.finish_checkout(cart_id, order_id)).status is CartStatus.CHECKED_OUT
+
+
+async def test_a_cart_opened_again_whose_order_was_placed_after_all_is_checked_out_with_it(
+        carts: RedisCartStore, own_metrics: None) -> None:
+    """One request of a checkout was refused and opened the cart; another of the same checkout placed the
+    order: the cart is checked out with that order, counted once, and no longer abandoned."""
+    cart_id, order_id = await a_cart_with_a_line(carts), uuid.uuid4()
+    began = await carts.begin_checkout(cart_id, order_id, now())
+    await carts.abort_checkout(cart_id, began.version)
+    assert await carts.redis.zscore(cart_store.ACTIVITY, str(cart_id)) is not None
+    finished = await carts.finish_checkout(cart_id, order_id)
+    assert (finished.status, finished.order_id, await checked_out(carts)) == (CartStatus.CHECKED_OUT, order_id, 1)
+    assert await carts.redis.zscore(cart_store.ACTIVITY, str(cart_id)) is None
+    with pytest.raises(TransitionForbidden):
+        await carts.set_line(cart_id, uuid.uuid4(), 1, Decimal("1.00"), now())
+    again = await carts.begin_checkout(cart_id, uuid.uuid4(), now())
+    assert (again.status, again.order_id) == (CartStatus.CHECKED_OUT, order_id)
 
 
 async def test_an_abort_after_the_checkout_finished_changes_nothing(carts: RedisCartStore, own_metrics: None) -> None:
     cart_id, order_id = await a_cart_with_a_line(carts), uuid.uuid4()
-    await carts.begin_checkout(cart_id, order_id, now())
-    await carts.finish_checkout(cart_id)
-    await carts.abort_checkout(cart_id, order_id)
+    began = await carts.begin_checkout(cart_id, order_id, now())
+    await carts.finish_checkout(cart_id, order_id)
+    await carts.abort_checkout(cart_id, began.version)
     cart = await carts.get(cart_id)
     assert (cart.status, cart.order_id, await checked_out(carts)) == (CartStatus.CHECKED_OUT, order_id, 1)
 
@@ -248,8 +282,9 @@ async def test_beginning_a_checkout_refreshes_the_ttl_like_every_change(carts: R
 
 async def test_a_finished_checkout_keeps_the_cart_expiring(carts: RedisCartStore) -> None:
     cart_id = await a_cart_with_a_line(carts)
-    await carts.begin_checkout(cart_id, uuid.uuid4(), now())
-    await carts.finish_checkout(cart_id)
+    order_id = uuid.uuid4()
+    await carts.begin_checkout(cart_id, order_id, now())
+    await carts.finish_checkout(cart_id, order_id)
     assert 0 < await carts.redis.ttl(f"cart:{cart_id}") <= carts.ttl
 
 
@@ -293,3 +328,86 @@ async def test_a_cart_holds_at_most_as_many_products_as_an_order_may(carts: Redi
     assert {line.quantity for line in changed.lines if line.product_id == products[0]} == {5}
     await carts.set_line(cart_id, products[1], 0, Decimal("0"), now())  # a line removed makes room again
     assert len((await carts.set_line(cart_id, uuid.uuid4(), 1, Decimal("1.00"), now())).lines) == MAX_LINES
+
+
+# --- checkout through the use case, on the durable cart store ------------------------------------------
+
+
+class Orders:
+    """The order shard, as the checkout sees it: each create_order waits for the test to answer it, so that
+    the test decides in which order the requests of one cart's checkouts come back."""
+
+    def __init__(self) -> None:
+        self.calls: asyncio.Queue[tuple[list[tuple[uuid.UUID, int]], asyncio.Future[Placed]]] = asyncio.Queue()
+
+    async def create_order(self, order_id: uuid.UUID, customer_id: uuid.UUID, items: list[tuple[uuid.UUID, int]],
+                           shipping_address: dict[str, str], payment_token: str) -> Placed:
+        answer: asyncio.Future[Placed] = asyncio.get_running_loop().create_future()
+        await self.calls.put((items, answer))
+        return await answer
+
+
+@pytest.fixture
+async def checkouts(carts: RedisCartStore, event_store: PostgresEventStore) -> SimpleNamespace:
+    return SimpleNamespace(carts=DurableCartStore(carts, CartJournal(event_store.pool)), orders=Orders())
+
+
+ADMIN = Principal(Role.ADMIN, "admin")
+ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}
+
+
+def placed(order_id: uuid.UUID) -> Placed:
+    return Placed(order_id, OrderStatus.PENDING, uuid.uuid4())
+
+
+async def test_a_double_clicked_checkout_refused_late_does_not_open_the_checkout_that_followed(
+        checkouts: SimpleNamespace) -> None:
+    svc, orders = checkouts, checkouts.orders
+    cart = await svc.carts.create(uuid.uuid4(), uuid.uuid4(), now())
+    first_line = uuid.uuid4()
+    await svc.carts.set_line(cart.id, first_line, 1, Decimal("2.00"), now())
+    first = asyncio.create_task(uc.checkout(svc, ADMIN, cart.id, ADDRESS, "tok_visa"))
+    double_click = asyncio.create_task(uc.checkout(svc, ADMIN, cart.id, ADDRESS, "tok_visa"))
+    (items_a, answer_a), (items_b, answer_b) = await orders.calls.get(), await orders.calls.get()
+    assert items_a == items_b == [(first_line, 1)]
+    answer_a.set_exception(OrderTooLarge("refused"))
+    with pytest.raises(OrderTooLarge):
+        await first
+    assert (await svc.carts.get(cart.id)).status is CartStatus.OPEN  # the customer's again, to change
+    second_line = uuid.uuid4()
+    await svc.carts.set_line(cart.id, first_line, 0, Decimal("2.00"), now(), "remove_item")
+    await svc.carts.set_line(cart.id, second_line, 3, Decimal("2.00"), now())
+    later = asyncio.create_task(uc.checkout(svc, ADMIN, cart.id, ADDRESS, "tok_visa"))
+    items_c, answer_c = await orders.calls.get()
+    assert items_c == [(second_line, 3)]
+    answer_b.set_exception(OrderTooLarge("refused"))  # the double click, refused late
+    with pytest.raises(OrderTooLarge):
+        await double_click
+    during = await svc.carts.get(cart.id)
+    assert (during.status, [x.product_id for x in during.lines]) == (CartStatus.CHECKING_OUT, [second_line])
+    order_id = checkout_order_id(cart.id)
+    answer_c.set_result(placed(order_id))
+    assert (await later)[0] == order_id
+    after = await svc.carts.get(cart.id)
+    assert (after.status, after.order_id) == (CartStatus.CHECKED_OUT, order_id)
+    with pytest.raises(TransitionForbidden):  # the cart places no second order
+        await svc.carts.set_line(cart.id, first_line, 1, Decimal("2.00"), now())
+
+
+async def test_a_checkout_whose_order_exists_from_other_lines_checks_the_cart_out(checkouts: SimpleNamespace) -> None:
+    """The cart's order was placed by a request of an earlier checkout, from the lines it had then: the cart
+    is checked out with that order rather than left in a checkout that can never finish."""
+    svc, orders = checkouts, checkouts.orders
+    cart = await svc.carts.create(uuid.uuid4(), uuid.uuid4(), now())
+    await svc.carts.set_line(cart.id, uuid.uuid4(), 1, Decimal("2.00"), now())
+    attempt = asyncio.create_task(uc.checkout(svc, ADMIN, cart.id, ADDRESS, "tok_visa"))
+    _, answer = await orders.calls.get()
+    answer.set_exception(OrderAlreadyExists("placed from other lines"))
+    with pytest.raises(OrderAlreadyExists):
+        await attempt
+    after = await svc.carts.get(cart.id)
+    assert (after.status, after.order_id) == (CartStatus.CHECKED_OUT, checkout_order_id(cart.id))
+    again = asyncio.create_task(uc.checkout(svc, ADMIN, cart.id, ADDRESS, "tok_visa"))
+    _, answer = await orders.calls.get()
+    answer.set_result(placed(checkout_order_id(cart.id)))
+    assert (await again)[0] == checkout_order_id(cart.id)
