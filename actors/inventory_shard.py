@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -19,6 +20,7 @@ from actors.base import Shard
 from actors.calls import ActorRef, call
 from actors.client import BATCHED_COMMANDS
 from actors.entities import EntityHost
+from actors.prices import PRICE_TTL
 from actors.routing import order_shard_name
 from actors.sku_batches import Decide, Outcome, SkuBatches
 from actors.views import ReservationView, StockView
@@ -82,14 +84,18 @@ class InventoryShard(Shard):
 
     async def _announce(self, view: StockView) -> None:
         """Tell every order shard the SKU's price and version before the change is answered, so that orders
-        placed after it have the new price (an order shard that does not hear of it in time reads the
-        catalog again within its PRICE_TTL)."""
+        placed after it have the new price. An order shard that was not told reads the catalog again once the
+        price it remembers is PRICE_TTL old: when one was not (it took ANNOUNCE_WAIT, or its call failed at
+        once), the answer waits until PRICE_TTL after the change, when any price read before it has aged out."""
         async def tell(ref: ActorRef) -> None:
             await call(ref, "price_changed", view.product_id, view.price, view.version, timeout=ANNOUNCE_WAIT,
                        attempts=1)
 
-        await asyncio.gather(*[self.watch.run(f"telling {ref.name} a price", lambda ref=ref: tell(ref))
-                               for ref in self._order_shards])
+        changed = time.monotonic()
+        told = await asyncio.gather(*[self.watch.run(f"telling {ref.name} a price", lambda ref=ref: tell(ref))
+                                      for ref in self._order_shards])
+        if not all(told):
+            await asyncio.sleep(PRICE_TTL - (time.monotonic() - changed))
 
     async def get_stock(self, product_id: uuid.UUID) -> StockView:
         await self.start()

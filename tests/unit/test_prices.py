@@ -230,3 +230,29 @@ async def test_a_failed_read_in_the_background_is_not_made_again_and_the_order_a
     clock.now += 0.1  # 1.05 s after the read that brought the price
     with pytest.raises(inv.UnknownProduct):
         await prices.of([PID])
+
+
+async def test_a_price_set_while_an_order_shard_cannot_be_told_is_answered_once_old_prices_aged_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The call telling an order shard fails at once (not after its wait): the price that shard remembers,
+    read just before the change, is not used for an order placed after the change was answered."""
+    from actors import inventory_shard
+    from actors.calls import ActorRef, ServiceUnavailable
+    from commerce.settings import Settings
+    from store.memory import InMemoryEventStore
+
+    async def unreachable(*args: object, **kwargs: object) -> None:
+        raise ServiceUnavailable("the order shard is unreachable")
+
+    shard = inventory_shard.InventoryShard(Settings(database_url="unused", redis_url="unused", server_secret="s"), 0)
+    shard.use(InMemoryEventStore())
+    shard._started = asyncio.get_running_loop().create_future()  # started: no PostgreSQL here
+    shard._started.set_result(None)
+    await shard.set_stock(PID, 10, "1.00", "Mug")
+    shard._order_shards = [ActorRef("order-shard-0", "test")]
+    monkeypatch.setattr(inventory_shard, "call", unreachable)
+    prices = Prices(shard.catalog)  # the order shard's, with the real clock and PRICE_TTL
+    assert await prices.of([PID]) == {PID: Decimal("1.00")}
+    await shard.set_stock(PID, 10, "2.00", "Mug")
+    assert await prices.of([PID]) == {PID: Decimal("2.00")}
+    assert shard.watch.failures["telling order-shard-0 a price"] == 1
