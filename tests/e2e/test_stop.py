@@ -1,5 +1,6 @@
 """A clean stop: after SIGTERM (what systemd, Docker and Kubernetes send), repeated, or Ctrl-C to the process
-group, no process of the service remains and every port it listened on is free again, within 10 s."""
+group, no process of the service remains and every port it listened on is free again, within 10 s. A second
+service started on the same data directory fails, and leaves the first one whole."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -66,9 +68,24 @@ def holders(port: int) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("how", ["SIGTERM three times", "Ctrl-C to the process group"])
+def a_second_service_fails_and_leaves_the_first_whole(service: Service, http: httpx.Client) -> None:
+    """`make dev` run twice: the second cannot have the ports, and its stop must not take the first one's
+    embedded Redis or PostgreSQL with it."""
+    redis_pid = int((service.data_dir / "redis" / "redis.pid").read_text())
+    second = subprocess.run([sys.executable, "-m", "commerce.cli", "serve"], env=service.env, capture_output=True,
+                            timeout=180, start_new_session=True)
+    assert second.returncode != 0, second.stdout.decode()[-2000:]
+    assert psutil.Process(redis_pid).status() != psutil.STATUS_ZOMBIE
+    health = http.get("/health")
+    assert health.status_code == 200, health.text  # Redis and PostgreSQL checked, both still there
+
+
+@pytest.mark.parametrize("how", ["SIGTERM three times, after a second service on its data directory failed",
+                                 "Ctrl-C to the process group"])
 def test_a_stop_leaves_no_process_and_no_port_behind(service: Service, how: str) -> None:
     http = service.start()
+    if "second service" in how:
+        a_second_service_fails_and_leaves_the_first_whole(service, http)
     pid = str(uuid.uuid4())
     assert http.put(f"{API}/inventory/{pid}", json={"on_hand": 5, "price": "1.00"}).status_code == 200
     body = {"customer_id": str(uuid.uuid4()), "items": [{"product_id": pid, "quantity": 1}],
@@ -83,7 +100,7 @@ def test_a_stop_leaves_no_process_and_no_port_behind(service: Service, how: str)
     assert [p.pid for p in processes if any(part.endswith("log_monitor.py") for part in command(p))] == []
     assert service.proc is not None
     started = time.monotonic()
-    if how == "SIGTERM three times":
+    if how.startswith("SIGTERM three times"):
         logged = service.log.stat().st_size
         service.proc.send_signal(signal.SIGTERM)
         while b"commerce: stopping" not in service.log.read_bytes()[logged:]:  # the stop has begun
@@ -96,24 +113,6 @@ def test_a_stop_leaves_no_process_and_no_port_behind(service: Service, how: str)
     assert service.proc.wait(timeout=STOP_WITHIN) == 0
     assert still_running(processes, timeout=max(STOP_WITHIN - (time.monotonic() - started), 0.1)) == []
     assert {p: holders(p) for p in ports if not port_is_free(p)} == {}
-
-
-def test_a_second_service_on_the_same_data_directory_fails_and_leaves_the_first_one_whole(service: Service) -> None:
-    """`make dev` run twice: the second cannot have the ports, and its stop must not take the first one's
-    embedded Redis or PostgreSQL with it."""
-    http = service.start()
-    redis_pid = int((service.data_dir / "redis" / "redis.pid").read_text())
-    second = subprocess.run([sys.executable, "-m", "commerce.cli", "serve"], env=service.env, capture_output=True,
-                            timeout=180, start_new_session=True)
-    assert second.returncode != 0, second.stdout.decode()[-2000:]
-    assert psutil.Process(redis_pid).status() != psutil.STATUS_ZOMBIE
-    health = http.get("/health")
-    assert health.status_code == 200, health.text  # Redis and PostgreSQL checked, both still there
-    pid = str(uuid.uuid4())
-    assert http.put(f"{API}/inventory/{pid}", json={"on_hand": 5, "price": "1.00"}).status_code == 200
-    http.close()
-    assert service.stop() == 0
-    assert not psutil.pid_exists(redis_pid)
 
 
 def working_in(folder: Path) -> list[str]:

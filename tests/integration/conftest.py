@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,17 +46,17 @@ class Deployment:
     ingress: Any
 
 
-@pytest.fixture
-async def service_over_embedded(tmp_path: Path, ray_session: Path) -> AsyncIterator[Deployment]:
-    """The HTTP app in-process over actors on the session's Ray, over a PostgreSQL and a Redis of its own,
-    which a test may stop, restart or flush."""
+@contextlib.asynccontextmanager
+async def embedded_deployment(folder: Path) -> AsyncIterator[Deployment]:
+    """The HTTP app in-process over actors on the session's Ray, over a PostgreSQL and a Redis of its own in
+    ``folder``, which a test may stop, restart or flush."""
     import serve_app
     from actors.deploy import deploy_actors, remove_actors
     from commerce.runtime import run_migrations
     from tests.integration.ray_support import test_settings as settings_for
 
-    pg, rd = EmbeddedPostgres(tmp_path), EmbeddedRedis(tmp_path)
-    settings = settings_for(pg.start(), rd.start(), order_shards=1, inventory_shards=1, data_dir=tmp_path)
+    pg, rd = EmbeddedPostgres(folder), EmbeddedRedis(folder)
+    settings = settings_for(pg.start(), rd.start(), order_shards=1, inventory_shards=1, data_dir=folder)
     await run_migrations(settings.database_url)
     await asyncio.to_thread(deploy_actors, settings)
     ingress = serve_app.Ingress(settings)
@@ -70,3 +71,10 @@ async def service_over_embedded(tmp_path: Path, ray_session: Path) -> AsyncItera
         await asyncio.to_thread(remove_actors, settings)
         rd.stop()
         pg.stop()
+
+
+@pytest.fixture
+async def service_over_embedded(tmp_path: Path, ray_session: Path) -> AsyncIterator[Deployment]:
+    """A deployment of the test's own (``embedded_deployment``)."""
+    async with embedded_deployment(tmp_path) as deployment:
+        yield deployment

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,10 +17,18 @@ import redis.asyncio as aioredis
 
 from store.embedded import EmbeddedRedis
 from tests.e2e.conftest import customer_headers
-from tests.integration.conftest import ADDRESS, Deployment
+from tests.integration.conftest import ADDRESS, Deployment, embedded_deployment
 from tests.integration.ray_support import eventually
 
 pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+async def service_over_embedded(tmp_path_factory: pytest.TempPathFactory, ray_session: Path) -> AsyncIterator[Deployment]:
+    """One deployment for the module's tests: each makes carts of its own, and flushes a Redis no other
+    module uses. None stops a server."""
+    async with embedded_deployment(tmp_path_factory.mktemp("cart-recovery")) as deployment:
+        yield deployment
 
 
 async def flushall(redis: EmbeddedRedis) -> None:
