@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from actors.client import call
-from actors.views import OrderView, order_json
+from actors.views import OrderView, Placed, order_json
 from commerce import logs, views
 from commerce.auth import Forbidden, Principal
 from commerce.services import Services
@@ -48,7 +48,10 @@ async def reserve(svc: Services, who: Principal, product_id: uuid.UUID, reservat
     """A direct reservation, owned by its caller; its id is registered first, so that reusing it for
     another caller, product or quantity is refused even after the reservation has ended. A reserve sent
     again answers the same reservation while it holds stock; once it has ended (released, expired, sold,
-    or forgotten by its SKU), a 409 ``reservation-closed``: the caller must not believe it holds stock."""
+    or forgotten by its SKU), a 409 ``reservation-closed``: the caller must not believe it holds stock. An
+    unknown product is a 404 before the id is registered (products are never removed: one found stays), so
+    that the refusal leaves the id as it was."""
+    await svc.inventory.get_stock(product_id)
     claim = await svc.direct_reservations.claim(DirectReservation(reservation_id, product_id, who.key, quantity))
     if claim is Claim.TAKEN:
         raise inventory.ReservationIdConflict(reservation_id)
@@ -103,21 +106,30 @@ async def checkout(svc: Services, who: Principal, cart_id: uuid.UUID, shipping_a
     cart = await svc.carts.begin_checkout(cart_id, pinned, now(), owner_filter(who))
     order_id = cart.order_id or pinned
     logs.correlate(order_id)
+    if cart.status is cart_domain.CartStatus.CHECKED_OUT:  # its order exists: the checkout answers with it
+        return order_id, _placed(await svc.orders.get_order(order_id))
     try:
         placed = await svc.orders.create_order(order_id, cart.customer_id,
                                                [(x.product_id, x.quantity) for x in cart.lines],
                                                shipping_address, payment_token)
     except order.OrderAlreadyExists:
-        # Placed before from other lines (a request of an earlier checkout of this cart made it late): the
-        # cart's order exists, so the cart is checked out, and never opens again to place a second.
-        await svc.carts.finish_checkout(cart_id, order_id)
-        raise
+        # Placed from other lines, by a request of an earlier checkout of this cart whose other request opened
+        # it again: that is the cart's order. The cart is checked out with its lines, and never places another.
+        existing = await svc.orders.get_order(order_id)
+        await svc.carts.finish_checkout(cart_id, order_id, [cart_domain.CartLine(x.product_id, x.quantity,
+                                                                                 x.unit_price) for x in existing.lines])
+        return order_id, _placed(existing)
     except errors.DomainError:
         # No order: the cart is the customer's again, unless a later checkout of it is under way.
         await svc.carts.abort_checkout(cart_id, cart.version)
         raise
-    await svc.carts.finish_checkout(cart_id, order_id)
+    await svc.carts.finish_checkout(cart_id, order_id, cart.lines)
     return order_id, placed.json()
+
+
+def _placed(view: OrderView) -> dict[str, Any]:
+    """A checkout's answer for an order placed before, as its placing answered."""
+    return Placed(view.order_id, view.status, view.saga_id).json()
 
 
 async def reorder(svc: Services, who: Principal, order_id: uuid.UUID, cart_id: uuid.UUID) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -87,20 +87,22 @@ end
 return {'OK', redis.call('HGETALL', KEYS[1])}
 """
 
-# The cart's order exists. A cart opened again meanwhile (another request of the same checkout was refused and
-# aborted it, or the record was put back from before the checkout) is checked out now: its order exists, and it
-# must not place another.
+# The cart's order exists, of the lines ARGV[3..] (field/value pairs): the cart is checked out with them. A
+# cart opened again meanwhile (another request of the same checkout was refused and aborted it, and the cart
+# may have been changed since) is checked out too: its order exists, and it must not place another.
 _FINISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'NOT_FOUND'} end
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'CHECKING_OUT' then
-  redis.call('HSET', KEYS[1], 'status', 'CHECKED_OUT')
+if status == 'CHECKING_OUT' or status == 'OPEN' then
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(field, 1, 5) == 'line:' then redis.call('HDEL', KEYS[1], field) end
+  end
+  redis.call('HSET', KEYS[1], 'status', 'CHECKED_OUT', 'order_id', ARGV[1], unpack(ARGV, 3))
   redis.call('HINCRBY', KEYS[1], 'version', 1)
-elseif status == 'OPEN' then
-  redis.call('HSET', KEYS[1], 'status', 'CHECKED_OUT', 'order_id', ARGV[1])
-  redis.call('HINCRBY', KEYS[1], 'version', 1)
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  redis.call('HINCRBY', KEYS[3], 'checked_out', 1)
+  if status == 'OPEN' then
+    redis.call('ZREM', KEYS[2], ARGV[2])
+    redis.call('HINCRBY', KEYS[3], 'checked_out', 1)
+  end
 end
 return {'OK', redis.call('HGETALL', KEYS[1])}
 """
@@ -205,10 +207,12 @@ class RedisCartStore:
             raise EmptyCart(f"cart {cart_id} is empty")
         return self._result(cart_id, result, None)
 
-    async def finish_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID) -> Cart:
-        """The cart's order ``order_id`` exists: the cart is checked out, also if it was opened again meanwhile."""
+    async def finish_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID, lines: Sequence[CartLine]) -> Cart:
+        """The cart's order ``order_id`` exists, of ``lines``: the cart is checked out with them, also if it was
+        opened (and changed) again meanwhile. A cart checked out already is left as it is."""
         keys = [_key(cart_id), ACTIVITY, COUNTERS]
-        result = await self._call(lambda: self._finish(keys, [str(order_id), str(cart_id)]))
+        fields = [x for line in lines for x in (f"line:{line.product_id}", f"{line.quantity}|{line.unit_price}")]
+        result = await self._call(lambda: self._finish(keys, [str(order_id), str(cart_id), *fields]))
         return self._result(cart_id, result, None)
 
     async def abort_checkout(self, cart_id: uuid.UUID, began_at: int) -> Cart:

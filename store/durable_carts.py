@@ -16,7 +16,7 @@ import contextlib
 import datetime as dt
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -152,8 +152,8 @@ class DurableCartStore:
                              owner: uuid.UUID | None = None) -> Cart:
         return await self._change(cart_id, lambda: self.redis.begin_checkout(cart_id, order_id, now, owner))
 
-    async def finish_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID) -> Cart:
-        return await self._change(cart_id, lambda: self.redis.finish_checkout(cart_id, order_id))
+    async def finish_checkout(self, cart_id: uuid.UUID, order_id: uuid.UUID, lines: Sequence[CartLine]) -> Cart:
+        return await self._change(cart_id, lambda: self.redis.finish_checkout(cart_id, order_id, lines))
 
     async def abort_checkout(self, cart_id: uuid.UUID, began_at: int) -> Cart:
         return await self._change(cart_id, lambda: self.redis.abort_checkout(cart_id, began_at))

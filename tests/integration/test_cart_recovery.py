@@ -82,9 +82,11 @@ async def test_a_cart_lost_with_redis_comes_back_unchanged_and_checks_out_once(
     order = await eventually(lambda: http.get(f"/api/v1/orders/{order_id}", headers=alice),
                              lambda r: r.json()["status"] in ("CONFIRMED", "CANCELLED"))
     assert order.json()["status"] == "CONFIRMED" and order.json()["total_amount"] == "64.48"
-    created = (await http.get("/api/v1/admin/events", params={"event_type": "OrderCreated"})).json()["items"]
-    assert [e["aggregate_id"] for e in created] == [order_id]  # this service's only order
-    charges = (await http.get("/api/v1/admin/events", params={"event_type": "PaymentProcessed"})).json()["items"]
+    created = (await http.get("/api/v1/admin/events", params={"event_type": "OrderCreated", "limit": 500})).json()
+    assert [e["aggregate_id"] for e in created["items"]
+            if e["data"]["customer_id"] == cart["customer_id"]] == [order_id]  # the customer's only order
+    charges = (await http.get("/api/v1/admin/events", params={"event_type": "PaymentProcessed",
+                                                             "aggregate_id": order_id})).json()["items"]
     assert len(charges) == 1
 
 

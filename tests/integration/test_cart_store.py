@@ -12,12 +12,12 @@ from types import SimpleNamespace
 import pytest
 
 import store.carts as cart_store
-from actors.views import Placed
+from actors.views import OrderView, Placed
 from commerce import usecases as uc
 from commerce.auth import Principal, Role
 from domain.cart import Cart, CartStatus, checkout_order_id
 from domain.errors import NotFound, TransitionForbidden
-from domain.order import OrderAlreadyExists, OrderStatus, OrderTooLarge
+from domain.order import OrderAlreadyExists, OrderLine, OrderStatus, OrderTooLarge, order_total
 from store.carts import ACTIVITY, RedisCartStore
 from store.durable_carts import CartJournal, DurableCartStore
 from store.event_store import PostgresEventStore
@@ -98,7 +98,7 @@ async def test_two_checkouts_name_one_order(carts: RedisCartStore) -> None:
     first, second = await asyncio.gather(carts.begin_checkout(cart_id, uuid.uuid4(), now()),
                                          carts.begin_checkout(cart_id, uuid.uuid4(), now()))
     assert first.order_id == second.order_id is not None
-    await carts.finish_checkout(cart_id, first.order_id)
+    await carts.finish_checkout(cart_id, first.order_id, first.lines)
     assert (await carts.get(cart_id)).status is CartStatus.CHECKED_OUT
     with pytest.raises(TransitionForbidden):
         await carts.set_line(cart_id, uuid.uuid4(), 1, Decimal("1.00"), now())
@@ -193,7 +193,7 @@ async def test_a_pinned_cart_stays_checking_out_until_the_checkout_finishes(cart
     pinned = await carts.begin_checkout(cart_id, uuid.uuid4(), now())
     await carts.begin_checkout(cart_id, uuid.uuid4(), now())
     assert (await carts.get(cart_id)).status is CartStatus.CHECKING_OUT
-    await carts.finish_checkout(cart_id, pinned.order_id)
+    await carts.finish_checkout(cart_id, pinned.order_id, pinned.lines)
     assert (await carts.get(cart_id)).status is CartStatus.CHECKED_OUT
 
 
@@ -201,8 +201,8 @@ async def test_a_retried_and_twice_finished_checkout_counts_once(carts: RedisCar
     cart_id = await a_cart_with_a_line(carts)
     order_id = uuid.uuid4()
     for _ in range(2):
-        await carts.begin_checkout(cart_id, order_id, now())
-        await carts.finish_checkout(cart_id, order_id)
+        began = await carts.begin_checkout(cart_id, order_id, now())
+        await carts.finish_checkout(cart_id, order_id, began.lines)
     stats = await carts.stats(now(), 0)
     assert (stats["checked_out"], stats["operations"]["checkout"]) == (1, 1)
 
@@ -241,30 +241,33 @@ async def test_an_abort_of_an_earlier_checkout_leaves_a_later_one_alone(carts: R
     cart = await carts.get(cart_id)
     assert (cart.status, cart.order_id, cart.version, await checked_out(carts)) == (
         CartStatus.CHECKING_OUT, order_id, later.version, 1)
-    assert (await carts.finish_checkout(cart_id, order_id)).status is CartStatus.CHECKED_OUT
+    assert (await carts.finish_checkout(cart_id, order_id, later.lines)).status is CartStatus.CHECKED_OUT
 
 
-async def test_a_cart_opened_again_whose_order_was_placed_after_all_is_checked_out_with_it(
+async def test_a_cart_opened_again_and_changed_whose_order_was_placed_after_all_is_checked_out_with_its_lines(
         carts: RedisCartStore, own_metrics: None) -> None:
-    """One request of a checkout was refused and opened the cart; another of the same checkout placed the
-    order: the cart is checked out with that order, counted once, and no longer abandoned."""
+    """One request of a checkout was refused and opened the cart, which the customer then changed; another
+    request of the same checkout placed the order: the cart is checked out with that order and its lines,
+    counted once, and no longer abandoned."""
     cart_id, order_id = await a_cart_with_a_line(carts), uuid.uuid4()
     began = await carts.begin_checkout(cart_id, order_id, now())
     await carts.abort_checkout(cart_id, began.version)
+    await carts.set_line(cart_id, uuid.uuid4(), 5, Decimal("1.00"), now())
     assert await carts.redis.zscore(cart_store.ACTIVITY, str(cart_id)) is not None
-    finished = await carts.finish_checkout(cart_id, order_id)
-    assert (finished.status, finished.order_id, await checked_out(carts)) == (CartStatus.CHECKED_OUT, order_id, 1)
+    finished = await carts.finish_checkout(cart_id, order_id, began.lines)
+    assert (finished.status, finished.order_id, finished.lines) == (CartStatus.CHECKED_OUT, order_id, began.lines)
+    assert await checked_out(carts) == 1
     assert await carts.redis.zscore(cart_store.ACTIVITY, str(cart_id)) is None
     with pytest.raises(TransitionForbidden):
         await carts.set_line(cart_id, uuid.uuid4(), 1, Decimal("1.00"), now())
     again = await carts.begin_checkout(cart_id, uuid.uuid4(), now())
-    assert (again.status, again.order_id) == (CartStatus.CHECKED_OUT, order_id)
+    assert (again.status, again.order_id, again.lines) == (CartStatus.CHECKED_OUT, order_id, began.lines)
 
 
 async def test_an_abort_after_the_checkout_finished_changes_nothing(carts: RedisCartStore, own_metrics: None) -> None:
     cart_id, order_id = await a_cart_with_a_line(carts), uuid.uuid4()
     began = await carts.begin_checkout(cart_id, order_id, now())
-    await carts.finish_checkout(cart_id, order_id)
+    await carts.finish_checkout(cart_id, order_id, began.lines)
     await carts.abort_checkout(cart_id, began.version)
     cart = await carts.get(cart_id)
     assert (cart.status, cart.order_id, await checked_out(carts)) == (CartStatus.CHECKED_OUT, order_id, 1)
@@ -283,8 +286,8 @@ async def test_beginning_a_checkout_refreshes_the_ttl_like_every_change(carts: R
 async def test_a_finished_checkout_keeps_the_cart_expiring(carts: RedisCartStore) -> None:
     cart_id = await a_cart_with_a_line(carts)
     order_id = uuid.uuid4()
-    await carts.begin_checkout(cart_id, order_id, now())
-    await carts.finish_checkout(cart_id, order_id)
+    began = await carts.begin_checkout(cart_id, order_id, now())
+    await carts.finish_checkout(cart_id, order_id, began.lines)
     assert 0 < await carts.redis.ttl(f"cart:{cart_id}") <= carts.ttl
 
 
@@ -334,17 +337,36 @@ async def test_a_cart_holds_at_most_as_many_products_as_an_order_may(carts: Redi
 
 
 class Orders:
-    """The order shard, as the checkout sees it: each create_order waits for the test to answer it, so that
-    the test decides in which order the requests of one cart's checkouts come back."""
+    """The order shard as the checkout sees it. Each create_order waits for the test's verdict: an error to
+    raise, or None to place the order as decide_create does (the first lines placed under an id are its
+    order's; the same lines again answer with it, other lines raise OrderAlreadyExists)."""
 
     def __init__(self) -> None:
-        self.calls: asyncio.Queue[tuple[list[tuple[uuid.UUID, int]], asyncio.Future[Placed]]] = asyncio.Queue()
+        self.calls: asyncio.Queue[tuple[list[tuple[uuid.UUID, int]], asyncio.Future[Exception | None]]] = \
+            asyncio.Queue()
+        self.placed: dict[uuid.UUID, OrderView] = {}
+
+    def place(self, order_id: uuid.UUID, customer_id: uuid.UUID, items: list[tuple[uuid.UUID, int]]) -> Placed:
+        lines = tuple(OrderLine(pid, qty, Decimal("2.00")) for pid, qty in items)
+        order = self.placed.setdefault(order_id, OrderView(order_id, customer_id, OrderStatus.PENDING, lines,
+                                                           order_total(lines), now(), now(), 1, uuid.uuid4()))
+        if order.lines != lines:
+            raise OrderAlreadyExists(f"order {order_id} exists with other lines")
+        return Placed(order_id, order.status, order.saga_id)
 
     async def create_order(self, order_id: uuid.UUID, customer_id: uuid.UUID, items: list[tuple[uuid.UUID, int]],
                            shipping_address: dict[str, str], payment_token: str) -> Placed:
-        answer: asyncio.Future[Placed] = asyncio.get_running_loop().create_future()
-        await self.calls.put((items, answer))
-        return await answer
+        verdict: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        await self.calls.put((items, verdict))
+        error = await verdict
+        if error is not None:
+            raise error
+        return self.place(order_id, customer_id, items)
+
+    async def get_order(self, order_id: uuid.UUID) -> OrderView:
+        if order_id not in self.placed:
+            raise NotFound(f"unknown order {order_id}")
+        return self.placed[order_id]
 
 
 @pytest.fixture
@@ -356,58 +378,87 @@ ADMIN = Principal(Role.ADMIN, "admin")
 ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"}
 
 
-def placed(order_id: uuid.UUID) -> Placed:
-    return Placed(order_id, OrderStatus.PENDING, uuid.uuid4())
+async def checking_out(svc: SimpleNamespace, cart_id: uuid.UUID) -> tuple[
+        asyncio.Task[tuple[uuid.UUID, dict[str, object]]], list[tuple[uuid.UUID, int]], asyncio.Future[Exception | None]]:
+    """A checkout request, once it has asked for its order: the task, the lines it asked for, and its verdict."""
+    task = asyncio.create_task(uc.checkout(svc, ADMIN, cart_id, ADDRESS, "tok_visa"))
+    items, verdict = await svc.orders.calls.get()
+    return task, items, verdict
+
+
+async def lines_of(svc: SimpleNamespace, cart_id: uuid.UUID) -> list[tuple[uuid.UUID, int]]:
+    return sorted((x.product_id, x.quantity) for x in (await svc.carts.get(cart_id)).lines)
 
 
 async def test_a_double_clicked_checkout_refused_late_does_not_open_the_checkout_that_followed(
         checkouts: SimpleNamespace) -> None:
-    svc, orders = checkouts, checkouts.orders
+    svc = checkouts
     cart = await svc.carts.create(uuid.uuid4(), uuid.uuid4(), now())
-    first_line = uuid.uuid4()
+    first_line, second_line = uuid.uuid4(), uuid.uuid4()
     await svc.carts.set_line(cart.id, first_line, 1, Decimal("2.00"), now())
-    first = asyncio.create_task(uc.checkout(svc, ADMIN, cart.id, ADDRESS, "tok_visa"))
-    double_click = asyncio.create_task(uc.checkout(svc, ADMIN, cart.id, ADDRESS, "tok_visa"))
-    (items_a, answer_a), (items_b, answer_b) = await orders.calls.get(), await orders.calls.get()
+    first, items_a, verdict_a = await checking_out(svc, cart.id)
+    double_click, items_b, verdict_b = await checking_out(svc, cart.id)  # joins the same checkout
     assert items_a == items_b == [(first_line, 1)]
-    answer_a.set_exception(OrderTooLarge("refused"))
+    verdict_a.set_result(OrderTooLarge("refused"))
     with pytest.raises(OrderTooLarge):
         await first
     assert (await svc.carts.get(cart.id)).status is CartStatus.OPEN  # the customer's again, to change
-    second_line = uuid.uuid4()
     await svc.carts.set_line(cart.id, first_line, 0, Decimal("2.00"), now(), "remove_item")
     await svc.carts.set_line(cart.id, second_line, 3, Decimal("2.00"), now())
-    later = asyncio.create_task(uc.checkout(svc, ADMIN, cart.id, ADDRESS, "tok_visa"))
-    items_c, answer_c = await orders.calls.get()
+    later, items_c, verdict_c = await checking_out(svc, cart.id)
     assert items_c == [(second_line, 3)]
-    answer_b.set_exception(OrderTooLarge("refused"))  # the double click, refused late
+    verdict_b.set_result(OrderTooLarge("refused"))  # the double click, refused late
     with pytest.raises(OrderTooLarge):
         await double_click
-    during = await svc.carts.get(cart.id)
-    assert (during.status, [x.product_id for x in during.lines]) == (CartStatus.CHECKING_OUT, [second_line])
-    order_id = checkout_order_id(cart.id)
-    answer_c.set_result(placed(order_id))
-    assert (await later)[0] == order_id
+    assert (await svc.carts.get(cart.id)).status is CartStatus.CHECKING_OUT
+    verdict_c.set_result(None)
+    order_id, answer = await later
     after = await svc.carts.get(cart.id)
-    assert (after.status, after.order_id) == (CartStatus.CHECKED_OUT, order_id)
+    assert (after.status, after.order_id, answer["order_id"]) == (CartStatus.CHECKED_OUT, order_id, str(order_id))
+    assert [(x.product_id, x.quantity) for x in svc.orders.placed[order_id].lines] == await lines_of(svc, cart.id)
     with pytest.raises(TransitionForbidden):  # the cart places no second order
         await svc.carts.set_line(cart.id, first_line, 1, Decimal("2.00"), now())
 
 
-async def test_a_checkout_whose_order_exists_from_other_lines_checks_the_cart_out(checkouts: SimpleNamespace) -> None:
-    """The cart's order was placed by a request of an earlier checkout, from the lines it had then: the cart
-    is checked out with that order rather than left in a checkout that can never finish."""
-    svc, orders = checkouts, checkouts.orders
+async def test_a_double_click_placed_after_the_cart_was_opened_and_changed_checks_the_cart_out_with_its_order(
+        checkouts: SimpleNamespace) -> None:
+    """The first request was refused and opened the cart; the customer changed it; the double click's order
+    went through after all (and the cart's copy in Redis was lost meanwhile). The cart is checked out with
+    that order's lines, and a later checkout answers with that order."""
+    svc = checkouts
     cart = await svc.carts.create(uuid.uuid4(), uuid.uuid4(), now())
-    await svc.carts.set_line(cart.id, uuid.uuid4(), 1, Decimal("2.00"), now())
-    attempt = asyncio.create_task(uc.checkout(svc, ADMIN, cart.id, ADDRESS, "tok_visa"))
-    _, answer = await orders.calls.get()
-    answer.set_exception(OrderAlreadyExists("placed from other lines"))
-    with pytest.raises(OrderAlreadyExists):
-        await attempt
+    placed_line = uuid.uuid4()
+    await svc.carts.set_line(cart.id, placed_line, 2, Decimal("2.00"), now())
+    first, _, verdict_a = await checking_out(svc, cart.id)
+    double_click, _, verdict_b = await checking_out(svc, cart.id)
+    verdict_a.set_result(OrderTooLarge("refused"))
+    with pytest.raises(OrderTooLarge):
+        await first
+    await svc.carts.set_line(cart.id, uuid.uuid4(), 1, Decimal("2.00"), now())  # changed while open
+    await svc.carts.redis.forget(cart.id)  # the copy in Redis lost: the record puts it back
+    verdict_b.set_result(None)
+    order_id, answer = await double_click
     after = await svc.carts.get(cart.id)
-    assert (after.status, after.order_id) == (CartStatus.CHECKED_OUT, checkout_order_id(cart.id))
-    again = asyncio.create_task(uc.checkout(svc, ADMIN, cart.id, ADDRESS, "tok_visa"))
-    _, answer = await orders.calls.get()
-    answer.set_result(placed(checkout_order_id(cart.id)))
-    assert (await again)[0] == checkout_order_id(cart.id)
+    assert (after.status, after.order_id) == (CartStatus.CHECKED_OUT, order_id)
+    assert await lines_of(svc, cart.id) == [(placed_line, 2)]
+    again = await asyncio.wait_for(uc.checkout(svc, ADMIN, cart.id, ADDRESS, "tok_visa"), 60)  # places nothing
+    assert again == (order_id, answer) and svc.orders.calls.empty()
+
+
+async def test_a_checkout_whose_order_exists_from_other_lines_answers_with_it_and_checks_the_cart_out(
+        checkouts: SimpleNamespace) -> None:
+    """The cart's order was placed from the lines the cart had then, by a request that stopped before it
+    could check the cart out; the cart was opened and changed since. The next checkout answers with that
+    order, and the cart is checked out with its lines, rather than left in a checkout that never finishes."""
+    svc = checkouts
+    cart = await svc.carts.create(uuid.uuid4(), uuid.uuid4(), now())
+    placed_line = uuid.uuid4()
+    order_id = checkout_order_id(cart.id)
+    placed = svc.orders.place(order_id, cart.customer_id, [(placed_line, 4)])
+    await svc.carts.set_line(cart.id, uuid.uuid4(), 1, Decimal("2.00"), now())
+    attempt, _, verdict = await checking_out(svc, cart.id)
+    verdict.set_result(None)  # placed as decide_create would: other lines under the order's id are refused
+    assert await attempt == (order_id, placed.json())
+    after = await svc.carts.get(cart.id)
+    assert (after.status, after.order_id) == (CartStatus.CHECKED_OUT, order_id)
+    assert await lines_of(svc, cart.id) == [(placed_line, 4)]

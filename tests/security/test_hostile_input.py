@@ -152,6 +152,18 @@ async def test_a_checkout_refused_for_good_leaves_the_cart_open(http: httpx.Asyn
     assert (await http.post(f"{API}/cart/{cart['id']}/checkout", json=body, headers=headers)).status_code == 202
 
 
+async def test_a_reserve_of_an_unknown_product_is_a_404_that_leaves_its_id_as_it_was(http: httpx.AsyncClient) -> None:
+    warehouse = bearer(token("w-unknown", role="service"))
+    rid = str(uuid.uuid4())
+    unknown = await http.post(f"{API}/inventory/{uuid.uuid4()}/reserve", json={"reservation_id": rid, "quantity": 2},
+                              headers=warehouse)
+    assert unknown.status_code == 404 and unknown.headers["content-type"] == PROBLEM
+    pid = await product(http, on_hand=5)  # the id was never registered: it is free for another reservation
+    held = await http.post(f"{API}/inventory/{pid}/reserve", json={"reservation_id": rid, "quantity": 3},
+                           headers=warehouse)
+    assert held.status_code == 201 and held.json()["quantity"] == 3
+
+
 async def test_an_id_of_another_kind_is_not_found_rather_than_a_server_error(http: httpx.AsyncClient,
                                                                              anonymous: httpx.AsyncClient) -> None:
     pid = await product(http, on_hand=200)

@@ -3,6 +3,7 @@ and an order's reservations cannot be reached, pre-claimed or released through t
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -12,7 +13,7 @@ from commerce.http import derived_id
 from commerce.settings import Settings
 from domain import fulfilment
 from store.event_store import PostgresEventStore, create_pool
-from store.idempotency import IdempotencyStore
+from store.idempotency import IdempotencyStore, fingerprint
 from tests.e2e.conftest import ADMIN, bearer, customer_headers, token
 from tests.e2e.helpers import API, order_body, order_status, product
 
@@ -131,10 +132,12 @@ async def test_a_pre_claimed_order_reservation_id_cannot_cause_an_oversell(
     customer, headers = customer_headers()
     key = f"attack-{uuid.uuid4()}"
     scope = f"customer:{customer} POST {API}/orders"
+    body = order_body(pid, qty=ordered)
+    del body["customer_id"]
     pool = await create_pool(actor_settings.database_url, 1)
-    try:  # the key claimed and released, as a request that failed would leave it: the order takes it over
+    try:  # the key claimed and released, as a request that failed would leave it: its retry takes it over
         keys = IdempotencyStore(PostgresEventStore(pool))
-        _, salt = await keys.claim_salted(scope, key, "a request that failed")
+        _, salt = await keys.claim_salted(scope, key, fingerprint("POST", f"{API}/orders", json.dumps(body).encode()))
         await keys.release(scope, key)
     finally:
         await pool.close()
@@ -144,8 +147,6 @@ async def test_a_pre_claimed_order_reservation_id_cannot_cause_an_oversell(
     claim = await http.post(f"{API}/inventory/{pid}/reserve", json={"quantity": 1, "reservation_id": str(planned)},
                             headers=WAREHOUSE)
     assert claim.status_code == 201
-    body = order_body(pid, qty=ordered)
-    del body["customer_id"]
     placed = await http.post(f"{API}/orders", json=body, headers={**headers, "Idempotency-Key": key})
     assert placed.status_code == 202 and placed.json()["order_id"] == str(order_id)
     order = await order_status(http, str(order_id), {"CONFIRMED", "CANCELLED"})
