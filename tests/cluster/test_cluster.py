@@ -242,7 +242,7 @@ async def test_the_example_serve_config_deploys_the_service_on_the_cluster(
             await eventually(lambda: http.get("/health"), lambda r: r.status_code == 200, timeout=180, interval=1.0)
             await confirmed_order(http, on_hand=2, quantity=2)
             kinds = Counter(a["kind"] for a in await placement(http))
-            assert kinds == {"order": 1, "inventory": 1, "projector": 1}  # the config's args (4 + 4) were overridden
+            assert kinds == {"order": 1, "inventory": 1, "projector": 1}  # the args given, not the file's 4 + 4
     finally:
         removed = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", REMOVE], capture_output=True,
                                           text=True, timeout=180, env={**env, "COMMERCE_NAMESPACE": namespace,
