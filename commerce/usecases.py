@@ -49,10 +49,16 @@ async def reserve(svc: Services, who: Principal, product_id: uuid.UUID, reservat
     another caller, product or quantity is refused even after the reservation has ended. A reserve sent
     again answers the same reservation while it holds stock; once it has ended (released, expired, sold,
     or forgotten by its SKU), a 409 ``reservation-closed``: the caller must not believe it holds stock. An
-    unknown product is a 404 before the id is registered (products are never removed: one found stays), so
-    that the refusal leaves the id as it was."""
-    await svc.inventory.get_stock(product_id)
-    claim = await svc.direct_reservations.claim(DirectReservation(reservation_id, product_id, who.key, quantity))
+    unknown product is looked for before the id is registered (products are never removed: one found stays),
+    so that its 404 leaves the id as it was; an id another reservation has is a 409 all the same."""
+    wanted = DirectReservation(reservation_id, product_id, who.key, quantity)
+    try:
+        await svc.inventory.get_stock(product_id)
+    except inventory.UnknownProduct:
+        if await svc.direct_reservations.registered(reservation_id) not in (None, wanted):
+            raise inventory.ReservationIdConflict(reservation_id) from None
+        raise
+    claim = await svc.direct_reservations.claim(wanted)
     if claim is Claim.TAKEN:
         raise inventory.ReservationIdConflict(reservation_id)
     expires_at = now() + dt.timedelta(seconds=ttl_seconds or svc.settings.reservation_ttl)
@@ -116,6 +122,8 @@ async def checkout(svc: Services, who: Principal, cart_id: uuid.UUID, shipping_a
         # Placed from other lines, by a request of an earlier checkout of this cart whose other request opened
         # it again: that is the cart's order. The cart is checked out with its lines, and never places another.
         existing = await svc.orders.get_order(order_id)
+        if existing.customer_id != cart.customer_id:  # not this cart's: never the case, as its id derives from the cart's
+            raise
         await svc.carts.finish_checkout(cart_id, order_id, [cart_domain.CartLine(x.product_id, x.quantity,
                                                                                  x.unit_price) for x in existing.lines])
         return order_id, _placed(existing)

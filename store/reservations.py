@@ -59,6 +59,13 @@ class DirectReservations:
             return Claim.TAKEN
         return Claim.HELD if row["held"] else Claim.OPEN
 
+    async def registered(self, reservation_id: uuid.UUID) -> DirectReservation | None:
+        """The reservation the id was claimed for, if it was; claims nothing."""
+        with postgres_errors():
+            row = await self.pool.fetchrow(
+                "SELECT product_id, owner, quantity FROM direct_reservations WHERE reservation_id = $1", reservation_id)
+        return None if row is None else DirectReservation(reservation_id, row["product_id"], row["owner"], row["quantity"])
+
     async def held(self, reservation_id: uuid.UUID) -> None:
         """Its SKU has held the reservation: from now on a SKU that no longer knows it has forgotten it."""
         with postgres_errors():

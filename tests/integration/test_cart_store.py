@@ -350,8 +350,8 @@ class Orders:
         lines = tuple(OrderLine(pid, qty, Decimal("2.00")) for pid, qty in items)
         order = self.placed.setdefault(order_id, OrderView(order_id, customer_id, OrderStatus.PENDING, lines,
                                                            order_total(lines), now(), now(), 1, uuid.uuid4()))
-        if order.lines != lines:
-            raise OrderAlreadyExists(f"order {order_id} exists with other lines")
+        if order.customer_id != customer_id or {(x.product_id, x.quantity) for x in order.lines} != set(items):
+            raise OrderAlreadyExists(f"order {order_id} exists for another customer or with other lines")
         return Placed(order_id, order.status, order.saga_id)
 
     async def create_order(self, order_id: uuid.UUID, customer_id: uuid.UUID, items: list[tuple[uuid.UUID, int]],
@@ -380,9 +380,15 @@ ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Springfield", "postal_c
 
 async def checking_out(svc: SimpleNamespace, cart_id: uuid.UUID) -> tuple[
         asyncio.Task[tuple[uuid.UUID, dict[str, object]]], list[tuple[uuid.UUID, int]], asyncio.Future[Exception | None]]:
-    """A checkout request, once it has asked for its order: the task, the lines it asked for, and its verdict."""
+    """A checkout request, once it has asked for its order: the task, the lines it asked for, and its verdict.
+    A request that ends without asking fails the test (rather than leaving it waiting)."""
     task = asyncio.create_task(uc.checkout(svc, ADMIN, cart_id, ADDRESS, "tok_visa"))
-    items, verdict = await svc.orders.calls.get()
+    call = asyncio.ensure_future(svc.orders.calls.get())
+    await asyncio.wait({task, call}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    if not call.done():
+        call.cancel()
+        raise AssertionError(f"the checkout did not ask for its order: {task.result() if task.done() else 'waiting'}")
+    items, verdict = call.result()
     return task, items, verdict
 
 

@@ -162,6 +162,9 @@ async def test_a_reserve_of_an_unknown_product_is_a_404_that_leaves_its_id_as_it
     held = await http.post(f"{API}/inventory/{pid}/reserve", json={"reservation_id": rid, "quantity": 3},
                            headers=warehouse)
     assert held.status_code == 201 and held.json()["quantity"] == 3
+    reused = await http.post(f"{API}/inventory/{uuid.uuid4()}/reserve", json={"reservation_id": rid, "quantity": 3},
+                             headers=warehouse)  # now the id is that reservation's, whatever the product
+    assert reused.status_code == 409 and reused.json()["type"].endswith("/reservation-id-conflict")
 
 
 async def test_an_id_of_another_kind_is_not_found_rather_than_a_server_error(http: httpx.AsyncClient,
