@@ -20,10 +20,8 @@ import pytest
 
 from store.embedded import EmbeddedPostgres
 from tests.e2e.helpers import ADDRESS, API
-from tests.e2e.test_restart import Service, wait_for
+from tests.e2e.test_restart import STOP_WITHIN, Service, command, holders, snapshot, wait_for
 from tests.support import port_is_free, still_running
-
-STOP_WITHIN = 10.0
 
 
 @pytest.fixture
@@ -31,42 +29,6 @@ def service(tmp_path: Path) -> Iterator[Service]:
     s = Service(tmp_path)
     yield s
     s.close()
-
-
-def listening_ports(processes: list[psutil.Process]) -> set[int]:
-    ports = set()
-    for p in processes:
-        try:
-            ports |= {c.laddr.port for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return ports
-
-
-def command(p: psutil.Process) -> list[str]:
-    try:
-        return p.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return []
-
-
-def snapshot(service: Service) -> tuple[list[psutil.Process], set[int]]:
-    processes = service.processes()
-    return processes, listening_ports(processes)
-
-
-def holders(port: int) -> list[str]:
-    """Who listens on ``port`` now (for the failure message)."""
-    out = []
-    for c in psutil.net_connections(kind="inet"):
-        if c.laddr and c.laddr.port == port and c.pid:
-            try:
-                out.append(f"{c.status} {c.pid} {' '.join(psutil.Process(c.pid).cmdline())[:100]}")
-            except psutil.NoSuchProcess:
-                out.append(f"{c.status} {c.pid} (gone)")
-        elif c.laddr and c.laddr.port == port:
-            out.append(f"{c.status} (no pid)")
-    return out
 
 
 def a_second_service_fails_and_leaves_the_first_whole(service: Service, http: httpx.Client) -> None:
