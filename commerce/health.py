@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 from actors import metrics as m
 from actors.client import call
@@ -12,6 +13,26 @@ from commerce.services import Services, ServicesProvider
 from domain.saga import SagaStatus
 from store import queries
 from store.migrations import LATEST, current_version
+
+T = TypeVar("T")
+
+
+class Coalesced(Generic[T]):
+    """A computation that callers arriving while it runs share, rather than each starting their own: a burst of
+    anonymous /health probes or /metrics scrapes, however large, costs PostgreSQL and the actors one run at a
+    time per replica. A caller that joins gets the run under way, which began before it arrived (at most one
+    run old); a caller that comes after it ended starts the next. A caller that leaves does not stop the run
+    for the others."""
+
+    def __init__(self) -> None:
+        self._run: asyncio.Task[T] | None = None
+
+    async def run(self, compute: Callable[[], Awaitable[T]]) -> T:
+        """The run under way, or ``compute``'s, started now."""
+        if self._run is None or self._run.done():
+            self._run = asyncio.ensure_future(compute())
+            self._run.add_done_callback(lambda run: run.cancelled() or run.exception())  # read, if all left
+        return await asyncio.shield(self._run)
 
 
 async def _check(probe: Any, timeout: float = 5.0) -> dict[str, Any]:

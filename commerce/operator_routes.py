@@ -3,6 +3,7 @@ the console. A mixin of ``serve_app.Ingress``; it uses the ingress's gate, conne
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,7 +17,7 @@ from commerce import schemas as api
 from commerce import usecases as uc
 from commerce.auth import Principal
 from commerce.console_files import console_file
-from commerce.health import check_health, service_metrics
+from commerce.health import Coalesced, check_health, service_metrics
 from commerce.http import Admin, Gate, Svc, Work, answer
 from commerce.openapi import IdempotencyKey
 from commerce.routing import get, page, post
@@ -89,19 +90,27 @@ class OperatorRoutes:
         """Liveness: the replica answers; no dependency is consulted (see /health for those)."""
         return {"status": "ok"}
 
+    @functools.cached_property
+    def _shared(self) -> dict[str, Coalesced[Any]]:
+        """This replica's shared runs of what anonymous callers may ask for at will (``Coalesced``)."""
+        return {"health": Coalesced(), "metrics": Coalesced()}
+
     @get("/health")
     async def health(self, request: Request) -> JSONResponse:
         """The status of each check; their details (positions, counts, errors) only for an admin."""
-        report = await check_health(self.provider)
+        report = await self._shared["health"].run(lambda: check_health(self.provider))
         if not self.gate.is_admin(request.headers.get("authorization", "")):
             report = {"status": report["status"], "checks": {k: {"status": c["status"]} for k, c in report["checks"].items()}}
         return JSONResponse(report, 200 if report["status"] == "ok" else 503)
 
     @get("/metrics")
     async def metrics(self, svc: Services = Svc) -> Response:
-        per_actor = await exposition.actor_families(svc.actors)
-        service = await service_metrics(svc, uc.now(), ABANDONED_AFTER)
-        return PlainTextResponse(exposition.exposition(per_actor, service), media_type=m.MEDIA_TYPE)
+        async def scrape() -> str:
+            per_actor = await exposition.actor_families(svc.actors)
+            service = await service_metrics(svc, uc.now(), ABANDONED_AFTER)
+            return exposition.exposition(per_actor, service)
+
+        return PlainTextResponse(await self._shared["metrics"].run(scrape), media_type=m.MEDIA_TYPE)
 
     @page("/console")
     async def console(self) -> Response:

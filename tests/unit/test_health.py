@@ -1,15 +1,17 @@
 """/health's verdict from its checks, over fakes of its dependencies: a parked projection and a saga
-waiting for an operator each make it fail (503), and the failing check says why."""
+waiting for an operator each make it fail (503), and the failing check says why. Probes that come at
+once share one run of the checks."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
 from actors.directory import ActorDirectory
-from commerce.health import check_health
+from commerce.health import Coalesced, check_health
 from commerce.settings import Settings
 from store.errors import StoreUnavailable
 from store.migrations import LATEST
@@ -103,3 +105,46 @@ async def test_an_actor_that_answers_with_an_error_does_not_hide_the_others_from
     found = await directory.each("describe")
     assert found[inventory.name] == {"kind": "inventory"}
     assert isinstance(found[order.name], StoreUnavailable) and isinstance(found[projector.name], ValueError)
+
+
+# --- a burst of probes shares one run --------------------------------------------------------------------
+
+
+class Probe:
+    """A computation the test lets finish: how many runs were started, and each run's number."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.go = asyncio.Event()
+
+    async def __call__(self) -> int:
+        self.runs += 1
+        number = self.runs
+        await self.go.wait()
+        if isinstance(self.failure, Exception):
+            raise self.failure
+        return number
+
+    failure: Exception | None = None
+
+
+async def test_callers_arriving_while_a_run_is_under_way_share_it_and_later_ones_start_the_next() -> None:
+    shared, probe = Coalesced[int](), Probe()
+    burst = [asyncio.ensure_future(shared.run(probe)) for _ in range(50)]
+    await asyncio.sleep(0)  # every caller has arrived
+    probe.go.set()
+    assert await asyncio.gather(*burst) == [1] * 50
+    assert await shared.run(probe) == 2  # after it ended: a run of its own
+
+
+async def test_a_caller_that_leaves_does_not_stop_the_run_for_the_others_and_a_failure_reaches_them_all() -> None:
+    shared, probe = Coalesced[int](), Probe()
+    leaving, staying = asyncio.ensure_future(shared.run(probe)), asyncio.ensure_future(shared.run(probe))
+    await asyncio.sleep(0)
+    leaving.cancel()
+    probe.go.set()
+    assert await staying == 1
+    probe.failure = StoreUnavailable("PostgreSQL is down")
+    failing = [asyncio.ensure_future(shared.run(probe)) for _ in range(3)]
+    results = await asyncio.gather(*failing, return_exceptions=True)
+    assert probe.runs == 2 and all(r is probe.failure for r in results)
