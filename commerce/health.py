@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from actors import metrics as m
+from actors.calls import ServiceUnavailable
 from actors.client import call
 from commerce.services import Services, ServicesProvider
 from domain.saga import SagaStatus
@@ -22,17 +23,24 @@ class Coalesced(Generic[T]):
     anonymous /health probes or /metrics scrapes, however large, costs PostgreSQL and the actors one run at a
     time per replica. A caller that joins gets the run under way, which began before it arrived (at most one
     run old); a caller that comes after it ended starts the next. A caller that leaves does not stop the run
-    for the others."""
+    for the others, and a run lasts at most ``deadline`` seconds (then ServiceUnavailable, a 503), so that one
+    stuck on a dependency does not hold up every later caller after the dependency is back."""
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
         self._run: asyncio.Task[T] | None = None
 
     async def run(self, compute: Callable[[], Awaitable[T]]) -> T:
         """The run under way, or ``compute``'s, started now."""
         if self._run is None or self._run.done():
-            self._run = asyncio.ensure_future(compute())
-            self._run.add_done_callback(lambda run: run.cancelled() or run.exception())  # read, if all left
+            self._run = asyncio.ensure_future(self._bounded(compute))
         return await asyncio.shield(self._run)
+
+    async def _bounded(self, compute: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await asyncio.wait_for(compute(), self.deadline)
+        except TimeoutError as e:
+            raise ServiceUnavailable(f"not done within {self.deadline:.0f} s") from e
 
 
 async def _check(probe: Any, timeout: float = 5.0) -> dict[str, Any]:

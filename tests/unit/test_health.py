@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
+from actors.calls import ServiceUnavailable
 from actors.directory import ActorDirectory
 from commerce.health import Coalesced, check_health
 from commerce.settings import Settings
@@ -115,11 +119,13 @@ class Probe:
 
     def __init__(self) -> None:
         self.runs = 0
+        self.started = asyncio.Event()
         self.go = asyncio.Event()
 
     async def __call__(self) -> int:
         self.runs += 1
         number = self.runs
+        self.started.set()
         await self.go.wait()
         if isinstance(self.failure, Exception):
             raise self.failure
@@ -129,16 +135,17 @@ class Probe:
 
 
 async def test_callers_arriving_while_a_run_is_under_way_share_it_and_later_ones_start_the_next() -> None:
-    shared, probe = Coalesced[int](), Probe()
+    shared, probe = Coalesced[int](deadline=60), Probe()
     burst = [asyncio.ensure_future(shared.run(probe)) for _ in range(50)]
-    await asyncio.sleep(0)  # every caller has arrived
+    await probe.started.wait()
+    late = asyncio.ensure_future(shared.run(probe))  # joins the run under way
     probe.go.set()
-    assert await asyncio.gather(*burst) == [1] * 50
+    assert await asyncio.gather(*burst, late) == [1] * 51
     assert await shared.run(probe) == 2  # after it ended: a run of its own
 
 
 async def test_a_caller_that_leaves_does_not_stop_the_run_for_the_others_and_a_failure_reaches_them_all() -> None:
-    shared, probe = Coalesced[int](), Probe()
+    shared, probe = Coalesced[int](deadline=60), Probe()
     leaving, staying = asyncio.ensure_future(shared.run(probe)), asyncio.ensure_future(shared.run(probe))
     await asyncio.sleep(0)
     leaving.cancel()
@@ -148,3 +155,47 @@ async def test_a_caller_that_leaves_does_not_stop_the_run_for_the_others_and_a_f
     failing = [asyncio.ensure_future(shared.run(probe)) for _ in range(3)]
     results = await asyncio.gather(*failing, return_exceptions=True)
     assert probe.runs == 2 and all(r is probe.failure for r in results)
+
+
+async def test_a_run_stuck_past_its_deadline_is_a_503_and_the_next_caller_starts_afresh() -> None:
+    shared, probe = Coalesced[int](deadline=0.05), Probe()  # the run waits for a go that never comes
+    with pytest.raises(ServiceUnavailable):
+        await shared.run(probe)
+    probe.go.set()
+    assert await shared.run(probe) == 2
+
+
+class CountingProvider(Provider):
+    """Counts the runs of the checks (each asks for the services once), and holds them until told."""
+
+    def __init__(self, svc: Any) -> None:
+        super().__init__(svc)
+        self.asked = 0
+        self.go = asyncio.Event()
+
+    async def get(self) -> Any:
+        self.asked += 1
+        await self.go.wait()
+        return self.svc
+
+
+async def test_anonymous_probes_at_once_share_one_run_of_the_checks_and_an_admin_runs_them_afresh() -> None:
+    import serve_app
+    from tests.unit.test_openapi import request
+
+    provider = CountingProvider(services(HEALTHY, {"FAILED": 1, "COMPLETED": 2}))
+    ingress = serve_app.Ingress(Settings(server_secret="test", admin_token="admin-token"), provider)
+    probes = [asyncio.ensure_future(ingress.health(request())) for _ in range(20)]
+    admin_request = request()
+    admin_request.scope["headers"] = [(b"authorization", b"Bearer admin-token")]
+    admin = asyncio.ensure_future(ingress.health(admin_request))
+    for _ in range(100):  # turns of the loop, until every request has started what it runs
+        await asyncio.sleep(0)
+    assert provider.asked == 2  # the probes' one run, and the admin's own, each asking for the services once
+    provider.go.set()
+    answers = await asyncio.gather(*probes)
+    assert provider.asked == 2
+    assert {a.status_code for a in answers} == {503}
+    assert {json.dumps(json.loads(a.body)["checks"]["sagas"]) for a in answers} == {'{"status": "fail"}'}  # no details
+    admin_report = json.loads((await admin).body)
+    assert "1 saga(s) FAILED" in admin_report["checks"]["sagas"]["error"]
