@@ -140,6 +140,11 @@ def _key(cart_id: uuid.UUID) -> str:
     return f"cart:{cart_id}"
 
 
+def _line_fields(lines: Sequence[CartLine]) -> list[str]:
+    """The hash fields of ``lines``, name and value in turn ("line:{product_id}", "qty|price")."""
+    return [x for line in lines for x in (f"line:{line.product_id}", f"{line.quantity}|{line.unit_price}")]
+
+
 class RedisCartStore:
     def __init__(self, client: aioredis.Redis, ttl: int) -> None:
         self.redis = client
@@ -211,8 +216,7 @@ class RedisCartStore:
         """The cart's order ``order_id`` exists, of ``lines``: the cart is checked out with them, also if it was
         opened (and changed) again meanwhile. A cart checked out already is left as it is."""
         keys = [_key(cart_id), ACTIVITY, COUNTERS]
-        fields = [x for line in lines for x in (f"line:{line.product_id}", f"{line.quantity}|{line.unit_price}")]
-        result = await self._call(lambda: self._finish(keys, [str(order_id), str(cart_id), *fields]))
+        result = await self._call(lambda: self._finish(keys, [str(order_id), str(cart_id), *_line_fields(lines)]))
         return self._result(cart_id, result, None)
 
     async def abort_checkout(self, cart_id: uuid.UUID, began_at: int) -> Cart:
@@ -237,8 +241,7 @@ class RedisCartStore:
                                    "version", cart.version]
         if cart.order_id is not None:
             fields += ["order_id", str(cart.order_id)]
-        for line in cart.lines:
-            fields += [f"line:{line.product_id}", f"{line.quantity}|{line.unit_price}"]
+        fields += _line_fields(cart.lines)
         score = cart.updated_at.timestamp() if cart.status is CartStatus.OPEN else ""
         restored = await self._call(lambda: self._restore([_key(cart.id), ACTIVITY], [ttl, score, str(cart.id), *fields]))
         return bool(restored)

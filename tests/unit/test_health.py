@@ -121,17 +121,16 @@ class Probe:
         self.runs = 0
         self.started = asyncio.Event()
         self.go = asyncio.Event()
+        self.failure: Exception | None = None  # what the runs from now on raise
 
     async def __call__(self) -> int:
         self.runs += 1
         number = self.runs
         self.started.set()
         await self.go.wait()
-        if isinstance(self.failure, Exception):
+        if self.failure is not None:
             raise self.failure
         return number
-
-    failure: Exception | None = None
 
 
 async def test_callers_arriving_while_a_run_is_under_way_share_it_and_later_ones_start_the_next() -> None:
