@@ -28,6 +28,7 @@ from store.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 STORE_RETRY = 1.0  # seconds to wait when the store is unavailable
+GAVE_UP = "the order could not be processed"  # what the order shows when the engine gives up (the saga says why)
 # What passes by itself: an outage, a failover, a conflict between transactions. Any other error, of the
 # store's or not, would come back on every try: it counts toward giving up on the saga.
 TRANSIENT_STORE_ERRORS = (
@@ -148,7 +149,7 @@ class SagaEngine:
         if isinstance(exc, TimeoutError):
             return sg.StepResult(False, retryable=True, error=f"{action.step} timed out"), ff.StepData()
         if exc is not None:
-            return sg.StepResult(False, retryable=True, error=f"{type(exc).__name__}: {exc}"), ff.StepData()
+            return sg.StepResult(False, retryable=True, error=f"{type(exc).__name__}: {exc}", internal=True), ff.StepData()
         return task.result()
 
     async def _record_outcome(self, ent: Held, action: sg.RunStep, result: sg.StepResult, data: ff.StepData) -> None:
@@ -208,7 +209,7 @@ class SagaEngine:
             events = sg.decide_stuck(saga, reason, compensate)
             if not events:
                 return None
-            given_up = ff.implied(order, events)
+            given_up = ff.implied(order, events, shown=GAVE_UP)
             if not await self.host.record(ent, given_up.saga_events, given_up.order_events):
                 return None
         parked = any(isinstance(e, sg.SagaParked) for e in events)

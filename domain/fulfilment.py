@@ -104,10 +104,12 @@ class Decision:
     stale: bool = False
 
 
-def implied(order: o.Order, saga_events: list[DomainEvent], order_events: list[DomainEvent] | None = None) -> Decision:
-    """The saga's events with what they imply for the order: a compensation that starts shows on it."""
+def implied(order: o.Order, saga_events: list[DomainEvent], order_events: list[DomainEvent] | None = None,
+            shown: str | None = None) -> Decision:
+    """The saga's events with what they imply for the order: a compensation that starts shows on it, with
+    the saga's reason, or ``shown`` where that reason is the service's own trouble (kept for operators)."""
     started = next((e for e in saga_events if isinstance(e, sg.CompensationStarted)), None)
-    more = o.decide_start_compensation(order, started.reason) if started is not None else []
+    more = o.decide_start_compensation(order, shown or started.reason) if started is not None else []
     return Decision(list(saga_events), [*(order_events or []), *more])
 
 
@@ -138,6 +140,8 @@ def decide_outcome(order: o.Order, saga: sg.Saga, action: sg.RunStep, result: sg
         return Decision([], [], stale=True)
     saga_events = sg.with_next_attempt(saga.saga_id, saga, sg.decide_outcome(saga, action, result, now, policy),
                                        now, policy)
-    done = (order_events_for(order, action.step, action.action, result.effective, data, saga.reason or "cancelled")
+    # The order ends with the reason it showed since its compensation started (the saga's may name the service's parts).
+    done = (order_events_for(order, action.step, action.action, result.effective, data,
+                             order.reason or saga.reason or "cancelled")
             if result.ok else [])
-    return implied(order, saga_events, done)
+    return implied(order, saga_events, done, shown=f"{action.step} failed" if result.internal else None)

@@ -246,13 +246,16 @@ Action = RunStep | Wait | TimedOut | Idle
 @dataclasses.dataclass(frozen=True, slots=True)
 class StepResult:
     """What a step's call came back with. ``effective`` is False when a compensation found nothing to undo;
-    ``unavailable`` when the call did not get an answer from what it calls (retryable, and an outage)."""
+    ``unavailable`` when the call did not get an answer from what it calls (retryable, and an outage);
+    ``internal`` when ``error`` is the service's own trouble (an exception's text, naming its parts): the
+    saga keeps it for operators, the customer's order does not show it."""
 
     ok: bool
     retryable: bool = False
     error: str | None = None
     effective: bool = True
     unavailable: bool = False
+    internal: bool = False
 
 
 def next_action(saga: Saga, now: dt.datetime, policy: SagaPolicy) -> Action:

@@ -64,6 +64,39 @@ def test_a_business_failure_starts_compensation_on_the_saga_and_on_the_order() -
     assert names(decision.order_events) == ["OrderCompensationStarted"]  # nothing reserved: no step event
 
 
+def test_the_order_shows_a_business_failure_but_not_the_services_own_trouble() -> None:
+    order, saga, action = started()
+    declined = sg.StepResult(False, retryable=False, error="insufficient stock")
+    decision = ff.decide_outcome(order, saga, action, declined, ff.StepData(), NOW, POLICY)
+    assert decision.order_events == [o.OrderCompensationStarted("reserve_inventory failed: insufficient stock")]
+
+    last = dataclasses.replace(action, attempt=POLICY.retry_attempts)  # a retryable failure, tried for the last time
+    leaked = "StoreUnavailable: could not connect to 10.0.3.7:5432"
+    broken = sg.StepResult(False, retryable=True, error=leaked, internal=True)
+    decision = ff.decide_outcome(order, dataclasses.replace(saga, attempt=last.attempt), last, broken,
+                                 ff.StepData(), NOW, POLICY)
+    [started_on_saga] = [e for e in decision.saga_events if isinstance(e, sg.CompensationStarted)]
+    assert leaked in started_on_saga.reason  # the operator's view keeps what happened
+    assert decision.order_events == [o.OrderCompensationStarted("reserve_inventory failed")]
+
+
+def test_a_cancelled_order_keeps_the_reason_it_showed_while_compensating() -> None:
+    order, saga, _ = started()
+    batches = [sg.with_next_attempt(order.saga_id, None, sg.decide_start(order.order_id, NOW, POLICY), NOW, POLICY),
+               sg.with_next_attempt(order.saga_id, saga, sg.decide_stuck(saga, "KeyError: 'x'"), NOW, POLICY)]
+    shown = dataclasses.replace(order, status=o.OrderStatus.COMPENSATING, reason="the order could not be processed")
+    while True:  # every compensation succeeds, down to the order's cancel
+        saga = saga_after(*batches)
+        action = sg.next_action(saga, NOW, POLICY)
+        assert isinstance(action, sg.RunStep) and action.action is sg.Phase.COMPENSATE
+        decision = ff.decide_outcome(shown, saga, action, sg.StepResult(True), ff.StepData(), NOW, POLICY)
+        if action.step == sg.Step.CANCEL_ORDER:
+            break
+        batches.append(decision.saga_events)
+    assert "KeyError" in (saga.reason or "")
+    assert decision.order_events == [o.OrderCancelled("the order could not be processed")]
+
+
 def test_a_retryable_failure_records_only_the_failure() -> None:
     order, saga, action = started()
     decision = ff.decide_outcome(order, saga, action, sg.StepResult(False, retryable=True, error="down"),

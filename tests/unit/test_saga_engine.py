@@ -209,6 +209,7 @@ async def test_when_its_own_work_keeps_failing_forward_the_engine_backs_off_then
     order, saga = state(orders, order_id)
     assert saga.status is sg.SagaStatus.COMPENSATED and "the engine failed 8 times in a row" in (saga.reason or "")
     assert order.status is o.OrderStatus.CANCELLED
+    assert order.reason == "the order could not be processed"  # the customer sees no text of the engine's error
     # The reservation's outcome was never recorded; the compensation gives back what the order may hold.
     assert orders.order_events == ["OrderCompensationStarted", "InventoryReleased", "OrderCancelled"]
     backoffs = [sg.engine_backoff(order_id, n) for n in range(1, sg.STUCK_AFTER_FAILURES)]
@@ -308,3 +309,16 @@ async def test_a_call_decided_before_a_compensation_landed_is_not_made() -> None
     await asyncio.wait_for(eng.drive(order_id), 10)
     assert state(orders, order_id)[1].status is sg.SagaStatus.COMPENSATED
     assert sg.Step.PROCESS_PAYMENT not in [s for s, _ in orders.calls]  # never charged
+
+
+async def test_a_call_that_raises_keeps_its_error_for_operators_and_out_of_the_customers_order() -> None:
+    def raises(action: sg.RunStep) -> sg.StepResult:
+        raise ConnectionRefusedError("connect to 10.0.3.7:5432 refused")
+
+    orders = Orders(FakeClock(), {sg.Step.PROCESS_PAYMENT: raises})
+    order_id = orders.place(POLICY)
+    await engine(orders, POLICY).drive(order_id)
+    order, saga = state(orders, order_id)
+    assert saga.status is sg.SagaStatus.COMPENSATED
+    assert "10.0.3.7" in (saga.reason or "") and "ConnectionRefusedError" in (saga.reason or "")
+    assert order.status is o.OrderStatus.CANCELLED and order.reason == "process_payment failed"

@@ -64,6 +64,8 @@ async def test_a_step_counts_what_its_call_met_unless_it_was_an_outage(error: Ex
         result, _ = await steps.run(order, saga_of(order.order_id), sg.RunStep(step, sg.Phase.EXECUTE, 1, 1, 300.0))
         assert not result.ok and result.unavailable is outage, step
         assert result.retryable is not isinstance(error, inv.InsufficientStock)
+        # the service's own trouble is kept for operators, not shown on the customer's order; a refusal is shown
+        assert result.internal is not isinstance(error, inv.InsufficientStock)
     # a reserve refused gives back what the order holds, and closes no id: the step itself was the reserver;
     # a reserve that found the shard lost or slow gives back nothing (its reservation may still be made)
     given_back = [r.reservation_id for r in ff.held_reservations(order, b"k" * 32)]
