@@ -41,7 +41,10 @@ class EntityHost(Generic[T]):
 
     ``load`` builds an entity's state from the store, and says the version of the stored snapshot it
     started from (0: none); ``snapshot`` persists it; ``version`` reads an entity's version (to decide
-    whether a snapshot is due); ``size`` says how big its state is. A snapshot is due once the events
+    whether a snapshot is due); ``size`` says how big its state is; ``exists`` whether the state holds
+    anything. A state that holds nothing (an id never stored, which any caller may name) leaves memory as
+    soon as nobody works on it: ids that name nothing cannot fill the shard and push out the entities
+    in use. A snapshot is due once the events
     since the stored one reach ``snapshot_every``, or for a big state its size (at most
     MAX_SNAPSHOT_INTERVAL): writing a snapshot costs its size, so a state that grows (a busy SKU's
     reservations) costs O(1) per event in snapshots (one entry's encoding), and a load replays at most as
@@ -53,8 +56,9 @@ class EntityHost(Generic[T]):
 
     def __init__(self, load: Callable[[uuid.UUID], Awaitable[tuple[T, int]]], snapshot: Callable[[T], Awaitable[None]],
                  version: Callable[[T], int], max_active: int, snapshot_every: int,
-                 size: Callable[[T], int] = lambda state: 1) -> None:
+                 size: Callable[[T], int] = lambda state: 1, exists: Callable[[T], bool] = lambda state: True) -> None:
         self._load = load
+        self._exists = exists
         self._snapshot = snapshot
         self._version = version
         self._size = size
@@ -96,7 +100,9 @@ class EntityHost(Generic[T]):
         if entity_id in self._entities:
             self._entities.move_to_end(entity_id)
         ent.last_used = time.monotonic()
-        return ent.state
+        state = ent.state
+        await self._forget_if_empty(ent)
+        return state
 
     @contextlib.asynccontextmanager
     async def entity(self, entity_id: uuid.UUID, new: T | None = None) -> AsyncIterator[Entity[T]]:
@@ -124,6 +130,7 @@ class EntityHost(Generic[T]):
             ent.last_used = time.monotonic()
             ent.lock.release()
             await self._maybe_snapshot(ent)
+            await self._forget_if_empty(ent)
             await self._signal()
 
     async def _activate(self, entity_id: uuid.UUID, new: T | None = None) -> Entity[T]:
@@ -185,6 +192,13 @@ class EntityHost(Generic[T]):
             async with self._changed:  # checked again under the lock that every signal takes: none is lost
                 if self.active >= self.max_active and all(e.lock.locked() for e in self._entities.values()):
                     await self._changed.wait()
+
+    async def _forget_if_empty(self, ent: Entity[T]) -> None:
+        """Passivate an entity that holds nothing, unless someone works on it (a command that waits for its
+        mailbox finds it gone, and activates it afresh)."""
+        if not self._exists(ent.state) and not ent.lock.locked() and self._entities.get(ent.id) is ent:
+            self._passivate(ent)
+            await self._signal()
 
     def _passivate(self, ent: Entity[T]) -> None:
         del self._entities[ent.id]  # its events are in the store: the next load replays them

@@ -224,4 +224,4 @@ def repo_host(store: EventStore, settings: Settings) -> EntityHost[inv.Sku | Non
             await store.save_snapshot(repo.snapshot_of(repo.SKU, state.product_id, state))
 
     return EntityHost(load, snapshot, lambda s: s.version if s else 0, settings.max_active_entities,
-                      settings.snapshot_every, lambda s: len(s.reservations) if s else 0)
+                      settings.snapshot_every, lambda s: len(s.reservations) if s else 0, lambda s: s is not None)

@@ -96,7 +96,7 @@ class OrderShard(Shard):
         self.inventory = inventory
         self.host: EntityHost[OrderEntity] = EntityHost(
             self.records.load_based, self.records.snapshot, lambda e: e.version, self.settings.max_active_entities,
-            self.settings.snapshot_every)
+            self.settings.snapshot_every, exists=lambda e: e.order is not None or e.saga is not None)
         await self._resume_unfinished(include_failed=True)
         self._tasks = [asyncio.create_task(self._rescan_loop()), asyncio.create_task(self._passivation_loop())]
 

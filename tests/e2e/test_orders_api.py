@@ -8,7 +8,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.e2e.conftest import ADMIN
+from tests.e2e.conftest import ADMIN, customer_headers
 from tests.e2e.helpers import ADDRESS, API, order_body, order_status, place, product, saga, saga_status
 from tests.integration.ray_support import eventually
 
@@ -288,6 +288,27 @@ async def test_admin_locates_an_order_and_a_sku_on_their_shards(http: httpx.Asyn
         assert actors[found["actor_id"]]["kind"] == kind and actors[found["actor_id"]]["shard"] == found["shard"]
     unknown = await http.get(f"{API}/admin/actors/locate", params={"entity_id": str(uuid.uuid4())})
     assert unknown.status_code == 404
+
+
+async def test_ids_that_name_nothing_take_no_room_in_the_shards(http: httpx.AsyncClient,
+                                                               anonymous: httpx.AsyncClient) -> None:
+    """Anyone may name ids at random (an anonymous catalog read, a customer's read or cancel of an order that
+    is not there): each is a 404, and none stays in a shard's memory, where it would push out the entities in
+    use. Shards hold their entities for minutes when idle, so a count that grew by the ids would show it."""
+    async def active() -> dict[str, int]:
+        items = (await http.get(f"{API}/admin/actors")).json()["items"]
+        return {kind: sum(a["active_entities"] for a in items if a["kind"] == kind) for kind in ("order", "inventory")}
+
+    _, customer = customer_headers()
+    before = await active()
+    for _ in range(30):
+        assert (await anonymous.get(f"{API}/inventory/{uuid.uuid4()}")).status_code == 404
+    for _ in range(10):
+        assert (await anonymous.get(f"{API}/orders/{uuid.uuid4()}", headers=customer)).status_code == 404
+        cancel = await anonymous.post(f"{API}/orders/{uuid.uuid4()}/cancel", json={}, headers=customer)
+        assert cancel.status_code == 404
+    after = await active()
+    assert after["inventory"] - before["inventory"] < 10 and after["order"] - before["order"] < 10, (before, after)
 
 
 async def test_admin_finds_sagas_that_have_not_moved_for_a_while(http: httpx.AsyncClient) -> None:

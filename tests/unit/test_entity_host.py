@@ -335,3 +335,29 @@ async def test_commands_that_end_while_a_snapshot_is_written_start_no_other_snap
     assert store.snapshots == [(a, 3)]
     await command()  # due again: 9 events, 6 since the one stored
     assert started == [3, 9] and store.snapshots == [(a, 3), (a, 9)]
+
+
+async def test_ids_that_name_nothing_take_no_room_from_the_entities_in_use() -> None:
+    """A caller naming ids never stored (reads, or commands refused for want of the entity) leaves nothing in
+    memory, and pushes no stored entity out: the shard's cap holds the entities that exist."""
+    store = Store()
+    made = uuid.uuid4()
+    h = EntityHost(store.load, store.snapshot, lambda c: c.version, 2, 100, exists=lambda c: c.version > 0)
+    async with h.entity(made) as ent:
+        ent.state.version = 1  # stored: it exists from now on
+    for _ in range(10):
+        nobody = uuid.uuid4()
+        assert (await h.read(nobody)).version == 0
+        assert not h.is_active(nobody)
+        async with h.entity(nobody) as ent:  # a command that finds nothing and changes nothing
+            assert ent.state.version == 0
+        assert not h.is_active(nobody)
+    assert h.is_active(made) and h.active == 1
+    assert store.loads.count(made) == 1  # never passivated, so never read again
+
+    gone = uuid.uuid4()
+    async with h.entity(gone) as ent:
+        await h.read(gone)  # read while a command holds it: left in memory for the command, which stores it
+        assert h.is_active(gone)
+        ent.state.version = 1
+    assert h.is_active(gone) and store.loads.count(gone) == 1
