@@ -88,11 +88,15 @@ def print_token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def with_database(settings: Settings, command: str, action: str | None, apply: bool = False) -> int:
+    """Run a database tool. A signal (Ctrl-C, SIGTERM, SIGHUP) stops it as it stops the service: an embedded
+    PostgreSQL it started is stopped (or, while it starts, its start abandoned), never left running alone.
+    A migration stopped midway is rolled back, and the next run applies it."""
     from commerce.runtime import Runtime
 
     runtime = Runtime(settings)
+    _on_signals(_stop_now)
     try:
-        dsn = runtime.prepare_database()
+        dsn = runtime.prepare_database(_ServerStarting)
         if command == "migrate":
             print("migrations applied; schema is current")
             return 0
@@ -101,7 +105,11 @@ def with_database(settings: Settings, command: str, action: str | None, apply: b
         if command == "events":
             return asyncio.run(verify(dsn))
         return asyncio.run(rebuild(dsn))
+    except _Stop:
+        print(f"commerce: {command} stopped by a signal before it finished", file=sys.stderr, flush=True)
+        return 130
     finally:
+        _on_signals(signal.SIG_IGN)  # signals repeated while stopping must not cut the stop short
         runtime.stop()
 
 

@@ -129,3 +129,30 @@ def test_a_signal_while_the_embedded_database_is_made_stops_the_service_and_leav
         assert again.start().startswith("postgresql://")
     finally:
         again.stop()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to the process", "Ctrl-C to the process group"])
+def test_a_signal_to_a_database_tool_stops_the_embedded_database_it_started(tmp_path: Path, how: str) -> None:
+    """`commerce migrate` on embedded defaults (the first step of a deployment script) stopped while it makes
+    its database: it stops that server too and says so, and the next run starts from a clean directory."""
+    env = Service(tmp_path).env  # embedded defaults in this directory
+    log = tmp_path / "migrate.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "commerce.cli", "migrate"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    pgdata = tmp_path / "postgres"
+    deadline = time.monotonic() + 60
+    while (pid := postmaster_pid(pgdata)) is None or pid < 0:  # the server has begun; pg_ctl waits for it
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.002)
+    if how == "SIGTERM to the process":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, log.read_text()[-2000:]
+    assert b"migrate stopped by a signal before it finished" in log.read_bytes()
+    assert working_in(tmp_path) == []
+    assert not pgdata.exists()
+    done = subprocess.run([sys.executable, "-m", "commerce.cli", "migrate"], env=env, capture_output=True, timeout=180)
+    assert done.returncode == 0 and b"migrations applied" in done.stdout, done.stderr.decode()[-2000:]
+    assert working_in(tmp_path) == []  # a run that finishes stops its server too
