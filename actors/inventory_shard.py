@@ -112,7 +112,10 @@ class InventoryShard(Shard):
         ctx = CommandContext.new(correlation_id or reservation_id, now())
         sku, _ = await self._decide(product_id, lambda s: inv.decide_reserve(
             s, product_id, reservation_id, quantity, expires_at, owner, expected_version, held_before), ctx)
-        return ReservationView.of(inv.require(sku, product_id), reservation_id)
+        sku = inv.require(sku, product_id)
+        if reservation_id not in sku.reservations:  # closed long ago, and forgotten by a later command of its batch
+            raise inv.ReservationNotActive(reservation_id, "closed")
+        return ReservationView.of(sku, reservation_id)
 
     async def release(self, product_id: uuid.UUID, reservation_id: uuid.UUID, caller: str, admin: bool = False,
                       correlation_id: uuid.UUID | None = None) -> StockView:

@@ -4,6 +4,7 @@ next command takes the SKU's mailbox. Driven in-process over the in-memory event
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable
@@ -121,3 +122,26 @@ async def test_stock_set_under_an_order_s_id_is_refused_for_good_after_one_confl
     answer = error_response(refused.value)
     assert answer.status_code == 409 and b"product-id-conflict" in answer.body
     assert is_final(answer)  # not "retry later": a repeated request is answered the same
+
+
+async def test_a_resent_reserve_that_a_later_command_of_its_batch_forgets_is_closed_not_an_error() -> None:
+    """A reserve sent again for a reservation long closed changes nothing; should a command after it in the same
+    batch forget that reservation (closed reservations are forgotten as commands close others), the answer is
+    still that it is closed (409 reservation-closed), not a 500."""
+    shard = await shard_over_memory()
+    old, other = uuid.uuid4(), uuid.uuid4()
+    month_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    await shard.reserve(PID, old, 1, month_ago, "service:a")
+    await shard.release(PID, old, "service:a")
+    await shard.reserve(PID, other, 1, SOON, "service:a")
+    async with shard.host.entity(PID) as ent:  # an hour later for the SKU: the next close forgets what is past retention
+        assert ent.state is not None and ent.state.forgotten_at is not None
+        ent.state = dataclasses.replace(ent.state, forgotten_at=ent.state.forgotten_at - inv.FORGET_EVERY)
+        again = await queued_behind_the_mailbox(shard, lambda: shard.reserve(PID, old, 1, month_ago, "service:a"))
+        closing = asyncio.ensure_future(shard.release(PID, other, "service:a"))
+    with pytest.raises(inv.ReservationNotActive) as refused:
+        await again
+    assert refused.value.outcome == "closed" and is_final(error_response(refused.value))
+    assert error_response(refused.value).status_code == 409
+    assert (await closing).reserved == 0
+    assert old not in (await shard.host.read(PID)).reservations  # forgotten by the release, in the same batch
