@@ -49,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "token":
             return print_token(settings, args)
         return with_database(settings, args.command, getattr(args, "action", None), getattr(args, "apply", False))
+    except _Stop:  # as the tool ended, after its own answer
+        return 130
     except SettingsError as e:
         print(f"commerce: configuration error: {e}", file=sys.stderr)
         return 2
@@ -109,8 +111,10 @@ def with_database(settings: Settings, command: str, action: str | None, apply: b
         print(f"commerce: {command} stopped by a signal before it finished", file=sys.stderr, flush=True)
         return 130
     finally:
-        _on_signals(signal.SIG_IGN)  # signals repeated while stopping must not cut the stop short
-        runtime.stop()
+        try:
+            _on_signals(signal.SIG_IGN)  # signals repeated while stopping must not cut the stop short
+        finally:  # a signal that came as the tool ended: its server is stopped all the same
+            runtime.stop()
 
 
 async def repair(dsn: str, apply: bool) -> int:
@@ -205,8 +209,10 @@ async def rebuild(dsn: str) -> int:
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-class _Stop(BaseException):
-    """A signal to stop arrived while the service was still starting."""
+class _Stop(KeyboardInterrupt):
+    """A signal to stop arrived while the service was still starting, or while a tool ran. A KeyboardInterrupt:
+    asyncio lets only those (and SystemExit) through when raised in a callback or a transport's read; another
+    exception raised there by the signal handler would be logged and dropped, and the run would go on."""
 
 
 def _stop_now(*_: object) -> None:
