@@ -43,8 +43,8 @@ class EntityHost(Generic[T]):
     started from (0: none); ``snapshot`` persists it; ``version`` reads an entity's version (to decide
     whether a snapshot is due); ``size`` says how big its state is; ``exists`` whether the state holds
     anything. A state that holds nothing (an id never stored, which any caller may name) leaves memory as
-    soon as nobody works on it: ids that name nothing cannot fill the shard and push out the entities
-    in use. A snapshot is due once the events
+    soon as nobody works on it: ids that name nothing cannot fill the shard, and (see :meth:`read`) reads
+    of them push out none of the entities in use. A snapshot is due once the events
     since the stored one reach ``snapshot_every``, or for a big state its size (at most
     MAX_SNAPSHOT_INTERVAL): writing a snapshot costs its size, so a state that grows (a busy SKU's
     reservations) costs O(1) per event in snapshots (one entry's encoding), and a load replays at most as
@@ -86,7 +86,12 @@ class EntityHost(Generic[T]):
         """The entity's state now, without waiting for its mailbox: a state is replaced whole, never changed
         in place, so a read sees one command's outcome or the next's (a price to quote, not a decision).
         A stale entity is read again from the store first (under its mailbox); while the store cannot be
-        read, the state in memory answers."""
+        read, the state in memory answers. At the cap, an id not in memory is read before room is made for it:
+        one that names nothing is answered without pushing an entity out (one that exists is then loaded)."""
+        if entity_id not in self._entities and entity_id not in self._loading and self.active >= self.max_active:
+            state, _ = await self._load(entity_id)
+            if not self._exists(state):
+                return state
         ent = await self._activate(entity_id)
         if ent.stale:
             fresh: list[T] = []

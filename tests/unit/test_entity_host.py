@@ -355,6 +355,14 @@ async def test_ids_that_name_nothing_take_no_room_from_the_entities_in_use() -> 
     assert h.is_active(made) and h.active == 1
     assert store.loads.count(made) == 1  # never passivated, so never read again
 
+    full = uuid.uuid4()  # at the cap, reads of ids that name nothing push out none of the entities there
+    async with h.entity(full) as ent:
+        ent.state.version = 1
+    assert h.active == 2
+    for _ in range(10):
+        assert (await h.read(uuid.uuid4())).version == 0
+    assert h.is_active(made) and h.is_active(full)
+
     gone = uuid.uuid4()
     async with h.entity(gone) as ent:
         await h.read(gone)  # read while a command holds it: left in memory for the command, which stores it
