@@ -226,7 +226,7 @@ class Reservations(Mapping[uuid.UUID, Reservation]):
     those (or an eighth of the dict), the next :meth:`put` merges them into a new dict. A hash trie's entry
     costs about as much again as the packed reservation it holds; a dict's, a third of it."""
 
-    __slots__ = ("_active", "_merged", "_recent", "_closed")
+    __slots__ = ("_active", "_merged", "_recent", "_closed", "_due", "_due_known")
 
     def __init__(self, entries: Mapping[uuid.UUID, Reservation] | None = None) -> None:
         entries = entries or {}
@@ -236,10 +236,15 @@ class Reservations(Mapping[uuid.UUID, Reservation]):
             k.bytes: _pack(r) for k, r in entries.items() if r.outcome is not Outcome.ACTIVE}
         self._recent: HashTrieMap[bytes, bytes] = HashTrieMap()
         self._closed = len(self._merged)  # how many closed ones there are
+        # The earliest expiry of the active ones (None: there are none), kept as reservations come and go and
+        # found again by a look at every active one only when the earliest closes (see next_expiry).
+        self._due: dt.datetime | None = None
+        self._due_known = False
 
     @classmethod
     def _of(cls, active: HashTrieMap[uuid.UUID, Reservation], merged: dict[bytes, bytes],
-            recent: HashTrieMap[bytes, bytes], closed: int) -> Reservations:
+            recent: HashTrieMap[bytes, bytes], closed: int, due: dt.datetime | None = None,
+            due_known: bool = False) -> Reservations:
         if len(recent) > max(MERGE_AT, len(merged) // 8):
             merged = dict(merged)
             for key, packed in recent.items():
@@ -250,7 +255,28 @@ class Reservations(Mapping[uuid.UUID, Reservation]):
             recent = HashTrieMap()
         made = cls.__new__(cls)
         made._active, made._merged, made._recent, made._closed = active, merged, recent, closed
+        made._due, made._due_known = due, due_known
         return made
+
+    def _due_after(self, before: Reservation | None, after: Reservation | None) -> tuple[dt.datetime | None, bool]:
+        """The earliest expiry once the active reservation ``before`` (None: none) is ``after`` (None: closed),
+        and whether it is known without a look at every active one."""
+        if not self._due_known:
+            return None, False
+        due = self._due
+        if before is not None and before.expires_at == due:  # the earliest leaves (or moves): found again later
+            return None, False
+        if after is not None and (due is None or after.expires_at < due):
+            due = after.expires_at
+        return due, True
+
+    def next_expiry(self) -> dt.datetime | None:
+        """When the earliest active reservation expires (None: none is active). O(1) but after the earliest one
+        closed, when it looks at every active one once."""
+        if not self._due_known:
+            self._due = min((r.expires_at for r in self._active.values()), default=None)
+            self._due_known = True  # a value's cache: the reservations it describes never change
+        return self._due
 
     def _packed(self, key: bytes) -> bytes | None:
         packed = self._recent.get(key)
@@ -319,13 +345,15 @@ class Reservations(Mapping[uuid.UUID, Reservation]):
     def put(self, r: Reservation) -> Reservations:
         rid, key = r.reservation_id, r.reservation_id.bytes
         was_closed = self._packed(key) is not None
+        before = self._active.get(rid)
         if r.outcome is Outcome.ACTIVE:
+            due = self._due_after(before, r)
             if not was_closed:
-                return Reservations._of(self._active.insert(rid, r), self._merged, self._recent, self._closed)
+                return Reservations._of(self._active.insert(rid, r), self._merged, self._recent, self._closed, *due)
             recent = self._recent.insert(key, _REMOVED) if key in self._merged else self._recent.discard(key)
-            return Reservations._of(self._active.insert(rid, r), self._merged, recent, self._closed - 1)
+            return Reservations._of(self._active.insert(rid, r), self._merged, recent, self._closed - 1, *due)
         return Reservations._of(self._active.discard(rid), self._merged, self._recent.insert(key, _pack(r)),
-                                self._closed + (not was_closed))
+                                self._closed + (not was_closed), *self._due_after(before, None))
 
     def keep_closed(self, wanted: Callable[[Outcome, dt.datetime], bool]) -> Reservations:
         """The active reservations, and the closed ones whose outcome and expiry ``wanted`` keeps; looks at
@@ -337,7 +365,7 @@ class Reservations(Mapping[uuid.UUID, Reservation]):
         if all(kept(packed) for _, packed in self._closed_items()):
             return self
         merged = {key: packed for key, packed in self._closed_items() if kept(packed)}
-        return Reservations._of(self._active, merged, HashTrieMap(), len(merged))
+        return Reservations._of(self._active, merged, HashTrieMap(), len(merged), self._due, self._due_known)
 
     def active(self) -> list[Reservation]:
         """The active reservations, oldest first (a hash trie has no order of its own)."""
@@ -496,7 +524,7 @@ def decide_expire(state: Sku | None, now: dt.datetime) -> list[DomainEvent]:
 def next_expiry(state: Sku | None) -> dt.datetime | None:
     if state is None:
         return None
-    return min((r.expires_at for r in state.active()), default=None)
+    return _reservations(state).next_expiry()
 
 
 # Closed reservations are remembered this long past their expiry, so that a retried command stays

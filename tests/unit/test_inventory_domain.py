@@ -368,6 +368,10 @@ edits = st.one_of(
               st.integers(-3, 3)))
 
 
+def earliest(reservations: dict[uuid.UUID, inv.Reservation]) -> dt.datetime | None:
+    return min((r.expires_at for r in reservations.values() if r.outcome is inv.Outcome.ACTIVE), default=None)
+
+
 @settings(max_examples=300, deadline=None)
 @hypothesis_given(st.lists(edits, max_size=60))
 def test_reservations_read_back_as_a_plain_map_of_the_same_edits_would_every_version_of_them_too(
@@ -393,11 +397,14 @@ def test_reservations_read_back_as_a_plain_map_of_the_same_edits_would_every_ver
                 built = built.keep_closed(lambda outcome, expires, d=dropped, c=cutoff: outcome not in d or expires > c)
                 assert (built is before) == (kept == model)  # keeping them all, nothing is made
                 model = kept
+            if step[-1] % 2:  # the earliest expiry asked for now and then: kept along the edits, or found again
+                assert built.next_expiry() == earliest(model)
             versions.append((built, model))
     for version, expected in versions:
         assert dict(version.items()) == expected and len(version) == len(expected) and set(version) == set(expected)
         assert [version.get(rid) for rid in IDS] == [expected.get(rid) for rid in IDS]
         assert [rid in version for rid in IDS] == [rid in expected for rid in IDS]
         assert version == inv.Reservations(expected) == expected
+        assert version.next_expiry() == earliest(expected)
         assert sorted(version.active(), key=lambda r: r.reservation_id) == sorted(
             (r for r in expected.values() if r.outcome is inv.Outcome.ACTIVE), key=lambda r: r.reservation_id)
