@@ -250,6 +250,18 @@ def derived_id(key: bytes, scope: str, idempotency_key: str, salt: uuid.UUID | N
     return uuid.UUID(bytes=digest[:16], version=4)
 
 
+def canonical_path(path: str) -> str:
+    """``path`` with every id in it written one way, as the routes parse it: a resource named in upper case,
+    without hyphens, in braces or as a URN is the same resource, so a repeat spelt so is the same request."""
+    parts = []
+    for part in path.split("/"):
+        try:
+            parts.append(str(uuid.UUID(part)))
+        except ValueError:
+            parts.append(part)
+    return "/".join(parts)
+
+
 def idempotency_key(request: Request) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is not None and not (1 <= len(key) <= 255 and key.isprintable() and key.isascii()):
@@ -264,9 +276,10 @@ async def idempotent(request: Request, store: IdempotencyStore, secret: bytes, c
     key = idempotency_key(request)
     if key is None:
         return await work(None)
-    scope = f"{caller.key} {request.method} {request.url.path}"
+    path = canonical_path(request.url.path)
+    scope = f"{caller.key} {request.method} {path}"
     body = await request.body()
-    stored, salt = await store.claim_salted(scope, key, fingerprint(request.method, request.url.path, body))
+    stored, salt = await store.claim_salted(scope, key, fingerprint(request.method, path, body))
     if stored is not None:
         headers = {**stored.headers, "Idempotent-Replayed": "true"}
         return JSONResponse(stored.body, stored.status, headers=headers, media_type=stored.headers.get("content-type"))

@@ -98,6 +98,23 @@ async def test_reserve_and_release_keep_available_right(http: httpx.AsyncClient)
     assert (await http.get(f"{API}/inventory/{uuid.uuid4()}")).status_code == 404
 
 
+async def test_a_keyed_reserve_repeated_with_the_product_spelt_otherwise_is_the_same_request(
+        http: httpx.AsyncClient) -> None:
+    """The product's id in upper case or without hyphens names the same product: a repeat so spelt is
+    answered with the first reservation, and holds nothing more."""
+    pid = await product(http, on_hand=5)
+    key = str(uuid.uuid4())
+    first = await http.post(f"{API}/inventory/{pid.upper()}/reserve", json={"quantity": 2},
+                            headers={"Idempotency-Key": key})
+    assert first.status_code == 201, first.text
+    for spelt in (pid, uuid.UUID(pid).hex):
+        again = await http.post(f"{API}/inventory/{spelt}/reserve", json={"quantity": 2},
+                                headers={"Idempotency-Key": key})
+        assert again.status_code == 201 and again.headers.get("idempotent-replayed") == "true"
+        assert again.json()["reservation_id"] == first.json()["reservation_id"]
+    assert (await http.get(f"{API}/inventory/{pid}")).json()["available"] == 3
+
+
 async def test_stock_cannot_be_set_below_what_is_reserved(http: httpx.AsyncClient) -> None:
     pid = await product(http, on_hand=5)
     await http.post(f"{API}/inventory/{pid}/reserve", json={"quantity": 4})
