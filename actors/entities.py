@@ -87,12 +87,17 @@ class EntityHost(Generic[T]):
         in place, so a read sees one command's outcome or the next's (a price to quote, not a decision).
         A stale entity is read again from the store first (under its mailbox); while the store cannot be
         read, the state in memory answers. At the cap, an id not in memory is read before room is made for it:
-        one that names nothing is answered without pushing an entity out (one that exists is then loaded)."""
+        one that names nothing is answered without pushing an entity out; one that exists comes into memory
+        with what was read, unless another entity came in meanwhile (which may have been this one, changed:
+        it is then loaded again)."""
+        peeked: tuple[T, int, int] | None = None
         if entity_id not in self._entities and entity_id not in self._loading and self.active >= self.max_active:
-            state, _ = await self._load(entity_id)
+            seen = self.activations
+            state, stored = await self._load(entity_id)
             if not self._exists(state):
                 return state
-        ent = await self._activate(entity_id)
+            peeked = (state, stored, seen)
+        ent = await self._activate(entity_id, peeked=peeked)
         if ent.stale:
             fresh: list[T] = []
 
@@ -138,7 +143,8 @@ class EntityHost(Generic[T]):
             await self._forget_if_empty(ent)
             await self._signal()
 
-    async def _activate(self, entity_id: uuid.UUID, new: T | None = None) -> Entity[T]:
+    async def _activate(self, entity_id: uuid.UUID, new: T | None = None,
+                        peeked: tuple[T, int, int] | None = None) -> Entity[T]:
         while True:
             ent = self._entities.get(entity_id)
             if ent is not None:
@@ -151,6 +157,8 @@ class EntityHost(Generic[T]):
             await self._make_room()
         if new is not None:
             return self._add(Entity(entity_id, new, 0))
+        if peeked is not None and peeked[2] == self.activations:  # no command here could have changed it since
+            return self._add(Entity(entity_id, peeked[0], peeked[1]))
         future: asyncio.Future[Entity[T]] = asyncio.get_running_loop().create_future()
         self._loading[entity_id] = future
         try:

@@ -340,11 +340,25 @@ async def test_commands_that_end_while_a_snapshot_is_written_start_no_other_snap
 async def test_ids_that_name_nothing_take_no_room_from_the_entities_in_use() -> None:
     """A caller naming ids never stored (reads, or commands refused for want of the entity) leaves nothing in
     memory, and pushes no stored entity out: the shard's cap holds the entities that exist."""
-    store = Store()
+    stored: dict[uuid.UUID, int] = {}
+    loads: list[uuid.UUID] = []
+
+    async def load(entity_id: uuid.UUID) -> tuple[Counter, int]:
+        loads.append(entity_id)
+        return Counter(entity_id, stored.get(entity_id, 0)), 0
+
+    async def noop(state: Counter) -> None:
+        return None
+
+    h = EntityHost(load, noop, lambda c: c.version, 2, 100, exists=lambda c: c.version > 0)
+
+    async def make(entity_id: uuid.UUID) -> None:
+        async with h.entity(entity_id) as ent:
+            ent.state = Counter(entity_id, 1)
+            stored[entity_id] = 1  # as a command's append would
+
     made = uuid.uuid4()
-    h = EntityHost(store.load, store.snapshot, lambda c: c.version, 2, 100, exists=lambda c: c.version > 0)
-    async with h.entity(made) as ent:
-        ent.state.version = 1  # stored: it exists from now on
+    await make(made)
     for _ in range(10):
         nobody = uuid.uuid4()
         assert (await h.read(nobody)).version == 0
@@ -353,19 +367,60 @@ async def test_ids_that_name_nothing_take_no_room_from_the_entities_in_use() -> 
             assert ent.state.version == 0
         assert not h.is_active(nobody)
     assert h.is_active(made) and h.active == 1
-    assert store.loads.count(made) == 1  # never passivated, so never read again
+    assert loads.count(made) == 1  # never passivated, so never read again
 
     full = uuid.uuid4()  # at the cap, reads of ids that name nothing push out none of the entities there
-    async with h.entity(full) as ent:
-        ent.state.version = 1
+    await make(full)
     assert h.active == 2
     for _ in range(10):
         assert (await h.read(uuid.uuid4())).version == 0
     assert h.is_active(made) and h.is_active(full)
 
+    await h.passivate_idle(-1)
+    h.max_active = 1
+    assert (await h.read(full)).version == 1  # the shard is full again
+    before = len(loads)
+    assert (await h.read(made)).version == 1  # at the cap, an entity that exists comes in with the one read it took
+    assert h.is_active(made) and not h.is_active(full) and len(loads) == before + 1
+
     gone = uuid.uuid4()
+    h.max_active = 2
     async with h.entity(gone) as ent:
         await h.read(gone)  # read while a command holds it: left in memory for the command, which stores it
         assert h.is_active(gone)
-        ent.state.version = 1
-    assert h.is_active(gone) and store.loads.count(gone) == 1
+        ent.state = Counter(gone, 1)
+    assert h.is_active(gone) and loads.count(gone) == 1
+
+
+async def test_an_entity_read_at_the_cap_while_a_command_changed_it_comes_in_as_stored_after() -> None:
+    """At the cap, a read reads the store before making room; should a command bring the entity in, change it
+    and leave meanwhile, what the read took is older than the store: it is read again, never kept in memory."""
+    stored: dict[uuid.UUID, int] = {}
+    first_read = asyncio.Event()
+    held = asyncio.Event()
+
+    async def load(entity_id: uuid.UUID) -> tuple[Counter, int]:
+        version = stored.get(entity_id, 0)
+        if entity_id == x and not first_read.is_set():
+            first_read.set()
+            await held.wait()  # the read's look at the store, answered late with what it saw then
+        return Counter(entity_id, version), 0
+
+    async def noop(state: Counter) -> None:
+        return None
+
+    x, other = uuid.uuid4(), uuid.uuid4()
+    stored.update({x: 1, other: 1})
+    h = EntityHost(load, noop, lambda c: c.version, 1, 100, exists=lambda c: c.version > 0)
+    await h.read(other)  # the shard is full
+    reading = asyncio.create_task(h.read(x))
+    await first_read.wait()
+    async with h.entity(x) as ent:  # a command changes it meanwhile
+        ent.state = Counter(x, 2)
+        stored[x] = 2
+    await h.passivate_idle(-1)
+    await h.read(other)  # and the shard is full again, without it
+    held.set()
+    assert (await reading).version == 2
+    async with h.entity(x) as ent:
+        assert ent.state.version == 2
