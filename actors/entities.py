@@ -43,9 +43,9 @@ class EntityHost(Generic[T]):
     started from (0: none); ``snapshot`` persists it; ``version`` reads an entity's version (to decide
     whether a snapshot is due); ``size`` says how big its state is; ``exists`` whether the state holds
     anything. A state that holds nothing (an id never stored, which any caller may name) leaves memory as
-    soon as nobody works on it: ids that name nothing cannot fill the shard, and (see :meth:`read`) reads
-    of them push out none of the entities in use. A snapshot is due once the events
-    since the stored one reach ``snapshot_every``, or for a big state its size (at most
+    soon as nobody works on it: ids that name nothing do not pile up and fill the shard (at the cap, one
+    still makes room for itself while it is read, as any id not in memory does). A snapshot is due once the
+    events since the stored one reach ``snapshot_every``, or for a big state its size (at most
     MAX_SNAPSHOT_INTERVAL): writing a snapshot costs its size, so a state that grows (a busy SKU's
     reservations) costs O(1) per event in snapshots (one entry's encoding), and a load replays at most as
     many events as the snapshot holds entries, also after a restart. Passivation writes no snapshot: the
@@ -86,18 +86,8 @@ class EntityHost(Generic[T]):
         """The entity's state now, without waiting for its mailbox: a state is replaced whole, never changed
         in place, so a read sees one command's outcome or the next's (a price to quote, not a decision).
         A stale entity is read again from the store first (under its mailbox); while the store cannot be
-        read, the state in memory answers. At the cap, an id not in memory is read before room is made for it:
-        one that names nothing is answered without pushing an entity out; one that exists comes into memory
-        with what was read, unless another entity came in meanwhile (which may have been this one, changed:
-        it is then loaded again)."""
-        peeked: tuple[T, int, int] | None = None
-        if entity_id not in self._entities and entity_id not in self._loading and self.active >= self.max_active:
-            seen = self.activations
-            state, stored = await self._load(entity_id)
-            if not self._exists(state):
-                return state
-            peeked = (state, stored, seen)
-        ent = await self._activate(entity_id, peeked=peeked)
+        read, the state in memory answers."""
+        ent = await self._activate(entity_id)
         if ent.stale:
             fresh: list[T] = []
 
@@ -143,8 +133,7 @@ class EntityHost(Generic[T]):
             await self._forget_if_empty(ent)
             await self._signal()
 
-    async def _activate(self, entity_id: uuid.UUID, new: T | None = None,
-                        peeked: tuple[T, int, int] | None = None) -> Entity[T]:
+    async def _activate(self, entity_id: uuid.UUID, new: T | None = None) -> Entity[T]:
         while True:
             ent = self._entities.get(entity_id)
             if ent is not None:
@@ -157,8 +146,6 @@ class EntityHost(Generic[T]):
             await self._make_room()
         if new is not None:
             return self._add(Entity(entity_id, new, 0))
-        if peeked is not None and peeked[2] == self.activations:  # no command here could have changed it since
-            return self._add(Entity(entity_id, peeked[0], peeked[1]))
         future: asyncio.Future[Entity[T]] = asyncio.get_running_loop().create_future()
         self._loading[entity_id] = future
         try:
