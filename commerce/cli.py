@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "token":
             return print_token(settings, args)
         return with_database(settings, args.command, getattr(args, "action", None), getattr(args, "apply", False))
-    except _Stop:  # as the tool ended, after its own answer
+    except KeyboardInterrupt:  # our stop (see _Stop), as the tool ended, after its own answer
         return 130
     except SettingsError as e:
         print(f"commerce: configuration error: {e}", file=sys.stderr)
@@ -107,7 +107,7 @@ def with_database(settings: Settings, command: str, action: str | None, apply: b
         if command == "events":
             return asyncio.run(verify(dsn))
         return asyncio.run(rebuild(dsn))
-    except _Stop:
+    except KeyboardInterrupt:  # our stop (see _Stop)
         print(f"commerce: {command} stopped by a signal before it finished", file=sys.stderr, flush=True)
         return 130
     finally:
@@ -212,7 +212,9 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 class _Stop(KeyboardInterrupt):
     """A signal to stop arrived while the service was still starting, or while a tool ran. A KeyboardInterrupt:
     asyncio lets only those (and SystemExit) through when raised in a callback or a transport's read; another
-    exception raised there by the signal handler would be logged and dropped, and the run would go on."""
+    exception raised there by the signal handler would be logged and dropped, and the run would go on. Ray's
+    waits (ray.get) raise a plain KeyboardInterrupt in its place: while our handlers are installed, every
+    KeyboardInterrupt is this stop, and is caught as one."""
 
 
 def _stop_now(*_: object) -> None:
@@ -276,7 +278,7 @@ def serve(settings: Settings) -> int:
             pass
         print("commerce: stopping", flush=True)
         code = 0
-    except _Stop:
+    except KeyboardInterrupt:  # our stop (see _Stop), or what Ray made of it: ray.get turns it into a plain one
         print("commerce: stopping before it was ready", flush=True)
         code = 0
     except SettingsError as e:
