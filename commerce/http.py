@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -250,16 +251,13 @@ def derived_id(key: bytes, scope: str, idempotency_key: str, salt: uuid.UUID | N
     return uuid.UUID(bytes=digest[:16], version=4)
 
 
+_ID = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def canonical_path(path: str) -> str:
-    """``path`` with every id in it written one way, as the routes parse it: a resource named in upper case,
-    without hyphens, in braces or as a URN is the same resource, so a repeat spelt so is the same request."""
-    parts = []
-    for part in path.split("/"):
-        try:
-            parts.append(str(uuid.UUID(part)))
-        except ValueError:
-            parts.append(part)
-    return "/".join(parts)
+    """``path`` with every id in it written one way (lower case, hyphens), as the routes read it: a resource
+    named in upper case or without hyphens is the same resource, so a repeat spelt so is the same request."""
+    return "/".join(str(uuid.UUID(part)) if _ID.fullmatch(part) else part for part in path.split("/"))
 
 
 def idempotency_key(request: Request) -> str | None:
