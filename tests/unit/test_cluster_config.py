@@ -118,7 +118,7 @@ def test_rsync_never_copies_the_virtualenv_the_data_directory_or_git() -> None:
     # .gitignore (which also lists the local-only paths) is honoured as an rsync filter in every directory.
     assert ".gitignore" in (config.get("rsync_filter") or [])
     ignored = (ROOT / ".gitignore").read_text().split()
-    assert {".venv/", ".commerce/"} <= set(ignored)
+    assert ".commerce/" in ignored and ".venv" in ignored  # .venv: the directory, or a link to one
 
 
 def test_python_and_runtime_packages_are_pinned_to_the_tested_versions() -> None:
