@@ -116,6 +116,9 @@ class SkuBatches:
         events: list[ev.DomainEvent] = []
         contexts: list[CommandContext] = []
         preview = state  # the state after the commands decided so far, before anything is stored
+        # Found once on the state the batch starts from, the earliest expiry is carried along to the preview and
+        # to the state stored after (each derives from this one), so the next batches need not look for it.
+        inv.next_expiry(state)
         for command in batch:
             if command.result.done():  # its caller gave up before the command was decided: it never runs
                 continue

@@ -145,3 +145,14 @@ async def test_a_resent_reserve_that_a_later_command_of_its_batch_forgets_is_clo
     assert error_response(refused.value).status_code == 409
     assert (await closing).reserved == 0
     assert old not in (await shard.host.read(PID)).reservations  # forgotten by the release, in the same batch
+
+
+async def test_the_sku_in_memory_knows_its_earliest_expiry_after_each_batch() -> None:
+    """Each batch and the expiry loop ask for a SKU's earliest expiry; found once, it is carried from state to
+    state, so a SKU with many reservations is not looked through on every command."""
+    shard = await shard_over_memory()
+    for i in range(3):
+        await shard.reserve(PID, uuid.uuid4(), 1, SOON + dt.timedelta(seconds=i), "service:a")
+        state = await shard.host.read(PID)
+        assert state is not None and state.reservations._due_known  # type: ignore[attr-defined]
+        assert inv.next_expiry(state) == SOON
