@@ -156,3 +156,21 @@ def test_a_signal_to_a_database_tool_stops_the_embedded_database_it_started(tmp_
     done = subprocess.run([sys.executable, "-m", "commerce.cli", "migrate"], env=env, capture_output=True, timeout=180)
     assert done.returncode == 0 and b"migrations applied" in done.stdout, done.stderr.decode()[-2000:]
     assert working_in(tmp_path) == []  # a run that finishes stops its server too
+
+
+def test_a_signal_while_serve_deploys_the_application_stops_the_service_before_it_was_ready(
+        service: Service) -> None:
+    """SIGTERM once Serve has started and the application is being deployed (the start waits on Ray there,
+    which turns the stop into a plain KeyboardInterrupt): an orderly stop, not a crash, with nothing left."""
+    proc = service.spawn()
+    deadline = time.monotonic() + 240
+    while b"Started Serve in namespace" not in service.log.read_bytes():
+        assert proc.poll() is None and time.monotonic() < deadline, service.log.read_text()[-2000:]
+        time.sleep(0.05)
+    processes = service.processes()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, service.log.read_text()[-3000:]
+    log = service.log.read_text()
+    assert "stopping before it was ready" in log and "Traceback" not in log, log[-3000:]
+    assert still_running(processes, timeout=STOP_WITHIN) == []
+    assert working_in(service.data_dir) == []
