@@ -251,12 +251,15 @@ def derived_id(key: bytes, scope: str, idempotency_key: str, salt: uuid.UUID | N
     return uuid.UUID(bytes=digest[:16], version=4)
 
 
-_ID = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_HYPHENATED = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+# Every spelling of an id that the routes' UUID parameters accept (pydantic's), and nothing else.
+_ID = re.compile(rf"[0-9a-fA-F]{{32}}|{_HYPHENATED}|\{{{_HYPHENATED}\}}|urn:uuid:{_HYPHENATED}")
 
 
 def canonical_path(path: str) -> str:
     """``path`` with every id in it written one way (lower case, hyphens), as the routes read it: a resource
-    named in upper case or without hyphens is the same resource, so a repeat spelt so is the same request."""
+    named in upper case, without hyphens, in braces or as a URN is the same resource, so a repeat spelt so is
+    the same request."""
     return "/".join(str(uuid.UUID(part)) if _ID.fullmatch(part) else part for part in path.split("/"))
 
 

@@ -100,14 +100,14 @@ async def test_reserve_and_release_keep_available_right(http: httpx.AsyncClient)
 
 async def test_a_keyed_reserve_repeated_with_the_product_spelt_otherwise_is_the_same_request(
         http: httpx.AsyncClient) -> None:
-    """The product's id in upper case or without hyphens names the same product: a repeat so spelt is
-    answered with the first reservation, and holds nothing more."""
+    """The product's id in upper case, without hyphens, in braces or as a URN names the same product: a
+    repeat so spelt is answered with the first reservation, and holds nothing more."""
     pid = await product(http, on_hand=5)
     key = str(uuid.uuid4())
     first = await http.post(f"{API}/inventory/{pid.upper()}/reserve", json={"quantity": 2},
                             headers={"Idempotency-Key": key})
     assert first.status_code == 201, first.text
-    for spelt in (pid, uuid.UUID(pid).hex):
+    for spelt in (pid, uuid.UUID(pid).hex, "{" + pid + "}", "urn:uuid:" + pid):
         again = await http.post(f"{API}/inventory/{spelt}/reserve", json={"quantity": 2},
                                 headers={"Idempotency-Key": key})
         assert again.status_code == 201 and again.headers.get("idempotent-replayed") == "true"
