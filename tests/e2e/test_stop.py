@@ -5,6 +5,7 @@ one whole; a signal while the embedded database is being made stops the service 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -83,6 +84,25 @@ def working_in(folder: Path) -> list[str]:
     return found
 
 
+def kill_working_in(folder: Path) -> None:
+    """Kill what a failed test left working in its own directory (see working_in)."""
+    for p in psutil.process_iter(["cmdline", "cwd"]):
+        if str(folder) in " ".join(p.info["cmdline"] or []) or str(p.info["cwd"] or "").startswith(str(folder)):
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
+def in_namespace(namespace: str) -> list[psutil.Process]:
+    """The processes that carry the service's namespace in their environment: its driver's, and every process
+    its Ray started (the raylet passes its environment on), the ones started late in a start too."""
+    found = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get("COMMERCE_NAMESPACE") == namespace:
+                found.append(p)
+    return found
+
+
 def postmaster_pid(pgdata: Path) -> int | None:
     """The pid postmaster.pid names: negative while initdb's standalone backends run, positive once the real
     server has begun (pg_ctl then waits for it to be ready)."""
@@ -140,22 +160,28 @@ def test_a_signal_to_a_database_tool_stops_the_embedded_database_it_started(tmp_
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "commerce.cli", "migrate"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    pgdata = tmp_path / "postgres"
-    deadline = time.monotonic() + 60
-    while (pid := postmaster_pid(pgdata)) is None or pid < 0:  # the server has begun; pg_ctl waits for it
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-        time.sleep(0.002)
-    if how == "SIGTERM to the process":
-        proc.send_signal(signal.SIGTERM)
-    else:
-        os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=120) == 130, log.read_text()[-2000:]
-    assert b"migrate stopped by a signal before it finished" in log.read_bytes()
-    assert working_in(tmp_path) == []
-    assert not pgdata.exists()
-    done = subprocess.run([sys.executable, "-m", "commerce.cli", "migrate"], env=env, capture_output=True, timeout=180)
-    assert done.returncode == 0 and b"migrations applied" in done.stdout, done.stderr.decode()[-2000:]
-    assert working_in(tmp_path) == []  # a run that finishes stops its server too
+    try:
+        pgdata = tmp_path / "postgres"
+        deadline = time.monotonic() + 60
+        while (pid := postmaster_pid(pgdata)) is None or pid < 0:  # the server has begun; pg_ctl waits for it
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.002)
+        if how == "SIGTERM to the process":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, log.read_text()[-2000:]
+        assert b"migrate stopped by a signal before it finished" in log.read_bytes()
+        assert working_in(tmp_path) == []
+        assert not pgdata.exists()
+        done = subprocess.run([sys.executable, "-m", "commerce.cli", "migrate"], env=env, capture_output=True,
+                              timeout=180)
+        assert done.returncode == 0 and b"migrations applied" in done.stdout, done.stderr.decode()[-2000:]
+        assert working_in(tmp_path) == []  # a run that finishes stops its server too
+    finally:  # after a failure: the tool and any server it left in this directory
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        kill_working_in(tmp_path)
 
 
 def test_a_signal_while_serve_deploys_the_application_stops_the_service_before_it_was_ready(
@@ -167,10 +193,11 @@ def test_a_signal_while_serve_deploys_the_application_stops_the_service_before_i
     while b"Started Serve in namespace" not in service.log.read_bytes():
         assert proc.poll() is None and time.monotonic() < deadline, service.log.read_text()[-2000:]
         time.sleep(0.05)
-    processes = service.processes()
+    namespace = service.env["COMMERCE_NAMESPACE"]
+    assert len(in_namespace(namespace)) > 2  # the driver, Ray's own processes, the actors' workers
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0, service.log.read_text()[-3000:]
     log = service.log.read_text()
     assert "stopping before it was ready" in log and "Traceback" not in log, log[-3000:]
-    assert still_running(processes, timeout=STOP_WITHIN) == []
+    assert still_running(in_namespace(namespace), timeout=STOP_WITHIN) == []
     assert working_in(service.data_dir) == []
