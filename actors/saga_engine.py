@@ -149,7 +149,7 @@ class SagaEngine:
         if isinstance(exc, TimeoutError):
             return sg.StepResult(False, retryable=True, error=f"{action.step} timed out"), ff.StepData()
         if exc is not None:
-            return sg.StepResult(False, retryable=True, error=f"{type(exc).__name__}: {exc}", internal=True), ff.StepData()
+            return sg.StepResult.raised(exc), ff.StepData()
         return task.result()
 
     async def _record_outcome(self, ent: Held, action: sg.RunStep, result: sg.StepResult, data: ff.StepData) -> None:

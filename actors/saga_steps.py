@@ -48,10 +48,9 @@ class StepRunner:
         except _BUSINESS as e:
             return sg.StepResult(False, retryable=False, error=str(e)), ff.StepData()
         except (TimeoutError, ServiceTimeout) as e:  # there but too slow: counted, as the engine's own timeout is
-            return sg.StepResult(False, retryable=True, error=f"{type(e).__name__}: {e}", internal=True), ff.StepData()
+            return sg.StepResult.raised(e), ff.StepData()
         except (StoreUnavailable, ServiceUnavailable, OSError) as e:  # unreachable or down: an outage, waited out
-            return (sg.StepResult(False, retryable=True, error=f"{type(e).__name__}: {e}", unavailable=True,
-                                  internal=True), ff.StepData())
+            return sg.StepResult.raised(e, unavailable=True), ff.StepData()
 
     async def reserve_inventory(self, order: o.Order, saga: sg.Saga, action: sg.RunStep) -> Outcome:
         """Reserve every line; the step succeeds only with exactly what it asked for."""

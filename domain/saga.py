@@ -257,6 +257,12 @@ class StepResult:
     unavailable: bool = False
     internal: bool = False
 
+    @classmethod
+    def raised(cls, error: BaseException, unavailable: bool = False) -> StepResult:
+        """The call raised ``error`` (the service's own trouble): retryable, its text kept for operators only."""
+        return cls(False, retryable=True, error=f"{type(error).__name__}: {error}", unavailable=unavailable,
+                   internal=True)
+
 
 def next_action(saga: Saga, now: dt.datetime, policy: SagaPolicy) -> Action:
     if saga.status in TERMINAL or saga.status is SagaStatus.FAILED:

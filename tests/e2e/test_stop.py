@@ -74,22 +74,23 @@ def test_a_second_service_fails_and_sigterm_three_times_leaves_no_process_and_no
     assert {p: holders(p) for p in ports if not port_is_free(p)} == {}
 
 
-def working_in(folder: Path) -> list[str]:
+def processes_in(folder: Path) -> list[psutil.Process]:
     """The processes that name ``folder`` in their arguments or work in it (initdb's standalone backends
     name their data directory nowhere but in their working directory)."""
-    found = []
-    for p in psutil.process_iter(["cmdline", "cwd"]):
-        if str(folder) in " ".join(p.info["cmdline"] or []) or str(p.info["cwd"] or "").startswith(str(folder)):
-            found.append(f"{p.pid} {' '.join(p.info['cmdline'] or [])[:100]}")
-    return found
+    return [p for p in psutil.process_iter(["cmdline", "cwd"])
+            if str(folder) in " ".join(p.info["cmdline"] or []) or str(p.info["cwd"] or "").startswith(str(folder))]
+
+
+def working_in(folder: Path) -> list[str]:
+    """What processes_in finds, as pid and command line."""
+    return [f"{p.pid} {' '.join(p.info['cmdline'] or [])[:100]}" for p in processes_in(folder)]
 
 
 def kill_working_in(folder: Path) -> None:
-    """Kill what a failed test left working in its own directory (see working_in)."""
-    for p in psutil.process_iter(["cmdline", "cwd"]):
-        if str(folder) in " ".join(p.info["cmdline"] or []) or str(p.info["cwd"] or "").startswith(str(folder)):
-            with contextlib.suppress(psutil.Error):
-                p.kill()
+    """Kill what a failed test left working in its own directory."""
+    for p in processes_in(folder):
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def in_namespace(namespace: str) -> list[psutil.Process]:
