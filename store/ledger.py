@@ -1,14 +1,28 @@
 """Provider ledgers in PostgreSQL: what each payment or shipping provider did, by idempotency key,
-and every attempt made, so exactly-once effects can be proven across restarts."""
+and every attempt made, so exactly-once effects can be proven across restarts.
+
+A call that cannot fail (``effect_once``) is written together with the calls made meanwhile: while a statement
+is in flight (at most MAX_FLUSHES), the calls that arrive queue, and the next statement writes them all, its
+own transaction. A call's answer comes only after its statement committed. A statement that the server
+refuses (a deadlock between two instances of a shard, bad data) is not every member's fault: its calls are
+then made one by one, each with its own answer; one that fails otherwise (PostgreSQL lost) fails them all."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import dataclasses
+import json
 from decimal import Decimal
 from typing import Any
 
-from store.errors import postgres_errors
+import asyncpg
+
+from store.errors import StoreUnavailable, postgres_errors
 from store.event_store import PostgresEventStore
+
+MAX_BATCH = 256  # calls per statement
+MAX_FLUSHES = 2  # statements in flight at once
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -22,9 +36,26 @@ class Entry:
     detail: dict[str, Any]
 
 
+Key = tuple[str, str, str]
+
+
+def _key(entry: Entry) -> Key:
+    return entry.provider, entry.operation, entry.key
+
+
+@dataclasses.dataclass(slots=True)
+class _Call:
+    entry: Entry
+    done: asyncio.Future[Entry]
+
+
 class ProviderLedger:
-    def __init__(self, events: PostgresEventStore) -> None:
+    def __init__(self, events: PostgresEventStore, max_batch: int = MAX_BATCH) -> None:
         self.pool = events.pool
+        self.max_batch = max_batch
+        self._queue: list[_Call] = []
+        self._flushers: set[asyncio.Task[None]] = set()
+        self.flushes: collections.deque[int] = collections.deque(maxlen=100)  # sizes of the last statements tried
 
     async def attempt(self, provider: str, operation: str, key: str, outcome: str) -> None:
         with postgres_errors():
@@ -64,28 +95,78 @@ class ProviderLedger:
         stored unless the key has an entry already; returns the key's entry, new or earlier (voided, say).
 
         The same as ``find``, ``attempt`` and ``put`` one after the other for a call that cannot fail, in
-        one round trip instead of four, and atomic: an attempt is never logged without its outcome."""
+        one statement instead of four, shared with the calls made meanwhile, and atomic: an attempt is never
+        logged without its outcome. A call cancelled before its statement started is never made."""
+        call = _Call(entry, asyncio.get_running_loop().create_future())
+        self._queue.append(call)
+        if len(self._flushers) < MAX_FLUSHES:
+            task = asyncio.get_running_loop().create_task(self._flush_queue())
+            self._flushers.add(task)
+        try:
+            return await asyncio.shield(call.done)
+        except asyncio.CancelledError:
+            if any(c is call for c in self._queue):  # not written yet: it never will be
+                self._queue = [c for c in self._queue if c is not call]
+                call.done.cancel()
+            else:  # in a statement: its outcome is nobody's to read now
+                call.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise
+
+    async def _flush_queue(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+                await self._flush(batch)
+        finally:
+            self._flushers.discard(asyncio.current_task())
+
+    async def _flush(self, batch: list[_Call]) -> None:
+        try:
+            first: dict[Key, Entry] = {}  # a key twice in one batch: the second call finds the first's entry
+            for c in batch:
+                first.setdefault(_key(c.entry), c.entry)
+            self.flushes.append(len(first))
+            try:
+                stored = await self._effect_many(list(first.values()))
+            except asyncpg.PostgresError:  # the server refused the statement (PostgreSQL lost raises StoreUnavailable)
+                if len(first) == 1:
+                    raise
+                stored = {}  # refused as a whole: each call alone, with its own answer
+                for key, entry in first.items():
+                    try:
+                        stored.update(await self._effect_many([entry]))
+                    except Exception as one:
+                        for c in batch:
+                            if _key(c.entry) == key and not c.done.done():
+                                c.done.set_exception(one)
+            for c in batch:
+                if not c.done.done():
+                    c.done.set_result(stored[_key(c.entry)])
+        except Exception as e:  # PostgreSQL lost: no call knows whether it was written
+            for c in batch:
+                if not c.done.done():
+                    c.done.set_exception(StoreUnavailable(str(e)) if isinstance(e, StoreUnavailable) else e)
+        finally:
+            for c in batch:  # interrupted (the shard stops): nobody may hang on it
+                if not c.done.done():
+                    c.done.set_exception(StoreUnavailable("the provider call was interrupted; retry"))
+
+    async def _effect_many(self, entries: list[Entry]) -> dict[Key, Entry]:
+        """Each entry's key's entry, new or earlier, in one statement (its own transaction)."""
+        # The details as JSON text: in an array of jsonb, asyncpg would read a list as a dimension of the array.
+        rows_in = [(e.provider, e.operation, e.key, e.reference, e.status, e.amount, json.dumps(e.detail))
+                   for e in entries]
+        columns = [list(column) for column in zip(*rows_in, strict=True)]
         with postgres_errors():
-            row = await self.pool.fetchrow(
-                """WITH earlier AS (
-                       SELECT provider, operation, key, reference, status, amount, detail FROM provider_ledger
-                       WHERE provider = $1 AND operation = $2 AND key = $3),
-                   attempt AS (
-                       INSERT INTO provider_attempts (provider, operation, key, outcome)
-                       SELECT $1, $2, $3, 'received' WHERE NOT EXISTS (SELECT 1 FROM earlier)),
-                   stored AS (
-                       INSERT INTO provider_ledger (provider, operation, key, reference, status, amount, detail)
-                       SELECT $1, $2, $3, $4, $5, $6, $7 WHERE NOT EXISTS (SELECT 1 FROM earlier)
-                       ON CONFLICT DO NOTHING
-                       RETURNING provider, operation, key, reference, status, amount, detail)
-                   SELECT * FROM stored UNION ALL SELECT * FROM earlier""",
-                entry.provider, entry.operation, entry.key, entry.reference, entry.status, entry.amount, entry.detail)
-        if row is not None:
-            return Entry(**dict(row))
-        # Another session stored the key's entry after this statement's snapshot was taken: read it.
-        found = await self.find(entry.provider, entry.operation, entry.key)
-        if found is None:
-            raise LookupError(entry.key)
+            rows = await self.pool.fetch(_EFFECT_MANY, *columns)
+        found = {(r["provider"], r["operation"], r["key"]): Entry(**dict(r)) for r in rows}
+        for entry in entries:
+            if _key(entry) not in found:
+                # Another session stored the key's entry after this statement's snapshot was taken: read it.
+                again = await self.find(entry.provider, entry.operation, entry.key)
+                if again is None:
+                    raise LookupError(entry.key)
+                found[_key(entry)] = again
         return found
 
     async def set_status(self, provider: str, operation: str, key: str, status: str) -> None:
@@ -93,3 +174,27 @@ class ProviderLedger:
             await self.pool.execute(
                 """UPDATE provider_ledger SET status = $4, updated_at = NOW()
                    WHERE provider = $1 AND operation = $2 AND key = $3""", provider, operation, key, status)
+
+
+# The calls' rows in the order of their keys, so that two statements over the same keys (two live instances of
+# a shard) take their locks in one order; ``earlier`` and ``stored`` see one snapshot, as a single call does.
+_EFFECT_MANY = """
+    WITH call AS (
+        SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[],
+                             $6::numeric[], $7::text[]) AS c(provider, operation, key, reference, status, amount, detail)),
+    earlier AS (
+        SELECT l.provider, l.operation, l.key, l.reference, l.status, l.amount, l.detail
+        FROM provider_ledger l JOIN call c USING (provider, operation, key)),
+    fresh AS (
+        SELECT * FROM call c WHERE NOT EXISTS (
+            SELECT 1 FROM earlier e WHERE (e.provider, e.operation, e.key) = (c.provider, c.operation, c.key))),
+    attempt AS (
+        INSERT INTO provider_attempts (provider, operation, key, outcome)
+        SELECT provider, operation, key, 'received' FROM fresh ORDER BY provider, operation, key),
+    stored AS (
+        INSERT INTO provider_ledger (provider, operation, key, reference, status, amount, detail)
+        SELECT provider, operation, key, reference, status, amount, detail::jsonb FROM fresh
+        ORDER BY provider, operation, key
+        ON CONFLICT DO NOTHING
+        RETURNING provider, operation, key, reference, status, amount, detail)
+    SELECT * FROM stored UNION ALL SELECT * FROM earlier"""

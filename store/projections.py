@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypedDict
@@ -70,7 +71,7 @@ class OrderViews:
     async def apply_many(self, conn: asyncpg.Connection, records: list[ev.Recorded]) -> None:
         """A batch of events at once, as ``apply`` one after the other leaves the rows: each order's events
         fold into one change (its last status and when, its last reason, its highest version), written in
-        at most three pipelined statements for the whole batch."""
+        at most three statements for the whole batch, each taking its rows as arrays, in the order of the ids."""
         created: list[tuple[Any, ...]] = []
         changed: dict[Any, list[Any]] = {}  # order id: [status, reason, updated_at, version]
         for record in records:
@@ -88,13 +89,19 @@ class OrderViews:
                 change[0], change[2] = str(status), record.at
                 change[1] = reason if reason is not None else change[1]
         if created:
-            await conn.executemany(_INSERT_ORDER, created)
-        statuses = [(order_id, *c) for order_id, c in changed.items() if c[0] is not None]
+            # The items as JSON text: in an array of jsonb, asyncpg would read each order's list as a dimension.
+            rows = [(*row[:-1], json.dumps(row[-1])) for row in sorted(created, key=lambda row: row[0])]
+            await conn.execute(_INSERT_ORDERS, *_columns(rows))
+        statuses = [(order_id, *c) for order_id, c in sorted(changed.items()) if c[0] is not None]
         if statuses:
-            await conn.executemany(_UPDATE_STATUS, statuses)
-        versions = [(order_id, c[3]) for order_id, c in changed.items() if c[0] is None]
+            await conn.execute(_UPDATE_STATUSES, *_columns(statuses))
+        versions = [(order_id, c[3]) for order_id, c in sorted(changed.items()) if c[0] is None]
         if versions:
-            await conn.executemany(_UPDATE_VERSION, versions)
+            await conn.execute(_UPDATE_VERSIONS, *_columns(versions))
+
+
+def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 _INSERT_ORDER = """INSERT INTO order_views (order_id, customer_id, status, total_amount, created_at, updated_at,
@@ -103,6 +110,21 @@ _INSERT_ORDER = """INSERT INTO order_views (order_id, customer_id, status, total
 _UPDATE_STATUS = """UPDATE order_views SET status = $2, reason = COALESCE($3, reason), updated_at = $4, version = $5
                     WHERE order_id = $1 AND version < $5"""
 _UPDATE_VERSION = "UPDATE order_views SET version = $2 WHERE order_id = $1 AND version < $2"
+_INSERT_ORDERS = """INSERT INTO order_views (order_id, customer_id, status, total_amount, created_at, updated_at,
+                                             version, saga_id, items)
+                    SELECT o.order_id, o.customer_id, o.status, o.total_amount, o.at, o.at, o.version, o.saga_id, o.items::jsonb
+                    FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::numeric[], $5::timestamptz[], $6::int[],
+                                $7::uuid[], $8::text[])
+                         AS o(order_id, customer_id, status, total_amount, at, version, saga_id, items)
+                    ON CONFLICT (order_id) DO NOTHING"""
+_UPDATE_STATUSES = """UPDATE order_views v SET status = c.status, reason = COALESCE(c.reason, v.reason),
+                                               updated_at = c.at, version = c.version
+                      FROM unnest($1::uuid[], $2::varchar[], $3::text[], $4::timestamptz[], $5::int[])
+                           AS c(order_id, status, reason, at, version)
+                      WHERE v.order_id = c.order_id AND v.version < c.version"""
+_UPDATE_VERSIONS = """UPDATE order_views v SET version = c.version
+                      FROM unnest($1::uuid[], $2::int[]) AS c(order_id, version)
+                      WHERE v.order_id = c.order_id AND v.version < c.version"""
 
 
 def _items(e: o.OrderCreated) -> list[dict[str, Any]]:

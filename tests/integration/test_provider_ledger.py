@@ -1,5 +1,6 @@
 """The simulated providers' ledger on a real PostgreSQL: a call that cannot fail is received and takes
-effect in one statement, once per key, however often and however concurrently it is made."""
+effect in one statement, once per key, however often and however concurrently it is made; the calls made
+meanwhile share that statement, each with its own answer."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from decimal import Decimal
 
 from actors.providers import SimulatedPayments, SimulatedShipping
 from domain.order import ShippingAddress
-from store.event_store import PostgresEventStore
+from store.event_store import PostgresEventStore, create_pool
 from store.ledger import Entry, ProviderLedger
 
 ADDRESS = ShippingAddress("A", "1 Main St", "C", "12345", "US")
@@ -39,6 +40,59 @@ async def test_concurrent_calls_with_one_key_take_effect_once(event_store: Postg
     got = await asyncio.gather(*[ledger.effect_once(charge(key, f"pay_{n}")) for n in range(16)])
     stored = await ledger.find("payments", "charge", key)
     assert stored is not None and all(e == stored for e in got)  # the losers answer with the winner's charge
+
+
+async def test_calls_made_together_share_a_statement_and_each_gets_its_own_entry(
+        event_store: PostgresEventStore) -> None:
+    ledger = ProviderLedger(event_store)
+    keys = [f"{uuid.uuid4()}:process_payment" for _ in range(12)]
+    got = await asyncio.gather(*[ledger.effect_once(charge(k, f"pay_{n}")) for n, k in enumerate(keys)])
+    assert [e.key for e in got] == keys and [e.reference for e in got] == [f"pay_{n}" for n in range(12)]
+    assert sum(ledger.flushes) == 12 and len(ledger.flushes) < 12  # fewer statements than calls
+    assert [await received(event_store, k) for k in keys] == [1] * 12
+    again = await asyncio.gather(*[ledger.effect_once(charge(k, "pay_again")) for k in keys])
+    assert again == got  # each repeat finds its own key's first entry
+    assert [await received(event_store, k) for k in keys] == [1] * 12
+
+
+async def test_a_call_the_server_refuses_fails_alone_and_the_others_of_its_statement_take_effect(
+        event_store: PostgresEventStore) -> None:
+    ledger = ProviderLedger(event_store)
+    keys = [f"{uuid.uuid4()}:process_payment" for _ in range(5)]
+    # An amount that DECIMAL(12, 2) cannot hold: PostgreSQL refuses the whole statement it is in.
+    bad = Entry("payments", "charge", keys[2], "pay_bad", "succeeded", Decimal("1e12"), {})
+    calls = [ledger.effect_once(bad if n == 2 else charge(k)) for n, k in enumerate(keys)]
+    got = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(got[2], Exception) and "numeric field overflow" in str(got[2])
+    assert all(isinstance(e, Entry) and e.key == k for n, (e, k) in enumerate(zip(got, keys, strict=True)) if n != 2)
+    assert await ledger.find("payments", "charge", keys[2]) is None
+    assert [await received(event_store, k) for k in keys] == [1, 1, 0, 1, 1]  # no attempt without its outcome
+
+
+async def test_a_call_given_up_before_its_statement_started_never_takes_effect(database: str) -> None:
+    pool = await create_pool(database, 2)
+    ledger = ProviderLedger(PostgresEventStore(pool))
+    held = [await pool.acquire() for _ in range(2)]  # the statements wait for a connection
+    try:
+        keys = [f"{uuid.uuid4()}:process_payment" for _ in range(3)]
+        first = asyncio.create_task(ledger.effect_once(charge(keys[0])))
+        await asyncio.sleep(0)  # its statement starts and waits
+        second = asyncio.create_task(ledger.effect_once(charge(keys[1])))
+        await asyncio.sleep(0)  # so does the second: two are in flight, the most there may be
+        late = asyncio.create_task(ledger.effect_once(charge(keys[2])))
+        await asyncio.sleep(0)
+        late.cancel()  # queued behind them: given up before it was written
+        for conn in held:
+            await pool.release(conn)
+        held = []
+        assert [e.key for e in await asyncio.gather(first, second)] == keys[:2]
+        assert late.cancelled() and list(ledger.flushes) == [1, 1]
+        assert await ledger.find("payments", "charge", keys[2]) is None
+        assert await pool.fetchval("SELECT COUNT(*) FROM provider_attempts WHERE key = $1", keys[2]) == 0
+    finally:
+        for conn in held:
+            await pool.release(conn)
+        await pool.close()
 
 
 async def test_a_charge_voided_before_it_landed_is_refused(event_store: PostgresEventStore) -> None:
