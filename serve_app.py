@@ -11,7 +11,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from commerce import logs, routing
+from commerce import collector, logs, routing
 from commerce import schemas as api
 from commerce import usecases as uc
 from commerce.auth import Principal, Verifier
@@ -176,6 +176,7 @@ class CommerceIngress(Ingress):
     def __init__(self, settings: ResolvedSettings) -> None:
         logs.install()
         logs.flush_every("ray.serve", 1.0)
+        collector.tune()  # Serve freezes what the start made once this returns (replica.py's gc.freeze)
         super().__init__(settings)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -184,14 +185,11 @@ class CommerceIngress(Ingress):
 
 def ingress(settings: Settings) -> Any:
     """The ingress deployment: a fixed number of replicas, or autoscaled up to ``max_replicas``."""
-    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": settings.replica_cpus}}
-    if settings.max_replicas and settings.max_replicas > settings.replicas:
-        options["autoscaling_config"] = {"min_replicas": settings.replicas, "initial_replicas": settings.replicas,
-                                         "max_replicas": settings.max_replicas,
-                                         "target_ongoing_requests": TARGET_ONGOING_REQUESTS}
-    else:
-        options["num_replicas"] = settings.replicas
-    return CommerceIngress.options(**options)
+    scaling = {"min_replicas": settings.replicas, "initial_replicas": settings.replicas,
+               "max_replicas": settings.max_replicas, "target_ongoing_requests": TARGET_ONGOING_REQUESTS}
+    autoscaled = settings.max_replicas and settings.max_replicas > settings.replicas
+    replicas: dict[str, Any] = {"autoscaling_config": scaling} if autoscaled else {"num_replicas": settings.replicas}
+    return CommerceIngress.options(ray_actor_options={"num_cpus": settings.replica_cpus}, **replicas)
 
 
 def build_app(settings: Settings) -> Any:

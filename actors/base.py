@@ -16,7 +16,7 @@ from actors.call_batches import Answer, BatchRunner, Call, Key
 from actors.client import ServiceUnavailable
 from actors.entities import EntityHost
 from actors.watch import Watch
-from commerce import logs
+from commerce import collector, logs
 from commerce.settings import ResolvedSettings
 from domain.errors import DomainError
 from store.errors import StoreError
@@ -38,6 +38,7 @@ class ServiceActor(abc.ABC):
 
     def __init__(self, settings: ResolvedSettings) -> None:
         logs.install()
+        collector.tune()
         self.settings = settings
         self.watch = Watch(type(self).__name__)
         self._started: asyncio.Task[None] | None = None

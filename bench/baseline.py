@@ -18,6 +18,7 @@ from ray import serve
 
 from actors.client import ActorRef, call
 from actors.deploy import actor_options
+from commerce import collector
 from commerce.settings import Settings
 
 APP_NAME = "baseline"
@@ -30,6 +31,9 @@ app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 
 class Echo:
     """An actor with nothing to do: an async actor like the shards, answering at once."""
+
+    def __init__(self) -> None:
+        collector.tune()  # as the service's actors and replicas, so that the two sides compare
 
     async def ping(self) -> str:
         return "ok"
@@ -53,6 +57,7 @@ async def ping() -> dict[str, str]:
 @serve.ingress(app)
 class BaselineIngress:
     def __init__(self, namespace: str) -> None:
+        collector.tune()
         Replica.echo = ActorRef(ACTOR_NAME, namespace)
 
 
