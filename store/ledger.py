@@ -3,14 +3,16 @@ and every attempt made, so exactly-once effects can be proven across restarts.
 
 A call that cannot fail (``effect_once``) is written together with the calls made meanwhile: while a statement
 is in flight (at most MAX_FLUSHES), the calls that arrive queue, and the next statement writes them all, its
-own transaction. A call's answer comes only after its statement committed. A statement that the server
-refuses (a deadlock between two instances of a shard, bad data) is not every member's fault: its calls are
-then made one by one, each with its own answer; one that fails otherwise (PostgreSQL lost) fails them all."""
+own transaction. A call's answer comes only after its statement committed. As in the order shards' group
+commit (``actors/order_commits.py``), a statement refused for its data (SQLSTATE classes 22 and 23) is split in
+halves and each written again, down to the offending call, which fails alone; one that fails otherwise
+(PostgreSQL lost, a timeout) fails all its calls. A call given up before its statement is sent is never made."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import dataclasses
 import json
 from decimal import Decimal
@@ -23,6 +25,7 @@ from store.event_store import PostgresEventStore
 
 MAX_BATCH = 256  # calls per statement
 MAX_FLUSHES = 2  # statements in flight at once
+_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)  # what one call can cause: split
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,7 +49,8 @@ def _key(entry: Entry) -> Key:
 @dataclasses.dataclass(slots=True)
 class _Call:
     entry: Entry
-    done: asyncio.Future[Entry]
+    detail: str  # the entry's detail as JSON (in an array of jsonb, asyncpg would read a list as a dimension)
+    done: asyncio.Future[Entry]  # cancelled once its caller gave up
 
 
 class ProviderLedger:
@@ -71,9 +75,10 @@ class ProviderLedger:
                 provider, operation, key)
         return int(n)
 
-    async def find(self, provider: str, operation: str, key: str) -> Entry | None:
+    async def find(self, provider: str, operation: str, key: str,
+                   conn: asyncpg.Connection | asyncpg.Pool | None = None) -> Entry | None:
         with postgres_errors():
-            row = await self.pool.fetchrow(
+            row = await (conn or self.pool).fetchrow(
                 """SELECT provider, operation, key, reference, status, amount, detail FROM provider_ledger
                    WHERE provider = $1 AND operation = $2 AND key = $3""", provider, operation, key)
         return Entry(**dict(row)) if row else None
@@ -96,19 +101,17 @@ class ProviderLedger:
 
         The same as ``find``, ``attempt`` and ``put`` one after the other for a call that cannot fail, in
         one statement instead of four, shared with the calls made meanwhile, and atomic: an attempt is never
-        logged without its outcome. A call cancelled before its statement started is never made."""
-        call = _Call(entry, asyncio.get_running_loop().create_future())
+        logged without its outcome. A call given up before its statement is sent is never made."""
+        loop = asyncio.get_running_loop()
+        call = _Call(entry, json.dumps(entry.detail), loop.create_future())  # a detail JSON cannot hold fails here
         self._queue.append(call)
-        if len(self._flushers) < MAX_FLUSHES:
-            task = asyncio.get_running_loop().create_task(self._flush_queue())
-            self._flushers.add(task)
+        if len(self._flushers) < MAX_FLUSHES:  # a context of its own: it works for every caller, not the first
+            self._flushers.add(loop.create_task(self._flush_queue(), context=contextvars.Context()))
         try:
             return await asyncio.shield(call.done)
         except asyncio.CancelledError:
-            if any(c is call for c in self._queue):  # not written yet: it never will be
-                self._queue = [c for c in self._queue if c is not call]
-                call.done.cancel()
-            else:  # in a statement: its outcome is nobody's to read now
+            self._queue = [c for c in self._queue if c is not call]
+            if not call.done.cancel():  # answered meanwhile: its outcome is nobody's to read now
                 call.done.add_done_callback(lambda f: f.cancelled() or f.exception())
             raise
 
@@ -122,26 +125,7 @@ class ProviderLedger:
 
     async def _flush(self, batch: list[_Call]) -> None:
         try:
-            first: dict[Key, Entry] = {}  # a key twice in one batch: the second call finds the first's entry
-            for c in batch:
-                first.setdefault(_key(c.entry), c.entry)
-            self.flushes.append(len(first))
-            try:
-                stored = await self._effect_many(list(first.values()))
-            except asyncpg.PostgresError:  # the server refused the statement (PostgreSQL lost raises StoreUnavailable)
-                if len(first) == 1:
-                    raise
-                stored = {}  # refused as a whole: each call alone, with its own answer
-                for key, entry in first.items():
-                    try:
-                        stored.update(await self._effect_many([entry]))
-                    except Exception as one:
-                        for c in batch:
-                            if _key(c.entry) == key and not c.done.done():
-                                c.done.set_exception(one)
-            for c in batch:
-                if not c.done.done():
-                    c.done.set_result(stored[_key(c.entry)])
+            await self._write_or_split(batch)
         except Exception as e:  # PostgreSQL lost: no call knows whether it was written
             for c in batch:
                 if not c.done.done():
@@ -151,23 +135,44 @@ class ProviderLedger:
                 if not c.done.done():
                     c.done.set_exception(StoreUnavailable("the provider call was interrupted; retry"))
 
-    async def _effect_many(self, entries: list[Entry]) -> dict[Key, Entry]:
-        """Each entry's key's entry, new or earlier, in one statement (its own transaction)."""
-        # The details as JSON text: in an array of jsonb, asyncpg would read a list as a dimension of the array.
-        rows_in = [(e.provider, e.operation, e.key, e.reference, e.status, e.amount, json.dumps(e.detail))
-                   for e in entries]
-        columns = [list(column) for column in zip(*rows_in, strict=True)]
+    async def _write_or_split(self, batch: list[_Call]) -> None:
+        try:
+            await self._write(batch)
+        except _REFUSED as e:
+            if len({_key(c.entry) for c in batch}) == 1:
+                for c in batch:
+                    if not c.done.done():
+                        c.done.set_exception(e)
+                return
+            half = len(batch) // 2
+            await self._write_or_split(batch[:half])
+            await self._write_or_split(batch[half:])
+
+    async def _write(self, batch: list[_Call]) -> None:
+        """The calls still awaited, in one statement (its own transaction), each answered with its key's entry.
+        A key twice in the batch is written once: the second call finds the first's entry, as it would after it."""
         with postgres_errors():
-            rows = await self.pool.fetch(_EFFECT_MANY, *columns)
-        found = {(r["provider"], r["operation"], r["key"]): Entry(**dict(r)) for r in rows}
-        for entry in entries:
-            if _key(entry) not in found:
-                # Another session stored the key's entry after this statement's snapshot was taken: read it.
-                again = await self.find(entry.provider, entry.operation, entry.key)
-                if again is None:
-                    raise LookupError(entry.key)
-                found[_key(entry)] = again
-        return found
+            async with self.pool.acquire() as conn:
+                first: dict[Key, _Call] = {}
+                for c in batch:
+                    if not c.done.done():  # not given up while the statement waited for a connection
+                        first.setdefault(_key(c.entry), c)
+                if not first:
+                    return
+                self.flushes.append(len(first))
+                rows_in = [(e.provider, e.operation, e.key, e.reference, e.status, e.amount, c.detail)
+                           for c in first.values() for e in [c.entry]]
+                rows = await conn.fetch(_EFFECT_MANY, *[list(column) for column in zip(*rows_in, strict=True)])
+                found = {(r["provider"], r["operation"], r["key"]): Entry(**dict(r)) for r in rows}
+                for key in first.keys() - found.keys():
+                    # Another session stored the key's entry after this statement's snapshot was taken: read it.
+                    again = await self.find(*key, conn)
+                    if again is None:
+                        raise LookupError(key[2])
+                    found[key] = again
+        for c in batch:
+            if not c.done.done():
+                c.done.set_result(found[_key(c.entry)])
 
     async def set_status(self, provider: str, operation: str, key: str, status: str) -> None:
         with postgres_errors():

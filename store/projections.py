@@ -71,7 +71,7 @@ class OrderViews:
     async def apply_many(self, conn: asyncpg.Connection, records: list[ev.Recorded]) -> None:
         """A batch of events at once, as ``apply`` one after the other leaves the rows: each order's events
         fold into one change (its last status and when, its last reason, its highest version), written in
-        at most three statements for the whole batch, each taking its rows as arrays, in the order of the ids."""
+        at most three statements for the whole batch, each taking its rows as arrays."""
         created: list[tuple[Any, ...]] = []
         changed: dict[Any, list[Any]] = {}  # order id: [status, reason, updated_at, version]
         for record in records:

@@ -64,35 +64,68 @@ async def test_a_call_the_server_refuses_fails_alone_and_the_others_of_its_state
     calls = [ledger.effect_once(bad if n == 2 else charge(k)) for n, k in enumerate(keys)]
     got = await asyncio.gather(*calls, return_exceptions=True)
     assert isinstance(got[2], Exception) and "numeric field overflow" in str(got[2])
+    assert ledger.flushes[0] == 5  # they were made together, and the server refused the statement that held them
     assert all(isinstance(e, Entry) and e.key == k for n, (e, k) in enumerate(zip(got, keys, strict=True)) if n != 2)
     assert await ledger.find("payments", "charge", keys[2]) is None
     assert [await received(event_store, k) for k in keys] == [1, 1, 0, 1, 1]  # no attempt without its outcome
 
 
-async def test_a_call_given_up_before_its_statement_started_never_takes_effect(database: str) -> None:
+async def settle() -> None:
+    """Let every task that can run go on until it waits (here: for a connection, or for its answer)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_call_given_up_before_its_statement_was_sent_never_takes_effect(database: str) -> None:
     pool = await create_pool(database, 2)
     ledger = ProviderLedger(PostgresEventStore(pool))
     held = [await pool.acquire() for _ in range(2)]  # the statements wait for a connection
     try:
         keys = [f"{uuid.uuid4()}:process_payment" for _ in range(3)]
-        first = asyncio.create_task(ledger.effect_once(charge(keys[0])))
-        await asyncio.sleep(0)  # its statement starts and waits
+        waiting = asyncio.create_task(ledger.effect_once(charge(keys[0])))
+        await settle()  # its statement is taken and waits for a connection
         second = asyncio.create_task(ledger.effect_once(charge(keys[1])))
-        await asyncio.sleep(0)  # so does the second: two are in flight, the most there may be
-        late = asyncio.create_task(ledger.effect_once(charge(keys[2])))
-        await asyncio.sleep(0)
-        late.cancel()  # queued behind them: given up before it was written
+        await settle()  # so does the second's: two statements are under way, the most there may be
+        queued = asyncio.create_task(ledger.effect_once(charge(keys[2])))
+        await settle()  # it waits in the queue
+        assert [c.entry.key for c in ledger._queue] == [keys[2]]  # the other two are in their statements
+        waiting.cancel()  # given up while its statement waited for a connection
+        queued.cancel()  # given up in the queue
+        await settle()
         for conn in held:
             await pool.release(conn)
         held = []
-        assert [e.key for e in await asyncio.gather(first, second)] == keys[:2]
-        assert late.cancelled() and list(ledger.flushes) == [1, 1]
-        assert await ledger.find("payments", "charge", keys[2]) is None
-        assert await pool.fetchval("SELECT COUNT(*) FROM provider_attempts WHERE key = $1", keys[2]) == 0
+        assert (await second).key == keys[1]
+        assert waiting.cancelled() and queued.cancelled()
+        assert list(ledger.flushes) == [1]  # the second's statement alone was sent
+        for key in (keys[0], keys[2]):
+            assert await ledger.find("payments", "charge", key) is None
+            assert await pool.fetchval("SELECT COUNT(*) FROM provider_attempts WHERE key = $1", key) == 0
     finally:
         for conn in held:
             await pool.release(conn)
         await pool.close()
+
+
+async def test_two_ledgers_racing_on_the_same_keys_store_one_entry_each_and_answer_alike(database: str) -> None:
+    """As two live instances of an order shard would: each its own pool, the same keys in opposite orders."""
+    pools = [await create_pool(database, 4) for _ in range(2)]
+    try:
+        ledgers = [ProviderLedger(PostgresEventStore(p)) for p in pools]
+        for _ in range(5):
+            keys = [f"{uuid.uuid4()}:process_payment" for _ in range(20)]
+            got = await asyncio.gather(*[ledgers[0].effect_once(charge(k, f"pay_a{n}")) for n, k in enumerate(keys)],
+                                       *[ledgers[1].effect_once(charge(k, f"pay_b{n}"))
+                                         for n, k in reversed(list(enumerate(keys)))])
+            first, second = got[:20], got[20:][::-1]
+            assert first == second  # the losers answer with the winner's entry
+            assert [e.key for e in first] == keys
+            stored = await pools[0].fetchval(
+                "SELECT COUNT(*) FROM provider_ledger WHERE provider = 'payments' AND key = ANY($1)", keys)
+            assert stored == 20
+    finally:
+        for p in pools:
+            await p.close()
 
 
 async def test_a_charge_voided_before_it_landed_is_refused(event_store: PostgresEventStore) -> None:
