@@ -6,7 +6,7 @@ under load, where every call and step makes tasks, futures, frames and dicts, th
 collections a second, each walking every young object still alive (the calls and sagas under way), and
 every tenth of them a middle one. Nearly all of those objects are freed by their reference counts anyway;
 the collector is only needed for the cycles among them. With the young threshold at 100,000, an order cost
-about a quarter less CPU in alternating runs (docs/benchmarks.md, fifteenth round). The cycles wait
+about a sixth less CPU in alternating runs (docs/benchmarks.md, fifteenth round). The cycles wait
 longer for their collection: at most about that many container objects more, whatever the load (the RSS of
 20,000 orders through one shard grew 4 % from its first tenth to its end in that round). Ray Serve's proxy
 has a setting for the same threshold in its own process (``RAY_SERVE_PROXY_GC_THRESHOLD``).
