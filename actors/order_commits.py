@@ -23,7 +23,7 @@ import asyncpg
 
 from domain import events as ev
 from domain import saga as sg
-from store.errors import ConcurrencyConflict, DuplicateCommand, StoreUnavailable, postgres_errors
+from store.errors import ConcurrencyConflict, DuplicateCommand, answering, postgres_errors
 from store.event_store import CommandContext, PostgresEventStore, StreamAppend
 from store.sagas import SagaStore, prepare
 
@@ -94,16 +94,8 @@ class GroupCommit:
             self._flushers.discard(asyncio.current_task())  # type: ignore[arg-type]
 
     async def _flush(self, batch: list[Pending]) -> None:
-        try:
+        with answering([p.done for p in batch], "record"):
             await self._write_or_split(batch)
-        except Exception as e:  # PostgreSQL lost: no member knows whether it was written
-            for p in batch:
-                if not p.done.done():  # an exception of its own each (a shared one gathers every raiser's frames)
-                    p.done.set_exception(StoreUnavailable(str(e)) if isinstance(e, StoreUnavailable) else e)
-        finally:
-            for p in batch:  # interrupted (the shard stops): nobody may hang on it
-                if not p.done.done():
-                    p.done.set_exception(StoreUnavailable("the record was interrupted; retry"))
 
     async def _write_or_split(self, batch: list[Pending]) -> None:
         try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import asyncpg
 import redis.exceptions
@@ -52,6 +54,23 @@ def postgres_errors() -> Iterator[None]:
         yield
     except _UNAVAILABLE as e:
         raise StoreUnavailable(f"PostgreSQL unavailable: {e}") from e
+
+
+@contextlib.contextmanager
+def answering(waiting: Sequence[asyncio.Future[Any]], what: str) -> Iterator[None]:
+    """A batch's write: whatever the block leaves unanswered fails, with the block's error when it raised (the
+    store lost: no member knows whether it was written), or as interrupted (the shard stops), so that nobody
+    waits for an answer that will not come."""
+    try:
+        yield
+    except Exception as e:
+        for f in waiting:
+            if not f.done():  # an exception of its own each (a shared one gathers every raiser's frames)
+                f.set_exception(StoreUnavailable(str(e)) if isinstance(e, StoreUnavailable) else e)
+    finally:
+        for f in waiting:
+            if not f.done():
+                f.set_exception(StoreUnavailable(f"the {what} was interrupted; retry"))
 
 
 # What a Redis that cannot serve right now answers: unreachable or slow, but also out of memory (maxmemory with

@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from store.errors import StoreUnavailable, postgres_errors
+from store.errors import answering, postgres_errors
 from store.event_store import PostgresEventStore
 
 MAX_BATCH = 256  # calls per statement
@@ -124,16 +124,8 @@ class ProviderLedger:
             self._flushers.discard(asyncio.current_task())
 
     async def _flush(self, batch: list[_Call]) -> None:
-        try:
+        with answering([c.done for c in batch], "provider call"):
             await self._write_or_split(batch)
-        except Exception as e:  # PostgreSQL lost: no call knows whether it was written
-            for c in batch:
-                if not c.done.done():
-                    c.done.set_exception(StoreUnavailable(str(e)) if isinstance(e, StoreUnavailable) else e)
-        finally:
-            for c in batch:  # interrupted (the shard stops): nobody may hang on it
-                if not c.done.done():
-                    c.done.set_exception(StoreUnavailable("the provider call was interrupted; retry"))
 
     async def _write_or_split(self, batch: list[_Call]) -> None:
         try:
