@@ -131,10 +131,11 @@ class ProviderLedger:
         try:
             await self._write(batch)
         except _REFUSED as e:
-            if len({_key(c.entry) for c in batch}) == 1:
-                for c in batch:
-                    if not c.done.done():
-                        c.done.set_exception(e)
+            live = [c for c in batch if not c.done.done()]
+            if len({_key(c.entry) for c in live}) <= 1:  # one key: its first call is at fault, the others go again
+                if live:
+                    live[0].done.set_exception(e)
+                    await self._write_or_split(live[1:])
                 return
             half = len(batch) // 2
             await self._write_or_split(batch[:half])
@@ -145,6 +146,7 @@ class ProviderLedger:
         A key twice in the batch is written once: the second call finds the first's entry, as it would after it."""
         with postgres_errors():
             async with self.pool.acquire() as conn:
+                statement = await conn.prepare(_EFFECT_MANY)  # a first use asks the server: a wait of its own
                 first: dict[Key, _Call] = {}
                 for c in batch:
                     if not c.done.done():  # not given up while the statement waited for a connection
@@ -154,17 +156,19 @@ class ProviderLedger:
                 self.flushes.append(len(first))
                 rows_in = [(e.provider, e.operation, e.key, e.reference, e.status, e.amount, c.detail)
                            for c in first.values() for e in [c.entry]]
-                rows = await conn.fetch(_EFFECT_MANY, *[list(column) for column in zip(*rows_in, strict=True)])
-                found = {(r["provider"], r["operation"], r["key"]): Entry(**dict(r)) for r in rows}
+                rows = await statement.fetch(*[list(column) for column in zip(*rows_in, strict=True)])
+                found: dict[Key, Entry | None] = {
+                    (r["provider"], r["operation"], r["key"]): Entry(**dict(r)) for r in rows}
                 for key in first.keys() - found.keys():
                     # Another session stored the key's entry after this statement's snapshot was taken: read it.
-                    again = await self.find(*key, conn)
-                    if again is None:
-                        raise LookupError(key[2])
-                    found[key] = again
+                    found[key] = await self.find(*key, conn)
         for c in batch:
             if not c.done.done():
-                c.done.set_result(found[_key(c.entry)])
+                entry = found[_key(c.entry)]
+                if entry is None:  # the statement committed: only this key's calls lack their answer
+                    c.done.set_exception(LookupError(c.entry.key))
+                else:
+                    c.done.set_result(entry)
 
     async def set_status(self, provider: str, operation: str, key: str, status: str) -> None:
         with postgres_errors():

@@ -8,10 +8,13 @@ import asyncio
 import uuid
 from decimal import Decimal
 
+import asyncpg
+
 from actors.providers import SimulatedPayments, SimulatedShipping
 from domain.order import ShippingAddress
 from store.event_store import PostgresEventStore, create_pool
 from store.ledger import Entry, ProviderLedger
+from tests.integration.ray_support import eventually
 
 ADDRESS = ShippingAddress("A", "1 Main St", "C", "12345", "US")
 
@@ -107,25 +110,54 @@ async def test_a_call_given_up_before_its_statement_was_sent_never_takes_effect(
         await pool.close()
 
 
+async def waiting_on_locks(pool: asyncpg.Pool, sessions: int) -> None:
+    """Until that many sessions wait for a lock (a probe of the server's own view, not a sleep)."""
+    async def waiting() -> int:
+        return int(await pool.fetchval(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"))
+    await eventually(waiting, lambda n: n >= sessions, timeout=30)
+
+
 async def test_two_ledgers_racing_on_the_same_keys_store_one_entry_each_and_answer_alike(database: str) -> None:
-    """As two live instances of an order shard would: each its own pool, the same keys in opposite orders."""
-    pools = [await create_pool(database, 4) for _ in range(2)]
+    """As two live instances of an order shard would: each its own pool, the same keys in opposite orders, both
+    held up by a third session's entries for two of the keys until both statements wait for them."""
+    pools = [await create_pool(database, 4) for _ in range(3)]
     try:
-        ledgers = [ProviderLedger(PostgresEventStore(p)) for p in pools]
-        for _ in range(5):
-            keys = [f"{uuid.uuid4()}:process_payment" for _ in range(20)]
-            got = await asyncio.gather(*[ledgers[0].effect_once(charge(k, f"pay_a{n}")) for n, k in enumerate(keys)],
-                                       *[ledgers[1].effect_once(charge(k, f"pay_b{n}"))
-                                         for n, k in reversed(list(enumerate(keys)))])
-            first, second = got[:20], got[20:][::-1]
-            assert first == second  # the losers answer with the winner's entry
-            assert [e.key for e in first] == keys
-            stored = await pools[0].fetchval(
-                "SELECT COUNT(*) FROM provider_ledger WHERE provider = 'payments' AND key = ANY($1)", keys)
-            assert stored == 20
+        ledgers = [ProviderLedger(PostgresEventStore(p)) for p in pools[:2]]
+        keys = [f"{uuid.uuid4()}:process_payment" for _ in range(20)]
+        async with pools[2].acquire() as holder:
+            held = holder.transaction()
+            await held.start()
+            for key in (keys[0], keys[-1]):
+                await holder.execute("""INSERT INTO provider_ledger (provider, operation, key, reference, status)
+                                        VALUES ('payments', 'charge', $1, 'pay_held', 'succeeded')""", key)
+            racing = asyncio.gather(*[ledgers[0].effect_once(charge(k, f"pay_a{n}")) for n, k in enumerate(keys)],
+                                    *[ledgers[1].effect_once(charge(k, f"pay_b{n}"))
+                                      for n, k in reversed(list(enumerate(keys)))])
+            await waiting_on_locks(pools[2], 2)  # both statements wait for the held keys
+            await held.commit()
+        got = await racing
+        first, second = got[:20], got[20:][::-1]
+        assert first == second  # the losers answer with the winner's entry
+        assert [e.key for e in first] == keys
+        assert first[0].reference == first[-1].reference == "pay_held"  # read again after the holder committed
+        stored = await pools[0].fetchval(
+            "SELECT COUNT(*) FROM provider_ledger WHERE provider = 'payments' AND key = ANY($1)", keys)
+        assert stored == 20
     finally:
         for p in pools:
             await p.close()
+
+
+async def test_a_detail_that_json_cannot_hold_fails_its_own_call_only(event_store: PostgresEventStore) -> None:
+    ledger = ProviderLedger(event_store)
+    keys = [f"{uuid.uuid4()}:process_payment" for _ in range(3)]
+    odd = Entry("payments", "charge", keys[1], "pay_odd", "succeeded", Decimal("1.00"), {"token": object()})
+    got = await asyncio.gather(*[ledger.effect_once(odd if n == 1 else charge(k)) for n, k in enumerate(keys)],
+                               return_exceptions=True)
+    assert isinstance(got[1], TypeError)
+    assert [e.key for e in (got[0], got[2]) if isinstance(e, Entry)] == [keys[0], keys[2]]
+    assert await ledger.find("payments", "charge", keys[1]) is None
 
 
 async def test_a_charge_voided_before_it_landed_is_refused(event_store: PostgresEventStore) -> None:
