@@ -19,11 +19,9 @@ import dataclasses
 import uuid
 from collections.abc import Sequence
 
-import asyncpg
-
 from domain import events as ev
 from domain import saga as sg
-from store.errors import ConcurrencyConflict, DuplicateCommand, answering, postgres_errors
+from store.errors import DATA_ERRORS, ConcurrencyConflict, DuplicateCommand, answering, postgres_errors
 from store.event_store import CommandContext, PostgresEventStore, StreamAppend
 from store.sagas import SagaStore, prepare
 
@@ -32,7 +30,7 @@ MAX_BATCH = 256  # records per transaction: bounds a flush's statement and the w
 # fuller flushes, 5-12 % more orders/s and 0.6-1.1 ms less CPU per order in alternating runs (docs/benchmarks.md).
 MAX_FLUSHES = 2
 # split, and written again: what one record can cause; anything else is the whole flush's
-_REFUSED = (ConcurrencyConflict, DuplicateCommand, asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+_REFUSED = (ConcurrencyConflict, DuplicateCommand, *DATA_ERRORS)
 
 
 @dataclasses.dataclass(slots=True)

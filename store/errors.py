@@ -56,6 +56,11 @@ def postgres_errors() -> Iterator[None]:
         raise StoreUnavailable(f"PostgreSQL unavailable: {e}") from e
 
 
+# What one member of a batch's statement can make the server refuse (SQLSTATE classes 22 and 23; asyncpg raises an
+# argument it cannot encode as a DataError too): the batch is split to find it, rather than failed as a whole.
+DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
 @contextlib.contextmanager
 def answering(waiting: Sequence[asyncio.Future[Any]], what: str) -> Iterator[None]:
     """A batch's write: whatever the block leaves unanswered fails, with the block's error when it raised (the

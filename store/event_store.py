@@ -138,6 +138,11 @@ def _in_shard(count: str, index: str) -> str:
                               + ('x' || substr(h, 25, 8))::bit(32)::bigint, {count}) = {index})"""
 
 
+def columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as one list per column, the arrays a statement over ``unnest`` takes (``width`` empty ones for none)."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
 def metadata_json(meta: ev.Metadata) -> dict[str, Any]:
     return {
         "event_id": str(meta.event_id), "command_id": str(meta.command_id),
@@ -288,28 +293,24 @@ class PostgresEventStore:
         if not isinstance(c, asyncpg.Connection) and len(appends) > 1 and any(a.deadline for a in appends):
             raise ValueError("the deadlines of several streams need a transaction")
         expected = [a.expected_version for a in appends for _ in a.events]
-        columns: list[list[Any]] = [[] for _ in range(10)]
-        for r, wanted in zip(records, expected, strict=True):
-            values = (r.metadata.event_id, r.aggregate_id, r.aggregate_type, r.event_type,
-                      type(r.event).schema_version, ev.encode(r.event), metadata_json(r.metadata),
-                      r.version, r.metadata.occurred_at, wanted)
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
+        rows = [(r.metadata.event_id, r.aggregate_id, r.aggregate_type, r.event_type, type(r.event).schema_version,
+                 ev.encode(r.event), metadata_json(r.metadata), r.version, r.metadata.occurred_at, wanted)
+                for r, wanted in zip(records, expected, strict=True)]
         single = appends[0].deadline if len(appends) == 1 else None
         deadline = (0, None) if single is None else (2, None) if single.due_at is None else (1, single.due_at)
         try:
-            rows = await c.fetch(statement, *columns, *deadline, *more)
+            stored = await c.fetch(statement, *columns(rows, 10), *deadline, *more)
         except asyncpg.UniqueViolationError as e:
             if e.constraint_name == "events_pkey":
                 raise DuplicateCommand(str(records[0].metadata.command_id)) from e
             raise ConcurrencyConflict(records[0].aggregate_id, appends[0].expected_version) from e
-        if not rows:  # a stream had moved on: nothing was written
+        if not stored:  # a stream had moved on: nothing was written
             stale = next((a for a in appends if a.events and a.expected_version > 0), appends[0])
             raise ConcurrencyConflict(stale.aggregate_id, stale.expected_version)
         for a in appends if len(appends) > 1 else ():  # several streams: each deadline in a statement of its own
             if a.deadline is not None:
                 await _schedule(c, a.aggregate_id, a.aggregate_type, a.deadline.due_at, a.expected_version + len(a.events))
-        positions = {row["id"]: row["position"] for row in rows}
+        positions = {row["id"]: row["position"] for row in stored}
         return [dataclasses.replace(r, position=positions[r.metadata.event_id]) for r in records]
 
     async def load_stream(self, aggregate_id: uuid.UUID, after_version: int = 0) -> list[ev.Recorded]:

@@ -20,12 +20,11 @@ from typing import Any
 
 import asyncpg
 
-from store.errors import answering, postgres_errors
-from store.event_store import PostgresEventStore
+from store.errors import DATA_ERRORS, answering, postgres_errors
+from store.event_store import PostgresEventStore, columns
 
 MAX_BATCH = 256  # calls per statement
 MAX_FLUSHES = 2  # statements in flight at once
-_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)  # what one call can cause: split
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,7 +129,7 @@ class ProviderLedger:
     async def _write_or_split(self, batch: list[_Call]) -> None:
         try:
             await self._write(batch)
-        except _REFUSED as e:
+        except DATA_ERRORS as e:
             live = [c for c in batch if not c.done.done()]
             if len({_key(c.entry) for c in live}) <= 1:  # one key: its first call is at fault, the others go again
                 if live:
@@ -154,9 +153,9 @@ class ProviderLedger:
                 if not first:
                     return
                 self.flushes.append(len(first))
-                rows_in = [(e.provider, e.operation, e.key, e.reference, e.status, e.amount, c.detail)
-                           for c in first.values() for e in [c.entry]]
-                rows = await statement.fetch(*[list(column) for column in zip(*rows_in, strict=True)])
+                rows = await statement.fetch(*columns([(c.entry.provider, c.entry.operation, c.entry.key,
+                                                         c.entry.reference, c.entry.status, c.entry.amount, c.detail)
+                                                        for c in first.values()], 7))
                 found: dict[Key, Entry | None] = {
                     (r["provider"], r["operation"], r["key"]): Entry(**dict(r)) for r in rows}
                 for key in first.keys() - found.keys():

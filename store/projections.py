@@ -24,7 +24,7 @@ from domain import events as ev
 from domain import inventory as inv
 from domain import order as o
 from store.errors import StoreError, StoreUnavailable, postgres_errors
-from store.event_store import PostgresEventStore, after_checkpoint, record_from_row
+from store.event_store import PostgresEventStore, after_checkpoint, columns, record_from_row
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,9 @@ class OrderViews:
         for record in records:
             e = record.event
             if isinstance(e, o.OrderCreated):
+                # The items as JSON text: in an array of jsonb, asyncpg would read each order's list as a dimension.
                 created.append((e.order_id, e.customer_id, o.OrderStatus.PENDING.value, e.total_amount, record.at,
-                                record.version, e.saga_id, _items(e)))
+                                record.version, e.saga_id, json.dumps(_items(e))))
                 continue
             if record.aggregate_type != o.AGGREGATE_TYPE:
                 continue
@@ -89,19 +90,13 @@ class OrderViews:
                 change[0], change[2] = str(status), record.at
                 change[1] = reason if reason is not None else change[1]
         if created:
-            # The items as JSON text: in an array of jsonb, asyncpg would read each order's list as a dimension.
-            rows = [(*row[:-1], json.dumps(row[-1])) for row in sorted(created, key=lambda row: row[0])]
-            await conn.execute(_INSERT_ORDERS, *_columns(rows))
+            await conn.execute(_INSERT_ORDERS, *columns(sorted(created, key=lambda row: row[0]), 8))
         statuses = [(order_id, *c) for order_id, c in sorted(changed.items()) if c[0] is not None]
         if statuses:
-            await conn.execute(_UPDATE_STATUSES, *_columns(statuses))
+            await conn.execute(_UPDATE_STATUSES, *columns(statuses, 5))
         versions = [(order_id, c[3]) for order_id, c in sorted(changed.items()) if c[0] is None]
         if versions:
-            await conn.execute(_UPDATE_VERSIONS, *_columns(versions))
-
-
-def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
-    return [list(column) for column in zip(*rows, strict=True)]
+            await conn.execute(_UPDATE_VERSIONS, *columns(versions, 2))
 
 
 _INSERT_ORDER = """INSERT INTO order_views (order_id, customer_id, status, total_amount, created_at, updated_at,

@@ -14,7 +14,7 @@ from domain import saga as sg
 from domain.codec import to_primitive
 from store import repository as repo
 from store.errors import postgres_errors
-from store.event_store import CommandContext, PostgresEventStore, StreamAppend, build_records
+from store.event_store import CommandContext, PostgresEventStore, StreamAppend, build_records, columns
 
 STEP_OUTCOMES = {sg.StepAttempted: "started", sg.StepSucceeded: "succeeded", sg.StepFailed: "failed"}
 
@@ -49,18 +49,14 @@ def _step_rows(sagas: Sequence[tuple[sg.Saga, Sequence[ev.Recorded]]]) -> list[t
     ]
 
 
-def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
-
-
 def _saga_columns(sagas: Sequence[tuple[sg.Saga, Sequence[ev.Recorded]]]) -> list[list[Any]]:
     """The sagas' rows as arrays, a saga written twice by its last state only (one row may change once)."""
     last = {saga.saga_id: saga for saga, _ in sagas}
-    return _columns([_saga_row(saga) for saga in last.values()], 10)
+    return columns([_saga_row(saga) for saga in last.values()], 10)
 
 
 def _step_columns(sagas: Sequence[tuple[sg.Saga, Sequence[ev.Recorded]]]) -> list[list[Any]]:
-    return _columns(_step_rows(sagas), 8)
+    return columns(_step_rows(sagas), 8)
 
 
 class SagaStore:
