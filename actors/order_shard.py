@@ -71,7 +71,7 @@ class OrderShard(Shard):
     def __init__(self, settings: ResolvedSettings, index: int) -> None:
         self.policy = settings.saga_policy
         self.metrics = m.OrderMetrics()
-        self.engine = SagaEngine(_Orders(self), self.policy)
+        self.engine = SagaEngine(_Orders(self), self.policy, tick=settings.saga_step_tick)
         self.prices = Prices(lambda product_ids: self.inventory.catalog(product_ids))
         super().__init__(settings, index)
 

@@ -6,6 +6,13 @@ sleeps until a retry is due (an operator's command wakes it) and compensates a s
 When its own work on a saga keeps raising, it backs off, then gives up going forward: it compensates a
 saga still executing and parks a compensation for an operator. The shard that hosts the orders gives
 it access to an order (``SagaHost``); the clock is given too, so that tests can run it on their own.
+
+With a ``tick``, each step starts on the shard's next tick (every ``tick`` seconds), whenever the step
+before it ended: the steps of the sagas under way start together, so that their writes share a flush of
+the group commit, their SKU commands an inventory batch, and their provider calls a ledger statement.
+Without it, below load, each saga's steps went alone, each paying for its own round trips; with a tick of
+50 ms an order cost about a third less CPU at one client (docs/benchmarks.md, sixteenth round), for at
+most a tick more per step before the order is confirmed.
 """
 
 from __future__ import annotations
@@ -40,10 +47,11 @@ TRANSIENT_STORE_ERRORS = (
 
 
 class SagaEngine:
-    def __init__(self, host: SagaHost, policy: sg.SagaPolicy, clock: Clock | None = None) -> None:
+    def __init__(self, host: SagaHost, policy: sg.SagaPolicy, clock: Clock | None = None, tick: float = 0.0) -> None:
         self.host = host
         self.policy = policy
         self.clock = clock or Clock()
+        self.tick = tick  # seconds between the moments when steps start; 0: each at once
         self.drivers: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._raising: dict[uuid.UUID, int] = {}  # failures in a row of the engine's own work, per order
         self._inflight: dict[uuid.UUID, asyncio.Task[Any]] = {}
@@ -73,8 +81,11 @@ class SagaEngine:
     async def _drive(self, order_id: uuid.UUID) -> None:
         logs.bind(order_id)  # this task's own context: every line of this saga's run names its order
         try:
-            while await self._step(order_id):
-                pass
+            while True:
+                if self.tick:
+                    await self.clock.tick(self.tick)
+                if not await self._step(order_id):
+                    break
         finally:
             if self.drivers.get(order_id) is asyncio.current_task():
                 del self.drivers[order_id]

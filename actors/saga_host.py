@@ -57,3 +57,9 @@ class Clock:
         """Until ``event`` is set or ``seconds`` have passed."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), seconds)
+
+    async def tick(self, seconds: float) -> None:
+        """Until the next multiple of ``seconds`` on the event loop's clock: whoever waits for it in this
+        process goes on at that same moment."""
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(seconds - loop.time() % seconds)

@@ -47,6 +47,30 @@ class FakeClock(Clock):
         await asyncio.sleep(0)
 
 
+class TickingClock(FakeClock):
+    """A FakeClock whose ticks come when the test says: ``beat`` lets the waiters of one tick go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ticked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting_for_tick = 0
+
+    async def tick(self, seconds: float) -> None:
+        self.waiting_for_tick += 1
+        try:
+            await asyncio.shield(self.ticked)
+        finally:
+            self.waiting_for_tick -= 1
+
+    async def beat(self) -> None:
+        for _ in range(50):  # the drivers just started reach their wait first
+            await asyncio.sleep(0)
+        self.ticked.set_result(None)
+        self.ticked = asyncio.get_running_loop().create_future()
+        for _ in range(50):  # the steps under way run to their end, or to their next tick
+            await asyncio.sleep(0)
+
+
 class Held:
     def __init__(self, entity_id: uuid.UUID, state: OrderEntity) -> None:
         self.id = entity_id
@@ -69,9 +93,11 @@ class Orders:
         self.between: Callable[[], Awaitable[None]] | None = None  # runs once, in a gap the tests choose
         self.releases_to_gap = 0
 
-    def place(self, policy: sg.SagaPolicy) -> uuid.UUID:
+    def place(self, policy: sg.SagaPolicy, order_id: uuid.UUID | None = None) -> uuid.UUID:
         order = given(created())
         assert order is not None
+        if order_id is not None:  # another order like it
+            order = dataclasses.replace(order, order_id=order_id, saga_id=ff.saga_id_of(order_id))
         held = Held(order.order_id, OrderEntity(order, None))
         self.entities[order.order_id] = held
         self._apply(held, sg.with_next_attempt(order.saga_id, None, sg.decide_start(order.order_id, self.clock.now(), policy), self.clock.now(), policy), [])
@@ -168,6 +194,31 @@ async def test_a_saga_runs_every_step_once_and_confirms_the_order() -> None:
     order, saga = state(orders, order_id)
     assert saga.status is sg.SagaStatus.COMPLETED and order.status is o.OrderStatus.CONFIRMED
     assert orders.calls == [(step, 1) for step in sg.STEPS] and orders.clock.waited == []
+
+
+async def test_with_a_tick_the_sagas_under_way_take_their_steps_together_and_only_on_a_tick() -> None:
+    clock = TickingClock()
+    orders = Orders(clock)
+    eng = SagaEngine(orders, POLICY, clock=clock, tick=0.05)
+    first = orders.place(POLICY)
+    eng.drive(first)
+    await clock.beat()  # the first saga alone takes its first step
+    assert orders.calls == [(sg.STEPS[0], 1)]
+    second = orders.place(POLICY, uuid.uuid4())  # placed between two ticks
+    eng.drive(second)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert orders.calls == [(sg.STEPS[0], 1)] and clock.waiting_for_tick == 2  # nothing moves between ticks
+    await clock.beat()  # from here on, each tick takes each saga one step further
+    assert orders.calls[1:] == [(sg.STEPS[1], 1), (sg.STEPS[0], 1)]
+    while eng.drivers:
+        await clock.beat()
+    steps = sg.STEPS
+    in_step = [steps[0], *[s for n in range(1, len(steps)) for s in (steps[n], steps[n - 1])], steps[-1]]
+    assert [s for s, _ in orders.calls] == in_step  # on every tick, one step of each: the first one step ahead
+    for order_id in (first, second):
+        order, saga = state(orders, order_id)
+        assert saga.status is sg.SagaStatus.COMPLETED and order.status is o.OrderStatus.CONFIRMED
 
 
 async def test_a_failing_call_is_retried_after_its_backoff() -> None:
