@@ -71,7 +71,8 @@ class OrderShard(Shard):
     def __init__(self, settings: ResolvedSettings, index: int) -> None:
         self.policy = settings.saga_policy
         self.metrics = m.OrderMetrics()
-        self.engine = SagaEngine(_Orders(self), self.policy, tick=settings.saga_step_tick)
+        tick = settings.saga_step_tick  # the shards of a machine a fraction of it apart: their bursts do not meet
+        self.engine = SagaEngine(_Orders(self), self.policy, tick=tick, phase=tick * index / settings.order_shards)
         self.prices = Prices(lambda product_ids: self.inventory.catalog(product_ids))
         super().__init__(settings, index)
 

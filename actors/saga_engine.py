@@ -7,12 +7,14 @@ When its own work on a saga keeps raising, it backs off, then gives up going for
 saga still executing and parks a compensation for an operator. The shard that hosts the orders gives
 it access to an order (``SagaHost``); the clock is given too, so that tests can run it on their own.
 
-With a ``tick``, each step starts on the shard's next tick (every ``tick`` seconds), whenever the step
-before it ended: the steps of the sagas under way start together, so that their writes share a flush of
-the group commit, their SKU commands an inventory batch, and their provider calls a ledger statement.
-Without it, below load, each saga's steps went alone, each paying for its own round trips; with a tick of
-50 ms an order cost about a third less CPU at one client (docs/benchmarks.md, sixteenth round), for at
-most a tick more per step before the order is confirmed.
+With a ``tick``, each pass over a saga (a step: its attempt written ahead, its call, its outcome; or a
+retry that came due, a timeout, a command's wake-up) starts on the shard's next tick, every ``tick``
+seconds at the shard's ``phase``, whenever the pass before it ended: the steps of the sagas under way
+start together, so that their writes share a flush of the group commit, their SKU commands an inventory
+batch, and their provider calls a ledger statement. Without it, below load, each saga's steps went alone,
+each paying for its own round trips; with a tick of 50 ms an order took about half the order shard's CPU
+at one client (docs/benchmarks.md, sixteenth round), for at most a tick more per pass before the order is
+confirmed. A saga that reached its end leaves at once, without waiting for another tick.
 """
 
 from __future__ import annotations
@@ -47,11 +49,13 @@ TRANSIENT_STORE_ERRORS = (
 
 
 class SagaEngine:
-    def __init__(self, host: SagaHost, policy: sg.SagaPolicy, clock: Clock | None = None, tick: float = 0.0) -> None:
+    def __init__(self, host: SagaHost, policy: sg.SagaPolicy, clock: Clock | None = None, tick: float = 0.0,
+                 phase: float = 0.0) -> None:
         self.host = host
         self.policy = policy
         self.clock = clock or Clock()
-        self.tick = tick  # seconds between the moments when steps start; 0: each at once
+        self.tick = tick  # seconds between the moments when passes start; 0: each at once
+        self.phase = phase  # where in the tick they start
         self.drivers: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._raising: dict[uuid.UUID, int] = {}  # failures in a row of the engine's own work, per order
         self._inflight: dict[uuid.UUID, asyncio.Task[Any]] = {}
@@ -83,7 +87,7 @@ class SagaEngine:
         try:
             while True:
                 if self.tick:
-                    await self.clock.tick(self.tick)
+                    await self.clock.tick(self.tick, self.phase)
                 if not await self._step(order_id):
                     break
         finally:
@@ -138,7 +142,7 @@ class SagaEngine:
             return True
         async with self.host.entity(order_id) as ent:
             await self._record_outcome(ent, action, result, data)
-        return True
+            return ent.state.saga is None or ent.state.saga.status not in sg.TERMINAL  # at its end: nothing left
 
     async def _call(self, order_id: uuid.UUID, order: o.Order, saga: sg.Saga,
                     action: sg.RunStep) -> tuple[sg.StepResult | None, ff.StepData]:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import math
 import uuid
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
@@ -58,8 +59,10 @@ class Clock:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), seconds)
 
-    async def tick(self, seconds: float) -> None:
-        """Until the next multiple of ``seconds`` on the event loop's clock: whoever waits for it in this
-        process goes on at that same moment."""
-        loop = asyncio.get_running_loop()
-        await asyncio.sleep(seconds - loop.time() % seconds)
+    async def tick(self, seconds: float, phase: float = 0.0) -> None:
+        """Until the next moment ``phase`` past a multiple of ``seconds`` (now, if it is one) on the event
+        loop's clock (the machine's monotonic clock): whoever waits for the same tick goes on then, within the
+        loop's resolution (1 ms on Ray's). A phase of its own per shard keeps the shards of a machine apart."""
+        now = asyncio.get_running_loop().time()
+        beats = math.ceil((now - phase) / seconds - 1e-9)  # whole beats; on one (to a float's rounding): now
+        await asyncio.sleep(max(0.0, phase + beats * seconds - now))

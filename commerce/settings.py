@@ -86,7 +86,8 @@ class Settings(BaseSettings):
     saga_retry_attempts: Count = 3
     saga_retry_delay: Delay = 5.0
     saga_compensation_timeout: Timeout = 60.0
-    saga_step_tick: Delay = 0.05  # the steps of a shard's sagas start together, every this many seconds
+    # the steps of a shard's sagas start together, every this many seconds (0: each at once); at most 1 s
+    saga_step_tick: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.05
     cart_ttl: Count = 604_800
     reservation_ttl: Count = 900
     order_shards: Count = 4

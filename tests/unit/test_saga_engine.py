@@ -54,8 +54,10 @@ class TickingClock(FakeClock):
         super().__init__()
         self.ticked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiting_for_tick = 0
+        self.asked: set[tuple[float, float]] = set()  # the ticks waited for: (seconds, phase)
 
-    async def tick(self, seconds: float) -> None:
+    async def tick(self, seconds: float, phase: float = 0.0) -> None:
+        self.asked.add((seconds, phase))
         self.waiting_for_tick += 1
         try:
             await asyncio.shield(self.ticked)
@@ -199,7 +201,7 @@ async def test_a_saga_runs_every_step_once_and_confirms_the_order() -> None:
 async def test_with_a_tick_the_sagas_under_way_take_their_steps_together_and_only_on_a_tick() -> None:
     clock = TickingClock()
     orders = Orders(clock)
-    eng = SagaEngine(orders, POLICY, clock=clock, tick=0.05)
+    eng = SagaEngine(orders, POLICY, clock=clock, tick=0.05, phase=0.025)
     first = orders.place(POLICY)
     eng.drive(first)
     await clock.beat()  # the first saga alone takes its first step
@@ -211,14 +213,50 @@ async def test_with_a_tick_the_sagas_under_way_take_their_steps_together_and_onl
     assert orders.calls == [(sg.STEPS[0], 1)] and clock.waiting_for_tick == 2  # nothing moves between ticks
     await clock.beat()  # from here on, each tick takes each saga one step further
     assert orders.calls[1:] == [(sg.STEPS[1], 1), (sg.STEPS[0], 1)]
-    while eng.drivers:
+    for _ in range(len(sg.STEPS)):
         await clock.beat()
+    assert not eng.drivers  # both at their end, and gone without waiting for another tick
     steps = sg.STEPS
     in_step = [steps[0], *[s for n in range(1, len(steps)) for s in (steps[n], steps[n - 1])], steps[-1]]
     assert [s for s, _ in orders.calls] == in_step  # on every tick, one step of each: the first one step ahead
     for order_id in (first, second):
         order, saga = state(orders, order_id)
         assert saga.status is sg.SagaStatus.COMPLETED and order.status is o.OrderStatus.CONFIRMED
+    assert clock.asked == {(0.05, 0.025)}
+
+
+async def test_a_compensation_that_lands_while_a_saga_waits_for_its_tick_is_what_the_tick_runs() -> None:
+    clock = TickingClock()
+    orders = Orders(clock)
+    eng = SagaEngine(orders, POLICY, clock=clock, tick=0.05)
+    order_id = orders.place(POLICY)
+    driver = eng.drive(order_id)
+    await clock.beat()  # reserved; the payment is written ahead, its call waits for the next tick
+    assert orders.calls == [(sg.Step.RESERVE_INVENTORY, 1)] and clock.waiting_for_tick == 1
+    await compensated_by_hand(orders, eng, order_id, "cancelled by customer")
+    for _ in range(3):
+        await clock.beat()
+    assert driver.done() and not eng.drivers
+    order, saga = state(orders, order_id)
+    assert saga.status is sg.SagaStatus.COMPENSATED and order.status is o.OrderStatus.CANCELLED
+    assert (sg.Step.PROCESS_PAYMENT, 1) not in orders.calls  # the payment decided before it was never made
+
+
+@pytest.mark.parametrize(("now", "phase", "delay"), [
+    (12.34, 0.0, 0.01), (12.35, 0.0, 0.0), (12.3500001, 0.0, 0.0499999), (12.34, 0.02, 0.03), (12.36, 0.02, 0.01),
+])
+async def test_a_tick_waits_until_the_next_beat_at_its_phase(monkeypatch: pytest.MonkeyPatch, now: float, phase: float,
+                                                             delay: float) -> None:
+    loop = asyncio.get_running_loop()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(loop, "time", lambda: now)
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    await Clock().tick(0.05, phase)
+    assert slept == [pytest.approx(delay, abs=1e-6)]
 
 
 async def test_a_failing_call_is_retried_after_its_backoff() -> None:
