@@ -60,6 +60,12 @@ _LOADING: contextvars.ContextVar[tuple[PydanticBaseSettingsSource, ...]] = conte
 SECRET_FIELDS = frozenset({"database_url", "redis_url", "admin_token", "server_secret", "jwt_secret"})
 
 
+def _tick(seconds: float) -> float:
+    if 0 < seconds < 0.001:
+        raise ValueError("a tick is 0 (none) or at least 0.001 s")
+    return seconds
+
+
 class Settings(BaseSettings):
     """Every setting of the service. Built directly (tests, benchmarks, :meth:`replace`), it takes only
     the values it is given; :func:`load_settings` adds the environment and the YAML file."""
@@ -86,8 +92,8 @@ class Settings(BaseSettings):
     saga_retry_attempts: Count = 3
     saga_retry_delay: Delay = 5.0
     saga_compensation_timeout: Timeout = 60.0
-    # the steps of a shard's sagas start together, every this many seconds (0: each at once); at most 1 s
-    saga_step_tick: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.05
+    # the steps of a shard's sagas start together, every this many seconds (0: each at once); 1 ms to 1 s
+    saga_step_tick: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False), AfterValidator(_tick)] = 0.05
     cart_ttl: Count = 604_800
     reservation_ttl: Count = 900
     order_shards: Count = 4

@@ -213,7 +213,7 @@ async def test_with_a_tick_the_sagas_under_way_take_their_steps_together_and_onl
     assert orders.calls == [(sg.STEPS[0], 1)] and clock.waiting_for_tick == 2  # nothing moves between ticks
     await clock.beat()  # from here on, each tick takes each saga one step further
     assert orders.calls[1:] == [(sg.STEPS[1], 1), (sg.STEPS[0], 1)]
-    for _ in range(len(sg.STEPS)):
+    for _ in range(len(sg.STEPS) - 1):  # the second saga's last steps
         await clock.beat()
     assert not eng.drivers  # both at their end, and gone without waiting for another tick
     steps = sg.STEPS
@@ -384,6 +384,25 @@ async def test_a_command_that_lands_between_a_decision_to_wait_and_the_wait_is_n
     order, saga = state(orders, order_id)
     assert saga.status is sg.SagaStatus.COMPENSATED and saga.reason == "changed my mind"
     assert [a for s, a in orders.calls if s is sg.Step.PROCESS_PAYMENT] == [1]
+
+
+async def test_a_cancel_that_lands_as_the_saga_completes_is_not_lost() -> None:
+    orders = Orders(FakeClock())
+    order_id = orders.place(POLICY)
+    eng = engine(orders, POLICY)
+    seen: list[sg.SagaStatus] = []
+
+    async def cancel() -> None:  # another command, in the gap between the last outcome and the driver's end
+        seen.append(state(orders, order_id)[1].status)
+        await compensated_by_hand(orders, eng, order_id, "changed my mind")
+
+    orders.between = cancel
+    orders.releases_to_gap = 2 * len(sg.STEPS)  # each step's pass, then its outcome: the last is the confirmation
+    await asyncio.wait_for(eng.drive(order_id), 10)
+    order, saga = state(orders, order_id)
+    assert seen == [sg.SagaStatus.COMPLETED]
+    assert saga.status is sg.SagaStatus.COMPENSATED and order.status is o.OrderStatus.CANCELLED  # not left half done
+    assert not eng.drivers
 
 
 async def test_a_call_decided_before_a_compensation_landed_is_not_made() -> None:
