@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     saga_retry_delay: Delay = 5.0
     saga_compensation_timeout: Timeout = 60.0
     # the steps of a shard's sagas start together, every this many seconds (0: each at once); 1 ms to 1 s
-    saga_step_tick: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False), AfterValidator(_tick)] = 0.05
+    saga_step_tick: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False), AfterValidator(_tick)] = 0.1
     cart_ttl: Count = 604_800
     reservation_ttl: Count = 900
     order_shards: Count = 4
