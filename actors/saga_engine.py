@@ -13,8 +13,9 @@ seconds at the shard's ``phase``, whenever the pass before it ended: the steps o
 start together, so that their writes share a flush of the group commit, their SKU commands an inventory
 batch, and their provider calls a ledger statement. Without it, below load, each saga's steps went alone,
 each paying for its own round trips; with a tick of 50 ms an order took about half the order shard's CPU
-at one client, and a little less again with the default's 100 ms (docs/benchmarks.md, sixteenth round), for
-at most a tick more per pass before the order is confirmed. A saga that completed or compensated leaves at once, without waiting for another tick.
+at one client, and a little less again with the default's 100 ms (docs/benchmarks.md, sixteenth round),
+for at most a tick more per pass before the order is confirmed. A saga that completed or compensated
+leaves at once, without waiting for another tick.
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ async def test_a_start_that_fails_is_tried_again_on_its_own_until_it_succeeds(
 
 
 def test_the_order_shards_of_a_machine_tick_a_fraction_of_the_tick_apart() -> None:
-    settings = Settings(database_url="unused", redis_url="unused", server_secret="s", order_shards=4, saga_step_tick=0.08)
+    settings = Settings(database_url="unused", redis_url="unused", server_secret="s", order_shards=4,
+                        saga_step_tick=0.08)
     engines = [OrderShard(settings, i).engine for i in range(4)]  # type: ignore[arg-type]
     assert {e.tick for e in engines} == {0.08}
     assert [e.phase for e in engines] == pytest.approx([0.0, 0.02, 0.04, 0.06])  # their bursts of steps do not meet

@@ -100,9 +100,11 @@ def test_a_timeout_that_is_not_a_positive_number_is_refused_with_its_name(name: 
 
 
 def test_a_zero_delay_means_at_once_and_is_accepted() -> None:
-    s = load_settings({"COMMERCE_SAGA_RETRY_DELAY": "0", "COMMERCE_PASSIVATE_AFTER": "0", "COMMERCE_SAGA_STEP_TICK": "0"})
+    s = load_settings({"COMMERCE_SAGA_RETRY_DELAY": "0", "COMMERCE_PASSIVATE_AFTER": "0",
+                       "COMMERCE_SAGA_STEP_TICK": "0"})
     assert (s.saga_retry_delay, s.passivate_after, s.saga_step_tick) == (0, 0, 0)
-    assert load_settings({}).saga_step_tick == 0.1 and load_settings({"COMMERCE_SAGA_STEP_TICK": "0.001"}).saga_step_tick == 0.001
+    assert load_settings({}).saga_step_tick == 0.1
+    assert load_settings({"COMMERCE_SAGA_STEP_TICK": "0.001"}).saga_step_tick == 0.001
 
 
 @pytest.mark.parametrize("value", ["-0.01", "50", "inf", "nan", "fast", "1e-320", "0.0009"])
