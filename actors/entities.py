@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
-from actors.watch import Watch
+from actors.watch import Watch, being_cancelled
 
 T = TypeVar("T")
 MAX_SNAPSHOT_INTERVAL = 10_000  # events: bounds what a load of a big entity replays
@@ -140,7 +140,12 @@ class EntityHost(Generic[T]):
                 return ent
             pending = self._loading.get(entity_id)
             if pending is not None:
-                return await asyncio.shield(pending)
+                try:
+                    return await asyncio.shield(pending)
+                except asyncio.CancelledError:
+                    if pending.cancelled() and not being_cancelled():
+                        continue  # the caller that loaded it gave up, not this one: load it again
+                    raise
             if self.active < self.max_active:
                 break
             await self._make_room()

@@ -3,6 +3,7 @@ the actor's ``ping`` (so ``/health``) while they persist. Nothing here swallows 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -19,10 +20,17 @@ class Watch:
         self._last: dict[str, str] = {}
 
     async def run(self, task: str, step: Callable[[], Awaitable[object]]) -> bool:
-        """Run one round of ``task``; True when it succeeded."""
+        """Run one round of ``task``; True when it succeeded. A cancellation that was not aimed at the task
+        running the round (a future it awaited, shared with a caller that gave up) is one of its failures: it
+        must not end the loop that runs the rounds."""
         try:
             await step()
         except Exception as e:  # counted and logged below, reported while it persists
+            self.fail(task, e)
+            return False
+        except asyncio.CancelledError as e:
+            if being_cancelled():
+                raise
             self.fail(task, e)
             return False
         self.succeeded(task)
@@ -45,3 +53,9 @@ class Watch:
     def failing(self) -> dict[str, str]:
         """The tasks that have failed several times in a row, with their last error."""
         return {task: self._last[task] for task, n in self._streak.items() if n >= PERSISTS_AFTER}
+
+
+def being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled, rather than a future it awaited by someone else."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -35,16 +35,43 @@ class StoreUnavailable(StoreError):
     """PostgreSQL or Redis cannot be reached right now; the caller may retry later."""
 
 
+# What a PostgreSQL that cannot serve right now answers: unreachable, out of connections, shutting down or
+# restarting after a backend crashed, a statement or a session cancelled by the server (SQLSTATE class 57, the
+# operator's intervention), and a read-only server where writes are sent (a failover left the connection on the
+# old primary, now a standby). A retry may succeed once it passes: the client is told 503, a saga waits it out.
 _UNAVAILABLE = (
     OSError,
     ConnectionError,
-    asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
 )
+
+
+_pools: set[asyncpg.Pool] = set()  # this process's pools, those closed since left out at the next one made
+_expiring: set[asyncio.Task[None]] = set()
+
+
+def replaced_after_failover(pool: asyncpg.Pool) -> asyncpg.Pool:
+    """The pool's connections are replaced (each as it is next acquired or released) once a statement of this
+    process finds its server read-only: after a failover, the connections made before it may still reach the old
+    primary, a standby now, and would refuse every write until the process restarts; new ones reach the server
+    that the address names now."""
+    _pools.difference_update([p for p in _pools if p.is_closing()])
+    _pools.add(pool)
+    return pool
+
+
+def _replace_connections() -> None:
+    with contextlib.suppress(RuntimeError):  # no running loop: no pool of this process can be in use
+        loop = asyncio.get_running_loop()
+        for pool in [p for p in _pools if not p.is_closing()]:
+            task = loop.create_task(pool.expire_connections())
+            _expiring.add(task)
+            task.add_done_callback(_expiring.discard)
 
 
 @contextlib.contextmanager
@@ -53,6 +80,8 @@ def postgres_errors() -> Iterator[None]:
     try:
         yield
     except _UNAVAILABLE as e:
+        if isinstance(e, asyncpg.exceptions.ReadOnlySQLTransactionError):
+            _replace_connections()
         raise StoreUnavailable(f"PostgreSQL unavailable: {e}") from e
 
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from domain import events as ev
-from store.errors import ConcurrencyConflict, DuplicateCommand, postgres_errors
+from store.errors import ConcurrencyConflict, DuplicateCommand, postgres_errors, replaced_after_failover
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -224,7 +224,7 @@ async def create_pool(dsn: str, size: int, application_name: str = "commerce-too
                                                        command_timeout=60,
                                                        reset=_no_session_state if application_name == SERVICE else None,
                                                        server_settings={"application_name": application_name})
-    return pool
+    return replaced_after_failover(pool)
 
 
 async def _no_session_state(conn: asyncpg.Connection) -> None:

@@ -134,6 +134,30 @@ async def test_a_failed_load_reaches_every_caller_and_the_next_call_loads_again(
     assert store.loads == [a, a] and h.is_active(a)
 
 
+async def test_callers_sharing_a_load_whose_caller_gave_up_load_it_again_and_are_not_cancelled() -> None:
+    store = Store()
+    store.gate.clear()
+    h, a = host(store), uuid.uuid4()
+
+    async def touch() -> int:
+        async with h.entity(a) as ent:
+            ent.state.version += 1
+            return ent.state.version
+
+    loader = asyncio.create_task(touch())
+    await asyncio.sleep(0)  # the first caller's load is under way
+    others = [asyncio.create_task(touch()), asyncio.create_task(h.read(a))]
+    await asyncio.sleep(0)  # the others wait for that load
+    assert store.loads == [a]
+    loader.cancel()  # its caller gives up (a withdrawn call, a client gone)
+    await asyncio.sleep(0)
+    store.gate.set()
+    touched, read = await asyncio.gather(*others)
+    assert loader.cancelled()
+    assert touched == 1 and read.entity_id == a  # loaded again, for them; the cancelled caller changed nothing
+    assert store.loads == [a, a] and h.is_active(a)
+
+
 async def test_idle_entities_are_passivated_and_a_snapshot_is_written_every_n_versions() -> None:
     store = Store()
     h = host(store, snapshot_every=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -38,3 +39,40 @@ async def test_one_failure_is_not_yet_a_failing_task() -> None:
 
     await watch.run("rescan", broken)
     assert watch.failing() == {} and watch.failures["rescan"] == 1
+
+
+async def test_a_cancelled_future_shared_with_another_caller_is_a_failure_not_the_end_of_the_loop() -> None:
+    watch = Watch("shard")
+    shared: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def waits_on_shared() -> None:
+        await asyncio.shield(shared)  # as a load that another caller started, and gave up
+
+    async def loop() -> int:
+        rounds = 0
+        while rounds < 2:
+            await watch.run("expiring", waits_on_shared)
+            rounds += 1
+        return rounds
+
+    running = asyncio.create_task(loop())
+    await asyncio.sleep(0)
+    shared.cancel()
+    assert await running == 2  # the first round failed, the loop went on
+    assert watch.failures["expiring"] == 2 and not running.cancelled()
+
+
+async def test_a_cancellation_of_the_task_itself_still_ends_it() -> None:
+    watch = Watch("shard")
+    started = asyncio.Event()
+
+    async def waits() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    running = asyncio.create_task(watch.run("rescan", waits))
+    await started.wait()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert watch.failures["rescan"] == 0

@@ -1,0 +1,39 @@
+"""What the driver raises becomes the store's own errors once (store/errors.py): a PostgreSQL that cannot serve
+right now is StoreUnavailable (a 503 to a client, an outage a saga waits out); what the data causes stays itself."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from store.errors import StoreUnavailable, postgres_errors
+
+OUTAGES = [
+    ConnectionRefusedError("connection refused"),
+    asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+    asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+    asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+    asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+    asyncpg.exceptions.CrashShutdownError("terminating connection because of crash of another server process"),
+    asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout"),
+    asyncpg.exceptions.IdleSessionTimeoutError("terminating connection due to idle-session timeout"),
+    asyncpg.exceptions.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction"),
+]
+DATA = [
+    asyncpg.exceptions.UniqueViolationError("duplicate key value violates unique constraint"),
+    asyncpg.exceptions.NumericValueOutOfRangeError("numeric field overflow"),
+    asyncpg.exceptions.UndefinedColumnError("column \"x\" does not exist"),
+]
+
+
+@pytest.mark.parametrize("error", OUTAGES, ids=lambda e: type(e).__name__)
+async def test_a_server_that_cannot_serve_now_is_unavailable(error: Exception) -> None:
+    with pytest.raises(StoreUnavailable) as raised, postgres_errors():
+        raise error
+    assert raised.value.__cause__ is error
+
+
+@pytest.mark.parametrize("error", DATA, ids=lambda e: type(e).__name__)
+async def test_what_the_data_or_the_code_causes_stays_itself(error: Exception) -> None:
+    with pytest.raises(type(error)), postgres_errors():
+        raise error
