@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -37,8 +39,8 @@ class StoreUnavailable(StoreError):
 
 # What a PostgreSQL that cannot serve right now answers: unreachable, out of connections, shutting down or
 # restarting after a backend crashed, a statement or a session cancelled by the server (SQLSTATE class 57, the
-# operator's intervention), and a read-only server where writes are sent (a failover left the connection on the
-# old primary, now a standby). A retry may succeed once it passes: the client is told 503, a saga waits it out.
+# operator's intervention), and a server that refuses writes (a standby that the address still named when the
+# connection was made, writes frozen). A retry may succeed once it passes: the client is told 503, a saga waits.
 _UNAVAILABLE = (
     OSError,
     ConnectionError,
@@ -51,24 +53,31 @@ _UNAVAILABLE = (
 )
 
 
-_pools: set[asyncpg.Pool] = set()  # this process's pools, those closed since left out at the next one made
+# This process's pools, each with when its connections were last replaced (those closed since are left out at the
+# next one made). A server that stays read-only (writes frozen, a disk full) has them replaced once per
+# REPLACE_EVERY, not at every refusal: each replacement is a new session for every connection.
+_pools: dict[asyncpg.Pool, float] = {}
 _expiring: set[asyncio.Task[None]] = set()
+REPLACE_EVERY = 5.0  # seconds
+_clock = time.monotonic  # when connections were replaced (the tests set it)
 
 
 def replaced_after_failover(pool: asyncpg.Pool) -> asyncpg.Pool:
     """The pool's connections are replaced (each as it is next acquired or released) once a statement of this
-    process finds its server read-only: after a failover, the connections made before it may still reach the old
-    primary, a standby now, and would refuse every write until the process restarts; new ones reach the server
-    that the address names now."""
-    _pools.difference_update([p for p in _pools if p.is_closing()])
-    _pools.add(pool)
+    process finds its server read-only: a connection made while the database's address still named the old
+    primary (a cached DNS answer during a failover) reaches a standby, which refuses every write for as long as
+    the connection lives; a new one reaches the server that the address names now."""
+    for closed in [p for p in _pools if p.is_closing()]:
+        del _pools[closed]
+    _pools[pool] = -math.inf
     return pool
 
 
 def _replace_connections() -> None:
     with contextlib.suppress(RuntimeError):  # no running loop: no pool of this process can be in use
-        loop = asyncio.get_running_loop()
-        for pool in [p for p in _pools if not p.is_closing()]:
+        loop, now = asyncio.get_running_loop(), _clock()
+        for pool in [p for p, last in _pools.items() if now - last >= REPLACE_EVERY and not p.is_closing()]:
+            _pools[pool] = now
             task = loop.create_task(pool.expire_connections())
             _expiring.add(task)
             task.add_done_callback(_expiring.discard)

@@ -695,10 +695,22 @@ class ManyFails(OrderViews):
         await conn.execute("SELECT 1 / 0")
 
 
+class ManyTooSlow(OrderViews):
+    """Order views whose batch write takes longer than the server lets a statement run: PostgreSQL cancels it."""
+
+    def __init__(self) -> None:
+        self.name = f"many_too_slow_{uuid.uuid4().hex[:8]}"
+
+    async def apply_many(self, conn: asyncpg.Connection, records: list[ev.Recorded]) -> None:
+        await conn.execute("SET LOCAL statement_timeout = 1")  # ms; undone with the batch's savepoint
+        await conn.execute("SELECT pg_sleep(1)")
+
+
+@pytest.mark.parametrize("projection", [ManyFails, ManyTooSlow])
 async def test_a_batch_that_fails_at_once_is_applied_again_one_event_at_a_time(
-        event_store: PostgresEventStore) -> None:
+        event_store: PostgresEventStore, projection: type[OrderViews]) -> None:
     orders = [await an_order(event_store, *life) for life in LIVES]
-    runner = ProjectionRunner(event_store, ManyFails(), batch_size=200)
+    runner = ProjectionRunner(event_store, projection(), batch_size=200)
     await runner.catch_up()
     views = {v["order_id"]: v for v in await all_views(event_store) if v["order_id"] in orders}
     assert [views[order_id]["status"] for order_id in orders] == [

@@ -158,6 +158,27 @@ async def test_callers_sharing_a_load_whose_caller_gave_up_load_it_again_and_are
     assert store.loads == [a, a] and h.is_active(a)
 
 
+async def test_a_caller_given_up_with_the_one_whose_load_it_shared_stays_given_up() -> None:
+    store = Store()
+    store.gate.clear()
+    h, a = host(store), uuid.uuid4()
+
+    async def touch() -> None:
+        async with h.entity(a) as ent:
+            ent.state.version += 1
+
+    loader = asyncio.create_task(touch())
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(touch())
+    await asyncio.sleep(0)
+    loader.cancel()  # both withdrawn at once, as the calls of one batch are
+    waiter.cancel()
+    store.gate.set()  # a load started after this would end
+    results = await asyncio.gather(loader, waiter, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert store.loads == [a] and not h.is_active(a)  # no second load for a caller nobody waits for
+
+
 async def test_idle_entities_are_passivated_and_a_snapshot_is_written_every_n_versions() -> None:
     store = Store()
     h = host(store, snapshot_every=2)

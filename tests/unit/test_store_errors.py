@@ -3,9 +3,13 @@ right now is StoreUnavailable (a 503 to a client, an outage a saga waits out); w
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
+
 import asyncpg
 import pytest
 
+from store import errors
 from store.errors import StoreUnavailable, postgres_errors
 
 OUTAGES = [
@@ -37,3 +41,45 @@ async def test_a_server_that_cannot_serve_now_is_unavailable(error: Exception) -
 async def test_what_the_data_or_the_code_causes_stays_itself(error: Exception) -> None:
     with pytest.raises(type(error)), postgres_errors():
         raise error
+
+
+class Pool:
+    """What the registry uses of an asyncpg pool: whether it is closing, and replacing its connections."""
+
+    def __init__(self) -> None:
+        self.replaced = 0
+        self.closing = False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def expire_connections(self) -> Awaitable[None]:
+        self.replaced += 1
+        return asyncio.sleep(0)
+
+
+def refused() -> None:
+    with pytest.raises(StoreUnavailable), postgres_errors():
+        raise asyncpg.exceptions.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction")
+
+
+async def test_a_server_that_stays_read_only_has_the_connections_replaced_once_per_interval(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(errors, "_clock", lambda: now[0])
+    monkeypatch.setattr(errors, "_pools", {})
+    pool, closed = Pool(), Pool()
+    errors.replaced_after_failover(pool)  # type: ignore[arg-type]
+    errors.replaced_after_failover(closed)  # type: ignore[arg-type]
+    closed.closing = True
+    for _ in range(3):
+        refused()
+    assert pool.replaced == 1 and closed.replaced == 0
+    now[0] += errors.REPLACE_EVERY
+    refused()
+    assert pool.replaced == 2
+    now[0] += errors.REPLACE_EVERY
+    with pytest.raises(StoreUnavailable), postgres_errors():
+        raise asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command")
+    assert pool.replaced == 2  # only a read-only server's refusal replaces them (a closed connection goes anyway)
+    await asyncio.gather(*errors._expiring)
