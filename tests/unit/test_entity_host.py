@@ -134,19 +134,24 @@ async def test_a_failed_load_reaches_every_caller_and_the_next_call_loads_again(
     assert store.loads == [a, a] and h.is_active(a)
 
 
-async def test_callers_sharing_a_load_whose_caller_gave_up_load_it_again_and_are_not_cancelled() -> None:
+def held_loads() -> tuple[Store, EntityHost[Counter], uuid.UUID]:
+    """A host whose store holds every load until its gate opens, and an entity's id."""
     store = Store()
     store.gate.clear()
-    h, a = host(store), uuid.uuid4()
+    return store, host(store), uuid.uuid4()
 
-    async def touch() -> int:
-        async with h.entity(a) as ent:
-            ent.state.version += 1
-            return ent.state.version
 
-    loader = asyncio.create_task(touch())
+async def increment(h: EntityHost[Counter], a: uuid.UUID) -> int:
+    async with h.entity(a) as ent:
+        ent.state.version += 1
+        return ent.state.version
+
+
+async def test_callers_sharing_a_load_whose_caller_gave_up_load_it_again_and_are_not_cancelled() -> None:
+    store, h, a = held_loads()
+    loader = asyncio.create_task(increment(h, a))
     await asyncio.sleep(0)  # the first caller's load is under way
-    others = [asyncio.create_task(touch()), asyncio.create_task(h.read(a))]
+    others = [asyncio.create_task(increment(h, a)), asyncio.create_task(h.read(a))]
     await asyncio.sleep(0)  # the others wait for that load
     assert store.loads == [a]
     loader.cancel()  # its caller gives up (a withdrawn call, a client gone)
@@ -159,17 +164,10 @@ async def test_callers_sharing_a_load_whose_caller_gave_up_load_it_again_and_are
 
 
 async def test_a_caller_given_up_with_the_one_whose_load_it_shared_stays_given_up() -> None:
-    store = Store()
-    store.gate.clear()
-    h, a = host(store), uuid.uuid4()
-
-    async def touch() -> None:
-        async with h.entity(a) as ent:
-            ent.state.version += 1
-
-    loader = asyncio.create_task(touch())
+    store, h, a = held_loads()
+    loader = asyncio.create_task(increment(h, a))
     await asyncio.sleep(0)
-    waiter = asyncio.create_task(touch())
+    waiter = asyncio.create_task(increment(h, a))
     await asyncio.sleep(0)
     loader.cancel()  # both withdrawn at once, as the calls of one batch are
     waiter.cancel()
