@@ -383,9 +383,10 @@ class ProjectionRunner:
                 async with conn.transaction():  # a savepoint: a failure leaves the batch's transaction usable
                     await apply_many(conn, records)
         except Exception as e:
+            # The connection or the server failed, not the batch: raised. A statement that the server cancelled
+            # (its statement_timeout) may pass as smaller ones.
             if isinstance(e, StoreUnavailable) and not isinstance(e.__cause__, asyncpg.exceptions.QueryCanceledError):
-                raise  # the connection or the server failed, not the batch; one that the server cancelled (its
-                # statement_timeout) may pass as smaller statements
+                raise
             self.fallbacks += 1
             log.warning("%s: a batch of %d events failed at once (%s: %s); applying it one event at a time",
                         self.projection.name, len(records), type(e).__name__, e)
