@@ -289,6 +289,8 @@ async def idempotent(request: Request, store: IdempotencyStore, secret: bytes, c
             response = await work(derived_id(secret, scope, key, salt))
     except Exception as e:
         response = error_response(e)
+        if response.status_code == 500:  # a bug, not an answer: its traceback, as an unkeyed request's failure has
+            log.error("%s %s with an Idempotency-Key failed", request.method, path, exc_info=e)
     except BaseException:
         await store.release(scope, key)
         raise

@@ -61,7 +61,7 @@ class ServicesProvider:
         redis_carts = RedisCartStore.from_url(s.redis_url, s.cart_ttl, s.redis_max_connections)
         return Services(
             settings=s, pool=pool, events=events, sagas=SagaStore(events), idempotency=IdempotencyStore(events),
-            carts=DurableCartStore(redis_carts, CartJournal(pool)),
+            carts=DurableCartStore(redis_carts, CartJournal(pool, max(1, s.database_pool_size // 2))),
             rate_limiter=RateLimiter(redis_carts.redis, s.rate_limit_per_second, s.rate_limit_burst),
             direct_reservations=DirectReservations(pool),
             orders=OrderClient(s.namespace, s.order_shards, s.request_timeout, batched=True),

@@ -12,6 +12,7 @@ from the record when it is read and before every change. Records of expired cart
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -29,22 +30,35 @@ from store.errors import ConcurrencyConflict, StoreUnavailable, postgres_errors
 
 T = TypeVar("T")
 CHANGE_ATTEMPTS = 3
+CHANGE_WAIT = 5.0  # seconds a change waits for its turn to hold a connection before it answers unavailable
 
 
 class CartJournal:
     """The durable record of carts in PostgreSQL."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_changing: int = 5) -> None:
         self.pool = pool
+        self._changing = asyncio.Semaphore(max_changing)
 
     @contextlib.asynccontextmanager
     async def changing(self, cart_id: uuid.UUID) -> AsyncIterator[asyncpg.Connection]:
         """A transaction holding the cart's lock: changes of one cart are made and recorded one at a time, so
-        the record follows Redis change by change."""
-        with postgres_errors():
-            async with self.pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(cart_id))
-                yield conn
+        the record follows Redis change by change. A change holds its connection while it waits for Redis (a
+        Redis that does not answer, for its timeout) or for the cart's lock: at most ``max_changing`` changes
+        hold one at once, so that the pool's other users (an order's Idempotency-Key, the lists) never wait
+        for them. A change that cannot have its turn within CHANGE_WAIT is StoreUnavailable."""
+        try:
+            async with asyncio.timeout(CHANGE_WAIT):
+                await self._changing.acquire()
+        except TimeoutError:
+            raise StoreUnavailable("too many cart changes are waiting for Redis or PostgreSQL") from None
+        try:
+            with postgres_errors():
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(cart_id))
+                    yield conn
+        finally:
+            self._changing.release()
 
     async def save(self, conn: asyncpg.Connection, cart: Cart, now: dt.datetime) -> bool:
         """Record the cart's new state if it follows the recorded one (its next version, or a cart the record
