@@ -25,6 +25,7 @@ from store.errors import redis_errors
 ACTIVITY = "carts:activity"
 OPERATIONS = "metrics:cart_operations"
 COUNTERS = "metrics:carts"
+TIMEOUT = 5.0  # seconds to connect to Redis, for its answer, and for a free connection of the pool
 
 # ARGV[6] is the time before which a cart's last activity means it has expired: such entries leave the
 # activity set here, so the set stays as large as the live carts.
@@ -159,8 +160,8 @@ class RedisCartStore:
     @classmethod
     def from_url(cls, url: str, ttl: int, max_connections: int = 20) -> RedisCartStore:
         # A blocking pool waits for a free connection instead of failing a burst of requests.
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5,
-                                                        socket_timeout=5, socket_connect_timeout=5,
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=TIMEOUT,
+                                                        socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT,
                                                         decode_responses=True)
         return cls(aioredis.Redis(connection_pool=pool), ttl)
 

@@ -19,6 +19,8 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from store import carts as carts_module
+from store import durable_carts
 from store.embedded import EmbeddedRedis
 from tests.e2e.conftest import customer_headers
 from tests.integration.conftest import ADDRESS, Deployment, embedded_deployment
@@ -219,31 +221,36 @@ async def test_a_copy_changed_in_redis_to_the_record_s_version_with_other_lines_
 
 
 async def test_cart_changes_waiting_for_a_redis_that_does_not_answer_do_not_hold_orders_back(
-        service_over_embedded: Deployment) -> None:
-    """Redis stalls (stopped, as a host that no longer answers): cart changes wait for its timeouts, each holding
-    a PostgreSQL connection of the replica meanwhile, but only up to half of its pool, so an order placed with
-    an Idempotency-Key (whose claim needs a connection) is answered while every one of them still waits."""
-    http, redis, ingress = service_over_embedded.http, service_over_embedded.redis, service_over_embedded.ingress
-    mug = await product(http, "29.99")
-    carts = [await new_cart(http) for _ in range(ingress.settings.database_pool_size + 2)]
-    watcher = await asyncpg.connect(ingress.settings.database_url)
-    pid = redis.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        # As the admin (not rate-limited: a customer's request would wait for Redis at its rate limit first).
-        changes = [asyncio.create_task(http.put(f"/api/v1/cart/{cart['id']}/items",
-                                                json={"product_id": mug, "quantity": 1})) for cart, _ in carts]
-        await eventually(lambda: watcher.fetchval(  # the cart changes that hold a connection, waiting for Redis
-            "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'"),
-            lambda held: held >= ingress.settings.database_pool_size // 2, timeout=30)
-        order = await http.post("/api/v1/orders", headers={"Idempotency-Key": str(uuid.uuid4())},
-                                json={"customer_id": carts[0][0]["customer_id"], "shipping_address": ADDRESS,
-                                      "payment_token": "tok_visa", "items": [{"product_id": mug, "quantity": 1}]})
-        assert order.status_code == 202
-        assert not any(change.done() for change in changes)  # all of them still wait for Redis
-    finally:
-        os.kill(pid, signal.SIGCONT)
-        await watcher.close()
-    answers = await asyncio.gather(*changes)
-    assert {a.status_code for a in answers} <= {200, 503}
+        tmp_path: Path, ray_session: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis stalls (stopped, as a host that no longer answers): cart changes wait for it, each holding a
+    PostgreSQL connection of the replica meanwhile, but only up to half of its pool, so an order placed with an
+    Idempotency-Key (whose claim needs a connection) is answered while every one of them still waits. A
+    deployment of its own, whose replica (in this process) waits a minute for Redis and for a turn, so that
+    none of the changes can end before Redis answers again."""
+    monkeypatch.setattr(carts_module, "TIMEOUT", 60.0)
+    monkeypatch.setattr(durable_carts, "CHANGE_WAIT", 120.0)
+    async with embedded_deployment(tmp_path) as deployment:
+        http, redis, ingress = deployment.http, deployment.redis, deployment.ingress
+        mug = await product(http, "29.99")
+        carts = [await new_cart(http) for _ in range(ingress.settings.database_pool_size + 2)]
+        watcher = await asyncpg.connect(ingress.settings.database_url)
+        pid = redis.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # As the admin (not rate-limited: a customer's request would wait for Redis at its rate limit first).
+            changes = [asyncio.create_task(http.put(f"/api/v1/cart/{cart['id']}/items",
+                                                    json={"product_id": mug, "quantity": 1})) for cart, _ in carts]
+            await eventually(lambda: watcher.fetchval(  # the cart changes that hold a connection, waiting for Redis
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'"),
+                lambda held: held >= ingress.settings.database_pool_size // 2, timeout=30)
+            order = await http.post("/api/v1/orders", headers={"Idempotency-Key": str(uuid.uuid4())},
+                                    json={"customer_id": carts[0][0]["customer_id"], "shipping_address": ADDRESS,
+                                          "payment_token": "tok_visa", "items": [{"product_id": mug, "quantity": 1}]})
+            assert order.status_code == 202
+            assert not any(change.done() for change in changes)  # half wait for Redis, the others for a turn
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            await watcher.close()
+        answers = await asyncio.gather(*changes)
+        assert [a.status_code for a in answers] == [200] * len(changes)  # Redis answered: each change was made
