@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from store import migrations
 from store import repository as repo
 from store.event_store import SERVICE, PostgresEventStore, record_from_row
 from store.projections import rebuild
@@ -83,6 +84,11 @@ async def _set_aside(pool: asyncpg.Pool, p: Problem, running: int) -> Step:
     if running:
         return Step(f"cannot fix while the service runs ({running} of its connections are open): stop it, then "
                     f"repair again", (p,), None)
+    async with pool.acquire() as conn:
+        schema = await migrations.current_version(conn)
+    if schema > migrations.LATEST:  # an event of a newer release, not damage: it must not be set aside
+        return Step(f"cannot fix: a newer release migrated this database (schema {schema}, this release knows "
+                    f"{migrations.LATEST}) and may have written the event; run that release's repair", (p,), None)
     row = await pool.fetchrow(
         """SELECT e.id, e.aggregate_id, e.version,
                   (SELECT MAX(version) FROM events x WHERE x.aggregate_id = e.aggregate_id) AS last

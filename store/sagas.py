@@ -137,7 +137,9 @@ class SagaStore:
 
     async def oldest_unfinished_age(self) -> float:
         with postgres_errors():
+            # Named, as in ``unfinished``: the status index answers in proportion to the unfinished sagas, where
+            # "not finished" walked every saga (anyone may ask /health, and finished sagas pile up).
             age = await self.events.pool.fetchval(
                 """SELECT COALESCE(EXTRACT(EPOCH FROM NOW() - MIN(created_at)), 0) FROM sagas
-                   WHERE status NOT IN ('COMPLETED', 'COMPENSATED')""")
+                   WHERE status = ANY($1::varchar[])""", [s.value for s in sg.SagaStatus if s not in sg.TERMINAL])
         return float(age)

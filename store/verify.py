@@ -74,13 +74,16 @@ async def find_problems(pool: asyncpg.Pool) -> list[Problem]:
         problems.append(Problem(Kind.GAP, f"stream {g['aggregate_id']} is not contiguous: {g['n']} events, "
                                           f"versions {g['lo']}..{g['hi']}", g["aggregate_id"]))
     # What derives from the events is read first and compared with the events as they stood then: a service
-    # running meanwhile moves orders and sagas on, and that is no problem.
-    views = {r["order_id"]: r for r in await pool.fetch(
-        "SELECT order_id, customer_id, status, total_amount, version FROM order_views")}
-    # The projector reads in (transaction, position) order: an event at a lower position than its checkpoint's,
-    # of a later transaction, may not be projected yet.
-    checkpoint = await pool.fetchrow(
-        "SELECT transaction_id, position FROM projection_checkpoints WHERE name = 'order_views'")
+    # running meanwhile moves orders and sagas on, and that is no problem. The views and the projector's
+    # checkpoint are read in one snapshot: a batch the projector commits between the two reads would make views
+    # older than the checkpoint, and an order it moved on would look wrongly projected.
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        views = {r["order_id"]: r for r in await conn.fetch(
+            "SELECT order_id, customer_id, status, total_amount, version FROM order_views")}
+        # The projector reads in (transaction, position) order: an event at a lower position than its
+        # checkpoint's, of a later transaction, may not be projected yet.
+        checkpoint = await conn.fetchrow(
+            "SELECT transaction_id, position FROM projection_checkpoints WHERE name = 'order_views'")
     projected = (checkpoint["transaction_id"], checkpoint["position"]) if checkpoint is not None else None
     rows: dict[Any, asyncpg.Record] = {r["saga_id"]: r for r in await pool.fetch(
         """SELECT s.saga_id, s.status, s.current_step, s.version,
