@@ -2,9 +2,10 @@
 
 Events are the source of truth and are never rewritten. So a repair only rebuilds what derives from
 them (read models, the ``sagas`` tables, checkpoints), or sets aside an event that the running code
-cannot read when nothing in its stream comes after it. A gap in a stream, an event in the middle of a
-stream that does not decode, or a stream that does not start as its aggregate does, cannot be fixed
-from the store itself: the answer names what to do instead.
+cannot read when nothing in its stream comes after it and no newer release has migrated the database (a
+newer release is known by its migrations only: one that adds event types and no migration is not seen). A
+gap in a stream, an event in the middle of a stream that does not decode, or a stream that does not start
+as its aggregate does, cannot be fixed from the store itself: the answer names what to do instead.
 """
 
 from __future__ import annotations

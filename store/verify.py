@@ -46,13 +46,15 @@ class Problem:
         return self.text
 
 
-async def _rows(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Record]:
+async def _rows(pool: asyncpg.Pool, snapshot: str) -> AsyncIterator[asyncpg.Record]:
+    """Every event, each with whether its transaction had committed as of ``snapshot`` (``seen``)."""
     after = 0
     while True:
         rows = await pool.fetch(
             """SELECT id, position, aggregate_id, aggregate_type, event_type, schema_version, event_data, metadata,
-                      version, created_at, transaction_id FROM events WHERE position > $1 ORDER BY position LIMIT $2""",
-            after, BATCH)
+                      version, created_at, transaction_id, pg_visible_in_snapshot(transaction_id, $3::text::pg_snapshot) AS seen
+               FROM events WHERE position > $1 ORDER BY position LIMIT $2""",
+            after, BATCH, snapshot)
         if not rows:
             return
         for row in rows:
@@ -73,26 +75,27 @@ async def find_problems(pool: asyncpg.Pool) -> list[Problem]:
     for g in gaps:
         problems.append(Problem(Kind.GAP, f"stream {g['aggregate_id']} is not contiguous: {g['n']} events, "
                                           f"versions {g['lo']}..{g['hi']}", g["aggregate_id"]))
-    # What derives from the events is read first and compared with the events as they stood then: a service
-    # running meanwhile moves orders and sagas on, and that is no problem. The views and the projector's
-    # checkpoint are read in one snapshot: a batch the projector commits between the two reads would make views
-    # older than the checkpoint, and an order it moved on would look wrongly projected.
+    # What derives from the events is read first, in one snapshot, and compared with the events as they stood
+    # then: a service running meanwhile moves orders and sagas on, and that is no problem. In one snapshot: a
+    # batch the projector commits between the reads of its views and of its checkpoint would make the views
+    # older than the checkpoint, and a saga started after the sagas rows were read would have events and no row.
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        snapshot = await conn.fetchval("SELECT pg_current_snapshot()::text")
         views = {r["order_id"]: r for r in await conn.fetch(
             "SELECT order_id, customer_id, status, total_amount, version FROM order_views")}
         # The projector reads in (transaction, position) order: an event at a lower position than its
         # checkpoint's, of a later transaction, may not be projected yet.
         checkpoint = await conn.fetchrow(
             "SELECT transaction_id, position FROM projection_checkpoints WHERE name = 'order_views'")
+        rows: dict[Any, asyncpg.Record] = {r["saga_id"]: r for r in await conn.fetch(
+            """SELECT s.saga_id, s.status, s.current_step, s.version,
+                      (SELECT COUNT(*) FROM saga_steps h WHERE h.saga_id = s.saga_id) AS steps FROM sagas s""")}
     projected = (checkpoint["transaction_id"], checkpoint["position"]) if checkpoint is not None else None
-    rows: dict[Any, asyncpg.Record] = {r["saga_id"]: r for r in await pool.fetch(
-        """SELECT s.saga_id, s.status, s.current_step, s.version,
-                  (SELECT COUNT(*) FROM saga_steps h WHERE h.saga_id = s.saga_id) AS steps FROM sagas s""")}
     orders: dict[uuid.UUID, o.Order | None] = {}
     unprojected: set[uuid.UUID] = set()
     sagas: dict[uuid.UUID, sg.Saga | None] = {}
     steps: dict[uuid.UUID, int] = {}
-    async for row in _rows(pool):
+    async for row in _rows(pool, snapshot):
         try:
             record = record_from_row(row)
         except ev.UnknownEventType:
@@ -108,7 +111,8 @@ async def find_problems(pool: asyncpg.Pool) -> list[Problem]:
             orders[aid] = o.evolve(orders.get(aid), record)
             if projected is None or (row["transaction_id"], row["position"]) > projected:
                 unprojected.add(aid)
-        elif record.aggregate_type == sg.AGGREGATE_TYPE and (aid not in rows or record.version <= rows[aid]["version"]):
+        elif record.aggregate_type == sg.AGGREGATE_TYPE and (
+                record.version <= rows[aid]["version"] if aid in rows else row["seen"]):  # a row's events, as then
             sagas[aid] = sg.evolve(sagas.get(aid), record)
             steps[aid] = steps.get(aid, 0) + (type(record.event) in STEP_OUTCOMES)
     problems += _compare_orders(views, {k: v for k, v in orders.items() if k not in unprojected}, set(orders))

@@ -250,16 +250,17 @@ async def test_verify_does_not_count_what_the_projector_has_not_reached_yet(
     assert await verify(store.pool) == []  # not projected yet: lag, not damage
 
 
-class ProjectorBetweenReads:
-    """A pool whose read of ``order_views`` is followed, once, by a batch the projector commits (``after``):
-    what a verify on a running service meets when the projector moves on while it reads."""
+class ServiceBetweenReads:
+    """A pool whose first read naming ``table`` is followed, once, by what the running service does (``after``):
+    what a verify on a running service meets when the service moves on while it reads."""
 
-    def __init__(self, pool: asyncpg.Pool, after: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, pool: asyncpg.Pool, table: str, after: Callable[[], Awaitable[None]]) -> None:
         self.pool = pool
+        self.table = table
         self.after: Callable[[], Awaitable[None]] | None = after
 
     async def _moved_on(self, query: str) -> None:
-        if "FROM order_views" in query and self.after is not None:
+        if f"FROM {self.table}" in query and self.after is not None:
             after, self.after = self.after, None
             await after()
 
@@ -301,11 +302,27 @@ async def test_verify_reads_the_views_and_the_projectors_checkpoint_as_of_one_mo
     async def the_order_moves_on_and_is_projected() -> None:
         await store.append([StreamAppend(order_id, o.AGGREGATE_TYPE, 1, [o.InventoryReserved(())])],
                            CommandContext.new(order_id, NOW))
-        await ProjectionRunner(store, OrderViews()).catch_up()
+        assert await ProjectionRunner(store, OrderViews()).catch_up() == 1
 
-    problems = await verify(ProjectorBetweenReads(store.pool, the_order_moves_on_and_is_projected))  # type: ignore[arg-type]
-    assert problems == []
+    between = ServiceBetweenReads(store.pool, "order_views", the_order_moves_on_and_is_projected)
+    assert await verify(between) == []  # type: ignore[arg-type]
+    assert between.after is None  # the projector did move on between the reads
     assert await verify(store.pool) == []  # and once it has moved on, the views agree with the events
+
+
+async def test_a_saga_started_while_verify_reads_is_not_a_saga_without_its_row(
+        fresh: tuple[str, PostgresEventStore]) -> None:
+    _, store = fresh
+    await a_saga_with_history(store)
+    started: list[uuid.UUID] = []
+
+    async def a_saga_starts() -> None:
+        started.append(await a_saga_with_history(store))
+
+    between = ServiceBetweenReads(store.pool, "sagas", a_saga_starts)
+    assert await verify(between) == []  # type: ignore[arg-type]
+    assert between.after is None and len(started) == 1
+    assert await verify(store.pool) == []
 
 
 async def test_verify_does_not_count_a_later_transactions_event_below_the_checkpoints_position(
