@@ -137,6 +137,20 @@ async def test_verify_reports_sagas_rows_that_disagree_with_their_events(
     assert len(problems) == 1 and str(saga_id) in problems[0] and "sagas row" in problems[0]
 
 
+async def test_verify_reports_a_saga_whose_row_is_gone(fresh: tuple[str, PostgresEventStore]) -> None:
+    from domain import saga as sg
+    from store.sagas import SagaStore
+
+    _, store = fresh
+    saga_id, order_id = uuid.uuid4(), uuid.uuid4()
+    await SagaStore(store).record(CommandContext.new(order_id, NOW), None, saga_id,
+                                  sg.decide_start(order_id, NOW, sg.SagaPolicy()))  # no step yet: no history rows
+    assert await verify(store.pool) == []
+    await store.pool.execute("DELETE FROM sagas WHERE saga_id = $1", saga_id)
+    problems = await verify(store.pool)
+    assert len(problems) == 1 and f"sagas row of {saga_id} is None" in problems[0]
+
+
 async def events_of(store: PostgresEventStore) -> int:
     return int(await store.pool.fetchval("SELECT COUNT(*) FROM events"))
 
