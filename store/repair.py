@@ -50,8 +50,8 @@ async def plan(pool: asyncpg.Pool, problems: list[Problem]) -> list[Step]:
     for kind in (Kind.GAP, Kind.BAD_STREAM):
         steps += [Step(f"cannot fix: {_CANNOT[kind]}", (p,), None) for p in by_kind[kind]]
     unreadable = (*by_kind[Kind.UNKNOWN_TYPE], *by_kind[Kind.UNDECODABLE])
-    running = await _service_connections(pool) if unreadable else 0
-    set_aside = [await _set_aside(pool, p, running) for p in unreadable]
+    refused = await _setting_aside_refused(pool) if unreadable else None
+    set_aside = [await _set_aside(pool, p, refused) for p in unreadable]
     steps += set_aside
     blocker = next((s.problems[0] for s in set_aside if not s.safe), None)
     checkpoints = by_kind[Kind.CHECKPOINT_AHEAD]
@@ -72,24 +72,28 @@ async def plan(pool: asyncpg.Pool, problems: list[Problem]) -> list[Step]:
     return steps
 
 
-async def _service_connections(pool: asyncpg.Pool) -> int:
-    return int(await pool.fetchval(
+async def _setting_aside_refused(pool: asyncpg.Pool) -> str | None:
+    """Why no unreadable event may be set aside now, if none may: the service runs (it could append after the
+    event meanwhile, or hold the event's effect in memory), or a newer release migrated the database (the
+    event may be that release's, not damage)."""
+    running = int(await pool.fetchval(
         """SELECT COUNT(*) FROM pg_stat_activity
            WHERE datname = current_database() AND application_name = $1""", SERVICE))
-
-
-async def _set_aside(pool: asyncpg.Pool, p: Problem, running: int) -> Step:
-    """Quarantine an event the code cannot read, if it is the last of its stream (no gap follows) and the
-    service is stopped (``running``: its open connections; it could append after the event meanwhile, or
-    hold the event's effect in memory)."""
     if running:
-        return Step(f"cannot fix while the service runs ({running} of its connections are open): stop it, then "
-                    f"repair again", (p,), None)
+        return f"cannot fix while the service runs ({running} of its connections are open): stop it, then repair again"
     async with pool.acquire() as conn:
         schema = await migrations.current_version(conn)
-    if schema > migrations.LATEST:  # an event of a newer release, not damage: it must not be set aside
-        return Step(f"cannot fix: a newer release migrated this database (schema {schema}, this release knows "
-                    f"{migrations.LATEST}) and may have written the event; run that release's repair", (p,), None)
+    if schema > migrations.LATEST:
+        return (f"cannot fix: a newer release migrated this database (schema {schema}, this release knows "
+                f"{migrations.LATEST}) and may have written the event; run that release's repair")
+    return None
+
+
+async def _set_aside(pool: asyncpg.Pool, p: Problem, refused: str | None) -> Step:
+    """Quarantine an event the code cannot read, if it is the last of its stream (no gap follows) and nothing
+    refuses it (``refused``: why not)."""
+    if refused is not None:
+        return Step(refused, (p,), None)
     row = await pool.fetchrow(
         """SELECT e.id, e.aggregate_id, e.version,
                   (SELECT MAX(version) FROM events x WHERE x.aggregate_id = e.aggregate_id) AS last

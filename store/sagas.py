@@ -17,6 +17,9 @@ from store.errors import postgres_errors
 from store.event_store import CommandContext, PostgresEventStore, StreamAppend, build_records, columns
 
 STEP_OUTCOMES = {sg.StepAttempted: "started", sg.StepSucceeded: "succeeded", sg.StepFailed: "failed"}
+# The statuses of unfinished sagas, named rather than "all but the terminal ones", so that the status index
+# finds them in proportion to their number (finished sagas pile up, and anyone may ask /health).
+_UNFINISHED = [s.value for s in sg.SagaStatus if s not in sg.TERMINAL]
 
 
 def prepare(ctx: CommandContext, saga: sg.Saga | None, saga_id: uuid.UUID, saga_events: Sequence[ev.DomainEvent],
@@ -97,9 +100,7 @@ class SagaStore:
 
     async def unfinished(self, include_failed: bool = True) -> list[tuple[uuid.UUID, uuid.UUID]]:
         """Every saga not in a terminal state (FAILED ones too, unless told not to), as (saga_id, order_id)."""
-        # Named, not "all but the terminal ones", so that the status index finds them (finished ones pile up).
-        wanted = [s.value for s in sg.SagaStatus
-                  if s not in sg.TERMINAL and (include_failed or s is not sg.SagaStatus.FAILED)]
+        wanted = [s for s in _UNFINISHED if include_failed or s != sg.SagaStatus.FAILED.value]
         with postgres_errors():
             rows = await self.events.pool.fetch(
                 "SELECT saga_id, order_id FROM sagas WHERE status = ANY($1::varchar[])", wanted)
@@ -137,9 +138,7 @@ class SagaStore:
 
     async def oldest_unfinished_age(self) -> float:
         with postgres_errors():
-            # Named, as in ``unfinished``: the status index answers in proportion to the unfinished sagas, where
-            # "not finished" walked every saga (anyone may ask /health, and finished sagas pile up).
             age = await self.events.pool.fetchval(
                 """SELECT COALESCE(EXTRACT(EPOCH FROM NOW() - MIN(created_at)), 0) FROM sagas
-                   WHERE status = ANY($1::varchar[])""", [s.value for s in sg.SagaStatus if s not in sg.TERMINAL])
+                   WHERE status = ANY($1::varchar[])""", _UNFINISHED)
         return float(age)
