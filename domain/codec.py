@@ -10,10 +10,10 @@ import collections.abc
 import dataclasses
 import datetime as dt
 import enum
-import functools
 import types
 import typing
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -22,60 +22,95 @@ JSON = Any
 
 def to_primitive(value: Any) -> JSON:
     """Turn a dataclass (or any supported value) into JSON-ready primitives."""
-    if value is None or isinstance(value, (bool, int, str, float)):
-        if isinstance(value, enum.Enum):
-            return value.value
-        return value
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (uuid.UUID, Decimal)):
-        return str(value)
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_primitive(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (tuple, list, frozenset, set)):
-        return [to_primitive(v) for v in value]
-    if isinstance(value, collections.abc.Mapping):
-        return {str(k): to_primitive(v) for k, v in value.items()}
-    raise TypeError(f"cannot encode {type(value).__name__}")
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    try:
+        encode = _ENCODERS[type(value)]
+    except KeyError:
+        encode = _ENCODERS[type(value)] = _encoder(type(value))
+    return encode(value)
 
 
 def from_primitive(tp: Any, data: JSON) -> Any:
     """Rebuild a value of type ``tp`` from primitives produced by :func:`to_primitive`."""
+    try:
+        decode = _DECODERS[tp]
+    except KeyError:
+        decode = _DECODERS[tp] = _decoder(tp)
+    return decode(data)
+
+
+# What each type becomes, worked out once per type from the checks below and kept: an event is encoded on
+# every write and a saga's row on every step, and walking those checks for every value of every field was
+# a tenth of the order shard's CPU (docs/benchmarks.md, eighteenth round).
+_ENCODERS: dict[type, Callable[[Any], JSON]] = {}
+_DECODERS: dict[Any, Callable[[JSON], Any]] = {}
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _value(value: enum.Enum) -> Any:
+    return value.value
+
+
+def _isoformat(value: dt.datetime) -> str:
+    return value.isoformat()
+
+
+def _items(value: collections.abc.Iterable[Any]) -> list[JSON]:
+    return [to_primitive(v) for v in value]
+
+
+def _mapping(value: collections.abc.Mapping[Any, Any]) -> dict[str, JSON]:
+    return {str(k): to_primitive(v) for k, v in value.items()}
+
+
+def _encoder(cls: type) -> Callable[[Any], JSON]:
+    if cls is type(None) or issubclass(cls, (bool, int, str, float)):
+        return _value if issubclass(cls, enum.Enum) else _same
+    if issubclass(cls, enum.Enum):
+        return _value
+    if issubclass(cls, (uuid.UUID, Decimal)):
+        return str
+    if issubclass(cls, dt.datetime):
+        return _isoformat
+    if dataclasses.is_dataclass(cls):
+        names = tuple(f.name for f in dataclasses.fields(cls))
+
+        def fields(value: Any) -> dict[str, JSON]:
+            return {name: to_primitive(getattr(value, name)) for name in names}
+        return fields
+    if issubclass(cls, (tuple, list, frozenset, set)):
+        return _items
+    if issubclass(cls, collections.abc.Mapping):
+        return _mapping
+    raise TypeError(f"cannot encode {cls.__name__}")
+
+
+def _decoder(tp: Any) -> Callable[[JSON], Any]:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if data is None:
-            return None
-        return from_primitive(args[0], data)
+        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        return lambda data: None if data is None else from_primitive(inner, data)
     if tp is Any:
-        return data
+        return _same
     if origin is tuple:
         item_type = typing.get_args(tp)[0]
-        return tuple(from_primitive(item_type, v) for v in data)
+        return lambda data: tuple(from_primitive(item_type, v) for v in data)
     if origin in (dict, collections.abc.Mapping):
         key_t, val_t = typing.get_args(tp)
-        return {from_primitive(key_t, k): from_primitive(val_t, v) for k, v in data.items()}
+        return lambda data: {from_primitive(key_t, k): from_primitive(val_t, v) for k, v in data.items()}
     if isinstance(tp, type):
         if dataclasses.is_dataclass(tp):
-            hints = _hints(tp)
-            kwargs = {f.name: from_primitive(hints[f.name], data[f.name])
-                      for f in dataclasses.fields(tp) if f.name in data}
-            return tp(**kwargs)
-        if issubclass(tp, enum.Enum):
-            return tp(data)
-        if tp is uuid.UUID:
-            return uuid.UUID(data)
-        if tp is Decimal:
-            return Decimal(data)
+            hints = typing.get_type_hints(tp)
+            fields = tuple((f.name, hints[f.name]) for f in dataclasses.fields(tp))
+            cls = tp
+
+            def build(data: JSON) -> Any:
+                return cls(**{name: from_primitive(hint, data[name]) for name, hint in fields if name in data})
+            return build
+        if issubclass(tp, enum.Enum) or tp in (uuid.UUID, Decimal, int, str, bool, float):
+            return tp
         if tp is dt.datetime:
-            return dt.datetime.fromisoformat(data)
-        if tp in (int, str, bool, float):
-            return tp(data)
+            return dt.datetime.fromisoformat
     raise TypeError(f"cannot decode {tp!r}")

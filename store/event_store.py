@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 import asyncpg
+import orjson
 
 from domain import events as ev
 from store.errors import ConcurrencyConflict, DuplicateCommand, postgres_errors, replaced_after_failover
@@ -206,9 +207,20 @@ async def _schedule(c: asyncpg.Connection | asyncpg.Pool, aggregate_id: uuid.UUI
            WHERE deadlines.version <= EXCLUDED.version""", aggregate_id, aggregate_type, due_at, version)
 
 
+def json_text(value: Any) -> str:
+    """A json or jsonb parameter's text: orjson's, several times faster than the json module's, whose encoding
+    of events and saga rows took a twentieth of the order shard's CPU (docs/benchmarks.md, eighteenth round);
+    the json module's for what orjson refuses and it takes (an integer beyond 64 bits, a key that is not a
+    string). Reading stays with the json module, which keeps every integer exact."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("jsonb", encoder=json_text, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json_text, decoder=json.loads, schema="pg_catalog")
 
 
 SERVICE = "commerce-service"  # the application name of the running service's connections
