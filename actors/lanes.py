@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from actors.call_batches import Answer, Call, CallBatches, Key, Withdrawn
+from actors.call_batches import MAX_IN_FLIGHT, Answer, Call, CallBatches, Key, Withdrawn
 from actors.calls import ActorLost, ActorRef, ServiceTimeout, call
 from actors.watch import Watch
 
@@ -21,14 +21,16 @@ class Lanes:
     With a ``watch``, a call whose caller gave up after it left is withdrawn in the shard too, and a
     withdrawal that fails is counted, logged and reported by that watch (the owner's health)."""
 
-    def __init__(self, refs: list[ActorRef], lanes: tuple[str, ...], timeout: float, watch: Watch | None) -> None:
+    def __init__(self, refs: list[ActorRef], lanes: tuple[str, ...], timeout: float, watch: Watch | None,
+                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self.timeout = timeout
         self.watch = watch
         self._refs = refs
         self._lost_at: dict[str, float] = {}  # when each shard was last found lost (time.monotonic())
         self._withdrawals: set[asyncio.Task[bool]] = set()  # under way: kept, so that none is collected early
         self._batches = {(i, lane): CallBatches(functools.partial(self._send, ref),
-                                                functools.partial(self._withdraw, ref) if watch else _kept, timeout)
+                                                functools.partial(self._withdraw, ref) if watch else _kept, timeout,
+                                                max_in_flight)
                          for i, ref in enumerate(refs) for lane in lanes}
 
     async def call(self, shard: int, lane: str, method: str, *args: Any) -> Any:
