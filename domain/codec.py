@@ -90,7 +90,11 @@ def _encoder(cls: type) -> Callable[[Any], JSON]:
 def _decoder(tp: Any) -> Callable[[JSON], Any]:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        # One type besides None: JSON does not say which of several a value was (and ``int | str`` is cached
+        # as ``str | int``, equal to it).
+        inner, *others = [a for a in typing.get_args(tp) if a is not type(None)]
+        if others:
+            raise TypeError(f"cannot decode {tp!r}: a union of several types")
         return lambda data: None if data is None else from_primitive(inner, data)
     if tp is Any:
         return _same

@@ -207,13 +207,20 @@ async def _schedule(c: asyncpg.Connection | asyncpg.Pool, aggregate_id: uuid.UUI
            WHERE deadlines.version <= EXCLUDED.version""", aggregate_id, aggregate_type, due_at, version)
 
 
+# What orjson would write and the json module refuses, refused: a date or a dataclass passed by mistake
+# (unencoded by domain.codec) fails as it did, rather than being stored in a form nothing reads back.
+_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
 def json_text(value: Any) -> str:
     """A json or jsonb parameter's text: orjson's, several times faster than the json module's, whose encoding
     of events and saga rows took a twentieth of the order shard's CPU (docs/benchmarks.md, eighteenth round);
-    the json module's for what orjson refuses and it takes (an integer beyond 64 bits, a key that is not a
-    string). Reading stays with the json module, which keeps every integer exact."""
+    the json module's for what orjson refuses (an integer beyond 64 bits, a key that is not a string, a date),
+    which raises TypeError for what it cannot hold. Parameters are JSON primitives (domain.codec): orjson
+    writes a non-finite float, which they never hold, as null. Reading stays with the json module, which keeps
+    every integer exact."""
     try:
-        return orjson.dumps(value).decode()
+        return orjson.dumps(value, option=_STRICT).decode()
     except TypeError:
         return json.dumps(value)
 

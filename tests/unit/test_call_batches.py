@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from actors import call_batches
+from actors import call_batches, lanes
 from actors.call_batches import Answer, BatchRunner, Call, CallBatches, Key, Withdrawn
+from actors.client import InventoryClient, OrderClient
 from domain.errors import DomainError
 
 FAR = time.time() + 3600  # a caller's deadline far away
@@ -264,3 +266,35 @@ async def test_a_call_sent_again_while_its_first_copy_runs_joins_it_and_runs_onc
     target.release.set()
     assert await first == await again == [(True, "once")]
     assert target.ran == [("slow", "once")]
+
+
+async def test_a_new_order_leaves_for_its_shard_while_the_batch_before_it_is_under_way_and_a_sku_command_waits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ingress keeps two batches under way to an order shard (a new order does not wait for the commit of
+    the one before); an order shard's SKU commands keep one, so that they share batches."""
+    sent: list[list[Call]] = []
+    release = asyncio.Event()
+
+    async def shard(ref: Any, method: str, calls: list[Call], timeout: float, attempts: int) -> list[Answer]:
+        sent.append(calls)
+        await release.wait()
+        return [(True, c[1]) for c in calls]
+
+    monkeypatch.setattr(lanes, "call", shard)
+    orders = OrderClient("ns", 1, batched=True)
+    first = asyncio.ensure_future(orders.get_order(uuid.uuid4()))
+    await settle()
+    second = asyncio.ensure_future(orders.get_order(uuid.uuid4()))
+    await settle()
+    assert len(sent) == 2  # the second left without waiting for the first's answer
+
+    skus = InventoryClient("ns", 1, batched=True)
+    commits = [asyncio.ensure_future(skus.commit(uuid.uuid4(), uuid.uuid4(), "order:1"))]
+    await settle()
+    commits += [asyncio.ensure_future(skus.commit(uuid.uuid4(), uuid.uuid4(), "order:1")) for _ in range(2)]
+    await settle()
+    assert len(sent) == 3  # the first commit went at once; the other two wait, together, for its answer
+    release.set()
+    assert await first == await second == "get_order"
+    assert [await c for c in commits] == ["commit"] * 3
+    assert [len(calls) for calls in sent] == [1, 1, 1, 2]
