@@ -40,7 +40,7 @@ async def test_a_database_that_applied_the_reverted_version_9_gets_the_plain_app
             await conn.execute(REVERTED_9)
         assert "pg_notify" in await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'append_events'")
 
-        assert await migrate(conn) == [10, 11, 12, 13] and LATEST == 13
+        assert await migrate(conn) == [10, 11, 12, 13, 14] and LATEST == 14
         assert await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'append_events'") == body
         assert await conn.fetchval("SELECT COUNT(*) FROM pg_proc WHERE proname = 'record_sagas'") == 1
     finally:
@@ -64,7 +64,7 @@ async def test_a_database_where_version_9_was_record_sagas_migrates_to_the_same_
                 number = 9 if version == 10 else version
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", number, name)
-        assert await migrate(conn) == [10, 11, 12, 13]
+        assert await migrate(conn) == [10, 11, 12, 13, 14]
         assert await migrate(other) == [v for v, _, _ in MIGRATIONS]
         functions = "SELECT proname, prosrc FROM pg_proc WHERE proname IN ('append_events', 'record_sagas') ORDER BY 1"
         assert [tuple(r) for r in await conn.fetch(functions)] == [tuple(r) for r in await other.fetch(functions)]
@@ -92,7 +92,7 @@ async def test_version_11_empties_the_read_models_and_the_projector_replays_them
         await runner.catch_up()
         await pool.execute("UPDATE inventory_views SET on_hand = 3")  # as a misordered replay could leave it
         async with pool.acquire() as conn:
-            assert await migrate(conn) == [11, 12, 13]
+            assert await migrate(conn) == [11, 12, 13, 14]
         assert await pool.fetchval("SELECT COUNT(*) FROM inventory_views") == 0
         assert await pool.fetchval("SELECT COUNT(*) FROM projection_checkpoints") == 0
         assert await ProjectionRunner(store, InventoryViews()).catch_up() == 1
@@ -109,3 +109,34 @@ def _notifying(body: str) -> str:
     notified = body.replace("GET DIAGNOSTICS written = ROW_COUNT;",
                             "GET DIAGNOSTICS written = ROW_COUNT; PERFORM pg_notify('commerce_events', '');")
     return f"""{signature} RETURNS TABLE (id UUID, "position" BIGINT) LANGUAGE plpgsql AS $fn${notified}$fn$"""
+
+
+async def test_a_sagas_row_rewritten_at_a_step_stays_on_its_page_when_the_table_has_filled_up(servers: Servers) -> None:
+    """Version 14 keeps room on each page of ``sagas``: a step's rewrite of a saga's row goes beside the old
+    version, with no new index entry (HOT), even once the sagas started after it have filled the pages."""
+    from domain import saga as sg
+    from store.sagas import SagaStore
+
+    dsn = await create_database(servers.database_url, "commerce_migrations")
+    pool = await create_pool(dsn, 2)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        sagas, policy, now = SagaStore(PostgresEventStore(pool)), sg.SagaPolicy(), dt.datetime.now(dt.UTC)
+        started = []
+        for _ in range(60):  # pages' worth of sagas, as the service writes them
+            saga_id, order_id = uuid.uuid4(), uuid.uuid4()
+            saga, _ = await sagas.record(CommandContext.new(order_id, now), None, saga_id,
+                                         sg.decide_start(order_id, now, policy))
+            started.append((saga_id, order_id, saga))
+        page = "SELECT (ctid::text::point)[0] FROM sagas WHERE saga_id = $1"
+        assert await pool.fetchval("SELECT COUNT(DISTINCT (ctid::text::point)[0]) FROM sagas") > 2
+        for saga_id, order_id, saga in started[:3]:  # the first page's
+            assert await pool.fetchval(page, saga_id) == 0
+            action = sg.next_action(saga, now, policy)
+            assert isinstance(action, sg.RunStep)
+            await sagas.record(CommandContext.new(order_id, now), saga, saga_id, sg.decide_attempt(action))
+            assert await pool.fetchval(page, saga_id) == 0  # on a full page it would have gone to the last one
+    finally:
+        await pool.close()
+        await drop_database(servers.database_url, dsn)
