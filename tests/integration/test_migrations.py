@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from decimal import Decimal
 
 import asyncpg
+import pytest
 
 from domain import inventory as inv
 from store.event_store import CommandContext, PostgresEventStore, StreamAppend, create_pool
@@ -139,4 +141,28 @@ async def test_a_sagas_row_rewritten_at_a_step_stays_on_its_page_when_the_table_
             assert await pool.fetchval(page, saga_id) == 0  # on a full page it would have gone to the last one
     finally:
         await pool.close()
+        await drop_database(servers.database_url, dsn)
+
+
+async def test_version_14_gives_up_when_a_vacuum_of_sagas_holds_the_table_and_applies_once_it_is_done(
+        servers: Servers) -> None:
+    """A vacuum under way (an anti-wraparound one is not cancelled for it) holds the lock that the table's
+    setting needs: the migration waits 5 s at most, fails, and changes nothing; tried again, it applies."""
+    dsn = await create_database(servers.database_url, "commerce_migrations")
+    conn, vacuum = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            await migrated_to(conn, 13)
+        held = vacuum.transaction()
+        await held.start()
+        await vacuum.execute("LOCK TABLE sagas IN SHARE UPDATE EXCLUSIVE MODE")  # the lock a VACUUM takes
+        with pytest.raises(asyncpg.exceptions.LockNotAvailableError):
+            await asyncio.wait_for(migrate(conn), 30)  # without a lock timeout it would wait for the vacuum
+        assert await conn.fetchval("SELECT MAX(version) FROM schema_migrations") == 13
+        await held.rollback()
+        assert await migrate(conn) == [14]
+        assert await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'sagas'") == ["fillfactor=50"]
+    finally:
+        await conn.close()
+        await vacuum.close()
         await drop_database(servers.database_url, dsn)
