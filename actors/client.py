@@ -28,9 +28,9 @@ BATCHED_ORDER_CALLS = {"create_order": "commands", "get_order": "reads"}  # the 
 # Batches of the ingress's calls under way to one order shard at once, per lane (actors.call_batches; the
 # sagas' SKU commands keep one). With one, a new order waited for the whole round trip of the batch before it,
 # its commit included; with two, the next batch reaches the shard while that commit is under way and its
-# records share the next flush. In four alternating pairs, the acknowledgement's p99 at half the peak rate
-# was 66-277 ms against 198-860 ms with one, and the peak rate the same or a little higher (docs/benchmarks.md,
-# eighteenth round).
+# records share the next flush. In four alternating pairs the acknowledgement's p99 at half the peak rate was
+# 66-277 ms against 198-860 ms with one, the peak rate the same or a little higher; a later comparison of
+# several changes together saw no difference beyond the machine's noise (docs/benchmarks.md, eighteenth round).
 ORDER_BATCHES_IN_FLIGHT = 2
 
 

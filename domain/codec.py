@@ -40,7 +40,7 @@ def from_primitive(tp: Any, data: JSON) -> Any:
 
 # What each type becomes, worked out once per type from the checks below and kept: an event is encoded on
 # every write and a saga's row on every step, and walking those checks for every value of every field was
-# a tenth of the order shard's CPU (docs/benchmarks.md, eighteenth round).
+# a sixteenth of the order shard's CPU (docs/benchmarks.md, eighteenth round).
 _ENCODERS: dict[type, Callable[[Any], JSON]] = {}
 _DECODERS: dict[Any, Callable[[JSON], Any]] = {}
 

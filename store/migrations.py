@@ -352,10 +352,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "a saga's row is rewritten in place",
         # A saga's row is rewritten at every step, and no index holds what a step changes but its status (at the
         # end). On full pages each new version went to another page, with an entry in each of the table's four
-        # indexes: 84-89 % of the rewrites in benchmarks with autovacuum off (docs/benchmarks.md, eighteenth round). Half of each
-        # page is kept free for them, so that PostgreSQL writes them beside the old version and no index entry
-        # (HOT). It applies to the pages written from now on. The setting's lock waits for a vacuum of the table
-        # under way (an anti-wraparound one is not cancelled): at most 5 s, then the start fails, to be tried again.
+        # indexes: 84-89 % of the rewrites in benchmarks with autovacuum off (docs/benchmarks.md, eighteenth
+        # round). Half of each page is kept free for them, so that PostgreSQL writes them beside the old version
+        # and no index entry (HOT). It applies to the pages written from now on. The setting's lock waits for a
+        # vacuum of the table under way (an anti-wraparound one is not cancelled): at most 5 s, then the start
+        # fails, to be tried again.
         """
         SET LOCAL lock_timeout = '5s';
         ALTER TABLE sagas SET (fillfactor = 50);
