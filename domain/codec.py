@@ -108,10 +108,9 @@ def _decoder(tp: Any) -> Callable[[JSON], Any]:
         if dataclasses.is_dataclass(tp):
             hints = typing.get_type_hints(tp)
             fields = tuple((f.name, hints[f.name]) for f in dataclasses.fields(tp))
-            cls = tp
 
             def build(data: JSON) -> Any:
-                return cls(**{name: from_primitive(hint, data[name]) for name, hint in fields if name in data})
+                return tp(**{name: from_primitive(hint, data[name]) for name, hint in fields if name in data})
             return build
         if issubclass(tp, enum.Enum) or tp in (uuid.UUID, Decimal, int, str, bool, float):
             return tp

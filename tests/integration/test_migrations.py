@@ -11,9 +11,11 @@ import asyncpg
 import pytest
 
 from domain import inventory as inv
+from domain import saga as sg
 from store.event_store import CommandContext, PostgresEventStore, StreamAppend, create_pool
 from store.migrations import LATEST, MIGRATIONS, migrate
 from store.projections import InventoryViews, ProjectionRunner
+from store.sagas import SagaStore
 from tests.support import Servers, create_database, drop_database
 
 # A database that applied the reverted version 9 holds it as applied, and an append_events that notifies.
@@ -116,9 +118,6 @@ def _notifying(body: str) -> str:
 async def test_a_sagas_row_rewritten_at_a_step_stays_on_its_page_when_the_table_has_filled_up(servers: Servers) -> None:
     """Version 14 keeps room on each page of ``sagas``: a step's rewrite of a saga's row goes beside the old
     version, with no new index entry (HOT), even once the sagas started after it have filled the pages."""
-    from domain import saga as sg
-    from store.sagas import SagaStore
-
     dsn = await create_database(servers.database_url, "commerce_migrations")
     pool = await create_pool(dsn, 2)
     try:
