@@ -13,7 +13,6 @@ import dataclasses
 import datetime as dt
 import enum
 import uuid
-from typing import Any
 
 from domain.errors import TransitionForbidden
 from domain.events import DomainEvent, Metadata, Recorded, event
@@ -400,14 +399,13 @@ def with_next_attempt(saga_id: uuid.UUID, saga: Saga | None, events: list[Domain
 
 
 def evolve(saga: Saga | None, recorded: Recorded) -> Saga | None:
-    """The saga after one of its events: one new state per event (each copy of a frozen Saga costs its
-    twenty fields, and a saga's events are folded at every step)."""
+    """The saga after one of its events. Each branch makes one new state, its time and version stamped with the
+    event's: a copy of a frozen Saga costs its twenty fields, and a saga's events are folded at every step."""
     e, at, v = recorded.event, recorded.at, recorded.version
     if isinstance(e, SagaStarted):
         return Saga(recorded.aggregate_id, e.order_id, SagaStatus.RUNNING, Phase.EXECUTE, e.deadline, at, at, v)
     if saga is None:
         return None
-    changes: dict[str, Any] = {"updated_at": at, "version": v}
     if isinstance(e, StepAttempted):
         attempted = saga.attempted
         if e.action is Phase.EXECUTE and e.step not in attempted:
@@ -415,31 +413,39 @@ def evolve(saga: Saga | None, recorded: Recorded) -> Saga | None:
         reserved_under = saga.reserved_under
         if e.step == Step.RESERVE_INVENTORY and e.action is Phase.EXECUTE and reserved_under is None:
             reserved_under = saga.deadline
-        changes.update(attempt=e.attempt, in_flight=True, retry_at=None, attempted=attempted,
-                       attempts_total=saga.attempts_total + 1, reserved_under=reserved_under)
-    elif isinstance(e, StepSucceeded):
-        changes.update(attempt=0, in_flight=False, retry_at=None, last_error=None, outages=0)
-        if e.action is Phase.EXECUTE:
-            changes["succeeded"] = saga.succeeded + (e.step,)
-        else:
-            changes["compensated"] = saga.compensated + (e.step,)
-    elif isinstance(e, StepFailed):
-        changes.update(in_flight=False, retry_at=e.retry_at, last_error=e.error, outages=saga.outages + e.unavailable)
-    elif isinstance(e, CompensationStarted):
-        changes.update(status=SagaStatus.COMPENSATING, phase=Phase.COMPENSATE, attempt=0, in_flight=False,
-                       retry_at=None, reason=e.reason, outages=0)
-    elif isinstance(e, SagaParked):
-        changes.update(status=SagaStatus.FAILED, retry_at=None, last_error=e.error)
-    elif isinstance(e, SagaResumed):
+        return dataclasses.replace(
+            saga, updated_at=at, version=v, attempt=e.attempt, in_flight=True, retry_at=None, attempted=attempted,
+            attempts_total=saga.attempts_total + 1, reserved_under=reserved_under,
+        )
+    if isinstance(e, StepSucceeded):
+        executed = e.action is Phase.EXECUTE
+        return dataclasses.replace(
+            saga, updated_at=at, version=v, attempt=0, in_flight=False, retry_at=None, last_error=None, outages=0,
+            succeeded=saga.succeeded + (e.step,) if executed else saga.succeeded,
+            compensated=saga.compensated if executed else saga.compensated + (e.step,),
+        )
+    if isinstance(e, StepFailed):
+        return dataclasses.replace(saga, updated_at=at, version=v, in_flight=False, retry_at=e.retry_at,
+                                   last_error=e.error, outages=saga.outages + e.unavailable)
+    if isinstance(e, CompensationStarted):
+        return dataclasses.replace(
+            saga, updated_at=at, version=v, status=SagaStatus.COMPENSATING, phase=Phase.COMPENSATE, attempt=0,
+            in_flight=False, retry_at=None, reason=e.reason, outages=0,
+        )
+    if isinstance(e, SagaParked):
+        return dataclasses.replace(saga, updated_at=at, version=v, status=SagaStatus.FAILED, retry_at=None,
+                                   last_error=e.error)
+    if isinstance(e, SagaResumed):
+        status = SagaStatus.RUNNING if saga.phase is Phase.EXECUTE else SagaStatus.COMPENSATING
         # The deadline the reservations count from, kept before a resume moves it (a saga decoded from a
         # snapshot older than the field, whose reserve step was tried, has it only so).
         reserved_under = saga.reserved_under or (
             saga.deadline if Step.RESERVE_INVENTORY in saga.attempted else None)
-        changes.update(status=SagaStatus.RUNNING if saga.phase is Phase.EXECUTE else SagaStatus.COMPENSATING,
-                       run=e.run, attempt=0, retry_at=None, deadline=e.deadline or saga.deadline, outages=0,
-                       reserved_under=reserved_under)
-    elif isinstance(e, SagaCompleted):
-        changes["status"] = SagaStatus.COMPLETED
-    elif isinstance(e, SagaCompensated):
-        changes["status"] = SagaStatus.COMPENSATED
-    return dataclasses.replace(saga, **changes)
+        return dataclasses.replace(saga, updated_at=at, version=v, status=status, run=e.run, attempt=0,
+                                   retry_at=None, deadline=e.deadline or saga.deadline, outages=0,
+                                   reserved_under=reserved_under)
+    if isinstance(e, SagaCompleted):
+        return dataclasses.replace(saga, updated_at=at, version=v, status=SagaStatus.COMPLETED)
+    if isinstance(e, SagaCompensated):
+        return dataclasses.replace(saga, updated_at=at, version=v, status=SagaStatus.COMPENSATED)
+    return dataclasses.replace(saga, updated_at=at, version=v)  # an event it does not know: its time and version

@@ -331,8 +331,9 @@ class PostgresEventStore:
                 await _schedule(c, a.aggregate_id, a.aggregate_type, a.deadline.due_at, a.expected_version + len(a.events))
         positions = {row["id"]: row["position"] for row in stored}
         # Built, not dataclasses.replace'd: replace walks the fields for each record (2 % of an order shard's time).
-        return [ev.Recorded(r.aggregate_id, r.aggregate_type, r.version, r.event, r.metadata,
-                            positions[r.metadata.event_id]) for r in records]
+        return [ev.Recorded(aggregate_id=r.aggregate_id, aggregate_type=r.aggregate_type, version=r.version,
+                            event=r.event, metadata=r.metadata, position=positions[r.metadata.event_id])
+                for r in records]
 
     async def load_stream(self, aggregate_id: uuid.UUID, after_version: int = 0) -> list[ev.Recorded]:
         with postgres_errors():

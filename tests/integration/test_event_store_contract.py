@@ -43,6 +43,15 @@ async def test_appended_events_load_in_version_order(store: PostgresEventStore) 
     assert [r.version for r in await store.load_stream(pid, after_version=2)] == [3]
 
 
+async def test_an_append_returns_what_a_load_reads_back_positions_included(store: PostgresEventStore) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    await store.append([StreamAppend(a, inv.AGGREGATE_TYPE, 0, [stock(a, 1)])], ctx())
+    written = await store.append([StreamAppend(a, inv.AGGREGATE_TYPE, 1, [stock(a, 2), stock(a, 3)]),
+                                  StreamAppend(b, inv.AGGREGATE_TYPE, 0, [stock(b, 4)])], ctx())
+    assert written == [*(await store.load_stream(a))[1:], *await store.load_stream(b)]
+    assert all(r.position for r in written) and len({r.position for r in written}) == 3
+
+
 async def test_stale_expected_version_is_a_conflict(store: PostgresEventStore) -> None:
     pid = uuid.uuid4()
     await store.append([StreamAppend(pid, inv.AGGREGATE_TYPE, 0, [stock(pid)])], ctx())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -291,3 +292,71 @@ def test_every_step_is_named_once_and_a_step_no_saga_runs_is_refused_loudly() ->
         order_events_for(order, "reserve_inventroy", sg.Phase.EXECUTE, True, StepData(), "x")  # a typo
     with pytest.raises(ValueError):
         order_events_for(order, sg.Step.REFUND_PAYMENT, sg.Phase.EXECUTE, True, StepData(), "x")
+
+
+# --- each event's whole effect on the state ------------------------------------------------------
+
+LATER = NOW + dt.timedelta(seconds=42)
+DEADLINE = NOW + dt.timedelta(seconds=300)
+NEW_DEADLINE = LATER + dt.timedelta(seconds=300)
+BEFORE = sg.Saga(
+    saga_id=SAGA_ID, order_id=uuid.UUID(int=7), status=sg.SagaStatus.RUNNING, phase=sg.Phase.EXECUTE,
+    deadline=DEADLINE, created_at=NOW, updated_at=NOW, version=3, run=1, attempt=2, attempts_total=4, in_flight=True,
+    retry_at=NOW + dt.timedelta(seconds=5), attempted=(sg.Step.RESERVE_INVENTORY,), succeeded=(), compensated=(),
+    reason=None, last_error="gateway timeout", outages=1, reserved_under=None,
+)
+PARKED_FORWARD = replace(BEFORE, status=sg.SagaStatus.FAILED, in_flight=False, retry_at=None)
+COMPENSATING = replace(BEFORE, status=sg.SagaStatus.COMPENSATING, phase=sg.Phase.COMPENSATE, attempt=1,
+                       reason="payment declined", attempted=(sg.Step.RESERVE_INVENTORY, sg.Step.PROCESS_PAYMENT))
+
+
+class Noted(DomainEvent):
+    """An event the saga does not know (written by a later version, say)."""
+
+
+# (name, the state before, the event, what the event changes besides updated_at and version)
+EFFECTS: list[tuple[str, sg.Saga, DomainEvent, dict[str, object]]] = [
+    ("a first attempt of the next step", BEFORE, sg.StepAttempted(sg.Step.PROCESS_PAYMENT, sg.Phase.EXECUTE, 1, 1),
+     {"attempt": 1, "in_flight": True, "retry_at": None, "attempts_total": 5,
+      "attempted": (sg.Step.RESERVE_INVENTORY, sg.Step.PROCESS_PAYMENT)}),
+    ("a retry of the reserve step, which dates the reservations", BEFORE,
+     sg.StepAttempted(sg.Step.RESERVE_INVENTORY, sg.Phase.EXECUTE, 3, 1),
+     {"attempt": 3, "in_flight": True, "retry_at": None, "attempts_total": 5, "reserved_under": DEADLINE}),
+    ("a compensation's attempt, not an execute step", COMPENSATING,
+     sg.StepAttempted(sg.Step.REFUND_PAYMENT, sg.Phase.COMPENSATE, 2, 1),
+     {"attempt": 2, "in_flight": True, "retry_at": None, "attempts_total": 5}),
+    ("a step's success", BEFORE, sg.StepSucceeded(sg.Step.RESERVE_INVENTORY, sg.Phase.EXECUTE, 2),
+     {"attempt": 0, "in_flight": False, "retry_at": None, "last_error": None, "outages": 0,
+      "succeeded": (sg.Step.RESERVE_INVENTORY,)}),
+    ("a compensation's success", COMPENSATING, sg.StepSucceeded(sg.Step.REFUND_PAYMENT, sg.Phase.COMPENSATE, 1),
+     {"attempt": 0, "in_flight": False, "retry_at": None, "last_error": None, "outages": 0,
+      "compensated": (sg.Step.REFUND_PAYMENT,)}),
+    ("a failure during an outage", BEFORE,
+     sg.StepFailed(sg.Step.RESERVE_INVENTORY, sg.Phase.EXECUTE, 2, "down", LATER, unavailable=True),
+     {"in_flight": False, "retry_at": LATER, "last_error": "down", "outages": 2}),
+    ("a failure that counts", BEFORE, sg.StepFailed(sg.Step.RESERVE_INVENTORY, sg.Phase.EXECUTE, 2, "no", None),
+     {"in_flight": False, "retry_at": None, "last_error": "no", "outages": 1}),
+    ("the start of compensation", BEFORE, sg.CompensationStarted("payment declined"),
+     {"status": sg.SagaStatus.COMPENSATING, "phase": sg.Phase.COMPENSATE, "attempt": 0, "in_flight": False,
+      "retry_at": None, "reason": "payment declined", "outages": 0}),
+    ("parking", COMPENSATING, sg.SagaParked(sg.Step.REFUND_PAYMENT, sg.Phase.COMPENSATE, "refund refused"),
+     {"status": sg.SagaStatus.FAILED, "retry_at": None, "last_error": "refund refused"}),
+    ("a resume going forward, with a new deadline", PARKED_FORWARD, sg.SagaResumed(2, NEW_DEADLINE),
+     {"status": sg.SagaStatus.RUNNING, "run": 2, "attempt": 0, "retry_at": None, "outages": 0,
+      "deadline": NEW_DEADLINE, "reserved_under": DEADLINE}),
+    ("a compensation resumed", replace(COMPENSATING, status=sg.SagaStatus.FAILED), sg.SagaResumed(2),
+     {"status": sg.SagaStatus.COMPENSATING, "run": 2, "attempt": 0, "retry_at": None, "outages": 0,
+      "reserved_under": DEADLINE}),
+    ("completion", BEFORE, sg.SagaCompleted(), {"status": sg.SagaStatus.COMPLETED}),
+    ("the end of compensation", COMPENSATING, sg.SagaCompensated(), {"status": sg.SagaStatus.COMPENSATED}),
+    ("an event the saga does not know", BEFORE, Noted(), {}),
+]
+
+
+@pytest.mark.parametrize(("before", "event", "changes"), [case[1:] for case in EFFECTS], ids=[c[0] for c in EFFECTS])
+def test_an_event_changes_exactly_its_fields_and_stamps_its_time_and_version(
+        before: sg.Saga, event: DomainEvent, changes: dict[str, object]) -> None:
+    meta = Metadata(uuid.uuid4(), uuid.uuid4(), SAGA_ID, None, LATER)
+    after = sg.evolve(before, Recorded(SAGA_ID, sg.AGGREGATE_TYPE, before.version + 1, event, meta))
+    assert after == replace(before, updated_at=LATER, version=before.version + 1, **changes)  # type: ignore[arg-type]
+    assert before.updated_at == NOW and before.version == 3  # the state it came from is left as it was
