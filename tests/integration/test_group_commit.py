@@ -12,7 +12,9 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
+from actors.metrics import OrderMetrics
 from actors.order_commits import GroupCommit
+from actors.orders import OrderRecords
 from domain import fulfilment as ff
 from domain import order as o
 from domain import saga as sg
@@ -192,3 +194,24 @@ async def test_a_record_whose_caller_gave_up_before_its_flush_is_never_written(s
         await gave_up
     assert list(commits.flushes) == [1]
     assert await stored(store, first) == (1, 1, True) and await stored(store, abandoned) == (0, 0, False)
+
+
+async def test_an_order_whose_saga_id_was_not_derived_from_its_own_records_its_steps_on_that_saga(
+        store: PostgresEventStore) -> None:
+    """An order placed with a saga id of another making (an earlier scheme) has its saga under that id: its
+    steps are recorded there, not on a stream of the id derived now, which would refuse them forever."""
+    records = OrderRecords(store, OrderMetrics())
+    placed = Placement()
+    placed.saga_id = uuid.uuid4()
+    await placed.record(records.commits)
+    entity = await records.load(placed.order_id)
+    assert entity.saga is not None and entity.saga.saga_id == placed.saga_id
+
+    action = sg.next_action(entity.saga, NOW, POLICY)
+    assert isinstance(action, sg.RunStep)
+    after = await records.record(placed.order_id, entity, sg.decide_attempt(action), [])
+
+    assert after is not None and after.saga is not None and after.saga.in_flight
+    assert [type(r.event) for r in await store.load_stream(placed.saga_id)] == [sg.SagaStarted, sg.StepAttempted]
+    assert await store.load_stream(ff.saga_id_of(placed.order_id)) == []
+    assert (await records.load(placed.order_id)).saga == after.saga
