@@ -215,3 +215,6 @@ async def test_an_order_whose_saga_id_was_not_derived_from_its_own_records_its_s
     assert [type(r.event) for r in await store.load_stream(placed.saga_id)] == [sg.SagaStarted, sg.StepAttempted]
     assert await store.load_stream(ff.saga_id_of(placed.order_id)) == []
     assert (await records.load(placed.order_id)).saga == after.saga
+    row = await store.pool.fetchrow("SELECT version, (SELECT COUNT(*) FROM saga_steps s WHERE s.saga_id = $1) AS steps "
+                                    "FROM sagas WHERE saga_id = $1", placed.saga_id)
+    assert (row["version"], row["steps"]) == (2, 1)  # the saga's row and its step's row follow the same saga
