@@ -52,10 +52,9 @@ class OrderRecords:
         """Append saga and order events atomically: the state after them, or None when another write came
         first (the caller reloads and decides again)."""
         others = [StreamAppend(order_id, o.AGGREGATE_TYPE, state.order.version if state.order else 0, order_events)]
-        # The saga the state holds, or the one its order names, where it has them: an order placed with a saga id
-        # of an earlier making keeps its saga there (and the id is not worked out again at every step).
-        saga_id = (state.saga.saga_id if state.saga is not None else
-                   state.order.saga_id if state.order is not None else ff.saga_id_of(order_id))
+        # The saga its order names (the one load_based loaded): an order placed with a saga id of an earlier making
+        # keeps its saga there, and the id is not worked out again at every step. A new order's is derived.
+        saga_id = state.order.saga_id if state.order is not None else ff.saga_id_of(order_id)
         try:
             saga, records = await self.commits.record(ctx or CommandContext.new(order_id, dt.datetime.now(dt.UTC)),
                                                     state.saga, saga_id, saga_events, others)

@@ -61,9 +61,10 @@ async def store(servers: Servers) -> AsyncIterator[PostgresEventStore]:
 class Placement:
     """What placing an order records: the saga's start and the order's creation, two streams, one command."""
 
-    def __init__(self, order_id: uuid.UUID | None = None, command_id: uuid.UUID | None = None) -> None:
+    def __init__(self, order_id: uuid.UUID | None = None, command_id: uuid.UUID | None = None,
+                 saga_id: uuid.UUID | None = None) -> None:
         self.order_id = order_id or uuid.uuid4()
-        self.saga_id = ff.saga_id_of(self.order_id)
+        self.saga_id = saga_id or ff.saga_id_of(self.order_id)
         self.ctx = CommandContext.new(self.order_id, NOW, command_id=command_id)
 
     async def record(self, commits: GroupCommit, saga: sg.Saga | None = None, order_version: int = 0) -> sg.Saga:
@@ -201,8 +202,7 @@ async def test_an_order_whose_saga_id_was_not_derived_from_its_own_records_its_s
     """An order placed with a saga id of another making (an earlier scheme) has its saga under that id: its
     steps are recorded there, not on a stream of the id derived now, which would refuse them forever."""
     records = OrderRecords(store, OrderMetrics())
-    placed = Placement()
-    placed.saga_id = uuid.uuid4()
+    placed = Placement(saga_id=uuid.uuid4())
     await placed.record(records.commits)
     entity = await records.load(placed.order_id)
     assert entity.saga is not None and entity.saga.saga_id == placed.saga_id
