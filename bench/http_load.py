@@ -134,28 +134,29 @@ def record_drain(report: Report, c: int, orders: wrk.WrkResult, before: dict[str
             print(f"  warning: {n} sagas {status} in this phase; they are not counted as confirmed", flush=True)
 
 
-def print_cpu_per_order(used: dict[str, float], confirmed: int) -> None:
-    """The CPU each confirmed order cost over its load phase and drain, by kind of process: where to look."""
-    if confirmed <= 0:
+def print_cpu_per(what: str, used: dict[str, float], count: int) -> None:
+    """The CPU each request (or confirmed order) cost over its phase, by kind of process: where to look."""
+    if count <= 0:
         return
     total = sum(used.values())
-    parts = ", ".join(f"{kind} {1000 * t / confirmed:.1f}" for kind, t in list(used.items())[:9] if t > 0)
-    print(f"        CPU per confirmed order: {1000 * total / confirmed:.1f} ms in all; by process, ms: {parts}",
-          flush=True)
+    parts = ", ".join(f"{kind} {1000 * t / count:.2f}" for kind, t in list(used.items())[:9] if t > 0)
+    print(f"        CPU per {what}: {1000 * total / count:.2f} ms in all; by process, ms: {parts}", flush=True)
 
 
 async def one_round(targets: Targets, sagas: SagaStore, c: int, options: Options, report: Report) -> None:
     """One concurrency of one repeat: both baselines, then the orders and the drain of their sagas."""
     await phase(report, LIVEZ, c, targets.livez, options)
-    base = await phase(report, BASELINE, c, targets.baseline, options)
-    before = await sagas.counts()
     cpu = CpuUse(psutil.Process())  # this process started Ray, and so every process of the service
+    cpu.start()
+    base = await phase(report, BASELINE, c, targets.baseline, options)
+    print_cpu_per("request of the baseline route", cpu.stop(), base.requests)
+    before = await sagas.counts()
     cpu.start()
     orders = await phase(report, ORDERS, c, targets.orders, options, targets.orders_script)
     drained = await drain(sagas, options.drain_timeout)  # the clock starts as wrk exits
     used = cpu.stop()
     record_drain(report, c, orders, before, drained)
-    print_cpu_per_order(used, drained.count("COMPLETED") - before.get("COMPLETED", 0))
+    print_cpu_per("confirmed order", used, drained.count("COMPLETED") - before.get("COMPLETED", 0))
     if base.ok_per_second > 0:
         report.add(RATIO, c, ratio=orders.ok_per_second / base.ok_per_second)
     if c == max(options.concurrency) and orders.ok_per_second > 0:
