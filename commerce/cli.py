@@ -92,21 +92,27 @@ def print_token(settings: Settings, args: argparse.Namespace) -> int:
 def with_database(settings: Settings, command: str, action: str | None, apply: bool = False) -> int:
     """Run a database tool. A signal (Ctrl-C, SIGTERM, SIGHUP) stops it as it stops the service: an embedded
     PostgreSQL it started is stopped (or, while it starts, its start abandoned), never left running alone.
-    A migration stopped midway is rolled back, and the next run applies it."""
+    A migration stopped midway is rolled back, and the next run applies it. A database that cannot be reached
+    ends it with EX_UNAVAILABLE (69), never with 1, which says what verify or repair found."""
     from commerce.runtime import Runtime
+    from store.errors import StoreUnavailable, postgres_errors
 
     runtime = Runtime(settings)
     _on_signals(_stop_now)
     try:
-        dsn = runtime.prepare_database(_ServerStarting)
-        if command == "migrate":
-            print("migrations applied; schema is current")
-            return 0
-        if command == "events" and action == "repair":
-            return asyncio.run(repair(dsn, apply))
-        if command == "events":
-            return asyncio.run(verify(dsn))
-        return asyncio.run(rebuild(dsn))
+        with postgres_errors():
+            dsn = runtime.prepare_database(_ServerStarting)
+            if command == "migrate":
+                print("migrations applied; schema is current")
+                return 0
+            if command == "events" and action == "repair":
+                return asyncio.run(repair(dsn, apply))
+            if command == "events":
+                return asyncio.run(verify(dsn))
+            return asyncio.run(rebuild(dsn))
+    except StoreUnavailable as e:  # not a finding about the store (exit 1): it could not be asked
+        print(f"commerce: {' '.join(filter(None, (command, action)))}: {e}", file=sys.stderr, flush=True)
+        return os.EX_UNAVAILABLE
     except KeyboardInterrupt:  # our stop (see _Stop)
         print(f"commerce: {command} stopped by a signal before it finished", file=sys.stderr, flush=True)
         return 130
@@ -262,13 +268,15 @@ def serve(settings: Settings) -> int:
     repeated at that moment would end the process before the stop is done.
     """
     from commerce.runtime import Runtime
+    from store.errors import StoreUnavailable, postgres_errors
 
     runtime = Runtime(settings)
     stop = threading.Event()
     code = 1
     _on_signals(_stop_now)  # a stop while starting unwinds into the orderly stop below
     try:
-        settings = runtime.prepare(_ServerStarting)
+        with postgres_errors():
+            settings = runtime.prepare(_ServerStarting)
         runtime.start_ray()
         _on_signals(_stop_now)  # Ray installs its own SIGTERM handling in the driver; ours comes after it
         runtime.start_service()
@@ -284,6 +292,9 @@ def serve(settings: Settings) -> int:
     except SettingsError as e:
         print(f"commerce: configuration error: {e}", file=sys.stderr, flush=True)
         code = 2
+    except StoreUnavailable as e:
+        print(f"commerce: serve: {e}", file=sys.stderr, flush=True)
+        code = os.EX_UNAVAILABLE
     except BaseException:
         traceback.print_exc()
     finally:

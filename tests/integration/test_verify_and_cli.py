@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,7 +21,7 @@ from store.event_store import CommandContext, PostgresEventStore, StreamAppend, 
 from store.migrations import migrate
 from store.projections import OrderViews, ProjectionRunner, all_projections
 from store.verify import verify
-from tests.support import Servers, create_database, drop_database
+from tests.support import Servers, create_database, drop_database, free_port
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 ADDRESS = o.ShippingAddress("Ada", "1 Main St", "Springfield", "12345", "US")
@@ -104,6 +105,22 @@ async def test_a_bad_setting_fails_at_start_naming_it(fresh: tuple[str, Postgres
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate()
     assert proc.returncode == 2 and b"COMMERCE_SAGA_RETRY_ATTEMPTS" in out
+
+
+@pytest.mark.parametrize("args", [("migrate",), ("events", "verify"), ("events", "repair", "--apply"),
+                                  ("projections", "rebuild"), ("serve",)])
+async def test_a_database_that_cannot_be_reached_is_named_with_an_exit_code_of_its_own(
+        args: tuple[str, ...], tmp_path: Path) -> None:
+    """Not 1, which verify and repair exit with when they find problems, and not a traceback: a script that
+    checks the store must tell an outage from an inconsistent store."""
+    env = {**os.environ, "COMMERCE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/test",
+           "COMMERCE_DATA_DIR": str(tmp_path)}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "commerce.cli", *args, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == os.EX_UNAVAILABLE
+    assert f"commerce: {' '.join(a for a in args if not a.startswith('-'))}: PostgreSQL unavailable:" in err.decode()
+    assert b"Traceback" not in err and b"verified" not in out and b"applied" not in out
 
 
 async def a_saga_with_history(store: PostgresEventStore) -> uuid.UUID:
