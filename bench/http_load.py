@@ -135,7 +135,8 @@ def record_drain(report: Report, c: int, orders: wrk.WrkResult, before: dict[str
 
 
 def print_cpu_per(what: str, used: dict[str, float], count: int) -> None:
-    """The CPU each request (or confirmed order) cost over its phase, by kind of process: where to look."""
+    """The CPU each successful request of a phase (or each confirmed order, over its phase and the drain after
+    it) cost, by kind of process: where to look."""
     if count <= 0:
         return
     total = sum(used.values())
@@ -149,7 +150,7 @@ async def one_round(targets: Targets, sagas: SagaStore, c: int, options: Options
     cpu = CpuUse(psutil.Process())  # this process started Ray, and so every process of the service
     cpu.start()
     base = await phase(report, BASELINE, c, targets.baseline, options)
-    print_cpu_per("request of the baseline route", cpu.stop(), base.requests)
+    print_cpu_per("successful request of the baseline route", cpu.stop(), base.requests - base.non_2xx)
     before = await sagas.counts()
     cpu.start()
     orders = await phase(report, ORDERS, c, targets.orders, options, targets.orders_script)
