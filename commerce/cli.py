@@ -92,30 +92,42 @@ def print_token(settings: Settings, args: argparse.Namespace) -> int:
 def with_database(settings: Settings, command: str, action: str | None, apply: bool = False) -> int:
     """Run a database tool. A signal (Ctrl-C, SIGTERM, SIGHUP) stops it as it stops the service: an embedded
     PostgreSQL it started is stopped (or, while it starts, its start abandoned), never left running alone.
-    A migration stopped midway is rolled back, and the next run applies it. A database that cannot be reached
-    ends it with EX_UNAVAILABLE (69), never with 1, which says what verify or repair found."""
-    from commerce.runtime import Runtime
-    from store.errors import StoreUnavailable, postgres_errors
+    A migration stopped midway is rolled back, and the next run applies it.
 
+    Exit 1 is what verify or repair found (or a refusal they explain); a database that cannot be reached is
+    EX_UNAVAILABLE (69), output that cannot be written EX_IOERR (74), and any other failure EX_SOFTWARE (70),
+    with its traceback: a script that checks the store can tell them apart."""
+    from commerce.runtime import Runtime
+    from store.errors import StoreUnavailable
+
+    tool = " ".join(filter(None, (command, action)))
     runtime = Runtime(settings)
     _on_signals(_stop_now)
     try:
-        with postgres_errors():
-            dsn = runtime.prepare_database(_ServerStarting)
-            if command == "migrate":
-                print("migrations applied; schema is current")
-                return 0
-            if command == "events" and action == "repair":
-                return asyncio.run(repair(dsn, apply))
-            if command == "events":
-                return asyncio.run(verify(dsn))
-            return asyncio.run(rebuild(dsn))
-    except StoreUnavailable as e:  # not a finding about the store (exit 1): it could not be asked
-        print(f"commerce: {' '.join(filter(None, (command, action)))}: {e}", file=sys.stderr, flush=True)
+        dsn = runtime.prepare_database(_ServerStarting)
+        if command == "migrate":
+            _say("migrations applied; schema is current")
+            return 0
+        if command == "events" and action == "repair":
+            return asyncio.run(repair(dsn, apply))
+        if command == "events":
+            return asyncio.run(verify(dsn))
+        return asyncio.run(rebuild(dsn))
+    except StoreUnavailable as e:  # not a finding about the store: it could not be asked
+        print(f"commerce: {tool}: {e}", file=sys.stderr, flush=True)
         return os.EX_UNAVAILABLE
+    except _OutputFailed as e:
+        print(f"commerce: {tool}: its output could not be written: {e}", file=sys.stderr, flush=True)
+        return os.EX_IOERR
     except KeyboardInterrupt:  # our stop (see _Stop)
         print(f"commerce: {command} stopped by a signal before it finished", file=sys.stderr, flush=True)
         return 130
+    except SettingsError:
+        raise  # main's answer: exit 2
+    except Exception:
+        traceback.print_exc()
+        print(f"commerce: {tool} failed", file=sys.stderr, flush=True)
+        return os.EX_SOFTWARE
     finally:
         try:
             _on_signals(signal.SIG_IGN)  # signals repeated while stopping must not cut the stop short
@@ -123,7 +135,22 @@ def with_database(settings: Settings, command: str, action: str | None, apply: b
             runtime.stop()
 
 
+class _OutputFailed(Exception):
+    """The tool's own output could not be written (a closed pipe, a full disk): not the database's doing, though
+    it happened while the database was being read."""
+
+
+def _say(text: str, end: str = "\n") -> None:
+    """The tools' output: an error writing it is told apart from the database's (whose OSErrors, inside its
+    work, count as an outage) and from the tool's own."""
+    try:
+        print(text, end=end, flush=True)
+    except OSError as e:
+        raise _OutputFailed(str(e) or type(e).__name__) from e
+
+
 async def repair(dsn: str, apply: bool) -> int:
+    from store.errors import postgres_errors
     from store.event_store import create_pool
     from store.projections import ProjectionFailed, RebuildInProgress
     from store.repair import RepairRefused, plan
@@ -132,20 +159,23 @@ async def repair(dsn: str, apply: bool) -> int:
 
     pool = await create_pool(dsn, 4)
     try:
-        problems = await find_problems(pool)
+        with postgres_errors():
+            problems = await find_problems(pool)
         if not problems:
-            print("event store verified: nothing to repair")
+            _say("event store verified: nothing to repair")
             return 0
-        steps = await plan(pool, problems)
+        with postgres_errors():
+            steps = await plan(pool, problems)
         for step in steps:
-            print(f"{'-' if step.safe else '!'} {step.action} ({len(step.problems)} problem(s)):")
+            _say(f"{'-' if step.safe else '!'} {step.action} ({len(step.problems)} problem(s)):")
             for p in step.problems[:20]:
-                print(f"    {p}")
+                _say(f"    {p}")
         if not apply:
-            print("dry run: nothing was changed; run again with --apply to make the repairs marked '-'")
+            _say("dry run: nothing was changed; run again with --apply to make the repairs marked '-'")
             return 1
         try:
-            remaining = await run_repair(pool, lambda step: print(f"done: {step.action}"))
+            with postgres_errors():
+                remaining = await run_repair(pool, lambda step: _say(f"done: {step.action}"))
         except (RebuildInProgress, ProjectionFailed, RepairRefused) as e:
             print(f"commerce: repair stopped: {e}", file=sys.stderr)
             return 1
@@ -154,59 +184,63 @@ async def repair(dsn: str, apply: bool) -> int:
     if remaining:
         _list_problems(f"{len(remaining)} problem(s) remain:", remaining)
         return 1
-    print("repaired: the event store verifies clean")
+    _say("repaired: the event store verifies clean")
     return 0
 
 
 def _list_problems(header: str, problems: Sequence[object]) -> None:
-    print(header)
+    _say(header)
     for p in problems:
-        print(f"  - {p}")
+        _say(f"  - {p}")
 
 
 async def verify(dsn: str) -> int:
+    from store.errors import postgres_errors
     from store.event_store import create_pool
     from store.verify import verify as run_verify
 
     pool = await create_pool(dsn, 2)
     try:
-        problems = await run_verify(pool)
+        with postgres_errors():
+            problems = await run_verify(pool)
     finally:
         await pool.close()
     if problems:
         _list_problems(f"event store verification found {len(problems)} problem(s):", problems)
         return 1
-    print("event store verified: streams contiguous, every event decodes, read models and sagas match")
+    _say("event store verified: streams contiguous, every event decodes, read models and sagas match")
     return 0
 
 
 async def rebuild(dsn: str) -> int:
+    from store.errors import postgres_errors
     from store.event_store import create_pool
     from store.projections import ProjectionFailed, RebuildInProgress
     from store.projections import rebuild as rebuild_projections
 
     pool = await create_pool(dsn, 2)  # one connection holds the locks, one replays
     try:
-        total = await pool.fetchval("SELECT COUNT(*) FROM events")
+        with postgres_errors():
+            total = await pool.fetchval("SELECT COUNT(*) FROM events")
         done: dict[str, int] = {}
 
         def progress(name: str, n: int) -> None:
             if name not in done and done:
-                print()  # the previous projection's bar is complete
+                _say("")  # the previous projection's bar is complete
             done[name] = done.get(name, 0) + n
             width = 30
             # events appended while the service runs can take the count past the total
             filled = min(width, int(width * done[name] / total)) if total else width
-            print(f"\r{name:<16} [{'#' * filled}{'.' * (width - filled)}] {done[name]}/{total}", end="", flush=True)
+            _say(f"\r{name:<16} [{'#' * filled}{'.' * (width - filled)}] {done[name]}/{total}", end="")
 
         try:
             await rebuild_projections(pool, progress)
         except (RebuildInProgress, ProjectionFailed) as e:
             if done:
-                print()  # end the progress bar's line
+                _say("")  # end the progress bar's line
             print(f"commerce: projections rebuild failed: {e}", file=sys.stderr)
             return 1
-        print()
+        _say("")
     finally:
         await pool.close()
     return 0
@@ -268,15 +302,14 @@ def serve(settings: Settings) -> int:
     repeated at that moment would end the process before the stop is done.
     """
     from commerce.runtime import Runtime
-    from store.errors import StoreUnavailable, postgres_errors
+    from store.errors import StoreUnavailable
 
     runtime = Runtime(settings)
     stop = threading.Event()
     code = 1
     _on_signals(_stop_now)  # a stop while starting unwinds into the orderly stop below
     try:
-        with postgres_errors():
-            settings = runtime.prepare(_ServerStarting)
+        settings = runtime.prepare(_ServerStarting)
         runtime.start_ray()
         _on_signals(_stop_now)  # Ray installs its own SIGTERM handling in the driver; ours comes after it
         runtime.start_service()

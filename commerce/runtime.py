@@ -14,11 +14,14 @@ import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from commerce import logs
 from commerce.settings import ResolvedSettings, Settings, SettingsError
 from store.embedded import EmbeddedPostgres, EmbeddedRedis
+
+if TYPE_CHECKING:
+    import asyncpg
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +59,27 @@ def stop_log_monitor() -> None:
 
 
 async def run_migrations(database_url: str) -> list[int]:
-    import asyncpg
-
+    """Migrate the database; raises StoreUnavailable when it cannot be reached, SettingsError when its URL
+    cannot be read."""
+    from store.errors import postgres_errors
     from store.migrations import migrate
 
-    conn = await asyncpg.connect(database_url)
+    with postgres_errors():
+        conn = await connect(database_url)
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+
+
+async def connect(database_url: str) -> asyncpg.Connection:
+    """A connection to the configured database; a URL asyncpg cannot read is the settings' fault, not an outage."""
+    import asyncpg
+
     try:
-        return await migrate(conn)
-    finally:
-        await conn.close()
+        return await asyncpg.connect(database_url)
+    except (asyncpg.exceptions.ClientConfigurationError, ValueError) as e:
+        raise SettingsError(f"COMMERCE_DATABASE_URL: {e}") from e
 
 
 def secret_file(path: Path) -> str:
@@ -105,18 +120,19 @@ def resolve_secrets(settings: Settings) -> tuple[Settings, dict[str, Path]]:
 async def check_server_secret(settings: ResolvedSettings) -> None:
     """Refuse to start with another server secret than the one this database was used with: the ids
     derived from it (orders placed with an Idempotency-Key, orders' reservations) would change."""
-    import asyncpg
+    from store.errors import postgres_errors
 
     fingerprint = settings.derived_key("fingerprint").hex()
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        known = await conn.fetchval(
-            """WITH ins AS (INSERT INTO secret_fingerprints (name, fingerprint) VALUES ('server_secret', $1)
-                            ON CONFLICT (name) DO NOTHING RETURNING fingerprint)
-               SELECT fingerprint FROM ins UNION ALL
-               SELECT fingerprint FROM secret_fingerprints WHERE name = 'server_secret' LIMIT 1""", fingerprint)
-    finally:
-        await conn.close()
+    with postgres_errors():
+        conn = await connect(settings.database_url)
+        try:
+            known = await conn.fetchval(
+                """WITH ins AS (INSERT INTO secret_fingerprints (name, fingerprint) VALUES ('server_secret', $1)
+                                ON CONFLICT (name) DO NOTHING RETURNING fingerprint)
+                   SELECT fingerprint FROM ins UNION ALL
+                   SELECT fingerprint FROM secret_fingerprints WHERE name = 'server_secret' LIMIT 1""", fingerprint)
+        finally:
+            await conn.close()
     if known is not None and known != fingerprint:
         raise SettingsError("the server secret is not the one this database was used with (COMMERCE_SERVER_SECRET, "
                             "or server_secret in the data directory); restore it")

@@ -107,20 +107,45 @@ async def test_a_bad_setting_fails_at_start_naming_it(fresh: tuple[str, Postgres
     assert proc.returncode == 2 and b"COMMERCE_SAGA_RETRY_ATTEMPTS" in out
 
 
+async def tool(env: dict[str, str], *args: str, stdout: Any = asyncio.subprocess.PIPE) -> tuple[int, str, str]:
+    """The command run as an operator's script runs it (no Ray cluster named): its exit code, stdout, stderr."""
+    env = {k: v for k, v in {**os.environ, **env}.items() if k != "RAY_ADDRESS"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "commerce.cli", *args, env=env,
+                                                stdout=stdout, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    return proc.returncode or 0, (out or b"").decode(), err.decode()
+
+
 @pytest.mark.parametrize("args", [("migrate",), ("events", "verify"), ("events", "repair", "--apply"),
                                   ("projections", "rebuild"), ("serve",)])
 async def test_a_database_that_cannot_be_reached_is_named_with_an_exit_code_of_its_own(
         args: tuple[str, ...], tmp_path: Path) -> None:
     """Not 1, which verify and repair exit with when they find problems, and not a traceback: a script that
     checks the store must tell an outage from an inconsistent store."""
-    env = {**os.environ, "COMMERCE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/test",
-           "COMMERCE_DATA_DIR": str(tmp_path)}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "commerce.cli", *args, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
-    assert proc.returncode == os.EX_UNAVAILABLE
-    assert f"commerce: {' '.join(a for a in args if not a.startswith('-'))}: PostgreSQL unavailable:" in err.decode()
-    assert b"Traceback" not in err and b"verified" not in out and b"applied" not in out
+    code, out, err = await tool({"COMMERCE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/test",
+                                 "COMMERCE_DATA_DIR": str(tmp_path)}, *args)
+    assert code == os.EX_UNAVAILABLE
+    assert f"commerce: {' '.join(a for a in args if not a.startswith('-'))}: PostgreSQL unavailable:" in err
+    assert "Traceback" not in err and "verified" not in out and "applied" not in out
+
+
+@pytest.mark.parametrize("url", ["mysql://root@127.0.0.1/test", "postgresql://postgres@127.0.0.1:port/test"])
+@pytest.mark.parametrize("args", [("events", "verify"), ("serve",)])
+async def test_a_database_url_that_cannot_be_read_is_a_configuration_error(
+        url: str, args: tuple[str, ...], tmp_path: Path) -> None:
+    code, _, err = await tool({"COMMERCE_DATABASE_URL": url, "COMMERCE_DATA_DIR": str(tmp_path)}, *args)
+    assert code == 2 and "configuration error: COMMERCE_DATABASE_URL:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [("events", "verify"), ("projections", "rebuild")])
+async def test_output_that_cannot_be_written_is_not_taken_for_an_outage(
+        fresh: tuple[str, PostgresEventStore], args: tuple[str, ...]) -> None:
+    dsn, store = fresh
+    await three_orders(store)
+    with open("/dev/full", "wb") as full:  # every write: ENOSPC
+        code, _, err = await tool({"COMMERCE_DATABASE_URL": dsn}, *args, stdout=full)
+    assert code == os.EX_IOERR
+    assert f"commerce: {' '.join(args)}: its output could not be written:" in err and "unavailable" not in err
 
 
 async def a_saga_with_history(store: PostgresEventStore) -> uuid.UUID:
