@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from commerce.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from commerce.runtime import Runtime
 
 
@@ -54,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as e:
         print(f"commerce: configuration error: {e}", file=sys.stderr)
         return 2
+    except Exception:  # a tool's own failure, as it stopped (serve ends in serve): not what it found, exit 1
+        traceback.print_exc()
+        return os.EX_SOFTWARE
 
 
 def load_reporting_warnings() -> Settings:
@@ -135,6 +140,14 @@ def with_database(settings: Settings, command: str, action: str | None, apply: b
             runtime.stop()
 
 
+async def _close(pool: asyncpg.Pool) -> None:
+    """Close a tool's pool; a connection that no longer answers (its server gone) is dropped, not waited for."""
+    try:
+        await asyncio.wait_for(pool.close(), 5)
+    except Exception:
+        pool.terminate()
+
+
 class _OutputFailed(Exception):
     """The tool's own output could not be written (a closed pipe, a full disk): not the database's doing, though
     it happened while the database was being read."""
@@ -180,7 +193,7 @@ async def repair(dsn: str, apply: bool) -> int:
             print(f"commerce: repair stopped: {e}", file=sys.stderr)
             return 1
     finally:
-        await pool.close()
+        await _close(pool)
     if remaining:
         _list_problems(f"{len(remaining)} problem(s) remain:", remaining)
         return 1
@@ -204,7 +217,7 @@ async def verify(dsn: str) -> int:
         with postgres_errors():
             problems = await run_verify(pool)
     finally:
-        await pool.close()
+        await _close(pool)
     if problems:
         _list_problems(f"event store verification found {len(problems)} problem(s):", problems)
         return 1
@@ -242,7 +255,7 @@ async def rebuild(dsn: str) -> int:
             return 1
         _say("")
     finally:
-        await pool.close()
+        await _close(pool)
     return 0
 
 
@@ -325,8 +338,8 @@ def serve(settings: Settings) -> int:
     except SettingsError as e:
         print(f"commerce: configuration error: {e}", file=sys.stderr, flush=True)
         code = 2
-    except StoreUnavailable as e:
-        print(f"commerce: serve: {e}", file=sys.stderr, flush=True)
+    except StoreUnavailable as e:  # also as an actor's start raised it (Ray's error is one, with its cause)
+        print(f"commerce: serve: {getattr(e, 'cause', None) or e}", file=sys.stderr, flush=True)
         code = os.EX_UNAVAILABLE
     except BaseException:
         traceback.print_exc()

@@ -91,7 +91,7 @@ def postgres_errors() -> Iterator[None]:
     except _UNAVAILABLE as e:
         if isinstance(e, asyncpg.exceptions.ReadOnlySQLTransactionError):
             _replace_connections()
-        raise StoreUnavailable(f"PostgreSQL unavailable: {e or type(e).__name__}") from e  # a timeout says nothing
+        raise StoreUnavailable(f"PostgreSQL unavailable: {str(e) or type(e).__name__}") from e  # a timeout says nothing
 
 
 # What one member of a batch's statement can make the server refuse (SQLSTATE classes 22 and 23; asyncpg raises an

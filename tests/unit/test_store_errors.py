@@ -37,6 +37,12 @@ async def test_a_server_that_cannot_serve_now_is_unavailable(error: Exception) -
     assert raised.value.__cause__ is error
 
 
+async def test_an_outage_without_words_is_named_by_its_kind() -> None:
+    with pytest.raises(StoreUnavailable) as raised, postgres_errors():
+        raise TimeoutError()  # asyncpg's connect and command timeouts
+    assert str(raised.value) == "PostgreSQL unavailable: TimeoutError"
+
+
 @pytest.mark.parametrize("error", DATA, ids=lambda e: type(e).__name__)
 async def test_what_the_data_or_the_code_causes_stays_itself(error: Exception) -> None:
     with pytest.raises(type(error)), postgres_errors():
