@@ -80,6 +80,9 @@ async def connect(database_url: str) -> asyncpg.Connection:
         return await asyncpg.connect(database_url)
     except asyncpg.exceptions.ClientConfigurationError as e:
         raise SettingsError(f"COMMERCE_DATABASE_URL (or a PG* variable): {e}") from e
+    except (asyncpg.exceptions.InvalidAuthorizationSpecificationError, asyncpg.exceptions.InvalidCatalogNameError) as e:
+        # a wrong user or password, a pg_hba.conf refusal, a database that does not exist: the server answered
+        raise SettingsError(f"COMMERCE_DATABASE_URL: {e}") from e
     except ValueError as e:  # its text may quote a part of the URL, the password too: not repeated
         raise SettingsError("COMMERCE_DATABASE_URL (or a PG* variable) cannot be read as a PostgreSQL URL; "
                             "percent-encode special characters in the user name and password") from e

@@ -21,7 +21,7 @@ from store.event_store import CommandContext, PostgresEventStore, StreamAppend, 
 from store.migrations import migrate
 from store.projections import OrderViews, ProjectionRunner, all_projections
 from store.verify import verify
-from tests.support import Servers, create_database, drop_database, free_port
+from tests.support import Servers, create_database, drop_database, free_port, with_database
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 ADDRESS = o.ShippingAddress("Ada", "1 Main St", "Springfield", "12345", "US")
@@ -143,6 +143,15 @@ async def test_a_database_url_that_cannot_be_read_is_a_configuration_error_that_
     code, _, err = await tool({"COMMERCE_DATABASE_URL": url, "COMMERCE_DATA_DIR": str(tmp_path)}, *args)
     assert code == 2 and "configuration error: COMMERCE_DATABASE_URL (or a PG* variable)" in err
     assert "Traceback" not in err and "pa55" not in err
+
+
+@pytest.mark.parametrize("args", [("events", "verify"), ("serve",)])
+async def test_a_database_the_server_does_not_have_is_a_configuration_error(
+        servers: Servers, args: tuple[str, ...], tmp_path: Path) -> None:
+    missing = with_database(servers.database_url, f"commerce_missing_{uuid.uuid4().hex[:8]}")
+    code, _, err = await tool({"COMMERCE_DATABASE_URL": missing, "COMMERCE_DATA_DIR": str(tmp_path)}, *args)
+    assert code == 2 and "configuration error: COMMERCE_DATABASE_URL:" in err and "does not exist" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("args", [("events", "verify"), ("projections", "rebuild")])
