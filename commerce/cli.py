@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as e:
         print(f"commerce: configuration error: {e}", file=sys.stderr)
         return 2
-    except Exception:  # a tool's own failure, as it stopped (serve ends in serve): not what it found, exit 1
+    except Exception:  # a failure of the tool's own, even as it stopped: 1 is only what a tool found
         traceback.print_exc()
         return os.EX_SOFTWARE
 
@@ -99,9 +99,10 @@ def with_database(settings: Settings, command: str, action: str | None, apply: b
     PostgreSQL it started is stopped (or, while it starts, its start abandoned), never left running alone.
     A migration stopped midway is rolled back, and the next run applies it.
 
-    Exit 1 is what verify or repair found (or a refusal they explain); a database that cannot be reached is
-    EX_UNAVAILABLE (69), output that cannot be written EX_IOERR (74), and any other failure EX_SOFTWARE (70),
-    with its traceback: a script that checks the store can tell them apart."""
+    Exit 1 is what verify or repair found, or a stop a tool explains; a database that cannot be reached is
+    EX_UNAVAILABLE (69), output that cannot be written EX_IOERR (74), settings the database refuses 2 (main's),
+    and any other failure EX_SOFTWARE (70), with its traceback: a script that checks the store can tell them
+    apart."""
     from commerce.runtime import Runtime
     from store.errors import StoreUnavailable
 
