@@ -370,7 +370,10 @@ _LOCK_KEY = 7_340_212_001
 
 
 async def migrate(conn: asyncpg.Connection) -> list[int]:
-    """Apply every migration not yet applied; returns the versions applied now."""
+    """Apply every migration not yet applied; returns the versions applied now. A schema already current is
+    only read, so that a read-only database (a hot standby an operator verifies) can be used as it is."""
+    if await _applied(conn) >= {version for version, _, _ in MIGRATIONS}:
+        return []
     applied_now: list[int] = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
@@ -387,6 +390,12 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
             await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
             applied_now.append(version)
     return applied_now
+
+
+async def _applied(conn: asyncpg.Connection) -> set[int]:
+    if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        return set()
+    return {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
 
 
 async def current_version(conn: asyncpg.Connection) -> int:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -152,6 +153,28 @@ async def test_a_database_the_server_does_not_have_is_a_configuration_error(
     code, _, err = await tool({"COMMERCE_DATABASE_URL": missing, "COMMERCE_DATA_DIR": str(tmp_path)}, *args)
     assert code == 2 and "configuration error: COMMERCE_DATABASE_URL:" in err and "does not exist" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [("migrate",), ("events", "verify")])
+async def test_a_read_only_database_whose_schema_is_current_is_verified_as_it_is(
+        fresh: tuple[str, PostgresEventStore], args: tuple[str, ...]) -> None:
+    """As a hot standby is: the tools migrate first, and a current schema needs no write."""
+    dsn, store = fresh
+    await three_orders(store)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'ALTER DATABASE "{urlsplit(dsn).path.lstrip("/")}" SET default_transaction_read_only = on')
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(dsn)  # a new session: read-only now
+    try:
+        with pytest.raises(asyncpg.exceptions.ReadOnlySQLTransactionError):
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+    finally:
+        await conn.close()
+    code, out, err = await tool({"COMMERCE_DATABASE_URL": dsn}, *args)
+    assert code == 0, err
+    assert ("event store verified" if args[0] == "events" else "schema is current") in out
 
 
 @pytest.mark.parametrize("args", [("events", "verify"), ("projections", "rebuild")])
