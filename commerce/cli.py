@@ -149,6 +149,19 @@ async def _close(pool: asyncpg.Pool) -> None:
         pool.terminate()
 
 
+async def _read_only(pool: asyncpg.Pool, tool: str) -> bool:
+    """Whether the database refuses writes (a hot standby, or set so), said for a tool that writes: its checks
+    would run, and advise, where nothing can be fixed (a standby does not see the primary's sessions either)."""
+    from store.errors import postgres_errors
+
+    with postgres_errors():
+        read_only = await pool.fetchval("SELECT current_setting('transaction_read_only') = 'on'")
+    if read_only:
+        print(f"commerce: {tool}: the database is read-only (a standby?); run it against the primary",
+              file=sys.stderr, flush=True)
+    return bool(read_only)
+
+
 class _OutputFailed(Exception):
     """The tool's own output could not be written (a closed pipe, a full disk): not the database's doing, though
     it happened while the database was being read."""
@@ -173,6 +186,8 @@ async def repair(dsn: str, apply: bool) -> int:
 
     pool = await create_pool(dsn, 4)
     try:
+        if await _read_only(pool, "events repair"):
+            return 2
         with postgres_errors():
             problems = await find_problems(pool)
         if not problems:
@@ -234,6 +249,8 @@ async def rebuild(dsn: str) -> int:
 
     pool = await create_pool(dsn, 2)  # one connection holds the locks, one replays
     try:
+        if await _read_only(pool, "projections rebuild"):
+            return 2
         with postgres_errors():
             total = await pool.fetchval("SELECT COUNT(*) FROM events")
         done: dict[str, int] = {}

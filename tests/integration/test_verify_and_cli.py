@@ -161,11 +161,7 @@ async def test_a_read_only_database_whose_schema_is_current_is_verified_as_it_is
     """As a hot standby is: the tools migrate first, and a current schema needs no write."""
     dsn, store = fresh
     await three_orders(store)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'ALTER DATABASE "{urlsplit(dsn).path.lstrip("/")}" SET default_transaction_read_only = on')
-    finally:
-        await conn.close()
+    await read_only(dsn)
     conn = await asyncpg.connect(dsn)  # a new session: read-only now
     try:
         with pytest.raises(asyncpg.exceptions.ReadOnlySQLTransactionError):
@@ -175,6 +171,35 @@ async def test_a_read_only_database_whose_schema_is_current_is_verified_as_it_is
     code, out, err = await tool({"COMMERCE_DATABASE_URL": dsn}, *args)
     assert code == 0, err
     assert ("event store verified" if args[0] == "events" else "schema is current") in out
+
+
+async def read_only(dsn: str, behind: bool = False) -> None:
+    """Set the database read-only for new sessions; with ``behind``, its schema short of the last migration."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        if behind:
+            await conn.execute("DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations)")
+        await conn.execute(f'ALTER DATABASE "{urlsplit(dsn).path.lstrip("/")}" SET default_transaction_read_only = on')
+    finally:
+        await conn.close()
+
+
+async def test_a_read_only_database_whose_schema_is_behind_is_not_taken_for_current(
+        fresh: tuple[str, PostgresEventStore]) -> None:
+    dsn, _ = fresh
+    await read_only(dsn, behind=True)
+    code, out, err = await tool({"COMMERCE_DATABASE_URL": dsn}, "events", "verify")
+    assert code == os.EX_UNAVAILABLE and "read-only transaction" in err and "verified" not in out
+
+
+@pytest.mark.parametrize("args", [("events", "repair", "--apply"), ("projections", "rebuild")])
+async def test_the_tools_that_write_refuse_a_read_only_database(
+        fresh: tuple[str, PostgresEventStore], args: tuple[str, ...]) -> None:
+    dsn, store = fresh
+    await three_orders(store)
+    await read_only(dsn)
+    code, out, err = await tool({"COMMERCE_DATABASE_URL": dsn}, *args)
+    assert code == 2 and "the database is read-only" in err and out == ""
 
 
 @pytest.mark.parametrize("args", [("events", "verify"), ("projections", "rebuild")])
