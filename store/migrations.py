@@ -371,7 +371,7 @@ _LOCK_KEY = 7_340_212_001
 
 async def migrate(conn: asyncpg.Connection) -> list[int]:
     """Apply every migration not yet applied; returns the versions applied now. A schema already current is
-    only read, so that a read-only database (a hot standby an operator verifies) can be used as it is."""
+    only read, so that a database set read-only can be verified as it is."""
     if await _applied(conn) >= {version for version, _, _ in MIGRATIONS}:
         return []
     applied_now: list[int] = []
