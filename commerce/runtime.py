@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,19 +61,27 @@ def stop_log_monitor() -> None:
 async def run_migrations(database_url: str) -> list[int]:
     """Migrate the database; raises StoreUnavailable when it cannot be reached, SettingsError when its URL
     cannot be read."""
-    from store.errors import postgres_errors
     from store.migrations import migrate
 
+    async with connection(database_url) as conn:
+        return await migrate(conn)
+
+
+@contextlib.asynccontextmanager
+async def connection(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """One connection to the configured database, closed after: what fails to reach it or breaks it raises
+    StoreUnavailable; a URL it cannot read, or settings the server refuses, SettingsError."""
+    from store.errors import postgres_errors
+
     with postgres_errors():
-        conn = await connect(database_url)
+        conn = await _connect(database_url)
         try:
-            return await migrate(conn)
+            yield conn
         finally:
             await conn.close()
 
 
-async def connect(database_url: str) -> asyncpg.Connection:
-    """A connection to the configured database; a URL asyncpg cannot read is the settings' fault, not an outage."""
+async def _connect(database_url: str) -> asyncpg.Connection:
     import asyncpg
 
     try:
@@ -126,19 +134,13 @@ def resolve_secrets(settings: Settings) -> tuple[Settings, dict[str, Path]]:
 async def check_server_secret(settings: ResolvedSettings) -> None:
     """Refuse to start with another server secret than the one this database was used with: the ids
     derived from it (orders placed with an Idempotency-Key, orders' reservations) would change."""
-    from store.errors import postgres_errors
-
     fingerprint = settings.derived_key("fingerprint").hex()
-    with postgres_errors():
-        conn = await connect(settings.database_url)
-        try:
-            known = await conn.fetchval(
-                """WITH ins AS (INSERT INTO secret_fingerprints (name, fingerprint) VALUES ('server_secret', $1)
-                                ON CONFLICT (name) DO NOTHING RETURNING fingerprint)
-                   SELECT fingerprint FROM ins UNION ALL
-                   SELECT fingerprint FROM secret_fingerprints WHERE name = 'server_secret' LIMIT 1""", fingerprint)
-        finally:
-            await conn.close()
+    async with connection(settings.database_url) as conn:
+        known = await conn.fetchval(
+            """WITH ins AS (INSERT INTO secret_fingerprints (name, fingerprint) VALUES ('server_secret', $1)
+                            ON CONFLICT (name) DO NOTHING RETURNING fingerprint)
+               SELECT fingerprint FROM ins UNION ALL
+               SELECT fingerprint FROM secret_fingerprints WHERE name = 'server_secret' LIMIT 1""", fingerprint)
     if known is not None and known != fingerprint:
         raise SettingsError("the server secret is not the one this database was used with (COMMERCE_SERVER_SECRET, "
                             "or server_secret in the data directory); restore it")

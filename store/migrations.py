@@ -399,7 +399,4 @@ async def _applied(conn: asyncpg.Connection) -> set[int]:
 
 
 async def current_version(conn: asyncpg.Connection) -> int:
-    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-    if not exists:
-        return 0
-    return int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
+    return max(await _applied(conn), default=0)

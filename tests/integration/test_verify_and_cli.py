@@ -53,12 +53,26 @@ async def three_orders(store: PostgresEventStore) -> list[uuid.UUID]:
     return ids
 
 
-async def cli(dsn: str, *args: str) -> tuple[int, str]:
-    env = {**os.environ, "COMMERCE_DATABASE_URL": dsn}
+async def tool(env: dict[str, str], *args: str, stdout: Any = asyncio.subprocess.PIPE,
+               stderr: Any = asyncio.subprocess.PIPE) -> tuple[int, str, str]:
+    """The command run as an operator's script runs it (no Ray cluster named, none of libpq's PG* variables):
+    its exit code, stdout and stderr."""
+    env = {k: v for k, v in {**os.environ, **env}.items() if k != "RAY_ADDRESS" and not k.startswith("PG")}
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "commerce.cli", *args, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode()
+                                                stdout=stdout, stderr=stderr)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, (out or b"").decode(), (err or b"").decode()
+
+
+async def cli(dsn: str, *args: str) -> tuple[int, str]:
+    """A tool on ``dsn``: its exit code and its output, stdout and stderr together."""
+    code, out, _ = await tool({"COMMERCE_DATABASE_URL": dsn}, *args, stderr=asyncio.subprocess.STDOUT)
+    return code, out
 
 
 async def test_a_consistent_store_verifies_clean(fresh: tuple[str, PostgresEventStore]) -> None:
@@ -106,21 +120,6 @@ async def test_a_bad_setting_fails_at_start_naming_it(fresh: tuple[str, Postgres
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate()
     assert proc.returncode == 2 and b"COMMERCE_SAGA_RETRY_ATTEMPTS" in out
-
-
-async def tool(env: dict[str, str], *args: str, stdout: Any = asyncio.subprocess.PIPE) -> tuple[int, str, str]:
-    """The command run as an operator's script runs it (no Ray cluster named, none of libpq's PG* variables):
-    its exit code, stdout and stderr."""
-    env = {k: v for k, v in {**os.environ, **env}.items() if k != "RAY_ADDRESS" and not k.startswith("PG")}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "commerce.cli", *args, env=env,
-                                                stdout=stdout, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc.returncode or 0, (out or b"").decode(), err.decode()
 
 
 @pytest.mark.parametrize("args", [("migrate",), ("events", "verify"), ("events", "repair", "--apply"),
