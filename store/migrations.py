@@ -399,4 +399,7 @@ async def _applied(conn: asyncpg.Connection) -> set[int]:
 
 
 async def current_version(conn: asyncpg.Connection) -> int:
-    return max(await _applied(conn), default=0)
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return 0
+    return int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
