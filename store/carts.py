@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from domain.cart import Cart, CartFull, CartLine, CartStatus, EmptyCart
 from domain.errors import NotFound, TransitionForbidden
 from domain.order import MAX_LINES
-from store.errors import redis_errors
+from store.redis_errors import redis_errors
 
 ACTIVITY = "carts:activity"
 OPERATIONS = "metrics:cart_operations"

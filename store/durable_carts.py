@@ -19,14 +19,16 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
 from domain.cart import Cart, CartError, CartLine, CartStatus
 from domain.errors import NotFound, TransitionForbidden
-from store.carts import RedisCartStore
 from store.errors import ConcurrencyConflict, StoreUnavailable, postgres_errors
+
+if TYPE_CHECKING:  # the projector purges the records and never talks to Redis: it does not import redis-py
+    from store.carts import RedisCartStore
 
 T = TypeVar("T")
 CHANGE_ATTEMPTS = 3

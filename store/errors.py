@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import re
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import asyncpg
-import redis.exceptions
 
 from domain.errors import Remade
 
@@ -114,32 +112,3 @@ def answering(waiting: Sequence[asyncio.Future[Any]], what: str) -> Iterator[Non
         for f in waiting:
             if not f.done():
                 f.set_exception(StoreUnavailable(f"the {what} was interrupted; retry"))
-
-
-# What a Redis that cannot serve right now answers: unreachable or slow, but also out of memory (maxmemory with
-# noeviction), a replica made read-only by a failover, a master down, a script running too long. A retry may
-# succeed once it passes; any other error (a script's bug) stays an error. Inside a Lua script such an answer
-# comes back as the script's error, naming the code after a dash.
-_REDIS_UNAVAILABLE = (
-    OSError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.OutOfMemoryError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.MasterDownError,
-    redis.exceptions.TryAgainError,
-)
-_REDIS_PASSING = re.compile(r"(?:^|-)(?:OOM|READONLY|MASTERDOWN|TRYAGAIN|BUSY|LOADING) ")
-
-
-@contextlib.contextmanager
-def redis_errors() -> Iterator[None]:
-    """Wrap what a Redis that cannot serve right now answers into :class:`StoreUnavailable`."""
-    try:
-        yield
-    except _REDIS_UNAVAILABLE as e:
-        raise StoreUnavailable(f"Redis unavailable: {e}") from e
-    except redis.exceptions.ResponseError as e:
-        if _REDIS_PASSING.search(str(e)):
-            raise StoreUnavailable(f"Redis unavailable: {e}") from e
-        raise

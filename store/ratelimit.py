@@ -10,7 +10,7 @@ import math
 
 import redis.asyncio as aioredis
 
-from store.errors import redis_errors
+from store.redis_errors import redis_errors
 
 _TAKE = """
 local rate = tonumber(ARGV[1])

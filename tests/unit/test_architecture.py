@@ -5,6 +5,7 @@ stay small enough to read."""
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,3 +47,12 @@ def test_the_ingress_and_the_actors_stay_small() -> None:
     assert len((ROOT / "serve_app.py").read_text().splitlines()) < 200
     for path in (ROOT / "actors").glob("*.py"):
         assert len(path.read_text().splitlines()) <= 250, path.name
+
+
+def test_the_actors_processes_do_not_load_redis() -> None:
+    """Only the ingress talks to Redis. redis-py and what it pulls in (OpenTelemetry's SDK) cost each shard and
+    the projector about 70 ms of CPU at every start and 8 MiB of memory (docs/benchmarks.md, twenty-first round)."""
+    code = ("import sys, actors.order_shard, actors.inventory_shard, actors.projector, actors.deploy; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'redis', 'opentelemetry'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
