@@ -1,4 +1,5 @@
-"""Errors of the persistence layer; driver errors are wrapped into these exactly once."""
+"""Errors of the persistence layer; driver errors are wrapped into these exactly once (Redis's in
+:mod:`store.redis_errors`, which the actors' processes do not load)."""
 
 from __future__ import annotations
 

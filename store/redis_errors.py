@@ -1,7 +1,7 @@
 """Redis's errors, wrapped into the store's.
 
 Apart from :mod:`store.errors` so that the processes that never talk to Redis (the shards, the projector)
-do not import redis-py, and what it pulls in, to read PostgreSQL's: about 70 ms of CPU and 7 MiB of
+do not import redis-py, and what it pulls in, to read PostgreSQL's: about 70 ms of CPU and 7.5 MiB of
 memory in each of them (docs/benchmarks.md, twenty-first round).
 """
 
