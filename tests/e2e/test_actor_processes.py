@@ -1,6 +1,6 @@
 """The actors' processes load only what they use: redis-py, and the OpenTelemetry SDK it pulls in, belong to
-the ingress, the one part that talks to Redis (each cost a shard about 70 ms of CPU at its start and 7.5 MiB;
-docs/benchmarks.md, twenty-first round). Checked after an order went through them, so that what their work
+the ingress, the one part of the service that talks to Redis (together about 70 ms of CPU at each shard's start
+and 7.5 MiB of its memory; docs/benchmarks.md, twenty-first round). Checked after an order went through them, so that what their work
 imports at run time counts too."""
 
 from __future__ import annotations
