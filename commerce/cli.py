@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -11,7 +12,7 @@ import sys
 import threading
 import traceback
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from commerce.settings import Settings, SettingsError, load_settings
@@ -141,12 +142,20 @@ def with_database(settings: Settings, command: str, action: str | None, apply: b
             runtime.stop()
 
 
-async def _close(pool: asyncpg.Pool) -> None:
-    """Close a tool's pool; a connection that no longer answers (its server gone) is dropped, not waited for."""
+@contextlib.asynccontextmanager
+async def _pool(dsn: str, size: int) -> AsyncIterator[asyncpg.Pool]:
+    """A tool's pool, closed after; a connection that no longer answers (its server gone) is dropped, not
+    waited for."""
+    from store.event_store import create_pool
+
+    pool = await create_pool(dsn, size)
     try:
-        await asyncio.wait_for(pool.close(), 5)
-    except Exception:
-        pool.terminate()
+        yield pool
+    finally:
+        try:
+            await asyncio.wait_for(pool.close(), 5)
+        except Exception:
+            pool.terminate()
 
 
 async def _read_only(pool: asyncpg.Pool, tool: str) -> bool:
@@ -178,14 +187,12 @@ def _say(text: str, end: str = "\n") -> None:
 
 async def repair(dsn: str, apply: bool) -> int:
     from store.errors import postgres_errors
-    from store.event_store import create_pool
     from store.projections import ProjectionFailed, RebuildInProgress
     from store.repair import RepairRefused, plan
     from store.repair import repair as run_repair
     from store.verify import find_problems
 
-    pool = await create_pool(dsn, 4)
-    try:
+    async with _pool(dsn, 4) as pool:
         if await _read_only(pool, "events repair"):
             return 2
         with postgres_errors():
@@ -208,8 +215,6 @@ async def repair(dsn: str, apply: bool) -> int:
         except (RebuildInProgress, ProjectionFailed, RepairRefused) as e:
             print(f"commerce: repair stopped: {e}", file=sys.stderr)
             return 1
-    finally:
-        await _close(pool)
     if remaining:
         _list_problems(f"{len(remaining)} problem(s) remain:", remaining)
         return 1
@@ -225,15 +230,11 @@ def _list_problems(header: str, problems: Sequence[object]) -> None:
 
 async def verify(dsn: str) -> int:
     from store.errors import postgres_errors
-    from store.event_store import create_pool
     from store.verify import verify as run_verify
 
-    pool = await create_pool(dsn, 2)
-    try:
+    async with _pool(dsn, 2) as pool:
         with postgres_errors():
             problems = await run_verify(pool)
-    finally:
-        await _close(pool)
     if problems:
         _list_problems(f"event store verification found {len(problems)} problem(s):", problems)
         return 1
@@ -243,12 +244,10 @@ async def verify(dsn: str) -> int:
 
 async def rebuild(dsn: str) -> int:
     from store.errors import postgres_errors
-    from store.event_store import create_pool
     from store.projections import ProjectionFailed, RebuildInProgress
     from store.projections import rebuild as rebuild_projections
 
-    pool = await create_pool(dsn, 2)  # one connection holds the locks, one replays
-    try:
+    async with _pool(dsn, 2) as pool:  # one connection holds the locks, one replays
         if await _read_only(pool, "projections rebuild"):
             return 2
         with postgres_errors():
@@ -272,8 +271,6 @@ async def rebuild(dsn: str) -> int:
             print(f"commerce: projections rebuild failed: {e}", file=sys.stderr)
             return 1
         _say("")
-    finally:
-        await _close(pool)
     return 0
 
 

@@ -382,7 +382,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
             " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
             " applied_at TIMESTAMPTZ NOT NULL DEFAULT NOW())"
         )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        done = await _versions(conn)
         for version, name, sql in MIGRATIONS:
             if version in done:
                 continue
@@ -393,13 +393,18 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
 
 
 async def _applied(conn: asyncpg.Connection) -> set[int]:
-    if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
-        return set()
+    return await _versions(conn) if await _tracked(conn) else set()
+
+
+async def _tracked(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"))
+
+
+async def _versions(conn: asyncpg.Connection) -> set[int]:
     return {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
 
 
 async def current_version(conn: asyncpg.Connection) -> int:
-    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-    if not exists:
+    if not await _tracked(conn):
         return 0
     return int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
