@@ -60,12 +60,15 @@ class SimulatedPayments:
             return self._charged(existing)
         await self.ledger.attempt(self.name, "charge", key, "received")
         if token == "tok_slow":
-            await asyncio.sleep(self.slow_seconds)
+            await self._slow_card()
         failure = await self._charge_failure(key, token)
         if failure is not None:
             await self.ledger.attempt(self.name, "charge", key, failure.error or "failed")
             return failure
         return self._charged(await self.ledger.put(self._charge_entry(key, token, amount)))
+
+    async def _slow_card(self) -> None:
+        await asyncio.sleep(self.slow_seconds)
 
     def _charge_entry(self, key: str, token: str, amount: Decimal) -> Entry:
         return Entry(self.name, "charge", key, f"pay_{uuid.uuid4().hex[:16]}", "succeeded", amount, {"token": token})

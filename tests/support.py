@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -144,3 +146,18 @@ def port_is_free(port: int) -> bool:
             pass
     held = [c for c in psutil.net_connections(kind="inet") if c.laddr and c.laddr.port == port]
     return all(c.status == psutil.CONN_TIME_WAIT for c in held)
+
+
+@contextlib.asynccontextmanager
+async def provider_calls_held(dsn: str) -> AsyncIterator[None]:
+    """Until the block ends, every provider call on that database waits: its first write, to
+    ``provider_attempts``, waits for this session's lock. The sagas that reach their payment step stay in
+    flight however fast the machine is, rather than for as long as a retry's delay happens to last. The lock
+    goes with the session (rolled back at its close, or by a server that stops)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("BEGIN; LOCK TABLE provider_attempts IN SHARE MODE")
+        yield
+    finally:
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await conn.close(timeout=5)

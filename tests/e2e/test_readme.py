@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,14 @@ def test_the_readmes_curl_flow_runs_as_written(service: Service, tmp_path: Path)
                           text=True, timeout=300)
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     assert "commerce_orders" in done.stdout
-    orders = admin.get(f"{API}/orders", params={"customer_id": "2b1d0a6e-1111-4000-8000-000000000002"}).json()
-    assert len(orders["items"]) >= 1  # read model: at least the order placed directly
+    # The list is the read model, which the projector may not have brought up to the flow's last request yet.
+    deadline = time.monotonic() + 30
+    while True:
+        orders = admin.get(f"{API}/orders", params={"customer_id": "2b1d0a6e-1111-4000-8000-000000000002"}).json()
+        if orders["items"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(orders["items"]) >= 1  # at least the order placed directly
     mug = admin.get(f"{API}/inventory/6f1c1f0e-0000-4000-8000-000000000001").json()
     assert mug["reserved"] + mug["on_hand"] <= 100 and mug["available"] >= 0
     admin.close()

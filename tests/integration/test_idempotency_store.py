@@ -183,15 +183,17 @@ async def test_purge_keeps_keys_for_a_day_at_least(event_store: PostgresEventSto
 
 
 async def test_a_claim_its_request_keeps_renewing_is_not_taken_over(event_store: PostgresEventStore) -> None:
-    store = IdempotencyStore(event_store, stale_after=0.6)
+    # Renewed every second: a claim is taken over only after 3 s without one, a margin that a slow machine's
+    # stall between the renewal seen below and the claim after it does not use up.
+    store = IdempotencyStore(event_store, stale_after=3.0)
     scope, key = fresh()
     await store.claim(scope, key, FIRST)
     async with store.held(scope, key):  # the request is still at work
         await age(event_store, scope, key, 20)
 
-        async def renewed() -> bool:
+        async def renewed() -> bool:  # since the claim was aged
             return bool(await event_store.pool.fetchval(
-                "SELECT created_at > NOW() - interval '1 second' FROM idempotency_keys WHERE scope = $1 AND key = $2",
+                "SELECT created_at > NOW() - interval '10 seconds' FROM idempotency_keys WHERE scope = $1 AND key = $2",
                 scope, key))
 
         await eventually(renewed, bool, timeout=10)

@@ -93,18 +93,33 @@ async def test_a_compensation_step_that_keeps_timing_out_parks_the_saga_for_an_o
     assert (await order_of(orders, order_id))["status"] == "COMPENSATING"
 
 
+class SlowCard(SimulatedPayments):
+    """A card whose charge waits until the test lets it answer, rather than for a time that a slow machine
+    could outlast."""
+
+    def __init__(self, ledger: ProviderLedger) -> None:
+        super().__init__(ledger)
+        self.waiting, self.answers = asyncio.Event(), asyncio.Event()
+
+    async def _slow_card(self) -> None:
+        self.waiting.set()
+        await self.answers.wait()
+
+
 async def test_a_charge_that_lands_after_its_key_was_voided_is_refused(servers: Servers) -> None:
     dsn = await create_database(servers.database_url, "commerce_slowcard")
     await run_migrations(dsn)
     pool = await create_pool(dsn, 4)
     try:
         led = ProviderLedger(PostgresEventStore(pool))
-        payments = SimulatedPayments(led, slow_seconds=1.0)
+        payments = SlowCard(led)
         key = f"{uuid.uuid4()}:process_payment"
         charge = asyncio.create_task(payments.charge(key, "tok_slow", Decimal("5.00"), 1))
-        await eventually(lambda: led.attempts("payments", "charge", key), lambda n: n == 1)  # the card is slow
+        await payments.waiting.wait()  # the card is slow: its attempt is recorded, its charge not made yet
+        assert await led.attempts("payments", "charge", key) == 1
         refund = await payments.refund(key, f"{key}:refund", 1)
         assert refund.ok and not refund.effective  # nothing had been charged: the key is voided
+        payments.answers.set()
         late = await charge
         assert not late.ok and "voided" in (late.error or "")
         entry = await led.find("payments", "charge", key)

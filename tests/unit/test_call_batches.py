@@ -132,7 +132,7 @@ async def test_a_caller_that_gives_up_before_its_batch_left_is_never_run() -> No
 
 
 async def test_a_caller_that_gives_up_while_its_call_runs_has_it_cancelled_in_the_actor() -> None:
-    target, _, batches = wire(timeout=0.05)
+    target, _, batches = wire(timeout=1.0)  # a call that arrives after its deadline would never run
     with pytest.raises(TimeoutError):
         await batches.call("slow", "late")
     await settle()

@@ -209,7 +209,7 @@ async def test_a_shard_that_does_not_come_back_fails_its_callers_at_their_deadli
     monkeypatch.setattr(lanes_module, "RESEND_AFTER", 0.001)
     monkeypatch.setattr(lanes_module, "RESEND_AFTER_AT_MOST", 0.01)
     ref = ActorRef("inventory-shard-0", "test")
-    lanes = Lanes([ref], ("commands",), 0.2, Watch("test"))
+    lanes = Lanes([ref], ("commands",), 2.0, Watch("test"))  # long enough for sends again on a slow machine
     handle = LostOnce(lambda: None, lost=math.inf)
     restarts_as(ref, handle)
     with pytest.raises(ActorLost):  # an outage, which a saga waits out, not a shard too slow
