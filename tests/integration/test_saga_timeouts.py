@@ -115,7 +115,7 @@ async def test_a_charge_that_lands_after_its_key_was_voided_is_refused(servers: 
         payments = SlowCard(led)
         key = f"{uuid.uuid4()}:process_payment"
         charge = asyncio.create_task(payments.charge(key, "tok_slow", Decimal("5.00"), 1))
-        await payments.waiting.wait()  # the card is slow: its attempt is recorded, its charge not made yet
+        await asyncio.wait_for(payments.waiting.wait(), 60)  # the card is slow: its attempt is recorded
         assert await led.attempts("payments", "charge", key) == 1
         refund = await payments.refund(key, f"{key}:refund", 1)
         assert refund.ok and not refund.effective  # nothing had been charged: the key is voided
