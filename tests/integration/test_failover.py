@@ -72,8 +72,16 @@ def stock_of(pid: uuid.UUID) -> list[StreamAppend]:
     return [StreamAppend(pid, inv.AGGREGATE_TYPE, 0, [inv.StockSet(pid, 5, Decimal("1.00"), "thing")])]
 
 
-async def replaced() -> None:
-    """The replacement that a refusal started has taken effect (the pool's connections are expired)."""
+async def write(store: PostgresEventStore, pid: uuid.UUID) -> list[int]:
+    """The SKU's first event written: the versions recorded."""
+    return [r.version for r in await store.append(stock_of(pid), CommandContext.new(pid, NOW))]
+
+
+async def refused(store: PostgresEventStore, pid: uuid.UUID) -> None:
+    """The write is refused as the old server refuses it; whatever replacement of the pool's connections that
+    started has taken effect (they are expired) before this returns."""
+    with pytest.raises(StoreUnavailable, match="read-only"):
+        await write(store, pid)
     await asyncio.gather(*errors._expiring)
 
 
@@ -81,15 +89,12 @@ async def test_writes_a_standby_refuses_are_an_outage_and_the_pool_reconnects_af
         servers: Servers, clock: list[float]) -> None:
     async with standby(servers) as (store, fail_over):
         pid = uuid.uuid4()
-        with pytest.raises(StoreUnavailable, match="read-only"):
-            await store.append(stock_of(pid), CommandContext.new(pid, NOW))
-        await replaced()
+        await refused(store, pid)
 
         # The failover completes: the address now names a primary (new sessions may write); the pool's
         # connection, expired, is replaced as it is next used.
         await fail_over()
-        recorded = await store.append(stock_of(pid), CommandContext.new(pid, NOW))
-        assert [r.version for r in recorded] == [1]
+        assert await write(store, pid) == [1]
         assert [r.version for r in await store.load_stream(pid)] == [1]  # the refused write left nothing
 
 
@@ -97,19 +102,12 @@ async def test_a_connection_made_during_the_failover_is_replaced_once_the_interv
         servers: Servers, clock: list[float]) -> None:
     async with standby(servers) as (store, fail_over):
         pid = uuid.uuid4()
-        with pytest.raises(StoreUnavailable, match="read-only"):
-            await store.append(stock_of(pid), CommandContext.new(pid, NOW))
-        await replaced()
+        await refused(store, pid)
         assert await store.load_stream(pid) == []  # reads go on, on a new connection to the old server
 
         await fail_over()
-        with pytest.raises(StoreUnavailable, match="read-only"):  # that connection, within the interval
-            await store.append(stock_of(pid), CommandContext.new(pid, NOW))
-        await replaced()
+        await refused(store, pid)  # that connection, within the interval: not replaced
         clock[0] += errors.REPLACE_EVERY
-        with pytest.raises(StoreUnavailable, match="read-only"):  # still it, but now it is replaced
-            await store.append(stock_of(pid), CommandContext.new(pid, NOW))
-        await replaced()
-        recorded = await store.append(stock_of(pid), CommandContext.new(pid, NOW))
-        assert [r.version for r in recorded] == [1]
+        await refused(store, pid)  # still it, but now it is replaced
+        assert await write(store, pid) == [1]
         assert [r.version for r in await store.load_stream(pid)] == [1]
