@@ -18,8 +18,22 @@ from store.event_store import CommandContext, PostgresEventStore, StreamAppend, 
 
 STEP_OUTCOMES = {sg.StepAttempted: "started", sg.StepSucceeded: "succeeded", sg.StepFailed: "failed"}
 # The statuses of unfinished sagas, named rather than "all but the terminal ones", so that the status index
-# finds them in proportion to their number (finished sagas pile up, and anyone may ask /health).
+# finds them in proportion to their number (finished sagas pile up, and anyone may ask /health). They are written
+# into the statements, not passed as parameters: from its sixth execution on a connection, PostgreSQL may run a
+# statement with the plan it made for any parameter (its generic plan), and for the oldest saga in "these
+# statuses" that plan walked every saga in creation order, finished ones included, until it met an unfinished
+# one: at every /health and /metrics, a walk as long as the orders' history (docs/benchmarks.md).
 _UNFINISHED = [s.value for s in sg.SagaStatus if s not in sg.TERMINAL]
+
+
+def _status_in(statuses: Sequence[str]) -> str:
+    return "status IN ({})".format(", ".join(f"'{s}'" for s in statuses))  # the enum's own names, no input
+
+
+UNFINISHED = _status_in(_UNFINISHED)
+UNFINISHED_BUT_FAILED = _status_in([s for s in _UNFINISHED if s != sg.SagaStatus.FAILED.value])
+OLDEST_UNFINISHED = f"SELECT COALESCE(EXTRACT(EPOCH FROM NOW() - MIN(created_at)), 0) FROM sagas WHERE {UNFINISHED}"
+UNFINISHED_COUNTS = f"SELECT status, COUNT(*) AS n FROM sagas WHERE {UNFINISHED} GROUP BY status"
 
 
 def prepare(ctx: CommandContext, saga: sg.Saga | None, saga_id: uuid.UUID, saga_events: Sequence[ev.DomainEvent],
@@ -100,10 +114,9 @@ class SagaStore:
 
     async def unfinished(self, include_failed: bool = True) -> list[tuple[uuid.UUID, uuid.UUID]]:
         """Every saga not in a terminal state (FAILED ones too, unless told not to), as (saga_id, order_id)."""
-        wanted = [s for s in _UNFINISHED if include_failed or s != sg.SagaStatus.FAILED.value]
+        wanted = UNFINISHED if include_failed else UNFINISHED_BUT_FAILED
         with postgres_errors():
-            rows = await self.events.pool.fetch(
-                "SELECT saga_id, order_id FROM sagas WHERE status = ANY($1::varchar[])", wanted)
+            rows = await self.events.pool.fetch(f"SELECT saga_id, order_id FROM sagas WHERE {wanted}")
         return [(r["saga_id"], r["order_id"]) for r in rows]
 
     async def get(self, saga_id: uuid.UUID) -> dict[str, Any] | None:
@@ -131,14 +144,18 @@ class SagaStore:
                 status, order_id, cursor[0] if cursor else None, cursor[1] if cursor else None, limit, stuck_for)
         return [dict(r) for r in rows]
 
-    async def counts(self) -> dict[str, int]:
+    async def counts(self, unfinished_only: bool = False) -> dict[str, int]:
+        """Sagas by status, those with none left out. Every saga is counted (the whole ``sagas_status`` index:
+        about a second at ten million sagas, docs/benchmarks.md); with ``unfinished_only``, only the sagas not
+        in a terminal state, a few short ranges of that index however many sagas have finished."""
         with postgres_errors():
-            rows = await self.events.pool.fetch("SELECT status, COUNT(*) AS n FROM sagas GROUP BY status")
+            if unfinished_only:
+                rows = await self.events.pool.fetch(UNFINISHED_COUNTS)
+            else:
+                rows = await self.events.pool.fetch("SELECT status, COUNT(*) AS n FROM sagas GROUP BY status")
         return {r["status"]: r["n"] for r in rows}
 
     async def oldest_unfinished_age(self) -> float:
         with postgres_errors():
-            age = await self.events.pool.fetchval(
-                """SELECT COALESCE(EXTRACT(EPOCH FROM NOW() - MIN(created_at)), 0) FROM sagas
-                   WHERE status = ANY($1::varchar[])""", _UNFINISHED)
+            age = await self.events.pool.fetchval(OLDEST_UNFINISHED)
         return float(age)

@@ -175,7 +175,8 @@ async def test_unavailable_payment_compensates(http: httpx.AsyncClient) -> None:
     assert (await saga_status(http, r.json()["saga_id"], {"COMPENSATED"}))["status"] == "COMPENSATED"
 
 
-async def test_refund_failure_parks_the_saga_and_an_operator_retry_finishes_it(http: httpx.AsyncClient) -> None:
+async def test_refund_failure_parks_the_saga_and_an_operator_retry_finishes_it(http: httpx.AsyncClient,
+                                                                              anonymous: httpx.AsyncClient) -> None:
     pid = await product(http)
     r = await place(http, order_body(pid, token="tok_refundFailsOnce", address={**ADDRESS, "postal_code": "00000"}))
     saga_id = r.json()["saga_id"]
@@ -187,9 +188,12 @@ async def test_refund_failure_parks_the_saga_and_an_operator_retry_finishes_it(h
     health = await http.get("/health")
     assert health.status_code == 503 and health.json()["checks"]["sagas"]["status"] == "fail"
     assert "waiting for an operator" in health.json()["checks"]["sagas"]["error"]
+    public = await anonymous.get("/health")  # the checks without details: the unfinished sagas counted only
+    assert public.status_code == 503 and public.json()["checks"]["sagas"] == {"status": "fail"}
     assert (await http.post(f"{API}/admin/sagas/{saga_id}/retry", headers=ADMIN)).status_code == 202
     await saga_status(http, saga_id, {"COMPENSATED"})
     assert (await http.get("/health")).json()["checks"]["sagas"]["status"] == "ok"
+    assert (await anonymous.get("/health")).json()["checks"]["sagas"] == {"status": "ok"}
     assert (await http.post(f"{API}/admin/sagas/{saga_id}/retry", headers=ADMIN)).status_code == 409
     assert (await http.post(f"{API}/admin/sagas/{saga_id}/compensate", headers=ADMIN)).status_code == 409
     order = await order_status(http, r.json()["order_id"], {"CANCELLED"})
