@@ -164,7 +164,7 @@ class SagaStore:
 
     async def counts(self, unfinished_only: bool = False) -> dict[str, int]:
         """Sagas by status, those with none left out. Every saga is counted (the whole ``sagas_status`` index:
-        about a second at ten million sagas, docs/benchmarks.md); with ``unfinished_only``, only the sagas not
+        one to two seconds at ten million sagas, docs/benchmarks.md); with ``unfinished_only``, only the sagas not
         in a terminal state, a few short ranges of that index however many sagas have finished."""
         with postgres_errors():
             if unfinished_only:
