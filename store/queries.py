@@ -10,6 +10,7 @@ import uuid
 import asyncpg
 
 from store.errors import postgres_errors
+from store.filters import Where
 
 
 class BadCursor(ValueError):
@@ -41,13 +42,17 @@ async def list_orders(pool: asyncpg.Pool, *, customer_id: uuid.UUID | None, stat
                       cursor: str | None) -> tuple[list[asyncpg.Record], str | None]:
     """A page of ``order_views`` rows, newest first, and the cursor of the next page (None: the last)."""
     after = decode_cursor(cursor)
+    where = Where()  # only the filters given: each keeps to its index (store.filters)
+    if customer_id is not None:
+        where.add("customer_id = {}", customer_id)
+    if status is not None:
+        where.add("status = {}", status)
+    if after is not None:
+        where.add("(created_at, order_id) < ({}, {})", *after)
     with postgres_errors():
         rows = await pool.fetch(
-            """SELECT * FROM order_views
-               WHERE ($1::uuid IS NULL OR customer_id = $1) AND ($2::varchar IS NULL OR status = $2)
-                 AND ($3::timestamptz IS NULL OR (created_at, order_id) < ($3, $4))
-               ORDER BY created_at DESC, order_id DESC LIMIT $5""",
-            customer_id, status, after[0] if after else None, after[1] if after else None, limit + 1)
+            f"""SELECT * FROM order_views {where.clause()}
+                ORDER BY created_at DESC, order_id DESC LIMIT {where.then(limit + 1)}""", *where.arguments)
     next_cursor = encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["order_id"]) if len(rows) > limit else None
     return rows[:limit], next_cursor
 

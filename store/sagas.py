@@ -15,6 +15,7 @@ from domain.codec import to_primitive
 from store import repository as repo
 from store.errors import postgres_errors
 from store.event_store import CommandContext, PostgresEventStore, StreamAppend, build_records, columns
+from store.filters import Where
 
 STEP_OUTCOMES = {sg.StepAttempted: "started", sg.StepSucceeded: "succeeded", sg.StepFailed: "failed"}
 # The statuses of unfinished sagas, named rather than "all but the terminal ones", so that the status index
@@ -134,32 +135,22 @@ class SagaStore:
 
     async def list(self, *, status: str | None, order_id: uuid.UUID | None, limit: int,
                    cursor: tuple[Any, uuid.UUID] | None, stuck_for: float | None = None) -> list[dict[str, Any]]:
-        """Sagas newest first; with ``stuck_for``, only unfinished ones that have not moved for that long.
-
-        The statement names only the filters given: one that tested each parameter for NULL would be planned,
-        from its sixth execution on a connection, for any of them (PostgreSQL's generic plan), and for "the
-        FAILED sagas, newest first" that plan walked every saga in creation order (see UNFINISHED)."""
-        conditions: list[str] = []
-        arguments: list[object] = []
-
-        def condition(text: str, *values: object) -> None:
-            conditions.append(text.format(*(f"${len(arguments) + n}" for n in range(1, len(values) + 1))))
-            arguments.extend(values)
-
+        """Sagas newest first; with ``stuck_for``, only unfinished ones that have not moved for that long. The
+        statement names only the filters given (store.filters)."""
+        where = Where()
         if status is not None:
-            condition("status = {}", status)
+            where.add("status = {}", status)
         if order_id is not None:
-            condition("order_id = {}", order_id)
+            where.add("order_id = {}", order_id)
         if cursor is not None:
-            condition("(created_at, saga_id) < ({}, {})", *cursor)
+            where.add("(created_at, saga_id) < ({}, {})", *cursor)
         if stuck_for is not None:
-            condition(f"{UNFINISHED} AND updated_at < NOW() - make_interval(secs => {{}})", stuck_for)
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+            where.add(f"{UNFINISHED} AND updated_at < NOW() - make_interval(secs => {{}})", stuck_for)
         with postgres_errors():
             rows = await self.events.pool.fetch(
                 f"""SELECT saga_id, saga_type, order_id, status, current_step, attempts, created_at, updated_at
-                    FROM sagas {where} ORDER BY created_at DESC, saga_id DESC LIMIT ${len(arguments) + 1}""",
-                *arguments, limit)
+                    FROM sagas {where.clause()} ORDER BY created_at DESC, saga_id DESC LIMIT {where.then(limit)}""",
+                *where.arguments)
         return [dict(r) for r in rows]
 
     async def counts(self, unfinished_only: bool = False) -> dict[str, int]:

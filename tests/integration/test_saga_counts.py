@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import asyncpg
 import pytest
 
 from store.event_store import SERVICE, PostgresEventStore, create_pool
@@ -81,19 +82,25 @@ async def test_the_questions_about_unfinished_or_failed_sagas_use_the_status_ind
                      AND statement NOT LIKE '%pg_prepared_statements%'""")
             assert len(prepared) == 5, [p["statement"] for p in prepared]  # counts, oldest, two rescans, the list
             for statement in prepared:
-                values = {"character varying[]": "'{RUNNING,COMPENSATING,FAILED}'", "character varying": "'FAILED'",
-                          "text": "'FAILED'", "bigint": "50", "integer": "50", "uuid": "NULL",
-                          "timestamp with time zone": "NULL", "double precision": "NULL"}
-                arguments = f"({', '.join(values[t] for t in statement['types'])})" if statement["types"] else ""
-                plan = await conn.fetchval(f'EXPLAIN (FORMAT JSON) EXECUTE "{statement["name"]}"{arguments}')
-                plan = json.loads(plan) if isinstance(plan, str) else plan  # the pool decodes JSON itself
-                scans = {(node.get("Node Type"), node.get("Index Name")) for node in nodes(plan[0]["Plan"])}
+                scans = await scans_of(conn, statement, {
+                    "character varying[]": "'{RUNNING,COMPENSATING,FAILED}'", "character varying": "'FAILED'",
+                    "text": "'FAILED'", "bigint": "50", "integer": "50", "uuid": "NULL",
+                    "timestamp with time zone": "NULL", "double precision": "NULL"})
                 assert {s for s in scans if s[1] == "sagas_status"}, (statement["statement"], scans)
                 assert not {s for s in scans if s[0] == "Seq Scan" or s[1] == "sagas_created"}, (
                     statement["statement"], scans)
     finally:
         await pool.close()
         await drop_database(servers.database_url, dsn)
+
+
+async def scans_of(conn: asyncpg.Connection, statement: asyncpg.Record, values: dict[str, str]) -> set[tuple[Any, Any]]:
+    """The scans (node type, index) of the plan the session keeps for a statement it prepared (a row of
+    pg_prepared_statements), executed with ``values`` by parameter type."""
+    arguments = f"({', '.join(values[t] for t in statement['types'])})" if statement["types"] else ""
+    plan = await conn.fetchval(f'EXPLAIN (FORMAT JSON) EXECUTE "{statement["name"]}"{arguments}')
+    plan = json.loads(plan) if isinstance(plan, str) else plan  # the service's pools decode JSON themselves
+    return {(node.get("Node Type"), node.get("Index Name")) for node in nodes(plan[0]["Plan"])}
 
 
 def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:

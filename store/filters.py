@@ -1,0 +1,29 @@
+"""The WHERE clause of a list's statement, naming only the filters a request gives.
+
+One statement for every combination (``$1 IS NULL OR status = $1`` and so on) is planned, from its sixth
+execution on a connection, once for any arguments (PostgreSQL's generic plan), and that plan can use no index
+on a filter it may have to ignore: listing one customer's orders, or the FAILED sagas, walked the whole table
+in creation order (docs/benchmarks.md, twenty-second round). A statement per combination of the filters given
+keeps each on its index, whatever plan the server keeps."""
+
+from __future__ import annotations
+
+
+class Where:
+    def __init__(self) -> None:
+        self.conditions: list[str] = []
+        self.arguments: list[object] = []
+
+    def add(self, condition: str, *values: object) -> None:
+        """A condition whose ``{}`` are its values' places, in order."""
+        first = len(self.arguments) + 1
+        self.conditions.append(condition.format(*(f"${n}" for n in range(first, first + len(values)))))
+        self.arguments.extend(values)
+
+    def clause(self) -> str:
+        return f"WHERE {' AND '.join(self.conditions)}" if self.conditions else ""
+
+    def then(self, value: object) -> str:
+        """The place of one more argument after the conditions' (a LIMIT's)."""
+        self.arguments.append(value)
+        return f"${len(self.arguments)}"
