@@ -3,8 +3,8 @@
 One statement for every combination (``$1 IS NULL OR status = $1`` and so on) is planned, from its sixth
 execution on a connection, once for any arguments (PostgreSQL's generic plan), and that plan can use no index
 on a filter it may have to ignore: listing one customer's orders, or the FAILED sagas, walked the whole table
-in creation order (docs/benchmarks.md, twenty-second round). A statement per combination of the filters given
-keeps each on its index, whatever plan the server keeps."""
+in creation order (docs/benchmarks.md, twenty-second round). With a statement per combination of the filters
+given, a filter with an index of its own can use it in any plan the server keeps."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ class Where:
         self.arguments: list[object] = []
 
     def add(self, condition: str, *values: object) -> None:
-        """A condition whose ``{}`` are its values' places, in order."""
+        """A condition whose ``{}`` are its values' places, in order. The condition is SQL written in the code,
+        never text from a request: what a request gives goes in ``values``."""
         first = len(self.arguments) + 1
         self.conditions.append(condition.format(*(f"${n}" for n in range(first, first + len(values)))))
         self.arguments.extend(values)

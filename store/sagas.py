@@ -34,7 +34,8 @@ def _status_in(statuses: Sequence[str]) -> str:
 UNFINISHED = _status_in(_UNFINISHED)
 UNFINISHED_BUT_FAILED = _status_in([s for s in _UNFINISHED if s != sg.SagaStatus.FAILED.value])
 # The oldest of each unfinished status is the end of its range of sagas_status: one lookup each, whatever the
-# table's statistics say about how many sagas are unfinished (LEAST passes over a status with none).
+# table's statistics say about how many sagas are unfinished (LEAST passes over a status with none). Until a
+# vacuum, the lookup also steps over the entries that sagas left behind when they finished.
 OLDEST_UNFINISHED = "SELECT COALESCE(EXTRACT(EPOCH FROM NOW() - LEAST({})), 0)".format(", ".join(
     f"(SELECT MIN(created_at) FROM sagas WHERE status = '{s}')" for s in _UNFINISHED))
 UNFINISHED_COUNTS = f"SELECT status, COUNT(*) AS n FROM sagas WHERE {UNFINISHED} GROUP BY status"
