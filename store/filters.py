@@ -2,8 +2,8 @@
 
 One statement for every combination (``$1 IS NULL OR status = $1`` and so on) is planned, from its sixth
 execution on a connection, once for any arguments (PostgreSQL's generic plan), and that plan can use no index
-on a filter it may have to ignore: listing one customer's orders, or the FAILED sagas, walked the whole table
-in creation order (docs/benchmarks.md, twenty-second round). With a statement per combination of the filters
+on a filter it may have to ignore: listing one customer's orders, or the FAILED sagas, would walk the whole
+table in creation order or read and sort all of it (docs/benchmarks.md, twenty-second round). With a statement per combination of the filters
 given, a filter with an index of its own can use it in any plan the server keeps."""
 
 from __future__ import annotations
