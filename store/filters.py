@@ -14,12 +14,16 @@ class Where:
         self.conditions: list[str] = []
         self.arguments: list[object] = []
 
-    def add(self, condition: str, *values: object) -> None:
-        """A condition whose ``{}`` are its values' places, in order. The condition is SQL written in the code,
-        never text from a request: what a request gives goes in ``values``."""
-        first = len(self.arguments) + 1
-        self.conditions.append(condition.format(*(f"${n}" for n in range(first, first + len(values)))))
-        self.arguments.extend(values)
+    def given(self, condition: str, value: object) -> Where:
+        """The condition when its filter is given (``value`` not None), its ``{}`` the value's place, or the
+        places of a tuple's values in order. The condition is SQL written in the code, never text from a
+        request: what a request gives goes in ``value``."""
+        if value is not None:
+            values = value if isinstance(value, tuple) else (value,)
+            first = len(self.arguments) + 1
+            self.conditions.append(condition.format(*(f"${n}" for n in range(first, first + len(values)))))
+            self.arguments.extend(values)
+        return self
 
     def clause(self) -> str:
         return f"WHERE {' AND '.join(self.conditions)}" if self.conditions else ""

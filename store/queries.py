@@ -42,13 +42,8 @@ async def list_orders(pool: asyncpg.Pool, *, customer_id: uuid.UUID | None, stat
                       cursor: str | None) -> tuple[list[asyncpg.Record], str | None]:
     """A page of ``order_views`` rows, newest first, and the cursor of the next page (None: the last)."""
     after = decode_cursor(cursor)
-    where = Where()  # only the filters given: each keeps to its index (store.filters)
-    if customer_id is not None:
-        where.add("customer_id = {}", customer_id)
-    if status is not None:
-        where.add("status = {}", status)
-    if after is not None:
-        where.add("(created_at, order_id) < ({}, {})", *after)
+    where = (Where().given("customer_id = {}", customer_id).given("status = {}", status)  # store.filters
+             .given("(created_at, order_id) < ({}, {})", after))
     with postgres_errors():
         rows = await pool.fetch(
             f"""SELECT * FROM order_views {where.clause()}

@@ -138,15 +138,9 @@ class SagaStore:
                    cursor: tuple[Any, uuid.UUID] | None, stuck_for: float | None = None) -> list[dict[str, Any]]:
         """Sagas newest first; with ``stuck_for``, only unfinished ones that have not moved for that long. The
         statement names only the filters given (store.filters)."""
-        where = Where()
-        if status is not None:
-            where.add("status = {}", status)
-        if order_id is not None:
-            where.add("order_id = {}", order_id)
-        if cursor is not None:
-            where.add("(created_at, saga_id) < ({}, {})", *cursor)
-        if stuck_for is not None:
-            where.add(f"{UNFINISHED} AND updated_at < NOW() - make_interval(secs => {{}})", stuck_for)
+        where = (Where().given("status = {}", status).given("order_id = {}", order_id)
+                 .given("(created_at, saga_id) < ({}, {})", cursor)
+                 .given(f"{UNFINISHED} AND updated_at < NOW() - make_interval(secs => {{}})", stuck_for))
         with postgres_errors():
             rows = await self.events.pool.fetch(
                 f"""SELECT saga_id, saga_type, order_id, status, current_step, attempts, created_at, updated_at

@@ -7,29 +7,22 @@ from __future__ import annotations
 
 import uuid
 
-from store.event_store import SERVICE, create_pool
-from store.migrations import migrate
 from store.queries import list_orders
-from tests.integration.test_saga_counts import scans_of
+from tests.integration.plans import assert_reads_through, generic_plans_over, prepared_on
 from tests.support import Servers, create_database, drop_database
 
 
 async def test_a_customers_orders_and_the_orders_of_a_status_are_read_through_their_indexes(servers: Servers) -> None:
     dsn = await create_database(servers.database_url, "commerce_order_plans")
-    pool = await create_pool(dsn, 1, SERVICE)  # one session, not reset between uses, as the service's
     customer = uuid.uuid4()
+    pool = await generic_plans_over(dsn, "order_views", """
+        INSERT INTO order_views (order_id, customer_id, status, total_amount, created_at, updated_at, version,
+                                 saga_id, items)
+        SELECT gen_random_uuid(), CASE WHEN i IN (150000, 190000) THEN $1 ELSE gen_random_uuid() END,
+               CASE WHEN i % 100 = 0 THEN 'CANCELLED' ELSE 'CONFIRMED' END, 1, NOW() - make_interval(secs => i),
+               NOW(), 1, gen_random_uuid(), '[]'::jsonb
+        FROM generate_series(1, 200000) i""", customer)
     try:
-        async with pool.acquire() as conn:
-            await migrate(conn)
-            await conn.execute(
-                """INSERT INTO order_views (order_id, customer_id, status, total_amount, created_at, updated_at,
-                                            version, saga_id, items)
-                   SELECT gen_random_uuid(), CASE WHEN i IN (150000, 190000) THEN $1 ELSE gen_random_uuid() END,
-                          CASE WHEN i % 100 = 0 THEN 'CANCELLED' ELSE 'CONFIRMED' END, 1, NOW() - make_interval(secs => i),
-                          NOW(), 1, gen_random_uuid(), '[]'::jsonb
-                   FROM generate_series(1, 200000) i""", customer)
-            await conn.execute("ANALYZE order_views")
-            await conn.execute("SET plan_cache_mode = force_generic_plan")
         mine, _ = await list_orders(pool, customer_id=customer, status=None, limit=50, cursor=None)
         assert len(mine) == 2
         _, following = await list_orders(pool, customer_id=customer, status=None, limit=1, cursor=None)
@@ -39,19 +32,12 @@ async def test_a_customers_orders_and_the_orders_of_a_status_are_read_through_th
         cancelled, _ = await list_orders(pool, customer_id=None, status="CANCELLED", limit=50, cursor=None)
         assert {r["status"] for r in cancelled} == {"CANCELLED"} and len(cancelled) == 50
         async with pool.acquire() as conn:
-            assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
-            prepared = await conn.fetch(
-                """SELECT name, statement, parameter_types::text[] AS types FROM pg_prepared_statements
-                   WHERE statement LIKE '%FROM order_views%' AND name LIKE '__asyncpg%'
-                     AND statement NOT LIKE '%pg_prepared_statements%'""")
+            prepared = await prepared_on(conn, "order_views")
             for statement in prepared:
-                scans = await scans_of(conn, statement, {
-                    "uuid": f"'{customer}'", "character varying": "'CANCELLED'", "text": "'CANCELLED'",
-                    "timestamp with time zone": "NOW()", "bigint": "51", "integer": "51"})
                 index = "order_views_customer" if "customer_id =" in statement["statement"] else "order_views_status"
-                assert {s for s in scans if s[1] == index}, (statement["statement"], scans)
-                assert not {s for s in scans if s[0] == "Seq Scan" or s[1] == "order_views_created"}, (
-                    statement["statement"], scans)
+                await assert_reads_through(conn, statement, {
+                    "uuid": f"'{customer}'", "character varying": "'CANCELLED'", "text": "'CANCELLED'",
+                    "timestamp with time zone": "NOW()", "bigint": "51", "integer": "51"}, index, "order_views_created")
             assert len(prepared) == 3, [p["statement"] for p in prepared]  # a customer's, with a cursor, a status
     finally:
         await pool.close()

@@ -3,17 +3,15 @@ everyone else's /health need them (only the sagas not finished, however many hav
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 
-from store.event_store import SERVICE, PostgresEventStore, create_pool
+from store.event_store import PostgresEventStore, create_pool
 from store.migrations import migrate
 from store.sagas import SagaStore
+from tests.integration.plans import assert_reads_through, generic_plans_over, prepared_on
 from tests.support import Servers, create_database, drop_database
 
 HELD = {"COMPLETED": 3, "COMPENSATED": 2, "RUNNING": 1, "COMPENSATING": 1, "FAILED": 2}
@@ -53,20 +51,14 @@ async def test_the_questions_about_unfinished_or_failed_sagas_use_the_status_ind
     the console's list of FAILED sagas must find its sagas through the status index, never by walking the
     sagas in creation order or reading the whole table."""
     dsn = await create_database(servers.database_url, "commerce_saga_plans")
-    pool = await create_pool(dsn, 1, SERVICE)  # one session, not reset between uses, as the service's
+    pool = await generic_plans_over(dsn, "sagas", """
+        INSERT INTO sagas (saga_id, saga_type, current_step, saga_data, status, order_id, version, created_at)
+        SELECT gen_random_uuid(), 'order_fulfilment', 'done', '{}'::jsonb,
+               CASE WHEN i <= 3 THEN 'RUNNING' WHEN i = 4 THEN 'FAILED' WHEN i % 50 = 0 THEN 'COMPENSATED'
+                    ELSE 'COMPLETED' END,
+               gen_random_uuid(), 1, NOW() - make_interval(secs => i)
+        FROM generate_series(1, 200000) i""")
     try:
-        async with pool.acquire() as conn:
-            await migrate(conn)
-            await conn.execute(
-                """INSERT INTO sagas (saga_id, saga_type, current_step, saga_data, status, order_id, version,
-                                      created_at)
-                   SELECT gen_random_uuid(), 'order_fulfilment', 'done', '{}'::jsonb,
-                          CASE WHEN i <= 3 THEN 'RUNNING' WHEN i = 4 THEN 'FAILED' WHEN i % 50 = 0 THEN 'COMPENSATED'
-                               ELSE 'COMPLETED' END,
-                          gen_random_uuid(), 1, NOW() - make_interval(secs => i)
-                   FROM generate_series(1, 200000) i""")
-            await conn.execute("ANALYZE sagas")
-            await conn.execute("SET plan_cache_mode = force_generic_plan")
         sagas = SagaStore(PostgresEventStore(pool))
         assert await sagas.counts(unfinished_only=True) == {"RUNNING": 3, "FAILED": 1}
         assert 0 < await sagas.oldest_unfinished_age() < 60
@@ -75,35 +67,13 @@ async def test_the_questions_about_unfinished_or_failed_sagas_use_the_status_ind
         assert [s["status"] for s in await sagas.list(status="FAILED", order_id=None, limit=50, cursor=None)] == [
             "FAILED"]
         async with pool.acquire() as conn:
-            assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"  # kept by the session
-            prepared = await conn.fetch(
-                """SELECT name, statement, parameter_types::text[] AS types FROM pg_prepared_statements
-                   WHERE statement LIKE '%FROM sagas%' AND name LIKE '__asyncpg%'
-                     AND statement NOT LIKE '%pg_prepared_statements%'""")
+            prepared = await prepared_on(conn, "sagas")
             assert len(prepared) == 5, [p["statement"] for p in prepared]  # counts, oldest, two rescans, the list
             for statement in prepared:
-                scans = await scans_of(conn, statement, {
+                await assert_reads_through(conn, statement, {
                     "character varying[]": "'{RUNNING,COMPENSATING,FAILED}'", "character varying": "'FAILED'",
                     "text": "'FAILED'", "bigint": "50", "integer": "50", "uuid": "NULL",
-                    "timestamp with time zone": "NULL", "double precision": "NULL"})
-                assert {s for s in scans if s[1] == "sagas_status"}, (statement["statement"], scans)
-                assert not {s for s in scans if s[0] == "Seq Scan" or s[1] == "sagas_created"}, (
-                    statement["statement"], scans)
+                    "timestamp with time zone": "NULL", "double precision": "NULL"}, "sagas_status", "sagas_created")
     finally:
         await pool.close()
         await drop_database(servers.database_url, dsn)
-
-
-async def scans_of(conn: asyncpg.Connection, statement: asyncpg.Record, values: dict[str, str]) -> set[tuple[Any, Any]]:
-    """The scans (node type, index) of the plan the session keeps for a statement it prepared (a row of
-    pg_prepared_statements), executed with ``values`` by parameter type."""
-    arguments = f"({', '.join(values[t] for t in statement['types'])})" if statement["types"] else ""
-    plan = await conn.fetchval(f'EXPLAIN (FORMAT JSON) EXECUTE "{statement["name"]}"{arguments}')
-    plan = json.loads(plan) if isinstance(plan, str) else plan  # the service's pools decode JSON themselves
-    return {(node.get("Node Type"), node.get("Index Name")) for node in nodes(plan[0]["Plan"])}
-
-
-def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from nodes(child)
