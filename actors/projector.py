@@ -1,7 +1,8 @@
 """The projector: tails the event store into the read models and reports its lag.
 
 It also pings every shard now and then, so a shard that Ray restarted resumes its sagas even when
-no request reaches it, and purges idempotency keys past their retention once an hour. A failing
+no request reaches it, folds the changes of the sagas' statuses into their counts as often, and purges
+idempotency keys past their retention once an hour. A failing
 projection is parked before the failing event (its position does not move), retried with a delay
 that doubles up to a minute, and its error and event id show in /health and in
 ``commerce_projection_errors``. While ``commerce projections rebuild`` holds a projection's lock, its
@@ -28,6 +29,7 @@ from store.event_store import SERVICE, PostgresEventStore, create_pool
 from store.idempotency import IdempotencyStore
 from store.projections import NewEvents, ProjectionRunner, all_projections, tail
 from store.reservations import DirectReservations
+from store.sagas import SagaStore
 
 SUPERVISE_INTERVAL = 2.0
 PURGE_INTERVAL = 3600.0
@@ -47,6 +49,7 @@ class Projector(ServiceActor):
     async def _start(self) -> None:
         pool = await create_pool(self.settings.database_url, 4, SERVICE)
         self.store = PostgresEventStore(pool)
+        self.sagas = SagaStore(self.store)
         self.runners = [ProjectionRunner(self.store, p) for p in all_projections()]
         self.news = NewEvents(pool, [r.projection.name for r in self.runners])
         self.directory = ActorDirectory(self.settings.namespace, self.settings.order_shards,
@@ -64,8 +67,13 @@ class Projector(ServiceActor):
         while True:
             await asyncio.sleep(SUPERVISE_INTERVAL)
             await self.watch.run("pinging the shards", lambda: self.directory.each("ping"))
+            await self.watch.run("folding the sagas' counts", self._fold_saga_counts)
             if time.monotonic() - last_purge > PURGE_INTERVAL and await self.watch.run("purging", self._purge):
                 last_purge = time.monotonic()
+
+    async def _fold_saga_counts(self) -> None:
+        if await self.sagas.fold_counts():
+            await self.sagas.vacuum_count_changes()
 
     async def _purge(self) -> None:
         await IdempotencyStore(self.store).purge()  # keys older than their retention

@@ -51,10 +51,8 @@ async def _check(probe: Any, timeout: float = 5.0) -> dict[str, Any]:
         return {"status": "fail", "error": f"{type(e).__name__}: {e}"[:300]}
 
 
-async def check_health(provider: ServicesProvider, details: bool = True) -> dict[str, Any]:
-    """Every check's status, and its details. Without ``details`` (for callers who see the statuses only),
-    the sagas check counts only the sagas not finished, which are all that decide it: the count of every
-    saga grows with the orders' history."""
+async def check_health(provider: ServicesProvider) -> dict[str, Any]:
+    """Every check's status, and its details."""
     svc_or_error: Services | Exception
     try:
         svc_or_error = await asyncio.wait_for(provider.get(), 5.0)
@@ -87,7 +85,7 @@ async def check_health(provider: ServicesProvider, details: bool = True) -> dict
         return {"schema_version": version, "projections": status}
 
     async def sagas() -> dict[str, Any]:
-        counts = await svc.sagas.counts(unfinished_only=not details)
+        counts = await svc.sagas.counts()
         oldest = await svc.sagas.oldest_unfinished_age()
         stuck_after = svc.settings.saga_timeout + 10 * svc.settings.saga_compensation_timeout + 60
         running_too_long = oldest > stuck_after and (counts.get("RUNNING", 0) + counts.get("COMPENSATING", 0)) > 0

@@ -104,7 +104,7 @@ class OperatorRoutes:
         if self.gate.is_admin(request.headers.get("authorization", "")):
             report = await check_health(self.provider)
         else:
-            shared = await self._shared["health"].run(lambda: check_health(self.provider, details=False))
+            shared = await self._shared["health"].run(lambda: check_health(self.provider))
             report = {"status": shared["status"], "checks": {k: {"status": c["status"]} for k, c in shared["checks"].items()}}
         return JSONResponse(report, 200 if report["status"] == "ok" else 503)
 

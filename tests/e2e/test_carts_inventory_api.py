@@ -7,9 +7,12 @@ import uuid
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from store.event_store import PostgresEventStore
 from tests.e2e.conftest import ADMIN
-from tests.e2e.helpers import ADDRESS, API, order_status, product
+from tests.e2e.helpers import ADDRESS, API, order_body, order_status, product
+from tests.integration.ray_support import eventually
 
 pytestmark = pytest.mark.ray
 
@@ -142,6 +145,34 @@ async def test_metrics_add_up_over_every_actor(http: httpx.AsyncClient) -> None:
     created = [float(line.split()[-1]) for line in text.splitlines()
                if line.startswith("commerce_orders_total{") and 'status="created"' in line]
     assert len(created) >= 1 and sum(created) >= 1  # one series per order shard (label shard)
+
+
+async def test_metrics_count_the_sagas_the_database_holds_and_the_projector_folds_their_changes(
+        http: httpx.AsyncClient, actor_store: PostgresEventStore) -> None:
+    """The sagas by status that /metrics shows are the sagas' own (a GROUP BY over them, read beside it), and the
+    projector folds the changes of their statuses into the kept counts as orders go by: a confirmed order's saga
+    ends up counted in ``saga_counts`` itself."""
+    pool = actor_store.pool
+
+    async def folded_completed() -> int:
+        return int(await pool.fetchval("SELECT COALESCE(MAX(n), 0) FROM saga_counts WHERE status = 'COMPLETED'"))
+
+    before = await folded_completed()
+    placed = (await http.post(f"{API}/orders", headers=ADMIN, json=order_body(await product(http)))).json()
+    await order_status(http, placed["order_id"], {"CONFIRMED"})
+    await eventually(folded_completed, lambda n: n > before)
+
+    async def shown_and_held() -> tuple[dict[str, int], dict[str, int]]:
+        shown = {}
+        for family in text_string_to_metric_families((await http.get("/metrics")).text):
+            if family.name == "commerce_sagas":
+                shown = {s.labels["status"].upper(): int(s.value) for s in family.samples if s.value}
+        held = {r["status"]: r["n"] for r in await pool.fetch("SELECT status, COUNT(*) AS n FROM sagas GROUP BY status")}
+        return shown, held
+
+    # sagas of earlier tests may still move between the two reads: read both until they agree
+    shown, held = await eventually(shown_and_held, lambda both: both[0] == both[1])
+    assert held.get("COMPLETED", 0) >= before + 1
 
 
 async def test_reorder_makes_a_new_cart_of_a_past_order_at_todays_prices(http: httpx.AsyncClient) -> None:

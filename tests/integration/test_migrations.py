@@ -44,7 +44,7 @@ async def test_a_database_that_applied_the_reverted_version_9_gets_the_plain_app
             await conn.execute(REVERTED_9)
         assert "pg_notify" in await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'append_events'")
 
-        assert await migrate(conn) == [10, 11, 12, 13, 14] and LATEST == 14
+        assert await migrate(conn) == [10, 11, 12, 13, 14, 15] and LATEST == 15
         assert await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'append_events'") == body
         assert await conn.fetchval("SELECT COUNT(*) FROM pg_proc WHERE proname = 'record_sagas'") == 1
     finally:
@@ -68,7 +68,7 @@ async def test_a_database_where_version_9_was_record_sagas_migrates_to_the_same_
                 number = 9 if version == 10 else version
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", number, name)
-        assert await migrate(conn) == [10, 11, 12, 13, 14]
+        assert await migrate(conn) == [10, 11, 12, 13, 14, 15]
         assert await migrate(other) == [v for v, _, _ in MIGRATIONS]
         functions = "SELECT proname, prosrc FROM pg_proc WHERE proname IN ('append_events', 'record_sagas') ORDER BY 1"
         assert [tuple(r) for r in await conn.fetch(functions)] == [tuple(r) for r in await other.fetch(functions)]
@@ -96,7 +96,7 @@ async def test_version_11_empties_the_read_models_and_the_projector_replays_them
         await runner.catch_up()
         await pool.execute("UPDATE inventory_views SET on_hand = 3")  # as a misordered replay could leave it
         async with pool.acquire() as conn:
-            assert await migrate(conn) == [11, 12, 13, 14]
+            assert await migrate(conn) == [11, 12, 13, 14, 15]
         assert await pool.fetchval("SELECT COUNT(*) FROM inventory_views") == 0
         assert await pool.fetchval("SELECT COUNT(*) FROM projection_checkpoints") == 0
         assert await ProjectionRunner(store, InventoryViews()).catch_up() == 1
@@ -159,7 +159,7 @@ async def test_version_14_gives_up_when_a_vacuum_of_sagas_holds_the_table_and_ap
             await asyncio.wait_for(migrate(conn), 30)  # without a lock timeout it would wait for the vacuum
         assert await conn.fetchval("SELECT MAX(version) FROM schema_migrations") == 13
         await held.rollback()
-        assert await migrate(conn) == [14]
+        assert await migrate(conn) == [14, 15]
         assert await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'sagas'") == ["fillfactor=50"]
     finally:
         await conn.close()
