@@ -32,6 +32,7 @@ from store.reservations import DirectReservations
 from store.sagas import SagaStore
 
 SUPERVISE_INTERVAL = 2.0
+FOLD_INTERVAL = 2.0
 PURGE_INTERVAL = 3600.0
 
 
@@ -57,7 +58,7 @@ class Projector(ServiceActor):
         # a runner parks a failing projection itself and backs off; once caught up, it waits for news of
         # its next event, asked after for all runners at once
         self._tasks = [asyncio.create_task(tail(r, self.news, self._stepped)) for r in self.runners]
-        self._tasks.append(asyncio.create_task(self._supervise()))
+        self._tasks += [asyncio.create_task(self._supervise()), asyncio.create_task(self._fold_saga_counts())]
 
     def _stepped(self, runner: ProjectionRunner) -> None:
         self.errors.labels(runner.projection.name).set(1 if runner.error else 0)
@@ -67,13 +68,17 @@ class Projector(ServiceActor):
         while True:
             await asyncio.sleep(SUPERVISE_INTERVAL)
             await self.watch.run("pinging the shards", lambda: self.directory.each("ping"))
-            await self.watch.run("folding the sagas' counts", self._fold_saga_counts)
             if time.monotonic() - last_purge > PURGE_INTERVAL and await self.watch.run("purging", self._purge):
                 last_purge = time.monotonic()
 
     async def _fold_saga_counts(self) -> None:
-        if await self.sagas.fold_counts():
-            await self.sagas.vacuum_count_changes()
+        async def fold() -> None:
+            if await self.sagas.fold_counts():
+                await self.sagas.vacuum_count_changes()
+
+        while True:
+            await asyncio.sleep(FOLD_INTERVAL)
+            await self.watch.run("folding the sagas' counts", fold)
 
     async def _purge(self) -> None:
         await IdempotencyStore(self.store).purge()  # keys older than their retention

@@ -1,7 +1,7 @@
 """Waiting for the sagas of a load phase to finish, by watching one aggregate figure in PostgreSQL.
 
 The benchmark's database is its own, so every saga in it is the benchmark's. The only load the wait
-adds is one ``SELECT status, COUNT(*) FROM sagas GROUP BY status`` (``SagaStore.counts``) per poll,
+adds is one read of the sagas by status (``SagaStore.counts``, kept as the sagas change) per poll,
 on PostgreSQL directly: asking each order's shard for its order would put the watcher's own requests
 on the actors that run the sagas, and slow down what it measures.
 """

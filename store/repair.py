@@ -69,6 +69,8 @@ async def plan(pool: asyncpg.Pool, problems: list[Problem]) -> list[Step]:
     if sagas:
         steps.append(Step("re-derive the sagas rows and step histories from their events", sagas,
                           lambda pool: _rederive_sagas(pool, [s.subject for s in sagas])))  # type: ignore[misc]
+    if by_kind[Kind.SAGA_COUNTS]:
+        steps.append(Step("count the sagas by status again from the sagas", by_kind[Kind.SAGA_COUNTS], _recount))
     return steps
 
 
@@ -157,6 +159,10 @@ async def _rederive_sagas(pool: asyncpg.Pool, saga_ids: list[uuid.UUID]) -> None
                 await conn.execute("DELETE FROM sagas WHERE saga_id = $1", saga_id)
                 continue
             await sagas.write_many(conn, [(saga, records)])
+
+
+async def _recount(pool: asyncpg.Pool) -> None:
+    await SagaStore(PostgresEventStore(pool)).recount()
 
 
 async def repair(pool: asyncpg.Pool, report: Callable[[Step], None], rounds: int = 3) -> list[Problem]:

@@ -43,14 +43,19 @@ OLDEST_UNFINISHED = "SELECT COALESCE(EXTRACT(EPOCH FROM NOW() - LEAST({})), 0)".
 COUNTS = """SELECT status, SUM(n)::bigint AS n
             FROM (SELECT status, n FROM saga_counts UNION ALL SELECT status, n FROM saga_count_changes) AS c
             GROUP BY status HAVING SUM(n) <> 0"""
-# The changes folded into the counts, in one statement: the rows deleted are the rows added. A folder running at
-# the same time skips the rows this one deleted (and waits for its commit to know), and both update the counts
-# in the same order of status, so that neither waits on the other for good.
-FOLD_COUNTS = """WITH folded AS (DELETE FROM saga_count_changes RETURNING status, n),
-                      added AS (INSERT INTO saga_counts AS c (status, n)
-                                SELECT status, SUM(n) FROM folded GROUP BY status ORDER BY status
-                                ON CONFLICT (status) DO UPDATE SET n = c.n + EXCLUDED.n)
-                 SELECT COUNT(*) FROM folded"""
+# A batch of changes folded into the counts, in one statement: the rows deleted are the rows added. A folder
+# running at the same time skips the rows this one deleted (and waits for its commit to know), and both update
+# the counts in the same order of status, so that neither waits on the other for good. In batches, so that a
+# backlog (the projector down for long) is folded in statements of bounded length.
+FOLD_BATCH = 50_000
+FOLD_COUNTS = f"""WITH folded AS (DELETE FROM saga_count_changes
+                                  WHERE ctid = ANY(ARRAY(SELECT ctid FROM saga_count_changes LIMIT {FOLD_BATCH}))
+                                  RETURNING status, n),
+                       added AS (INSERT INTO saga_counts AS c (status, n)
+                                 SELECT status, SUM(n) FROM folded GROUP BY status ORDER BY status
+                                 ON CONFLICT (status) DO UPDATE SET n = c.n + EXCLUDED.n)
+                  SELECT COUNT(*) FROM folded"""
+SCANNED_COUNTS = "SELECT status, COUNT(*) AS n FROM sagas GROUP BY status"
 
 
 def prepare(ctx: CommandContext, saga: sg.Saga | None, saga_id: uuid.UUID, saga_events: Sequence[ev.DomainEvent],
@@ -169,8 +174,25 @@ class SagaStore:
     async def fold_counts(self) -> int:
         """Fold the changes of the sagas' statuses into their counts, so that counting reads few rows; returns how
         many were folded. The counts read the same before and after."""
+        folded = 0
         with postgres_errors():
-            return int(await self.events.pool.fetchval(FOLD_COUNTS))
+            while (batch := int(await self.events.pool.fetchval(FOLD_COUNTS))) == FOLD_BATCH:
+                folded += batch
+        return folded + batch
+
+    async def scanned_counts(self, conn: asyncpg.Connection) -> dict[str, int]:
+        """Sagas by status, counted over every saga (as ``counts()`` should say in the same snapshot)."""
+        return {r["status"]: r["n"] for r in await conn.fetch(SCANNED_COUNTS)}
+
+    async def recount(self) -> None:
+        """Count the sagas by status again from the sagas themselves, for counts that went wrong (triggers
+        disabled, a bug). Writers of sagas wait meanwhile (they are counted before or after), and so do folds."""
+        async with self.events.pool.acquire() as conn, conn.transaction():
+            await conn.execute("LOCK TABLE sagas IN SHARE ROW EXCLUSIVE MODE")
+            await conn.execute("LOCK TABLE saga_counts, saga_count_changes IN EXCLUSIVE MODE")
+            await conn.execute("DELETE FROM saga_count_changes")
+            await conn.execute("DELETE FROM saga_counts")
+            await conn.execute(f"INSERT INTO saga_counts (status, n) {SCANNED_COUNTS}")
 
     async def vacuum_count_changes(self) -> None:
         """Give the space of folded changes back to the next ones, so that the table they pass through stays as

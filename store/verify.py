@@ -1,11 +1,13 @@
 """Integrity checks of the event store and what is derived from it (``commerce events verify``).
 
 Streams are contiguous from version 1; every event type is known and decodes; ``order_views``
-equals a replay of the order streams; ``sagas`` and ``saga_steps`` agree with the saga streams.
+equals a replay of the order streams; ``sagas`` and ``saga_steps`` agree with the saga streams, and the sagas
+counted by status (``saga_counts``) with ``sagas``.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import uuid
@@ -18,7 +20,7 @@ from domain import events as ev
 from domain import order as o
 from domain import saga as sg
 from store.event_store import record_from_row
-from store.sagas import STEP_OUTCOMES
+from store.sagas import COUNTS, STEP_OUTCOMES
 
 BATCH = 2000
 
@@ -32,6 +34,7 @@ class Kind(enum.Enum):
     BAD_STREAM = "stream does not start as its aggregate does"
     READ_MODEL = "read model differs from the events"
     SAGA_TABLE = "sagas table differs from the events"
+    SAGA_COUNTS = "sagas counted by status differ from the sagas"
     CHECKPOINT_AHEAD = "projection checkpoint ahead of the store"
 
 
@@ -90,6 +93,11 @@ async def find_problems(pool: asyncpg.Pool) -> list[Problem]:
         rows: dict[Any, asyncpg.Record] = {r["saga_id"]: r for r in await conn.fetch(
             """SELECT s.saga_id, s.status, s.current_step, s.version,
                       (SELECT COUNT(*) FROM saga_steps h WHERE h.saga_id = s.saga_id) AS steps FROM sagas s""")}
+        counted = {r["status"]: r["n"] for r in await conn.fetch(COUNTS)}
+    held = collections.Counter(r["status"] for r in rows.values())
+    if counted != held:
+        problems.append(Problem(Kind.SAGA_COUNTS, f"the sagas counted by status, {dict(sorted(counted.items()))}, "
+                                                  f"are not the sagas', {dict(sorted(held.items()))}"))
     projected = (checkpoint["transaction_id"], checkpoint["position"]) if checkpoint is not None else None
     orders: dict[uuid.UUID, o.Order | None] = {}
     unprojected: set[uuid.UUID] = set()

@@ -457,3 +457,25 @@ async def test_verify_does_not_count_a_later_transactions_event_below_the_checkp
         for projection in all_projections():  # the checkpoint passes the later transaction's position
             await ProjectionRunner(store, projection).catch_up()
     assert await verify(store.pool) == []
+
+
+@pytest.mark.parametrize("damage", [
+    "INSERT INTO saga_count_changes (status, n) VALUES ('FAILED', 1)",  # as a write with the triggers off leaves
+    "UPDATE saga_counts SET n = n - 1",  # after a fold
+])
+async def test_counts_of_the_sagas_gone_wrong_are_found_and_counted_again(
+        fresh: tuple[str, PostgresEventStore], damage: str) -> None:
+    from store.sagas import SagaStore
+
+    dsn, store = fresh
+    sagas = SagaStore(store)
+    await a_saga_with_history(store)
+    await sagas.fold_counts()
+    right = await sagas.counts()
+    assert await verify(store.pool) == [] and sum(right.values()) == 1
+    await store.pool.execute(damage)
+    problems = await verify(store.pool)
+    assert len(problems) == 1 and "counted by status" in problems[0], problems
+    code, out = await cli(dsn, "events", "repair", "--apply")
+    assert code == 0 and "count the sagas by status again" in out, out
+    assert await verify(store.pool) == [] and await sagas.counts() == right
