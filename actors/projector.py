@@ -29,10 +29,11 @@ from store.event_store import SERVICE, PostgresEventStore, create_pool
 from store.idempotency import IdempotencyStore
 from store.projections import NewEvents, ProjectionRunner, all_projections, tail
 from store.reservations import DirectReservations
-from store.sagas import SagaStore
+from store.sagas import FOLD_BATCH, SagaStore
 
 SUPERVISE_INTERVAL = 2.0
 FOLD_INTERVAL = 2.0
+FOLD_BATCHES = 20  # statements of FOLD_BATCH changes in a round at most: a million changes, then a vacuum
 PURGE_INTERVAL = 3600.0
 
 
@@ -72,12 +73,22 @@ class Projector(ServiceActor):
                 last_purge = time.monotonic()
 
     async def _fold_saga_counts(self) -> None:
+        """Every FOLD_INTERVAL, the changes of the sagas' statuses folded into their counts, and their table
+        vacuumed. A backlog (this actor down for long) goes a round of FOLD_BATCHES statements at a time, each
+        round vacuumed and the next one at once, the table's empty pages given back after it."""
+        more = False
+
         async def fold() -> None:
-            if await self.sagas.fold_counts():
-                await self.sagas.vacuum_count_changes()
+            nonlocal more
+            folded = await self.sagas.fold_counts(FOLD_BATCHES)
+            more = folded >= FOLD_BATCHES * FOLD_BATCH
+            if folded:
+                await self.sagas.vacuum_count_changes(give_back=folded >= FOLD_BATCH)
 
         while True:
-            await asyncio.sleep(FOLD_INTERVAL)
+            if not more:
+                await asyncio.sleep(FOLD_INTERVAL)
+            more = False
             await self.watch.run("folding the sagas' counts", fold)
 
     async def _purge(self) -> None:

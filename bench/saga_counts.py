@@ -26,11 +26,10 @@ import asyncpg
 from bench.common import postgres
 from store.event_store import SERVICE, PostgresEventStore, create_pool
 from store.migrations import migrate
-from store.sagas import SagaStore
+from store.sagas import SCANNED_COUNTS, SagaStore
 from tests.support import create_database, drop_database
 
 ASKED = 5
-SCANNED = "SELECT status, COUNT(*) AS n FROM sagas GROUP BY status"
 CHANGED = 10_000
 
 
@@ -72,8 +71,8 @@ async def main(base_dsn: str, sizes: list[int]) -> None:
                 await store.vacuum_count_changes()
                 held = size
                 print(f"{size:>11,} sagas ({ASKED} times each): the counts kept and the oldest unfinished "
-                      f"{await timed(lambda: figures(store))}; every saga read ({SCANNED}) "
-                      f"{await timed(lambda: pool.fetch(SCANNED))}", flush=True)
+                      f"{await timed(lambda: figures(store))}; every saga read ({SCANNED_COUNTS}) "
+                      f"{await timed(lambda: pool.fetch(SCANNED_COUNTS))}", flush=True)
             await conn.execute(f"UPDATE sagas SET status = 'COMPENSATED' WHERE saga_id IN (SELECT saga_id FROM sagas"
                                f" WHERE status = 'COMPLETED' LIMIT {CHANGED})")
             pending = await conn.fetchval("SELECT COUNT(*) FROM saga_count_changes")

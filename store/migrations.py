@@ -372,11 +372,14 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         # commit's record_sagas, an operator's repair, SQL by hand. Those rows are only ever inserted, so writers
         # never wait on each other for them, as they would on a counter row. A count is `saga_counts` plus the
         # changes not yet folded into it, read in one statement (one snapshot); the projector folds them
-        # (SagaStore.fold_counts) and vacuums the table, which keeps its pages: a vacuum that gave them back would
-        # wait for every writer's lock. New sagas are counted once per statement (a group commit inserts many), a
-        # status changed or a saga deleted once per row, and an UPDATE that leaves the status as it was adds
-        # nothing. A TRUNCATE of `sagas` empties both tables, after any fold under way. The lock keeps writers out
-        # while the sagas there are counted (a few seconds at ten million): at most 5 s to get it, as migration 14.
+        # (SagaStore.fold_counts) and vacuums the table, which keeps its pages (a vacuum that gave them back would
+        # wait for the writers' locks) but after a backlog. New sagas are counted once per statement and status (a
+        # group commit inserts many), a status changed or a saga deleted once per row, and an UPDATE that leaves
+        # the status as it was adds nothing. A TRUNCATE of `sagas` empties both tables once any fold under way is
+        # done (the lock; then its DELETEs see the fold, in READ COMMITTED, PostgreSQL's default), even when it
+        # names them too, which a TRUNCATE of them here could not. Whatever locks both tables locks the changes
+        # first, as a fold does. The lock on `sagas` keeps writers out while the sagas there are counted (a few
+        # seconds at ten million): at most 5 s to get it, as migration 14.
         """
         CREATE TABLE saga_counts (status VARCHAR(50) PRIMARY KEY, n BIGINT NOT NULL);
         CREATE TABLE saga_count_changes (status VARCHAR(50) NOT NULL, n BIGINT NOT NULL) WITH (vacuum_truncate = off);
@@ -398,7 +401,9 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         $$;
         CREATE FUNCTION saga_counts_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            TRUNCATE saga_counts, saga_count_changes;
+            LOCK TABLE saga_count_changes, saga_counts IN EXCLUSIVE MODE;
+            DELETE FROM saga_count_changes;
+            DELETE FROM saga_counts;
             RETURN NULL;
         END
         $$;

@@ -162,7 +162,11 @@ async def _rederive_sagas(pool: asyncpg.Pool, saga_ids: list[uuid.UUID]) -> None
 
 
 async def _recount(pool: asyncpg.Pool) -> None:
-    await SagaStore(PostgresEventStore(pool)).recount()
+    try:
+        await SagaStore(PostgresEventStore(pool)).recount()
+    except asyncpg.LockNotAvailableError as e:
+        raise RepairRefused("the sagas stayed locked for 5 s (a vacuum of them, or a long write): nothing was "
+                            "counted; run the repair again") from e
 
 
 async def repair(pool: asyncpg.Pool, report: Callable[[Step], None], rounds: int = 3) -> list[Problem]:

@@ -171,35 +171,41 @@ class SagaStore:
             rows = await self.events.pool.fetch(COUNTS)
         return {r["status"]: r["n"] for r in rows}
 
-    async def fold_counts(self) -> int:
-        """Fold the changes of the sagas' statuses into their counts, so that counting reads few rows; returns how
-        many were folded. The counts read the same before and after."""
-        folded = 0
+    async def fold_counts(self, batches: int | None = None) -> int:
+        """Fold the changes of the sagas' statuses into their counts, so that counting reads few rows: at most
+        ``batches`` statements of FOLD_BATCH changes each (all of the changes when None); returns how many were
+        folded. The counts read the same before and after."""
+        folded, done = 0, 0
         with postgres_errors():
-            while (batch := int(await self.events.pool.fetchval(FOLD_COUNTS))) == FOLD_BATCH:
-                folded += batch
-        return folded + batch
-
-    async def scanned_counts(self, conn: asyncpg.Connection) -> dict[str, int]:
-        """Sagas by status, counted over every saga (as ``counts()`` should say in the same snapshot)."""
-        return {r["status"]: r["n"] for r in await conn.fetch(SCANNED_COUNTS)}
+            while batches is None or done < batches:
+                batch = int(await self.events.pool.fetchval(FOLD_COUNTS))
+                folded, done = folded + batch, done + 1
+                if batch < FOLD_BATCH:
+                    break
+        return folded
 
     async def recount(self) -> None:
-        """Count the sagas by status again from the sagas themselves, for counts that went wrong (triggers
-        disabled, a bug). Writers of sagas wait meanwhile (they are counted before or after), and so do folds."""
+        """Count the sagas by status again from the sagas themselves, for counts that went wrong (writes with the
+        triggers off, a bug). Writers of sagas wait meanwhile (they are counted before or after), and so do folds;
+        the changes are locked first, as a fold locks them. At most 5 s to get the locks (a vacuum of ``sagas``
+        under way holds them off, and writers would queue behind the wait): asyncpg's LockNotAvailableError."""
         async with self.events.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL lock_timeout = '5s'")
             await conn.execute("LOCK TABLE sagas IN SHARE ROW EXCLUSIVE MODE")
-            await conn.execute("LOCK TABLE saga_counts, saga_count_changes IN EXCLUSIVE MODE")
+            await conn.execute("LOCK TABLE saga_count_changes, saga_counts IN EXCLUSIVE MODE")
+            await conn.execute("SET LOCAL lock_timeout TO DEFAULT")
             await conn.execute("DELETE FROM saga_count_changes")
             await conn.execute("DELETE FROM saga_counts")
             await conn.execute(f"INSERT INTO saga_counts (status, n) {SCANNED_COUNTS}")
 
-    async def vacuum_count_changes(self) -> None:
-        """Give the space of folded changes back to the next ones, so that the table they pass through stays as
-        small as the changes between two folds, with or without autovacuum. A vacuum of it already under way
-        is left to finish on its own."""
+    async def vacuum_count_changes(self, give_back: bool = False) -> None:
+        """Make the space of folded changes free for the next ones, so that the table they pass through stays as
+        large as the changes between two folds, with or without autovacuum. With ``give_back`` (after a backlog),
+        the empty pages at its end go back to the file system too, if the writers' locks let the vacuum take its
+        own within 5 s (PostgreSQL's wait). A vacuum of it already under way is left to finish on its own."""
         with postgres_errors():
-            await self.events.pool.execute("VACUUM (SKIP_LOCKED) saga_count_changes")
+            await self.events.pool.execute(
+                f"VACUUM (SKIP_LOCKED{', TRUNCATE true' if give_back else ''}) saga_count_changes")
 
     async def oldest_unfinished_age(self) -> float:
         with postgres_errors():
