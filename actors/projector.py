@@ -76,19 +76,14 @@ class Projector(ServiceActor):
         """Every FOLD_INTERVAL, the changes of the sagas' statuses folded into their counts, and their table
         vacuumed. A backlog (this actor down for long) goes a round of FOLD_BATCHES statements at a time, each
         round vacuumed and the next one at once, the table's empty pages given back after it."""
-        more = False
-
         async def fold() -> None:
-            nonlocal more
-            folded = await self.sagas.fold_counts(FOLD_BATCHES)
-            more = folded >= FOLD_BATCHES * FOLD_BATCH
-            if folded:
+            while folded := await self.sagas.fold_counts(FOLD_BATCHES):
                 await self.sagas.vacuum_count_changes(give_back=folded >= FOLD_BATCH)
+                if folded < FOLD_BATCHES * FOLD_BATCH:
+                    return
 
         while True:
-            if not more:
-                await asyncio.sleep(FOLD_INTERVAL)
-            more = False
+            await asyncio.sleep(FOLD_INTERVAL)
             await self.watch.run("folding the sagas' counts", fold)
 
     async def _purge(self) -> None:

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from store.event_store import PostgresEventStore
+from store.sagas import SCANNED_COUNTS
 from tests.e2e.conftest import ADMIN
 from tests.e2e.helpers import ADDRESS, API, order_body, order_status, product
 from tests.integration.ray_support import eventually
@@ -164,7 +165,7 @@ async def test_metrics_count_the_sagas_the_database_holds_and_the_projector_fold
         return shown, await held()
 
     async def held() -> dict[str, int]:
-        return {r["status"]: r["n"] for r in await pool.fetch("SELECT status, COUNT(*) AS n FROM sagas GROUP BY status")}
+        return {r["status"]: r["n"] for r in await pool.fetch(SCANNED_COUNTS)}
 
     async def folded_and_held() -> tuple[dict[str, int], dict[str, int]]:
         folded = {r["status"]: r["n"] for r in await pool.fetch("SELECT status, n FROM saga_counts WHERE n <> 0")}

@@ -188,7 +188,7 @@ async def test_refund_failure_parks_the_saga_and_an_operator_retry_finishes_it(h
     health = await http.get("/health")
     assert health.status_code == 503 and health.json()["checks"]["sagas"]["status"] == "fail"
     assert "waiting for an operator" in health.json()["checks"]["sagas"]["error"]
-    public = await anonymous.get("/health")  # the checks without details: the unfinished sagas counted only
+    public = await anonymous.get("/health")  # the checks without their details
     assert public.status_code == 503 and public.json()["checks"]["sagas"] == {"status": "fail"}
     assert (await http.post(f"{API}/admin/sagas/{saga_id}/retry", headers=ADMIN)).status_code == 202
     await saga_status(http, saga_id, {"COMPENSATED"})

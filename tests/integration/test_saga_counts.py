@@ -13,7 +13,7 @@ import pytest
 
 from store.event_store import PostgresEventStore, create_pool
 from store.migrations import migrate
-from store.sagas import COUNTS, FOLD_BATCH, FOLD_COUNTS, SagaStore
+from store.sagas import COUNTS, FOLD_BATCH, FOLD_COUNTS, SCANNED_COUNTS, SagaStore
 from tests.integration.plans import assert_reads_through, generic_plans_over, prepared_on
 from tests.integration.ray_support import eventually
 from tests.integration.test_migrations import migrated_to
@@ -38,7 +38,7 @@ async def upsert(conn: asyncpg.Connection, sagas: dict[uuid.UUID, str], version:
 
 
 async def truth(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, int]:
-    return {r["status"]: r["n"] for r in await conn.fetch("SELECT status, COUNT(*) AS n FROM sagas GROUP BY status")}
+    return {r["status"]: r["n"] for r in await conn.fetch(SCANNED_COUNTS)}
 
 
 @pytest.fixture
