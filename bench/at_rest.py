@@ -24,7 +24,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.common import cpu_seconds, postgres, process_tree, redis_server, running_service
+from bench.common import cpu_seconds, postgres, process_tree, redis_server, running_service, used_by_kind
 from tests.support import create_database, drop_database
 
 
@@ -90,9 +90,7 @@ def main(database: str, redis: str, settle: float, window: float, by_thread: int
         after = cpu_seconds(process_tree(root))
         threads_after = threads(after) if by_thread else {}
         transactions = asyncio.run(transactions_so_far(database)) - transactions
-    used: dict[str, float] = collections.defaultdict(float)
-    for pid, (name, t) in after.items():
-        used[name] += t - before.get(pid, (name, 0.0))[1]  # a process started during the window counts whole
+    used = used_by_kind(before, after)
     total = sum(used.values())
     print(f"at rest over {window:.0f} s: {100 * total / window:.1f} % of one core, {len(after)} processes; "
           f"PostgreSQL ran {transactions / window:.1f} transactions/s for it")

@@ -194,6 +194,15 @@ def cpu_seconds(processes: list[psutil.Process]) -> dict[int, tuple[str, float]]
     return out
 
 
+def used_by_kind(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """The CPU seconds used between two readings of :func:`cpu_seconds`, by kind of process: a process started
+    between them counts whole, one gone by the second is left out."""
+    used: dict[str, float] = {}
+    for pid, (kind, t) in after.items():
+        used[kind] = used.get(kind, 0.0) + t - before.get(pid, (kind, 0.0))[1]
+    return used
+
+
 class CpuUse:
     """The CPU that a process tree and the whole machine used between ``start`` and ``stop``: the tree's by
     kind of process, and the rest of the machine (PostgreSQL, Redis, the client) as one figure."""
@@ -207,10 +216,7 @@ class CpuUse:
 
     def stop(self) -> dict[str, float]:
         """Seconds of CPU by kind; ``everything else`` is the machine's busy time outside the tree."""
-        after = cpu_seconds(process_tree(self.root))
-        used: dict[str, float] = {}
-        for pid, (kind, t) in after.items():
-            used[kind] = used.get(kind, 0.0) + t - self._before.get(pid, (kind, 0.0))[1]
+        used = used_by_kind(self._before, cpu_seconds(process_tree(self.root)))
         machine = _busy(psutil.cpu_times()) - self._machine_before
         used["everything else on the machine"] = max(0.0, machine - sum(used.values()))
         return dict(sorted(used.items(), key=lambda kv: -kv[1]))
