@@ -4,8 +4,8 @@ processes with none of the service in them.
 ``bench/floor_serve.py`` starts Ray as ``commerce serve`` does (``Runtime.start_ray``: a local Ray with its
 dashboard, Serve's environment, the log monitor stopped), one idle actor per shard and one for the projector,
 with the shards' options (``bench/idle.py``: an async actor like the shards, answering at once), Serve in its
-HAProxy mode with one application whose route asks every idle actor (as /health asks every shard), in the
-order and with the settings of the service's own start; Serve's ports are the benchmark's own
+HAProxy mode with one application whose route asks every idle actor (``bench/floor_ingress.py``, as /health
+asks every shard), in the order and with the settings of the service's own start; Serve's ports are the benchmark's own
 (``own_serve_ports``), as for the service below. No PostgreSQL, no Redis, none of the service's modules in the
 actors or the replica, none of its loops. This benchmark measures it as ``bench.startup`` and ``bench.at_rest``
 measure the service:
@@ -19,7 +19,9 @@ measure the service:
 Then it is stopped with SIGTERM. With ``--service``, each repeat also measures the service the same way
 (``commerce serve`` on the machine's PostgreSQL and Redis, a database of its own), the two taking turns at
 going first. A floor may be low: the service's /health also needs PostgreSQL, Redis, the migrations and the
-secrets' check, which the floor leaves out.
+secrets' check, which the floor leaves out; and at rest, the CPU PostgreSQL spends on the service's questions
+is not counted (the machine's server is not in the service's tree; ``bench.at_rest`` gives its transactions).
+A SIGTERM or Ctrl-C to this benchmark stops what it started before it exits.
 
     python -m bench.ray_floor [--repeat 2] [--settle 30] [--window 60] [--service]
 
@@ -54,7 +56,7 @@ from bench.common import (
     running_service,
     used_by_kind,
 )
-from bench.idle import PATH
+from bench.floor_ingress import PATH
 from tests.support import create_database, drop_database, free_port
 
 
@@ -62,12 +64,13 @@ from tests.support import create_database, drop_database, free_port
 def running_floor(folder: Path) -> Iterator[tuple[psutil.Process, float]]:
     """``bench.floor_serve`` started: its process, and the seconds from its spawn until its route answered 200.
     Stopped with SIGTERM on the way out, and its process group killed if it has not stopped within two
-    minutes; then its phases are printed, and its error output if it failed."""
+    minutes, then whatever it had started that is still running, by process id; then its phases are printed."""
     port = free_port()
     phases, errors = folder / "phases.json", folder / "stderr.log"
     started = time.monotonic()
     with errors.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "bench.floor_serve", str(port), str(free_port()), str(phases)],
+        proc = subprocess.Popen([sys.executable, "-m", "bench.floor_serve", str(port), str(free_port()), str(phases),
+                                 str(os.getpid())],
                                 env={**os.environ, **own_serve_ports()}, stdout=subprocess.DEVNULL, stderr=err,
                                 start_new_session=True)
     try:
@@ -83,12 +86,18 @@ def running_floor(folder: Path) -> Iterator[tuple[psutil.Process, float]]:
             time.sleep(0.1)
         yield psutil.Process(proc.pid), time.monotonic() - started
     finally:
+        started_by_it: list[psutil.Process] = []
+        with contextlib.suppress(psutil.NoSuchProcess):
+            started_by_it = process_tree(psutil.Process(proc.pid))[1:]
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # its own session: the group is what it started
             proc.wait()
+        for p in started_by_it:  # by pid: what outlived it (Serve's HAProxy leaves its group)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
         with contextlib.suppress(OSError, ValueError):
             print("  its start, seconds after the process began: "
                   + ", ".join(f"{name} {t:.1f}" for name, t in json.loads(phases.read_text()).items()), flush=True)
@@ -111,7 +120,7 @@ def report(label: str, seconds: float, busy: float, rest: tuple[float, int, dict
     print(f"{label}: answered after {seconds:.1f} s, the whole machine busy {busy:.1f} s of CPU meanwhile "
           f"({busy / seconds / cores:.0%} of its {cores} cores); at rest {total:.1f} % of one core in "
           f"{processes} processes", flush=True)
-    print("  " + ", ".join(f"{kind} {share:.2f}" for kind, share in list(shares.items())[:8]), flush=True)
+    print("  " + ", ".join(f"{kind} {share:.2f}" for kind, share in shares.items()), flush=True)
 
 
 def floor(settle: float, window: float) -> None:
@@ -145,7 +154,12 @@ def main(repeat: int, settle: float, window: float, with_service: bool) -> None:
             measure(settle, window)
 
 
+def _exit_on_sigterm(*_: object) -> None:
+    raise SystemExit(143)  # unwinds through the stops of what this benchmark started
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--settle", type=float, default=30.0)
