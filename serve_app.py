@@ -183,18 +183,13 @@ class CommerceIngress(Ingress):
         return self.app()
 
 
-def replica_options(settings: Settings) -> dict[str, Any]:
-    """The ingress's replicas: their CPUs, and a fixed number of them or autoscaling up to ``max_replicas``."""
+def ingress(settings: Settings) -> Any:
+    """The ingress deployment: a fixed number of replicas, or autoscaled up to ``max_replicas``."""
     scaling = {"min_replicas": settings.replicas, "initial_replicas": settings.replicas,
                "max_replicas": settings.max_replicas, "target_ongoing_requests": TARGET_ONGOING_REQUESTS}
     autoscaled = settings.max_replicas and settings.max_replicas > settings.replicas
     replicas: dict[str, Any] = {"autoscaling_config": scaling} if autoscaled else {"num_replicas": settings.replicas}
-    return {"ray_actor_options": {"num_cpus": settings.replica_cpus}, **replicas}
-
-
-def ingress(settings: Settings) -> Any:
-    """The ingress deployment, with :func:`replica_options`."""
-    return CommerceIngress.options(**replica_options(settings))
+    return CommerceIngress.options(ray_actor_options={"num_cpus": settings.replica_cpus}, **replicas)
 
 
 def build_app(settings: Settings) -> Any:

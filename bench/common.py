@@ -252,23 +252,43 @@ def running_service(env: dict[str, str | None]) -> Iterator[tuple[psutil.Process
                             env={k: v for k, v in merged.items() if v is not None},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"commerce serve exited with {proc.returncode} before it was healthy")
-            if time.monotonic() - started > 180:
-                raise SystemExit("commerce serve was not healthy within 180 s")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        await_200(proc, f"http://127.0.0.1:{port}/health", "commerce serve")
         yield psutil.Process(proc.pid), port, time.monotonic() - started
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the group is what it started
-            proc.wait()
+        stop_spawned(proc)
+
+
+def await_200(proc: subprocess.Popen[Any], url: str, what: str, timeout: float = 180.0,
+              errors: Path | None = None) -> None:
+    """Wait until GET ``url`` answers 200; SystemExit if ``proc`` (``what``) exits first, with the end of its
+    ``errors`` file if given, or if ``timeout`` passes."""
+    started = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            said = f": {errors.read_text()[-2000:]}" if errors else ""
+            raise SystemExit(f"{what} exited with {proc.returncode} before {url} answered 200{said}")
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"{url} did not answer 200 within {timeout:.0f} s")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        time.sleep(0.1)
+
+
+def stop_spawned(proc: subprocess.Popen[Any]) -> None:
+    """Stop a process spawned in a session of its own: SIGTERM, then its process group killed if it has not
+    stopped within two minutes, then whatever it had started that outlived it, by process id (Serve's
+    HAProxy leaves the group)."""
+    started_by_it: list[psutil.Process] = []
+    with contextlib.suppress(psutil.NoSuchProcess):
+        started_by_it = process_tree(psutil.Process(proc.pid))[1:]
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the group is what it started
+        proc.wait()
+    for p in started_by_it:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
 

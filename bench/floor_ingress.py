@@ -1,6 +1,6 @@
 """The floor's stand-in for the service's ingress (``bench/ray_floor.py``): a Serve deployment whose one route
 asks every idle actor, as the service's /health asks every shard, with the service's deployment options (its
-JSON log lines, its replicas' CPUs and count from ``serve_app.replica_options``). It imports FastAPI and Serve,
+JSON log lines; ``bench/floor_serve.py`` gives it the replicas' CPUs and count). It imports FastAPI and Serve,
 as the service's replica does, and none of the service's actor classes, the store or the domain; the HTTP
 benchmark's baseline would not do, as its module imports the service's actor classes into its replica."""
 

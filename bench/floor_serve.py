@@ -36,7 +36,6 @@ def main(port: int, dashboard_port: int, phases_file: Path, parent: int) -> int:
     from commerce.cli import _on_signals, _stop_now
     from commerce.runtime import Runtime
     from commerce.settings import load_settings
-    from serve_app import replica_options
 
     phases = {"imports": time.monotonic() - started}
     settings = load_settings().replace(port=port, dashboard_port=dashboard_port,
@@ -54,7 +53,9 @@ def main(port: int, dashboard_port: int, phases_file: Path, parent: int) -> int:
                 for name in names]
         serve.start(http_options={"host": settings.host, "port": port}, proxy_location=settings.proxy_location)
         phases["serve.start"] = time.monotonic() - started
-        ingress = FloorIngress.options(**replica_options(settings))
+        # The service's replicas: autoscaled ones (max_replicas) start as ``replicas`` of them too.
+        ingress = FloorIngress.options(ray_actor_options={"num_cpus": settings.replica_cpus},
+                                       num_replicas=settings.replicas)
         serve.run(ingress.bind(names, settings.namespace), name=APP_NAME, route_prefix=ROUTE_PREFIX)
         phases["serve.run"] = time.monotonic() - started
         ray.get([a.ping.remote() for a in idle], timeout=START_TIMEOUT)

@@ -43,10 +43,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psutil
 
 from bench.common import (
+    await_200,
     busy_seconds,
     cpu_seconds,
     own_serve_ports,
@@ -54,6 +54,7 @@ from bench.common import (
     process_tree,
     redis_server,
     running_service,
+    stop_spawned,
     used_by_kind,
 )
 from bench.floor_ingress import PATH
@@ -64,7 +65,7 @@ from tests.support import create_database, drop_database, free_port
 def running_floor(folder: Path) -> Iterator[tuple[psutil.Process, float]]:
     """``bench.floor_serve`` started: its process, and the seconds from its spawn until its route answered 200.
     Stopped with SIGTERM on the way out, and its process group killed if it has not stopped within two
-    minutes, then whatever it had started that is still running, by process id; then its phases are printed."""
+    minutes, then whatever it had started that outlived it, by process id; then its phases are printed."""
     port = free_port()
     phases, errors = folder / "phases.json", folder / "stderr.log"
     started = time.monotonic()
@@ -74,30 +75,10 @@ def running_floor(folder: Path) -> Iterator[tuple[psutil.Process, float]]:
                                 env={**os.environ, **own_serve_ports()}, stdout=subprocess.DEVNULL, stderr=err,
                                 start_new_session=True)
     try:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"bench.floor_serve exited with {proc.returncode} before it answered: "
-                                 f"{errors.read_text()[-2000:]}")
-            if time.monotonic() - started > 180:
-                raise SystemExit("bench.floor_serve did not answer within 180 s")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}{PATH}", timeout=5).status_code == 200:
-                    break
-            time.sleep(0.1)
+        await_200(proc, f"http://127.0.0.1:{port}{PATH}", "bench.floor_serve", errors=errors)
         yield psutil.Process(proc.pid), time.monotonic() - started
     finally:
-        started_by_it: list[psutil.Process] = []
-        with contextlib.suppress(psutil.NoSuchProcess):
-            started_by_it = process_tree(psutil.Process(proc.pid))[1:]
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the group is what it started
-            proc.wait()
-        for p in started_by_it:  # by pid: what outlived it (Serve's HAProxy leaves its group)
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
+        stop_spawned(proc)
         with contextlib.suppress(OSError, ValueError):
             print("  its start, seconds after the process began: "
                   + ", ".join(f"{name} {t:.1f}" for name, t in json.loads(phases.read_text()).items()), flush=True)
