@@ -24,8 +24,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.common import cpu_seconds, postgres, process_tree, redis_server, running_service, used_by_kind
-from tests.support import create_database, drop_database
+from bench.common import cpu_seconds, own_database, process_tree, running_service, used_by_kind
 
 
 async def transactions_so_far(database: str) -> int:
@@ -110,9 +109,5 @@ if __name__ == "__main__":
     parser.add_argument("--by-thread", type=int, default=0, metavar="N",
                         help="also the N threads (by process kind and thread name) that used the most CPU")
     args = parser.parse_args()
-    with postgres() as base_dsn, redis_server() as redis:
-        database = asyncio.run(create_database(base_dsn, "commerce_at_rest"))
-        try:
-            main(database, redis, args.settle, args.window, args.by_thread)
-        finally:
-            asyncio.run(drop_database(base_dsn, database))
+    with own_database("commerce_at_rest") as (database, redis):
+        main(database, redis, args.settle, args.window, args.by_thread)

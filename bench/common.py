@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.support import free_port, serve_ports
+from tests.support import create_database, drop_database, free_port, serve_ports
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -86,6 +86,18 @@ def postgres() -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def own_database(name: str) -> Iterator[tuple[str, str]]:
+    """A database of its own, named after ``name``, on :func:`postgres` (dropped on the way out), and
+    :func:`redis_server`: their URLs. Call it outside an event loop, as :func:`postgres`."""
+    with postgres() as base, redis_server() as redis:
+        database = asyncio.run(create_database(base, name))
+        try:
+            yield database, redis
+        finally:
+            asyncio.run(drop_database(base, database))
+
+
+@contextlib.contextmanager
 def redis_server() -> Iterator[str]:
     """Redis, chosen like :func:`postgres`: COMMERCE_REDIS_URL, the default address, or an embedded one."""
     configured = os.environ.get("COMMERCE_REDIS_URL")
@@ -144,7 +156,6 @@ async def service_actors(base: str, redis: str, **settings: object) -> AsyncIter
     from commerce.runtime import run_migrations, serve_env
     from commerce.settings import ResolvedSettings
     from store.event_store import create_pool
-    from tests.support import create_database, drop_database
 
     database = await create_database(base, "commerce_bench")
     await run_migrations(database)

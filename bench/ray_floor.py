@@ -31,7 +31,6 @@ The layout comes from the environment, as the service's does (COMMERCE_ORDER_SHA
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -49,16 +48,15 @@ from bench.common import (
     await_200,
     busy_seconds,
     cpu_seconds,
+    own_database,
     own_serve_ports,
-    postgres,
     process_tree,
-    redis_server,
     running_service,
     stop_spawned,
     used_by_kind,
 )
 from bench.floor_ingress import PATH
-from tests.support import create_database, drop_database, free_port
+from tests.support import free_port
 
 
 @contextlib.contextmanager
@@ -114,18 +112,14 @@ def floor(settle: float, window: float) -> None:
 
 
 def service(settle: float, window: float) -> None:
-    with postgres() as base, redis_server() as redis:
-        database = asyncio.run(create_database(base, "commerce_floor"))
-        try:
-            with tempfile.TemporaryDirectory(prefix="commerce-floor-") as data:
-                before = busy_seconds()
-                with running_service({"COMMERCE_DATABASE_URL": database, "COMMERCE_REDIS_URL": redis,
-                                      "COMMERCE_DATA_DIR": data}) as (root, _, seconds):
-                    busy = busy_seconds() - before
-                    report("the service (commerce serve, the machine's servers, until /health 200)", seconds, busy,
-                           at_rest(root, settle, window))
-        finally:
-            asyncio.run(drop_database(base, database))
+    with own_database("commerce_floor") as (database, redis), \
+            tempfile.TemporaryDirectory(prefix="commerce-floor-") as data:
+        before = busy_seconds()
+        with running_service({"COMMERCE_DATABASE_URL": database, "COMMERCE_REDIS_URL": redis,
+                              "COMMERCE_DATA_DIR": data}) as (root, _, seconds):
+            busy = busy_seconds() - before
+            report("the service (commerce serve, the machine's servers, until /health 200)", seconds, busy,
+                   at_rest(root, settle, window))
 
 
 def main(repeat: int, settle: float, window: float, with_service: bool) -> None:
